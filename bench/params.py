@@ -1,0 +1,60 @@
+"""click parameter types and errors shared by the ``bench`` commands.
+
+Bad input exits with code 2 and one line saying what is wrong and how to fix it (no traceback).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import click
+
+
+class BenchUsageError(click.ClickException):
+    """A domain error found after parsing (missing checkpoint, sigma mismatch...): exit code 2, one line."""
+
+    exit_code = 2
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list such as ``1,5,9,13``, each item converted and checked."""
+
+    def __init__(self, item: Callable[[str], object], what: str, check: Callable[[object], str | None] | None = None):
+        self.item = item
+        self.what = what
+        self.check = check
+        self.name = f"{what}[,{what}...]"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        if not parts:
+            self.fail(f"expected a comma-separated list of {self.what}s, got {value!r}", param, ctx)
+        out = []
+        for part in parts:
+            try:
+                v = self.item(part)
+            except ValueError:
+                self.fail(f"{part!r} is not a valid {self.what} (in {value!r})", param, ctx)
+            if self.check is not None and (msg := self.check(v)):
+                self.fail(f"{part!r}: {msg}", param, ctx)
+            out.append(v)
+        if len(set(out)) != len(out):
+            self.fail(f"{value!r} lists a value twice", param, ctx)
+        return out
+
+
+def _nonneg_finite(v: object) -> str | None:
+    if not math.isfinite(v) or v < 0:  # type: ignore[operator, arg-type]
+        return "sigma must be a finite number >= 0 (0 gives the clean-accuracy rows)"
+    return None
+
+
+def _nonneg_int(v: object) -> str | None:
+    return None if v >= 0 else "must be >= 0"  # type: ignore[operator]
+
+
+SIGMAS = CommaList(float, "sigma", _nonneg_finite)
+FORS = CommaList(int, "fors", _nonneg_int)

@@ -1,0 +1,10 @@
+"""lsrs: latent-space randomized smoothing (LS-RS) and input-space randomized smoothing (IS-RS).
+
+The library a researcher imports; it knows nothing of the ``bench`` command line.
+"""
+
+from lsrs.smoothing import ABSTAIN, Certificate, LatentSmooth, Smooth
+
+__version__ = "0.1.0"
+
+__all__ = ["ABSTAIN", "Certificate", "LatentSmooth", "Smooth", "__version__"]
