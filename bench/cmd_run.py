@@ -1,0 +1,125 @@
+"""``bench run``: certify the FoR × σ grid with IS-RS and LS-RS on the same test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bench.params import FORS, SIGMAS, BenchUsageError, CommaList
+from bench.runner import METHODS, RunConfig, RunOptions, run_grid
+
+DATASET_CHOICES = ("digits", "cifar10", "imagenet")
+METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
+
+
+class BatchSize(click.ParamType):
+    """``auto`` or a positive integer."""
+
+    name = "auto|INT"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if value is None or value == "auto":
+            return None
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor an integer", param, ctx)
+        if size < 1:
+            self.fail(f"batch size must be >= 1, got {size}", param, ctx)
+        return size
+
+
+def default_out(dataset: str, config_hash: str) -> Path:
+    return Path("results") / f"{dataset}-{config_hash[:8]}"
+
+
+@click.command("run")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
+              help="Test set to certify (digits is embedded; cifar10/imagenet read --data-dir).")
+@click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,
+              help="FoR k of the LS-RS twins (k of 18 for ResNet18: 1,3,...,17).")
+@click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
+              help="Noise levels; 0 adds the clean-accuracy rows.")
+@click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS.")
+@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection samples.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Estimation samples.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="Failure probability of each certificate.")
+@click.option("--batch-size", type=BatchSize(), default="auto", show_default=True,
+              help="Noise samples per forward pass; auto probes memory on CUDA, 256 on CPU.")
+@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Certify every k-th image.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many images.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="Only the first k images of each class (the paper uses 1 on ImageNet).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast precision of the base classifier (a reduced-precision classifier is still a valid "
+                   "base classifier).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="channels_last memory format for the noisy batches.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed (noise is seeded per image).")
+@click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
+              show_default=True, help="Folder holding <dataset>/index.json written by bench train.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="LSRS_DATA",
+              help="Dataset folder for cifar10/imagenet (or set LSRS_DATA).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder [default: results/<dataset>-<config hash>].")
+@click.option("--allow-sigma-mismatch", is_flag=True, help="Certify with the nearest trained σ if none matches.")
+@click.option("--fresh", is_flag=True, help="Discard what --out holds instead of resuming it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
+def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
+            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, quiet) -> None:
+    """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
+
+    Stores one parquet row per (image, method, FoR, σ) under --out and resumes an interrupted run when
+    the same command is given again. Defaults follow Cohen et al. (n0=100, n=100,000, α=0.001).
+
+    \b
+    Example:
+      bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
+    """
+    from lsrs.models import valid_fors
+
+    from bench.console import summary_table
+    from bench.report import summarize
+
+    arch = "resnet18"
+    bad = [k for k in fors if k not in valid_fors(arch)]
+    if bad:
+        raise click.BadParameter(
+            f"FoR {bad} invalid for {arch}; valid: {','.join(map(str, valid_fors(arch)))}", param_hint="--fors"
+        )
+    config = RunConfig(
+        dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
+        skip=skip, max_images=max_images, per_class=per_class, seed=seed,
+        device_type=_device_type(device), precision=precision, checkpoints=str(checkpoints),
+        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir,
+    )
+    out = out or default_out(dataset, config.config_hash())
+    console = Console(quiet=quiet)
+    manifest = run_grid(config, RunOptions(out=out, batch_size=batch_size, channels_last=channels_last,
+                                           fresh=fresh, quiet=quiet, console=console),
+                        lambda: _load_test(dataset, data_dir))
+    if not quiet:
+        from bench.report import load_run
+
+        frame, manifest = load_run(out)
+        console.print(summary_table(summarize(frame, manifest)))
+        console.print(f"results: {out}  (pandas.read_parquet('{out}'))")
+
+
+def _device_type(device: str) -> str:
+    from bench.runner import resolve_device
+
+    return resolve_device(device).type
+
+
+def _load_test(dataset: str, data_dir: str | None):
+    from lsrs.data import DatasetMissingError, load_dataset
+
+    try:
+        return load_dataset(dataset, "test", data_dir=data_dir)
+    except DatasetMissingError as exc:
+        raise BenchUsageError(str(exc)) from None

@@ -1,0 +1,463 @@
+"""The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images.
+
+One row per (image, method, FoR, σ) goes to the run store (:mod:`bench.store`). Noise is seeded per
+(run seed, image, method, FoR, σ), so the radii do not depend on batch size or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import lsrs
+from bench import store
+from bench.params import BenchUsageError
+from lsrs.noise import derive_seed
+from lsrs.smoothing import PRECISIONS, LatentSmooth, Smooth
+from lsrs.timing import Stopwatch
+
+METHODS = ("is", "ls")
+FLUSH_SECONDS = 10.0
+FLUSH_ROWS = 64
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's results (the hash of these fields identifies the run)."""
+
+    dataset: str
+    fors: tuple[int, ...]
+    sigmas: tuple[float, ...]
+    methods: tuple[str, ...] = METHODS
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    skip: int = 1
+    max_images: int | None = None
+    per_class: int | None = None
+    seed: int = 0
+    device_type: str = "cpu"
+    precision: str = "fp32"
+    checkpoints: str = "results/checkpoints"
+    allow_sigma_mismatch: bool = False
+    data_dir: str | None = None
+
+    def config_hash(self) -> str:
+        """Short hash of the fields that change results (paths to data and checkpoints excluded)."""
+        keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir")}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunOptions:
+    """Options that do not change results: where, how big the batches, how chatty."""
+
+    out: Path
+    batch_size: int | None = None  # None = auto
+    channels_last: bool = True
+    fresh: bool = False
+    quiet: bool = False
+    stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
+    console: Console = field(default_factory=Console)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, FoR, σ) configuration of the grid."""
+
+    method: str
+    fors: int
+    sigma: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-f{self.fors}-s{self.sigma:g}"
+
+    @property
+    def label(self) -> str:
+        name = "IS-RS" if self.method == "is" else "LS-RS"
+        return f"{name} FoR {self.fors} σ={self.sigma:g}"
+
+
+def grid_jobs(config: RunConfig) -> list[Job]:
+    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR."""
+    jobs = []
+    for sigma in config.sigmas:
+        if "is" in config.methods:
+            jobs.append(Job("is", 0, sigma))
+        if "ls" in config.methods:
+            jobs.extend(Job("ls", k, sigma) for k in config.fors if k > 0)
+    return jobs
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; asking for CUDA without one is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchUsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:
+    """Test-set indices to certify: every ``skip``-th image (optionally the first ``per_class`` of each class)."""
+    indices = list(range(len(labels)))
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        kept = []
+        for i in indices:
+            if seen.get(labels[i], 0) < per_class:
+                seen[labels[i]] = seen.get(labels[i], 0) + 1
+                kept.append(i)
+        indices = kept
+    indices = indices[::skip]
+    return indices[:max_images] if max_images is not None else indices
+
+
+def auto_batch_size(model: torch.nn.Module, sample_shape: tuple[int, ...], n: int, device: torch.device) -> int:
+    """Largest batch that fits: on CUDA a memory probe that halves on OOM; on CPU a fixed 256.
+
+    The result never exceeds ``n`` (no point in a buffer larger than the sample count).
+    """
+    if device.type != "cuda":
+        return max(1, min(256, n))
+    batch = min(8192, n)
+    while batch > 1:
+        try:
+            with torch.inference_mode():
+                model(torch.zeros((batch, *sample_shape), device=device))
+            torch.cuda.synchronize(device)
+            return batch
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            batch //= 2
+    return 1
+
+
+class Checkpoints:
+    """Finds and loads the baseline and FoR twins from the checkpoint index (``bench train`` writes it)."""
+
+    def __init__(self, root: str | Path, dataset: str, device: torch.device) -> None:
+        from lsrs import checkpoint
+
+        self._ckpt = checkpoint
+        self.root = Path(root)
+        self.dataset = dataset
+        self.device = device
+        try:
+            self.entries = checkpoint.read_index(self.root, dataset)
+        except (checkpoint.CheckpointError, FileNotFoundError) as exc:
+            raise BenchUsageError(
+                f"no checkpoint index for {dataset!r} under {self.root} ({exc}); "
+                f"train one with: bench train --dataset {dataset} --out {self.root}"
+            ) from None
+        self.index_dir = self.root / dataset
+
+    def entry(self, fors: int, sigma: float, allow_sigma_mismatch: bool) -> dict:
+        found = self._ckpt.find_checkpoint(self.entries, fors, sigma)
+        if found is not None:
+            return found
+        same_fors = [e for e in self.entries if int(e["fors"]) == fors]
+        if not same_fors:
+            have = sorted({int(e["fors"]) for e in self.entries})
+            raise BenchUsageError(
+                f"FoR {fors} is not in the checkpoint index {self.index_dir / 'index.json'} (it has FoR {have}); "
+                f"train it with: bench train --dataset {self.dataset} --fors {fors} --sigmas {sigma:g}"
+            )
+        if not allow_sigma_mismatch:
+            have = sorted({float(e['sigma']) for e in same_fors})
+            raise BenchUsageError(
+                f"no FoR {fors} checkpoint trained at σ={sigma:g} (trained σ: {have}); train it, or pass "
+                "--allow-sigma-mismatch to certify with the nearest σ"
+            )
+        return min(same_fors, key=lambda e: abs(float(e["sigma"]) - sigma))
+
+    def load(self, entry: dict) -> torch.nn.Module:
+        path = self.index_dir / entry["path"]
+        try:
+            model, _ = self._ckpt.load_checkpoint(path, expected_sha256=entry.get("sha256"), device=str(self.device))
+        except self._ckpt.CheckpointError as exc:
+            raise BenchUsageError(str(exc)) from None
+        return model.eval()
+
+
+def _manifest(config: RunConfig, device: torch.device) -> dict:
+    return {
+        "config": asdict(config),
+        "config_hash": config.config_hash(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lsrs": lsrs.__version__},
+        "device": device_name(device),
+        "checkpoints": {},
+        "models": {},
+        "warmup_s": {},
+        "batch_size": {},
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": None,
+    }
+
+
+def _model_record(model: torch.nn.Module, sample_shape: tuple[int, ...]) -> dict:
+    from lsrs.flops import flop_split
+
+    record = dict(flop_split(model, sample_shape))
+    record["latent_shape"] = list(getattr(model, "latent_shape", ()))
+    record["encoder_lipschitz"] = float(getattr(model, "encoder_lipschitz", 1.0))
+    return record
+
+
+class GridRunner:
+    """Certify the grid of a :class:`RunConfig`, storing rows as they are produced (resumable)."""
+
+    def __init__(self, config: RunConfig, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.device = resolve_device(config.device_type)
+        self.out = Path(options.out)
+
+    # -------------------------------------------------------------- setup
+    def _open_store(self) -> dict:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BenchUsageError(f"cannot write to --out {self.out}: {exc.strerror or exc}") from None
+        existing = store.read_manifest(self.out)
+        if existing is not None and self.options.fresh:
+            store.clear_run(self.out)
+            existing = None
+        if existing is not None and existing.get("config_hash") != self.config.config_hash():
+            raise BenchUsageError(
+                f"{self.out} holds a run with a different configuration (hash {existing.get('config_hash')}); "
+                "use another --out, or --fresh to discard it"
+            )
+        if existing is None and store.part_files(self.out):
+            raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
+        manifest = existing or _manifest(self.config, self.device)
+        manifest["finished"] = None
+        store.write_json(self.out / store.MANIFEST, manifest)
+        return manifest
+
+    def _done_keys(self) -> set[tuple[str, int, float, int]]:
+        rows = store.read_rows(self.out)
+        if rows.empty:
+            return set()
+        return {
+            (m, int(f), float(s), int(i))
+            for m, f, s, i in zip(rows["method"], rows["fors"], rows["sigma"], rows["idx"], strict=True)
+        }
+
+    # -------------------------------------------------------------- main loop
+    def run(self, dataset: torch.utils.data.Dataset, labels: list[int]) -> dict:
+        """Certify every job of the grid on the selected test images; returns the final manifest."""
+        config, opts = self.config, self.options
+        if config.precision not in PRECISIONS:
+            raise BenchUsageError(f"--precision must be one of {sorted(PRECISIONS)}")
+        torch.backends.cudnn.benchmark = True
+        jobs = grid_jobs(config)
+        if not jobs:
+            raise BenchUsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
+        checkpoints = Checkpoints(config.checkpoints, config.dataset, self.device)
+        entries = {job: checkpoints.entry(job.fors, job.sigma, config.allow_sigma_mismatch) for job in jobs}
+        indices = select_indices(labels, config.skip, config.max_images, config.per_class)
+        if not indices:
+            raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
+        manifest = self._open_store()
+        done = self._done_keys()
+        todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, i) not in done] for job in jobs}
+        certified = 0
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=opts.console,
+            disable=opts.quiet,
+        )
+        with progress:
+            tasks = {
+                job: progress.add_task(job.label, total=len(indices), completed=len(indices) - len(todo[job]), summary="")
+                for job in jobs
+            }
+            for job in jobs:
+                if not todo[job]:
+                    continue
+                model = checkpoints.load(entries[job])
+                sample_shape = tuple(dataset[todo[job][0]][0].shape)
+                manifest["checkpoints"][job.key] = {
+                    "path": str(checkpoints.index_dir / entries[job]["path"]),
+                    "sha256": entries[job].get("sha256"),
+                    "sigma_train": float(entries[job]["sigma"]),
+                }
+                manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
+                rows: list[dict] = []
+                last_flush = time.monotonic()
+                try:
+                    for row in self._certify_job(job, model, dataset, todo[job], manifest):
+                        rows.append(row)
+                        certified += 1
+                        progress.update(tasks[job], advance=1, summary=_live_summary(rows))
+                        if len(rows) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
+                            store.write_part(self.out, rows, job.key)
+                            rows, last_flush = [], time.monotonic()
+                        if opts.stop_after is not None and certified >= opts.stop_after:
+                            raise _StopRequested
+                finally:
+                    if rows:
+                        store.write_part(self.out, rows, job.key)
+                    store.write_json(self.out / store.MANIFEST, manifest)
+        manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        store.write_json(self.out / store.MANIFEST, manifest)
+        return manifest
+
+    def _certify_job(
+        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict
+    ) -> Iterator[dict]:
+        config, device = self.config, self.device
+        if self.options.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        sample_shape = tuple(dataset[indices[0]][0].shape)
+        num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, sample_shape, device))
+        common = {
+            "run": config.config_hash(),
+            "dataset": config.dataset,
+            "arch": getattr(model, "arch", "unknown"),
+            "method": job.method,
+            "fors": job.fors,
+            "fors_total": int(getattr(model, "fors_total", 18)),
+            "sigma": job.sigma,
+            "alpha": config.alpha,
+            "precision": config.precision,
+            "device": manifest["device"],
+        }
+        if job.sigma == 0:
+            yield from self._clean_rows(job, model, dataset, indices, common)
+            return
+        if job.method == "is":
+            smoother: LatentSmooth = Smooth(
+                model, num_classes, job.sigma, device=device, precision=config.precision,
+                channels_last=self.options.channels_last,
+            )
+            latent_shape = sample_shape
+        else:
+            smoother = LatentSmooth(
+                model.encoder, model.classifier, num_classes, job.sigma, float(model.encoder_lipschitz),
+                device=device, precision=config.precision, channels_last=self.options.channels_last,
+            )
+            latent_shape = tuple(smoother.encode(dataset[indices[0]][0]).shape[1:])
+        batch = self.options.batch_size or auto_batch_size(smoother.classifier, latent_shape, config.n, device)
+        manifest["batch_size"][job.key] = batch
+        # Warm-up (excluded from timing, recorded): one small certification of the first image.
+        with Stopwatch(device) as warm:
+            smoother.certify(dataset[indices[0]][0], 1, min(config.n, 2 * batch), 0.5, batch, generator=0)
+        manifest["warmup_s"][job.key] = warm.seconds
+        for i in indices:
+            x, label = dataset[i]
+            seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
+            cert = smoother.certify(x, config.n0, config.n, config.alpha, batch, generator=seed)
+            yield {
+                **common,
+                "idx": i,
+                "label": int(label),
+                "prediction": cert.prediction,
+                "correct": cert.prediction == int(label),
+                "radius": cert.radius,
+                "radius_latent": cert.radius_latent,
+                "lipschitz": cert.lipschitz,
+                "p_a_lower": cert.p_a_lower,
+                "counts_selection": list(cert.counts_selection),
+                "counts_estimation": list(cert.counts_estimation),
+                "n0": cert.n0,
+                "n": cert.n,
+                "samples_used": cert.samples_used,
+                "encode_s": cert.encode_s,
+                "sample_s": cert.sample_s,
+                "total_s": cert.total_s,
+                "batch_size": batch,
+                "seed": seed,
+            }
+
+    def _clean_rows(
+        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], common: dict
+    ) -> Iterator[dict]:
+        """σ = 0: clean accuracy of the base network (the paper's σ = 0 rows); no certificate."""
+        for i in indices:
+            x, label = dataset[i]
+            with Stopwatch(self.device) as sw, torch.inference_mode():
+                prediction = int(model(x.to(self.device).unsqueeze(0)).argmax(1).item())
+            yield {
+                **common,
+                "idx": i,
+                "label": int(label),
+                "prediction": prediction,
+                "correct": prediction == int(label),
+                "radius": 0.0,
+                "radius_latent": 0.0,
+                "lipschitz": float(getattr(model, "encoder_lipschitz", 1.0)),
+                "p_a_lower": float("nan"),
+                "counts_selection": [],
+                "counts_estimation": [],
+                "n0": 0,
+                "n": 0,
+                "samples_used": 0,
+                "encode_s": 0.0,
+                "sample_s": 0.0,
+                "total_s": sw.seconds,
+                "batch_size": 1,
+                "seed": 0,
+            }
+
+
+class _StopRequested(Exception):
+    """Raised by ``stop_after`` to simulate a crash in tests."""
+
+
+def _num_classes(model: torch.nn.Module, sample_shape: tuple[int, ...], device: torch.device) -> int:
+    with torch.inference_mode():
+        return int(model(torch.zeros((1, *sample_shape), device=device)).shape[-1])
+
+
+def _live_summary(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    acc = sum(r["correct"] for r in rows) / len(rows)
+    acr = sum(r["radius"] for r in rows if r["correct"]) / len(rows)
+    sec = sum(r["total_s"] for r in rows) / len(rows)
+    return f"acc {100 * acc:5.1f}%  ACR {acr:.3f}  {sec:.3f} s/img"
+
+
+def _labels(dataset: torch.utils.data.Dataset) -> list[int]:
+    """Labels of a dataset without decoding images where the dataset exposes ``targets``."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def run_grid(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
+    """Load the test split, run the grid, return the manifest (the library entry point of ``bench run``)."""
+    dataset = load_test()
+    labels = _labels(dataset) if config.per_class else [0] * len(dataset)
+    try:
+        return GridRunner(config, options).run(dataset, labels)
+    except _StopRequested:
+        return store.read_manifest(Path(options.out)) or {}
