@@ -52,7 +52,11 @@ def paper_values(dataset: str, tables: tuple[int, ...]) -> pd.DataFrame:
     order = {t: i for i, t in enumerate(tables)}
     sel = df[df["table"].isin(tables)].copy()
     sel["_order"] = sel["table"].map(order)
-    sel = sel.sort_values("_order", kind="stable").drop_duplicates(["method", "fors", "sigma"]).drop(columns="_order")
+    sel = (
+        sel.sort_values("_order", kind="stable")
+        .drop_duplicates(["method", "fors", "sigma"])
+        .drop(columns="_order")
+    )
     main = df[(df["table"] == MAIN_TABLE.get(dataset, 1)) & (df["method"] == "is")]
     is_time = dict(zip(main["sigma"].round(6), main["time_s"], strict=True))
     sel["speedup"] = sel["sigma"].round(6).map(is_time) / sel["time_s"]

@@ -90,6 +90,7 @@ class LatentSmooth:
         _check_positive_int("num_classes", num_classes)
         _check_positive_float("sigma", sigma)
         _check_positive_float("lipschitz", lipschitz)
+        _check_positive_int("noise_block", noise_block)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.encoder = encoder
@@ -209,9 +210,10 @@ class LatentSmooth:
                 noisy = noisy.contiguous()
             with self._autocast():
                 logits = self.classifier(noisy)
-            if logits.shape[-1] != self.num_classes:
+            if logits.dim() != 2 or logits.shape != (b, self.num_classes):
                 raise ValueError(
-                    f"classifier returned {logits.shape[-1]} logits but num_classes={self.num_classes}"
+                    f"classifier returned logits of shape {tuple(logits.shape)} for a batch of {b}, "
+                    f"expected ({b}, {self.num_classes}) (num_classes={self.num_classes})"
                 )
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             remaining -= b

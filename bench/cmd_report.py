@@ -1,0 +1,84 @@
+"""``bench report``: a run's parquet into the paper's tables, figures and an index."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from bench.report import FORMATS, PAPER_SUFFIX, ReportResult, format_cell, write_report
+
+
+def _print_result(result: ReportResult) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console()
+    if result.tables:
+        main = result.tables[0]
+        data = main.data[[c for c in main.data.columns if not c.endswith(PAPER_SUFFIX)]]
+        rich_table = RichTable(title=main.caption, title_justify="left")
+        for col in data.columns:
+            rich_table.add_column(col, justify="right" if col in main.formats else "left")
+        for rec in data.itertuples(index=False, name=None):
+            rich_table.add_row(
+                *(format_cell(v, main.formats.get(c)) for c, v in zip(data.columns, rec, strict=True))
+            )
+        console.print(rich_table)
+    err = Console(stderr=True)
+    for note in result.missing:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(
+        f"wrote {len(result.paths)} files to {result.out_dir} (index: {result.index})", highlight=False
+    )
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="markdown", show_default=True,
+              help="Format of the tables (figures are always PNG + PDF).")  # fmt: skip
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder  [default: reports/<run>]")  # fmt: skip
+@click.option("--main-fors", type=click.IntRange(min=0), default=9, show_default=True,
+              help="LS-RS FoR k of the main table (the middle available FoR if the run lacks it).")  # fmt: skip
+@click.option("--compare-paper", is_flag=True, help="Put the paper's published values beside ours.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the figures.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths and notes as JSON.")
+def command(
+    run_dir: Path,
+    fmt: str,
+    out_dir: Path | None,
+    main_fors: int,
+    compare_paper: bool,
+    figures: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Render RUN_DIR (results/<run>) as the paper's tables, figures and an index.md.
+
+    \b
+    Tables: the main table (paper Table 1, Table 3 for ImageNet), the FoR ablation (Table 2) and certified
+    accuracy at radii 0-1; figures: certified accuracy vs radius, FoR ablations, time breakdown.
+    """
+    out = out_dir if out_dir is not None else Path("reports") / run_dir.resolve().name
+    result = write_report(
+        run_dir, out, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures
+    )
+    if as_json:
+        payload = {
+            "out_dir": str(result.out_dir),
+            "index": str(result.index),
+            "main_fors": result.main_fors,
+            "paths": [str(p) for p in result.paths],
+            "missing": result.missing,
+            "summary": [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+                for rec in result.summary.to_dict(orient="records")
+            ],
+        }
+        click.echo(json.dumps(payload, indent=2, default=str))
+    elif not quiet:
+        _print_result(result)

@@ -1,0 +1,95 @@
+"""``bench train``: noise-augmented training of the paired grid (IS-RS baseline + LS-RS FoR twins per σ)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench.params import FORS, SIGMAS, BenchUsageError
+
+DATASET_CHOICES = ("digits", "cifar10", "imagenet")
+
+
+def results_table(entries: list[dict], dataset: str) -> Table:
+    """One row per trained model: FoR, σ, noise location, clean / noisy test accuracy, time, status."""
+    table = Table(title=f"{dataset}: trained pairs")
+    for name in ("FoR", "σ", "noise", "clean acc. (%)", "noisy acc. (%)", "epochs", "train s", "status", "file"):
+        table.add_column(name, justify="left" if name in ("noise", "status", "file") else "right")
+    for e in entries:
+        table.add_row(
+            f"{e['fors']}/{e.get('fors_total', '?')}", f"{e['sigma']:g}", e.get("noise", "?"),
+            f"{100 * e['clean_acc']:.2f}", f"{100 * e['noisy_acc']:.2f}", str(e.get("epochs", "?")),
+            f"{e.get('train_seconds', float('nan')):.1f}", e.get("status", ""), e["path"],
+        )
+    return table
+
+
+@click.command("train")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
+              help="digits is embedded (scikit-learn); cifar10/imagenet are read from --data-dir.")
+@click.option("--fors", type=FORS, default="0,1,5,9,13", show_default=True,
+              help="FoR k of each model (0 = the IS-RS baseline; ResNet18: 0,1,3,...,17).")
+@click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
+              help="Training noise levels; 0 trains the clean-accuracy models.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
+              show_default=True, help="Checkpoints go to OUT/<dataset>/ with an index.json for bench run.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per model [default: digits 15, cifar10 100, imagenet 90].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Initial learning rate [default: digits 0.05, cifar10 0.01, imagenet 0.1].")
+@click.option("--lr-step", type=click.IntRange(min=1), default=None,
+              help="Divide the learning rate by 10 every this many epochs [default: digits 10, else 30].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Training batch size [default: digits 64, cifar10/imagenet 256].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Base channel width [default: digits 8, cifar10/imagenet 64].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes (cifar10/imagenet).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order and noise.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="LSRS_DATA",
+              help="Dataset folder for cifar10/imagenet (or set LSRS_DATA).")
+@click.option("--download", is_flag=True, help="Download CIFAR-10 with torchvision if absent (needs network).")
+@click.option("--retrain", is_flag=True, help="Train again even where a matching checkpoint exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
+def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, workers, device,
+            seed, data_dir, download, retrain, as_json, quiet) -> None:
+    """Train every (FoR, σ) model of the grid with Gaussian-noise augmentation.
+
+    FoR 0 is the IS-RS baseline (noise on the input); FoR k > 0 is its orthogonal twin (noise on the latent
+    z = fe(x)). Same recipe for all (paper, Appendix B). A checkpoint is saved every epoch: run the same
+    command again to resume; finished models with the same recipe are reused.
+
+    \b
+    Example:
+      bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0 --out results/checkpoints
+    """
+    from lsrs.checkpoint import CheckpointError
+    from lsrs.data import DatasetMissingError
+
+    from bench.training_grid import GridConfigError, train_grid
+
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        entries = train_grid(
+            dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,
+            device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
+            download=download, weight_decay=weight_decay, retrain=retrain, console=console,
+        )
+    except (GridConfigError, DatasetMissingError, CheckpointError) as exc:
+        raise BenchUsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume from the last finished epoch", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    if not quiet:
+        console.print(results_table(entries, dataset))
+        console.print(f"index: {out / dataset / 'index.json'}")

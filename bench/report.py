@@ -1,0 +1,663 @@
+"""Aggregate a run's results into the paper's tables (and call :mod:`bench.plots` for its figures).
+
+Metrics, per configuration (method, FoR, sigma), over every image of the run (paper, Section 4):
+
+- **ACR** (average certified radius): mean of ``radius`` where the prediction is correct, 0 where it is
+  wrong or abstained.
+- **Accuracy (%)**: certified accuracy at radius 0, i.e. the share of correct (non-abstained) predictions;
+  at sigma = 0 it is the clean accuracy of the base network.
+- **Certified accuracy at r (%)**: share of images predicted correctly with ``radius >= r`` (Cohen et al.
+  2019); not defined at sigma = 0 (no certificate), shown as "-".
+- **time (s/example)**: mean ``total_s`` per image; not reported at sigma = 0 (shown as "-", as in the paper).
+- **Speedup**: time of IS-RS at the same sigma divided by the row's time (1 for IS-RS rows).
+- **FLOP-ideal**: ``flops_total / flops_classifier`` of the LS model (``manifest["models"][str(fors)]``),
+  the speedup if time were proportional to the FLOPs spent per noise sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
+from bench.params import BenchUsageError
+
+RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
+REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
+VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate")
+FORS_TOTAL_BY_ARCH: dict[str, int] = {"resnet18": 18, "wide_resnet34": 34}
+DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS"}
+ABSTAIN = -1
+_SIGMA_DECIMALS = 6
+
+
+def cert_acc_column(radius: float) -> str:
+    """Name of the summary column holding certified accuracy (%) at ``radius``, e.g. ``cert_acc_r0.25``."""
+    return f"cert_acc_r{radius:g}"
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read ``run_dir``'s ``part-*.parquet`` files and ``manifest.json`` (``{}`` if there is none).
+
+    Rows repeated for the same (idx, method, fors, sigma, variant) -- e.g. after a resumed chunk -- are kept
+    once (the last); how many were dropped is in ``df.attrs["duplicates_dropped"]``.
+    Raises :class:`BenchUsageError` when the directory is missing, holds no readable rows, lacks a required
+    column, or its manifest is not a JSON object.
+    """
+    path = Path(run_dir)
+    if not path.exists():
+        raise BenchUsageError(
+            f"{path}: no such run directory (expected results/<run> written by `bench run`)"
+        )
+    if not path.is_dir():
+        raise BenchUsageError(f"{path}: not a directory (expected results/<run> written by `bench run`)")
+    parts = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+    if not parts:
+        raise BenchUsageError(
+            f"{path}: no part-*.parquet files; is this a run directory written by `bench run`?"
+        )
+    frames = []
+    for part in parts:
+        try:
+            frame = pd.read_parquet(part)
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BenchUsageError(f"{part}: not a readable parquet file ({first})") from None
+        if len(frame):
+            frames.append(frame)
+    if not frames:
+        raise BenchUsageError(f"{path}: the parquet parts hold no rows; has `bench run` finished any chunk?")
+    df = pd.concat(frames, ignore_index=True)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise BenchUsageError(
+            f"{path}: results lack column(s) {', '.join(missing)} (see docs/results-schema.md)"
+        )
+
+    manifest: dict = {}
+    manifest_path = path / "manifest.json"
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BenchUsageError(f"{manifest_path}: not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise BenchUsageError(f"{manifest_path}: expected a JSON object at the top level")
+
+    df["method"] = df["method"].astype(str).str.lower()
+    df["fors"] = pd.to_numeric(df["fors"], errors="coerce").fillna(0).astype(int)
+    df["sigma"] = pd.to_numeric(df["sigma"], errors="coerce").astype(float)
+    df["correct"] = df["correct"].fillna(False).astype(bool)
+    df["radius"] = pd.to_numeric(df["radius"], errors="coerce").astype(float)
+    dropped = 0
+    if "idx" in df.columns:
+        key = ["idx", "method", "fors", "sigma", *[k for k in VARIANT_KEYS if k in df.columns]]
+        before = len(df)
+        df = df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+        dropped = before - len(df)
+    df.attrs["duplicates_dropped"] = dropped
+    return df, manifest
+
+
+# ------------------------------------------------------------------------------------------ aggregates
+
+
+def _variant_keys(df: pd.DataFrame) -> list[str]:
+    """Extra grouping columns (dataset, arch, sampler, certificate) that take several values in ``df``."""
+    return [k for k in VARIANT_KEYS if k in df.columns and df[k].nunique(dropna=False) > 1]
+
+
+def _fors_total_default(df: pd.DataFrame, manifest: dict) -> float:
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    arch = None
+    if "arch" in df.columns and len(df):
+        arch = str(df["arch"].iloc[0])
+    arch = arch or config.get("arch")
+    return float(FORS_TOTAL_BY_ARCH.get(str(arch), np.nan))
+
+
+def _flop_ideal(method: str, fors: int, models: dict) -> float:
+    if method == "is":
+        return 1.0
+    entry = models.get(str(fors)) if isinstance(models, dict) else None
+    if not isinstance(entry, dict):
+        return float("nan")
+    try:
+        total = float(entry["flops_total"])
+        classifier = float(entry["flops_classifier"])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+    return total / classifier if classifier > 0 else float("nan")
+
+
+def summary_columns(variants: Iterable[str] = ()) -> list[str]:
+    """Column order of :func:`summarize`'s table."""
+    return [
+        "defense", "method", "fors", "fors_total", "sigma", *variants, "images", "acr", "accuracy",
+        *[cert_acc_column(r) for r in RADII], "time_s", "encode_s", "sample_s", "speedup", "flop_ideal",
+    ]  # fmt: skip
+
+
+def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
+    """One row per (method, fors, sigma) -- and per sampler etc. where a run mixes several -- with the
+    paper's metrics (see the module docstring). Percentages are in [0, 100]; times are NaN at sigma = 0."""
+    variants = _variant_keys(df)
+    keys = ["method", "fors", "sigma", *variants]
+    if df.empty:
+        return pd.DataFrame(columns=summary_columns(variants))
+    work = pd.DataFrame({k: df[k] for k in keys})
+    work["sigma"] = work["sigma"].round(_SIGMA_DECIMALS)
+    correct = df["correct"].astype(bool)
+    if "prediction" in df.columns:
+        correct = correct & (pd.to_numeric(df["prediction"], errors="coerce") != ABSTAIN)
+    radius = df["radius"].astype(float).fillna(0.0)
+    work["_credit"] = np.where(correct, radius, 0.0)
+    work["_correct"] = correct.astype(float)
+    for r in RADII:
+        work[f"_c{r}"] = (correct & (radius >= r)).astype(float)
+    for col in ("total_s", "encode_s", "sample_s"):
+        work[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    work["fors_total"] = (
+        pd.to_numeric(df["fors_total"], errors="coerce") if "fors_total" in df.columns else np.nan
+    )
+
+    agg = {
+        "images": ("_correct", "size"),
+        "acr": ("_credit", "mean"),
+        "accuracy": ("_correct", "mean"),
+        "time_s": ("total_s", "mean"),
+        "encode_s": ("encode_s", "mean"),
+        "sample_s": ("sample_s", "mean"),
+        "fors_total": ("fors_total", "max"),
+        **{cert_acc_column(r): (f"_c{r}", "mean") for r in RADII},
+    }
+    out = work.groupby(keys, sort=False, dropna=False).agg(**agg).reset_index()
+    out["accuracy"] *= 100.0
+    clean = out["sigma"] == 0
+    for r in RADII:
+        col = cert_acc_column(r)
+        out[col] *= 100.0
+        if r > 0:
+            out.loc[clean, col] = np.nan
+    out.loc[clean, ["time_s", "encode_s", "sample_s"]] = np.nan
+    out["fors_total"] = out["fors_total"].fillna(_fors_total_default(df, manifest))
+    out["defense"] = out["method"].map(lambda m: DEFENSES.get(m, str(m).upper()))
+
+    match = ["sigma", *variants]
+    is_time = (
+        out.loc[out["method"] == "is", [*match, "time_s"]]
+        .drop_duplicates(match)
+        .rename(columns={"time_s": "_is_time"})
+    )
+    out = out.merge(is_time, on=match, how="left")
+    out["speedup"] = out["_is_time"] / out["time_s"]
+    models = manifest.get("models") or {}
+    out["flop_ideal"] = [
+        _flop_ideal(m, int(k), models) for m, k in zip(out["method"], out["fors"], strict=True)
+    ]
+
+    out["_m"] = out["method"].map({"is": 0, "ls": 1}).fillna(2)
+    out = out.sort_values(["_m", "fors", *variants, "sigma"], kind="stable").drop(columns="_m")
+    out["images"] = out["images"].astype(int)
+    return out[summary_columns(variants)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------- table building
+
+
+@dataclass
+class Table:
+    """A display table: numeric cells plus one format string per numeric column (NaN shows as "-")."""
+
+    name: str
+    caption: str
+    data: pd.DataFrame
+    formats: dict[str, str | Callable[[float], str]]
+    latex_caption: str = ""
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote: every path, the index, and what the run was missing."""
+
+    out_dir: Path
+    paths: list[Path] = field(default_factory=list)
+    index: Path | None = None
+    missing: list[str] = field(default_factory=list)
+    main_fors: int | None = None
+    summary: pd.DataFrame | None = None
+    tables: list[Table] = field(default_factory=list)
+
+
+def _fors_label(fors: int, total: float) -> str:
+    return f"{int(fors)}/{int(total)}" if total == total and not math.isinf(total) else str(int(fors))
+
+
+def config_label(method: str, fors: int, fors_total: float) -> str:
+    """``IS-RS`` or ``LS-RS 9/18``."""
+    defense = DEFENSES.get(method, str(method).upper())
+    return defense if method == "is" else f"{defense} {_fors_label(fors, fors_total)}"
+
+
+def format_sigma(sigma: float) -> str:
+    """sigma with 2 decimals as in the paper, more only where needed (0.125)."""
+    text = f"{sigma:.2f}"
+    return text if abs(float(text) - sigma) < 1e-9 else f"{sigma:g}"
+
+
+_METRIC_FORMATS: dict[str, str | Callable[[float], str]] = {
+    "σ": format_sigma,
+    "ACR": "{:.3f}",
+    "Accuracy (%)": "{:.2f}",
+    "time (s/example)": "{:.3f}",
+    "Speedup": "{:.2f}",
+    "FLOP-ideal": "{:.2f}",
+}
+PAPER_SUFFIX = " (paper)"
+
+
+def _base_display(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    data = {
+        "Defense": rows["defense"].tolist(),
+        "σ": rows["sigma"].tolist(),
+        "FoR": [_fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
+    }
+    for v in variants:
+        data[v.capitalize()] = rows[v].astype(str).tolist()
+    return pd.DataFrame(data)
+
+
+def _main_display(rows: pd.DataFrame, variants: list[str], paper: pd.DataFrame | None) -> pd.DataFrame:
+    out = _base_display(rows, variants)
+    metrics = {
+        "ACR": ("acr", "acr"),
+        "Accuracy (%)": ("accuracy", "accuracy"),
+        "time (s/example)": ("time_s", "time_s"),
+        "Speedup": ("speedup", "speedup"),
+        "FLOP-ideal": ("flop_ideal", None),
+    }
+    if paper is not None:
+        ref = paper.assign(sigma=paper["sigma"].round(_SIGMA_DECIMALS)).set_index(["method", "fors", "sigma"])
+        keys = pd.MultiIndex.from_arrays(
+            [rows["method"], rows["fors"].astype(int), rows["sigma"].round(_SIGMA_DECIMALS)]
+        )
+    for title, (ours, theirs) in metrics.items():
+        out[title] = rows[ours].astype(float).tolist()
+        if paper is not None and theirs is not None:
+            out[title + PAPER_SUFFIX] = ref[theirs].reindex(keys).astype(float).tolist()
+    return out
+
+
+def _formats_for(columns: Iterable[str]) -> dict[str, str | Callable[[float], str]]:
+    fmts = {}
+    for c in columns:
+        base = c.removesuffix(PAPER_SUFFIX)
+        if base in _METRIC_FORMATS:
+            fmts[c] = _METRIC_FORMATS[base]
+        elif c.startswith("r = "):
+            fmts[c] = "{:.2f}"
+    return fmts
+
+
+def _dataset_of(df: pd.DataFrame, manifest: dict) -> str:
+    if "dataset" in df.columns and df["dataset"].notna().any():
+        values = df["dataset"].dropna().astype(str).unique()
+        return values[0] if len(values) == 1 else "mixed"
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    return str(config.get("dataset", "unknown"))
+
+
+def choose_main_fors(available: Iterable[int], requested: int) -> tuple[int | None, str | None]:
+    """``requested`` if the run has it, else the middle available LS FoR, with a message saying so."""
+    fors = sorted(set(int(k) for k in available))
+    if not fors:
+        return None, "no LS-RS rows: the main table shows IS-RS only"
+    if requested in fors:
+        return requested, None
+    chosen = fors[len(fors) // 2]
+    listed = ", ".join(str(k) for k in fors)
+    return (
+        chosen,
+        f"main FoR {requested} is not in the run (LS-RS FoRs: {listed}); the main table uses FoR {chosen}",
+    )
+
+
+def _latex_text(text: str) -> str:
+    """Plain caption text made safe for LaTeX (special characters escaped, sigma and l2 as math)."""
+    for char in "&%#_":
+        text = text.replace(char, "\\" + char)
+    return text.replace("σ", r"$\sigma$").replace("l2", r"$\ell_2$")
+
+
+def build_tables(
+    summary: pd.DataFrame, dataset: str, main_fors: int | None, compare_paper: bool = False
+) -> tuple[list[Table], list[str]]:
+    """The main table (paper Table 1, or 3 for ImageNet), the FoR ablation (Table 2) and certified accuracy."""
+    notes: list[str] = []
+    variants = [c for c in VARIANT_KEYS if c in summary.columns]
+    name = DATASET_NAMES.get(dataset, dataset)
+    main_no = 3 if dataset == "imagenet" else 1
+    ref_ds = reference_dataset(dataset)
+    ref_name = DATASET_NAMES[ref_ds]
+    paper_main = paper_abl = None
+    main_note = abl_note = ""
+    if compare_paper:
+        main_t = MAIN_TABLE[ref_ds]
+        abl_t = ABLATION_TABLE.get(ref_ds)
+        paper_main = paper_values(ref_ds, (main_t,))
+        paper_abl = paper_values(ref_ds, (abl_t, main_t) if abl_t else (main_t,))
+        if ref_ds != dataset:
+            notes.append(f"the paper has no {name} results; --compare-paper shows its {ref_name} values")
+        main_note = f" Paper columns: Table {main_t} of the paper ({ref_name})."
+        abl_note = (
+            f" Paper columns: Table {abl_t} of the paper ({ref_name}); speedups use Table {main_t}'s IS-RS times."
+            if abl_t
+            else f" Paper columns: Table {main_t} of the paper ({ref_name}), which has no FoR ablation."
+        )
+
+    tables: list[Table] = []
+    is_rows = summary[summary["method"] == "is"]
+    ls_rows = summary[summary["method"] == "ls"]
+    main_rows = (
+        pd.concat([is_rows, ls_rows[ls_rows["fors"] == main_fors]]) if main_fors is not None else is_rows
+    )
+    if len(main_rows):
+        fors_txt = (
+            "" if main_fors is None else f" at FoR {_fors_label(main_fors, ls_rows['fors_total'].max())}"
+        )
+        caption = f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt} (layout of the paper's Table {main_no})."
+        data = _main_display(main_rows, variants, paper_main)
+        tables.append(Table(f"table{main_no}", caption + main_note, data, _formats_for(data.columns)))
+
+    if len(ls_rows):
+        caption = f"Depth of the latent space (FoR ablation) on {name}, every LS-RS FoR in the run (layout of the paper's Table 2)."
+        data = _main_display(ls_rows, variants, paper_abl)
+        tables.append(Table("table2", caption + abl_note, data, _formats_for(data.columns)))
+    else:
+        notes.append("no LS-RS rows: the FoR ablation table (Table 2) is not written")
+
+    certified = summary[summary["sigma"] > 0]
+    if len(certified):
+        data = _base_display(certified, variants)
+        for r in RADII:
+            data[f"r = {r:.2f}"] = certified[cert_acc_column(r)].astype(float).tolist()
+        caption = f"Certified accuracy (%) on {name} at l2 radius r (Cohen et al. 2019); r = 0 is the Accuracy column."
+        tables.append(Table("certified_accuracy", caption, data, _formats_for(data.columns)))
+    else:
+        notes.append("no sigma > 0 rows: nothing was certified, the certified-accuracy table is not written")
+    for t in tables:
+        t.latex_caption = _latex_text(t.caption)
+    return tables, notes
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def format_cell(value: object, fmt: str | Callable[[float], str] | None, na_rep: str = "-") -> str:
+    """One display cell: NaN/None as ``na_rep``, numbers through ``fmt``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return na_rep
+    if fmt is not None and isinstance(value, (int, float, np.number)):
+        return fmt(value) if callable(fmt) else fmt.format(value)
+    return str(value)
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub-flavoured pipe table: text columns left-aligned, numeric ones right-aligned, padded."""
+    cols = list(table.data.columns)
+    rows = [
+        [format_cell(v, table.formats.get(c)).replace("|", r"\|") for c, v in zip(cols, rec, strict=True)]
+        for rec in table.data.itertuples(index=False, name=None)
+    ]
+    numeric = [c in table.formats for c in cols]
+    widths = [max(3, len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+
+    def line(cells: list[str]) -> str:
+        padded = [x.rjust(w) if num else x.ljust(w) for x, w, num in zip(cells, widths, numeric, strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1))
+            for w, num in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
+    return "\n".join([line(cols), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment via :meth:`pandas.io.formats.style.Styler.to_latex`."""
+    data = table.data.rename(columns=lambda c: c.replace("σ", r"$\sigma$"))
+    formats = {c.replace("σ", r"$\sigma$"): f for c, f in table.formats.items()}
+    col_format = "".join("r" if c in formats else "l" for c in data.columns)
+    styler = (
+        data.style.hide(axis="index")
+        .format(formats, na_rep="-", escape="latex")
+        .format_index(escape="latex-math", axis=1)
+    )
+    return styler.to_latex(
+        hrules=True,
+        column_format=col_format,
+        caption=table.latex_caption or table.caption,
+        label=f"tab:{table.name}",
+        position_float="centering",
+    )
+
+
+def to_csv(table: Table) -> str:
+    """The table's numbers rounded as displayed; NaN as an empty field."""
+    data = table.data.copy()
+    for c, fmt in table.formats.items():
+        if isinstance(fmt, str) and "." in fmt:
+            data[c] = data[c].astype(float).round(int(fmt.split(".")[1][0]))
+    return data.to_csv(index=False)
+
+
+def render(table: Table, fmt: str) -> str:
+    """``table`` as ``latex``, ``markdown`` or ``csv`` text."""
+    if fmt == "latex":
+        return to_latex(table)
+    if fmt == "markdown":
+        return f"**{table.caption}**\n\n" + to_markdown(table)
+    if fmt == "csv":
+        return to_csv(table)
+    raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# ------------------------------------------------------------------------------------- missing configs
+
+
+def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | None = None) -> list[str]:
+    """Human-readable notes on configurations the run lacks or holds only partly."""
+    notes: list[str] = []
+    if not manifest:
+        notes.append("no manifest.json: FLOP-ideal speedups and run metadata are not available")
+    if df is not None and df.attrs.get("duplicates_dropped"):
+        notes.append(f"{df.attrs['duplicates_dropped']} repeated result row(s) were counted once")
+    if summary.empty:
+        return notes + ["the run holds no results"]
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+
+    def _numbers(key: str, cast: type) -> list | None:
+        values = config.get(key)
+        if isinstance(values, (list, tuple)):
+            try:
+                return [cast(v) for v in values]
+            except (TypeError, ValueError):
+                return None
+        return None
+
+    sigmas = set(summary["sigma"].round(_SIGMA_DECIMALS))
+    cfg_sigmas = _numbers("sigmas", float)
+    if cfg_sigmas:
+        sigmas |= {round(s, _SIGMA_DECIMALS) for s in cfg_sigmas}
+    ls_fors = set(summary.loc[summary["method"] == "ls", "fors"].astype(int))
+    cfg_fors = _numbers("fors", int)
+    if cfg_fors:
+        ls_fors |= {k for k in cfg_fors if k > 0}
+    total = summary["fors_total"].max()
+
+    has_clean = bool((summary["sigma"] == 0).any())
+    if not has_clean:
+        notes.append("no sigma = 0 rows: clean accuracy is not reported")
+    if not (summary["method"] == "is").any():
+        notes.append("no IS-RS rows: speedups over IS-RS are not available")
+    present = set(
+        zip(
+            summary["method"],
+            summary["fors"].astype(int),
+            summary["sigma"].round(_SIGMA_DECIMALS),
+            strict=True,
+        )
+    )
+    check = sorted(sigmas) if has_clean else sorted(sigmas - {0.0})
+    expected = [("is", 0)] * bool((summary["method"] == "is").any()) + [("ls", k) for k in sorted(ls_fors)]
+    for method, k in expected:
+        lacking = [s for s in check if (method, k, s) not in present]
+        if not lacking:
+            continue
+        label = config_label(method, k, total)
+        if len(lacking) == len(check):
+            notes.append(f"{label}: no rows at all (listed in the run's config)")
+        else:
+            notes.append(f"{label}: no rows at sigma = {', '.join(format_sigma(s) for s in lacking)}")
+
+    most = int(summary["images"].max())
+    for rec in summary.itertuples(index=False):
+        if rec.images < most:
+            notes.append(
+                f"{config_label(rec.method, rec.fors, rec.fors_total)} at sigma = {format_sigma(rec.sigma)}: "
+                f"{rec.images} of {most} images"
+            )
+    if manifest:
+        lacking_flops = sorted(
+            int(k) for k, v in zip(summary["fors"], summary["flop_ideal"], strict=True)
+            if v != v and k in ls_fors
+        )  # fmt: skip
+        if lacking_flops:
+            listed = ", ".join(str(k) for k in sorted(set(lacking_flops)))
+            notes.append(f"manifest has no FLOP split for FoR {listed}: FLOP-ideal speedup shown as '-'")
+    return notes
+
+
+# ----------------------------------------------------------------------------------------- the report
+
+
+def _run_line(df: pd.DataFrame, manifest: dict, dataset: str) -> str:
+    parts = [f"dataset {DATASET_NAMES.get(dataset, dataset)}"]
+    if "arch" in df.columns and df["arch"].notna().any():
+        parts.append(f"arch {', '.join(sorted(df['arch'].dropna().astype(str).unique()))}")
+    device = manifest.get("device")
+    if device is None and "device" in df.columns and df["device"].notna().any():
+        device = df["device"].dropna().astype(str).iloc[0]
+    if device:
+        parts.append(f"device {device}")
+    if "idx" in df.columns:
+        parts.append(f"{df['idx'].nunique()} images")
+    parts.append(f"{len(df)} result rows")
+    if manifest.get("config_hash"):
+        parts.append(f"config {manifest['config_hash']}")
+    return " · ".join(parts)
+
+
+_DEFINITIONS = """\
+## Definitions
+
+- **ACR**: mean over all certified images of the certified l2 radius, counting 0 when the prediction is wrong or abstained.
+- **Accuracy (%)**: certified accuracy at radius 0 (share of correct predictions); at σ = 0, the clean accuracy of the base network.
+- **Certified accuracy at r (%)**: share of images predicted correctly with radius ≥ r (Cohen et al. 2019); "-" at σ = 0.
+- **time (s/example)**: mean total certification seconds per image; "-" at σ = 0, as in the paper.
+- **Speedup**: IS-RS time at the same σ divided by the row's time.
+- **FLOP-ideal**: flops_total / flops_classifier of the LS model, the speedup if time followed the FLOPs per noise sample.
+"""
+
+
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "markdown",
+    main_fors: int = 9,
+    compare_paper: bool = False,
+    figures: bool = True,
+) -> ReportResult:
+    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF) and ``index.md`` to ``out_dir``."""
+    if fmt not in FORMATS:
+        raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    df, manifest = load_run(run_dir)
+    summary = summarize(df, manifest)
+    dataset = _dataset_of(df, manifest)
+    chosen, fors_note = choose_main_fors(summary.loc[summary["method"] == "ls", "fors"], main_fors)
+    missing = missing_configs(summary, manifest, df)
+    if fors_note:
+        missing.insert(0, fors_note)
+    tables, notes = build_tables(summary, dataset, chosen, compare_paper)
+    missing += notes
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchUsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+    result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables)
+    table_links: list[str] = []
+    for table in tables:
+        path = out / f"{table.name}{FORMATS[fmt]}"
+        path.write_text(render(table, fmt), encoding="utf-8")
+        result.paths.append(path)
+        table_links.append(f"- [{path.name}]({path.name}): {table.caption}")
+    summary_path = out / "summary.csv"
+    summary.to_csv(summary_path, index=False)
+    result.paths.append(summary_path)
+    table_links.append(
+        f"- [{summary_path.name}]({summary_path.name}): every aggregate at full precision, one row per configuration."
+    )
+
+    figure_links: list[str] = []
+    if figures:
+        from bench import plots
+
+        written, fig_notes = plots.write_figures(df, summary, out, main_fors=chosen)
+        result.missing += fig_notes
+        for fig in written:
+            result.paths += fig.paths
+            png = next((p for p in fig.paths if p.suffix == ".png"), fig.paths[0])
+            others = " ".join(f"([{p.suffix[1:].upper()}]({p.name}))" for p in fig.paths if p != png)
+            figure_links.append(f"- [{png.name}]({png.name}) {others}: {fig.caption}")
+
+    if fmt == "latex":
+        table_links.insert(
+            0, r"LaTeX tables are `table` environments for `\input{}`; they need `\usepackage{booktabs}`."
+        )
+        table_links.insert(1, "")
+    lines = [
+        f"# Report: {run_dir.name}",
+        "",
+        _run_line(df, manifest, dataset),
+        "",
+        "## Tables",
+        "",
+        *table_links,
+    ]
+    if figure_links:
+        lines += ["", "## Figures", "", *figure_links]
+    if result.missing:
+        lines += ["", "## Missing or incomplete", "", *[f"- {m}" for m in result.missing]]
+    lines += ["", _DEFINITIONS]
+    index = out / "index.md"
+    index.write_text("\n".join(lines), encoding="utf-8")
+    result.paths.append(index)
+    result.index = index
+    return result

@@ -1,0 +1,446 @@
+"""Datasets for training and certification: ``digits`` (embedded default), ``cifar10`` and ``imagenet``.
+
+Every dataset yields ``(x, label)`` with ``x`` a float tensor ``C x H x W`` in ``[0, 1]`` and ``label`` an
+int. Normalisation is *not* applied here: the per-dataset ``mean`` of :data:`DATASETS` is subtracted inside
+the model (a translation, Lipschitz constant 1), and no division by a standard deviation happens inside an
+LS encoder, since that would scale the encoder's Lipschitz constant and hence the certified radius
+(paper, Theorem 1).
+
+* ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 scans shipped with scikit-learn, pixel values
+  0..16 scaled to [0, 1]), upsampled bilinearly to 16x16 (``align_corners=False``; the models need an input
+  size divisible by 8), split by ``sklearn.model_selection.train_test_split(test_size=360, stratify=labels,
+  random_state=0)`` into 1,437 training and 360 test images (36 +/- 1 per class). No network, no files.
+* ``cifar10``: the standard ``cifar-10-batches-py/`` folder (as distributed by its authors and by
+  torchvision), found under ``--data-dir`` / ``$LSRS_DATA``. Its batches are Python pickles: they are read
+  with a restricted unpickler that only rebuilds numpy arrays and plain containers, so a tampered batch
+  cannot run code. Training split: random crop (padding 4) and horizontal flip, as in Cohen et al. (2019).
+* ``imagenet``: ``torchvision.datasets.ImageFolder`` over ``train/`` and ``val/``; training uses
+  ``RandomResizedCrop(224)`` + flip, test uses ``Resize(256)`` + ``CenterCrop(224)``. The paper certifies
+  one image per class on ImageNet (Appendix B): see :func:`per_class_indices`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+SPLITS = ("train", "test")
+DATA_ENV = "LSRS_DATA"
+DEFAULT_DATA_DIR = "data"
+
+
+class DatasetMissingError(Exception):
+    """The dataset's files are absent or unreadable; the message is one line saying where and how to fix."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of a dataset and its default training recipe (paper, Appendix B)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    in_size: int
+    mean: tuple[float, ...]
+    default_arch: str
+    default_width: int
+    preprocessing: str
+    epochs: int
+    lr: float
+    lr_step: int
+    batch_size: int
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable view (stored in checkpoint metadata)."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "in_size": self.in_size,
+            "mean": list(self.mean),
+            "preprocessing": self.preprocessing,
+        }
+
+
+DIGITS_SOURCE_SIZE = 8
+DIGITS_SIZE = 16
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        in_size=DIGITS_SIZE,
+        # mean pixel of the 1,437 training images after scaling to [0, 1] (checked by the tests)
+        mean=(0.3054,),
+        default_arch="resnet18",
+        default_width=8,
+        preprocessing=(
+            "sklearn load_digits 8x8, /16 -> [0,1], bilinear upsampling to 16x16 (align_corners=False); "
+            "stratified split random_state=0 (1437 train / 360 test); mean subtracted in the model, no std"
+        ),
+        epochs=15,
+        lr=0.05,
+        lr_step=10,
+        batch_size=64,
+        train_size=1437,
+        test_size=360,
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        num_classes=10,
+        in_channels=3,
+        in_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        default_arch="resnet18",
+        default_width=64,
+        preprocessing=(
+            "cifar-10-batches-py uint8 /255 -> [0,1]; train: RandomCrop(32, padding=4) + HorizontalFlip; "
+            "mean subtracted in the model, no std"
+        ),
+        epochs=100,
+        lr=0.01,
+        lr_step=30,
+        batch_size=256,
+        train_size=50000,
+        test_size=10000,
+    ),
+    "imagenet": DatasetInfo(
+        name="imagenet",
+        num_classes=1000,
+        in_channels=3,
+        in_size=224,
+        mean=(0.485, 0.456, 0.406),
+        default_arch="wide_resnet34",
+        default_width=10,  # the widen factor of WRN-34-10
+        preprocessing=(
+            "ImageFolder train/ val/; train: RandomResizedCrop(224) + HorizontalFlip; "
+            "test: Resize(256) + CenterCrop(224); ToTensor -> [0,1]; mean subtracted in the model, no std"
+        ),
+        epochs=90,
+        lr=0.1,
+        lr_step=30,
+        batch_size=256,
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; ``ValueError`` naming the known datasets otherwise."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir`` if given, else ``$LSRS_DATA``, else ``./data``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else Path(DEFAULT_DATA_DIR)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched ``RandomCrop(size, padding)`` (zero padding) + ``RandomHorizontalFlip`` of ``B x C x H x W``."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    cols = ox[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TensorImageDataset(Dataset):
+    """Images and labels held in memory as tensors.
+
+    ``images`` is ``N x C x H x W``, either float in [0, 1] or uint8 (divided by 255 on access, which keeps
+    CIFAR-10 at 150 MB instead of 600 MB). ``augment`` applies :func:`random_crop_flip`.
+    :meth:`batch` gathers a whole batch at once (the fast path used by :mod:`lsrs.training`).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images = images
+        self.labels = labels.long()
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self._to_float(self.images[i])
+        if self.augment:
+            x = random_crop_flip(x.unsqueeze(0))[0]
+        return x, int(self.labels[i])
+
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (float, [0, 1], augmented if enabled, drawn from ``generator``) and labels at ``index``."""
+        x = self._to_float(self.images[index])
+        if self.augment:
+            x = random_crop_flip(x, generator=generator)
+        return x, self.labels[index]
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- digits
+@functools.lru_cache(maxsize=1)
+def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    x = x.clamp_(0.0, 1.0).contiguous()
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    idx = np.arange(len(y))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED
+    )
+    return x, y, np.sort(train_idx), np.sort(test_idx)
+
+
+def _load_digits(split: str) -> TensorImageDataset:
+    x, y, train_idx, test_idx = _digits_tensors()
+    idx = torch.as_tensor(train_idx if split == "train" else test_idx)
+    return TensorImageDataset(x[idx].clone(), y[idx].clone())
+
+
+# ---------------------------------------------------------------------------------------------- cifar10
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_FILES = ("test_batch",)
+
+
+def _numpy_reconstruct() -> Callable:
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(mod)._reconstruct
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy's array reconstructor is not available")
+
+
+def _numpy_frombuffer() -> Callable:
+    for mod in ("numpy._core.numeric", "numpy.core.numeric"):
+        try:
+            return importlib.import_module(mod)._frombuffer
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy's _frombuffer is not available")
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds numpy arrays and plain containers only; any other global is refused."""
+
+    _ALLOWED: dict[tuple[str, str], Callable[[], object]] = {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        ("_codecs", "encode"): lambda: __import__("codecs").encode,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        getter = self._ALLOWED.get((module, name))
+        if getter is None:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return getter()
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One ``cifar-10-batches-py`` batch as (N x 3 x 32 x 32 uint8, N labels), validated."""
+    try:
+        raw = path.read_bytes()
+        entry = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as one clear line
+        raise DatasetMissingError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+    if not isinstance(entry, dict):
+        raise DatasetMissingError(f"CIFAR-10 batch {path} is not a dict")
+    data = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise DatasetMissingError(f"CIFAR-10 batch {path} lacks 'data' (array) or 'labels'")
+    data = np.asarray(data)
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != len(labels):
+        raise DatasetMissingError(
+            f"CIFAR-10 batch {path} has data {data.dtype}{list(data.shape)} and {len(labels)} labels; "
+            "expected uint8 [N, 3072] and N labels"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetMissingError(f"CIFAR-10 batch {path} has labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_candidates(root: Path) -> list[Path]:
+    if root.name == CIFAR_FOLDER:
+        return [root]
+    return [root / CIFAR_FOLDER, root / "cifar10" / CIFAR_FOLDER]
+
+
+def _cifar_missing(root: Path, looked: Sequence[Path], files: Sequence[str]) -> DatasetMissingError:
+    return DatasetMissingError(
+        f"CIFAR-10 not found: looked in {', '.join(str(p) for p in looked)} for {', '.join(files)}; "
+        f"expected layout <data-dir>/{CIFAR_FOLDER}/{{data_batch_1..5,test_batch}}; get it with "
+        f"--download (needs network) or unpack cifar-10-python.tar.gz from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html into {root} (or set --data-dir / ${DATA_ENV})"
+    )
+
+
+def _load_cifar10(split: str, root: Path, download: bool, augment: bool) -> TensorImageDataset:
+    files = CIFAR_TRAIN_FILES if split == "train" else CIFAR_TEST_FILES
+    looked = _cifar_candidates(root)
+    folder = next((c for c in looked if all((c / f).is_file() for f in files)), None)
+    if folder is None and download:
+        try:
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            root.mkdir(parents=True, exist_ok=True)
+            download_and_extract_archive(
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                str(root),
+                filename="cifar-10-python.tar.gz",
+                md5="c58f30108f718f92721af3b95e74349a",
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetMissingError(
+                f"CIFAR-10 download into {root} failed ({type(exc).__name__}: {exc}); "
+                f"unpack cifar-10-python.tar.gz into {root} by hand"
+            ) from None
+        folder = next((c for c in looked if all((c / f).is_file() for f in files)), None)
+    if folder is None:
+        raise _cifar_missing(root, looked, files)
+    parts = [_read_cifar_batch(folder / f) for f in files]
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return TensorImageDataset(torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), augment)
+
+
+# --------------------------------------------------------------------------------------------- imagenet
+def _load_imagenet(split: str, root: Path, augment: bool) -> Dataset:
+    from torchvision import datasets, transforms
+
+    sub = "train" if split == "train" else "val"
+    looked = [root / sub, root / "imagenet" / sub]
+    folder = next((c for c in looked if c.is_dir()), None)
+    if folder is None:
+        raise DatasetMissingError(
+            f"ImageNet {sub} split not found: looked in {', '.join(str(p) for p in looked)}; expected "
+            f"<data-dir>/{sub}/<wnid>/*.JPEG (ImageFolder layout, one folder per class); ImageNet cannot be "
+            f"downloaded automatically: get ILSVRC2012 from https://image-net.org and set --data-dir / ${DATA_ENV}"
+        )
+    if split == "train" and augment:
+        tf = transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        )
+    else:
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    try:
+        return datasets.ImageFolder(str(folder), transform=tf)
+    except (FileNotFoundError, OSError) as exc:
+        raise DatasetMissingError(f"ImageNet folder {folder} is unusable: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ public
+def load_dataset(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    *,
+    augment: bool | None = None,
+) -> Dataset:
+    """The ``split`` ("train" or "test") of dataset ``name`` yielding ``(x in [0,1]^{C x H x W}, label)``.
+
+    ``augment`` (default: on for the training split of cifar10/imagenet, never for digits) enables the
+    standard crop/flip augmentation. Raises :class:`DatasetMissingError` when the files are absent.
+    """
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if augment is None:
+        augment = split == "train" and name != "digits"
+    if name == "digits":
+        return _load_digits(split)
+    root = resolve_data_dir(data_dir)
+    if name == "cifar10":
+        return _load_cifar10(split, root, download, augment)
+    if name == "imagenet":
+        return _load_imagenet(split, root, augment)
+    raise ValueError(f"no loader for dataset {info.name!r}")  # pragma: no cover
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """All labels of ``dataset`` (fast for the in-memory, ImageFolder and Subset datasets used here)."""
+    if isinstance(dataset, Subset):
+        inner = dataset_labels(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+def per_class_indices(labels: Sequence[int], per_class: int, seed: int | None = None) -> list[int]:
+    """Indices of ``per_class`` images of each class (the first ones, or a seeded random draw).
+
+    The paper certifies one randomly drawn image per class on ImageNet (Appendix B): ``per_class=1``.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels_arr = np.asarray(labels)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    out: list[int] = []
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        if rng is not None:
+            idx = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        out.extend(int(i) for i in idx[:per_class])
+    return sorted(out)
+
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "DatasetInfo",
+    "DatasetMissingError",
+    "TensorImageDataset",
+    "dataset_info",
+    "dataset_labels",
+    "load_dataset",
+    "per_class_indices",
+    "random_crop_flip",
+    "resolve_data_dir",
+]

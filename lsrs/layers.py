@@ -1,0 +1,342 @@
+"""1-Lipschitz building blocks of the orthogonal encoder (paper Section 2.2).
+
+* :class:`CayleyConv2d` - orthogonal / semi-orthogonal *circular* convolution parametrised by the Cayley
+  transform of a skew-Hermitian matrix per frequency (Trockman & Kolter 2021; paper Eq. 10-11). With
+  ``stride=s`` the input is first pixel-unshuffled (a permutation of coordinates, an isometry).
+* :class:`MaxMin` - GroupSort with groups of two (Anil et al. 2019): a coordinate permutation at every
+  point, hence 1-Lipschitz and gradient-norm preserving.
+* :class:`ChannelPad` - zero-padding of channels (an isometry).
+* :class:`MeanShift` - subtraction of a per-channel mean (a translation, Lipschitz 1).
+* :class:`ConvexResidual` - ``alpha * main(x) + (1 - alpha) * skip(x)`` with ``alpha = sigmoid(theta)``;
+  Lipschitz at most ``alpha * L_main + (1 - alpha) * L_skip`` (paper Section 4, Figure 2b).
+
+Every atom reports a bound through ``lipschitz_bound(input_shape)``; :mod:`lsrs.lipschitz` composes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "CayleyConv2d",
+    "ChannelPad",
+    "ConvexResidual",
+    "MaxMin",
+    "MeanShift",
+    "cayley",
+    "circular_kernel",
+]
+
+
+def cayley(w: Tensor) -> Tensor:
+    """Semi-orthogonal Cayley transform of a batch of ``p x q`` (real or complex) matrices.
+
+    For ``p >= q`` write ``w = [U; V]`` with ``U`` the top ``q x q`` block. ``w`` stands for the
+    skew-Hermitian ``p x p`` matrix ``B = [[U - U^H, -V^H], [V, 0]]``; the first ``q`` columns of its
+    Cayley transform ``(I + B)^-1 (I - B)`` (paper Eq. 10) solve two block equations whose solution is
+
+        A = U - U^H + V^H V,   Q = [ 2 (I + A)^-1 - I ;  -2 V (I + A)^-1 ],
+
+    so only a ``q x q`` system is inverted. ``I + A`` is always invertible because
+    ``Re x^H (I + A) x = |x|^2 + |V x|^2 > 0``. ``Q`` has orthonormal columns (an isometry); for ``p < q``
+    the transform is applied to ``w^H`` and transposed back, giving orthonormal rows.
+    """
+    p, q = w.shape[-2:]
+    if p < q:
+        return cayley(w.mH).mH
+    u, v = w[..., :q, :], w[..., q:, :]
+    eye = torch.eye(q, dtype=w.dtype, device=w.device)
+    a = u - u.mH + v.mH @ v
+    inv = torch.linalg.inv(eye + a)
+    top = 2.0 * inv - eye
+    if p == q:
+        return top
+    return torch.cat([top, -2.0 * (v @ inv)], dim=-2)
+
+
+def circular_kernel(weight: Tensor, size: tuple[int, int], center: bool = True) -> Tensor:
+    """Place a ``(..., k_h, k_w)`` kernel on an ``h x w`` torus (taps that wrap around are summed).
+
+    With ``center`` the middle tap lands on index (0, 0), so the circular convolution is aligned with the
+    input (a circular shift otherwise, which changes no singular value). Works for kernels larger than the
+    grid too, which is what circular convolution at a small spatial size means.
+    """
+    h, w = size
+    kh, kw = weight.shape[-2:]
+    ch, cw = (kh // 2, kw // 2) if center else (0, 0)
+    rows = (torch.arange(kh, device=weight.device) - ch) % h
+    cols = (torch.arange(kw, device=weight.device) - cw) % w
+    index = (rows[:, None] * w + cols[None, :]).reshape(-1)
+    flat = weight.reshape(*weight.shape[:-2], kh * kw)
+    out = torch.zeros(*weight.shape[:-2], h * w, dtype=weight.dtype, device=weight.device)
+    out = out.index_add(-1, index, flat)
+    return out.reshape(*weight.shape[:-2], h, w)
+
+
+def _real_block(q: Tensor) -> Tensor:
+    """The real ``2p x 2q`` matrix ``[[Re, -Im], [Im, Re]]`` acting like the complex ``p x q`` matrix ``q``."""
+    re, im = q.real, q.imag
+    return torch.cat([torch.cat([re, -im], dim=-1), torch.cat([im, re], dim=-1)], dim=-2)
+
+
+class CayleyConv2d(nn.Module):
+    """Orthogonal circular convolution via a per-frequency Cayley transform (Trockman & Kolter 2021).
+
+    The kernel ``weight`` (``out_channels x in_channels*stride^2 x k x k``, weight-normalised by a
+    learnable ``scale``) is placed on the torus of the input's spatial size and Fourier transformed;
+    at every frequency the ``c_out x c_in`` matrix is mapped by :func:`cayley` to a (semi-)orthogonal
+    ``Q(u, v)``, and the output is ``irfft2(Q(u, v) rfft2(x)(u, v)) + bias`` (paper Eq. 11). Because the
+    kernel is real, ``Q(-u, -v) = conj(Q(u, v))`` and the half spectrum of ``rfft2`` suffices.
+
+    * ``c_out == c_in``: orthogonal (every singular value is 1).
+    * ``c_out > c_in``: orthonormal columns per frequency, an isometry into a larger space.
+    * ``c_out < c_in``: orthonormal rows per frequency, Lipschitz 1.
+
+    ``stride=s`` first applies ``pixel_unshuffle(s)`` (a permutation of coordinates), so the layer maps
+    ``C x H x W`` to ``c_out x H/s x W/s`` with the same singular values as the conv on ``s^2 C`` channels.
+    A 1x1 kernel has a frequency-independent ``Q`` and runs as a plain 1x1 convolution.
+
+    In ``eval()`` the transformed operator is computed once per spatial size and cached (the cache is
+    dropped by ``train()`` and whenever a parameter is modified or moved); the uncached, differentiable
+    path is used whenever autograd needs parameter gradients.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, stride) < 1:
+            raise ValueError("channels, kernel_size and stride must be >= 1")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels * stride * stride, kernel_size, kernel_size))
+        self.scale = nn.Parameter(torch.empty(()))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.cache = True
+        self._cache: dict[tuple[int, int], Tensor] = {}
+        self._cache_key: tuple | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s default init for the direction; ``scale`` starts at the weight's norm."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.scale.copy_(self.weight.norm())
+            if self.bias is not None:
+                self.bias.zero_()
+        self._cache = {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"bias={self.bias is not None}"
+        )
+
+    # ------------------------------------------------------------------ operator
+    def _effective_weight(self) -> Tensor:
+        return self.weight * (self.scale / self.weight.norm())
+
+    def fourier_matrices(self, size: tuple[int, int], onesided: bool = True) -> Tensor:
+        """The per-frequency (semi-)orthogonal matrices ``Q``: ``(h, w or w//2+1, c_out, c_in*s^2)`` complex.
+
+        ``size`` is the spatial size at which the convolution runs (after the unshuffle).
+        """
+        kernel = circular_kernel(self._effective_weight(), size)
+        spectrum = torch.fft.rfft2(kernel) if onesided else torch.fft.fft2(kernel)
+        return cayley(spectrum.permute(2, 3, 0, 1))
+
+    def matrix(self) -> Tensor:
+        """The ``c_out x c_in*s^2`` real (semi-)orthogonal matrix of a 1x1 kernel."""
+        if self.kernel_size != 1:
+            raise ValueError("matrix() is defined for 1x1 kernels only")
+        return cayley(self._effective_weight()[:, :, 0, 0])
+
+    def _operator(self, size: tuple[int, int]) -> Tensor:
+        """What ``forward`` multiplies with: the 1x1 matrix, or real-block per-frequency matrices."""
+        if self.kernel_size == 1:
+            return self.matrix()
+        q = self.fourier_matrices(size)
+        return _real_block(q.reshape(-1, *q.shape[-2:]))
+
+    def _param_key(self) -> tuple:
+        return tuple(
+            (p.data_ptr(), p._version, p.device, p.dtype) for p in (self.weight, self.scale)
+        )
+
+    def _cached_operator(self, size: tuple[int, int]) -> Tensor:
+        key = self._param_key()
+        if key != self._cache_key:
+            self._cache, self._cache_key = {}, key
+        op = self._cache.get(size)
+        if op is None:
+            # A plain (non-inference) constant, usable both under inference_mode and by autograd w.r.t. x.
+            with torch.inference_mode(False), torch.no_grad():
+                op = self._operator(size)
+            self._cache[size] = op
+        return op
+
+    def _use_cache(self) -> bool:
+        if self.training or not self.cache:
+            return False
+        needs_param_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        return not needs_param_grad
+
+    def train(self, mode: bool = True) -> CayleyConv2d:
+        self._cache, self._cache_key = {}, None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        self._cache, self._cache_key = {}, None
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = self.weight.dtype
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.stride > 1:
+                x = F.pixel_unshuffle(x, self.stride)
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            op = self._cached_operator(size) if self._use_cache() else self._operator(size)
+            if self.kernel_size == 1:
+                return F.conv2d(x, op[:, :, None, None], self.bias)
+            return self._fourier_conv(x, op, size)
+
+    def _fourier_conv(self, x: Tensor, block: Tensor, size: tuple[int, int]) -> Tensor:
+        b, c_in = x.shape[:2]
+        h, w = size
+        m = w // 2 + 1
+        xf = torch.view_as_real(torch.fft.rfft2(x))  # (b, c_in, h, m, 2)
+        xf = xf.permute(2, 3, 4, 1, 0).reshape(h * m, 2 * c_in, b)  # rows: real parts, then imaginary
+        yf = torch.bmm(block, xf)  # (h*m, 2*c_out, b)
+        yf = yf.reshape(h, m, 2, self.out_channels, b).permute(4, 3, 0, 1, 2).contiguous()
+        y = torch.fft.irfft2(torch.view_as_complex(yf), s=(h, w))
+        if self.bias is not None:
+            y = y + self.bias[:, None, None]
+        return y
+
+    # ------------------------------------------------------------------ certificates
+    def conv_size(self, input_shape: Sequence[int]) -> tuple[int, int]:
+        """Spatial size at which the convolution runs, for an input of shape ``(..., H, W)``."""
+        h, w = int(input_shape[-2]), int(input_shape[-1])
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"input size {h}x{w} is not divisible by stride {self.stride}")
+        return h // self.stride, w // self.stride
+
+    @torch.no_grad()
+    def singular_values(self, input_shape: Sequence[int]) -> Tensor:
+        """All singular values of the layer's linear part on inputs of shape ``(..., H, W)``, descending.
+
+        The unshuffle is a permutation, so these are the singular values of the per-frequency matrices
+        over the full ``h x w`` spectrum (Sedghi et al. 2019), ``min(c_out, c_in*s^2) * h * w`` of them.
+        """
+        size = self.conv_size(input_shape)
+        if self.kernel_size == 1:
+            s = torch.linalg.svdvals(self.matrix())
+            return s.repeat(size[0] * size[1]).sort(descending=True).values
+        s = torch.linalg.svdvals(self.fourier_matrices(size, onesided=False))
+        return s.reshape(-1).sort(descending=True).values
+
+    @torch.no_grad()
+    def spatial_kernel(self, input_shape: Sequence[int]) -> Tensor:
+        """The equivalent real circular-convolution kernel ``(c_out, c_in*s^2, h, w)`` at the conv's size."""
+        size = self.conv_size(input_shape)
+        if self.kernel_size == 1:
+            k = torch.zeros(self.out_channels, self.weight.shape[1], *size, dtype=self.weight.dtype)
+            k[:, :, 0, 0] = self.matrix()
+            return k
+        q = self.fourier_matrices(size, onesided=False).permute(2, 3, 0, 1)
+        return torch.fft.ifft2(q).real
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        """Exact l2 Lipschitz constant at this input size: the largest singular value (bias is free)."""
+        return float(self.singular_values(input_shape)[0])
+
+
+class MaxMin(nn.Module):
+    """GroupSort of size 2 over channel halves: ``[max(a, b), min(a, b)]`` for ``x = [a, b]``.
+
+    At every input it permutes coordinates, so it is 1-Lipschitz and preserves gradient norms.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        if c % 2:
+            raise ValueError(f"MaxMin needs an even number of channels, got {c}")
+        a, b = x[:, : c // 2], x[:, c // 2 :]
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        return 1.0
+
+
+class ChannelPad(nn.Module):
+    """Append zero channels up to ``out_channels``: an isometry."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        extra = self.out_channels - x.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot pad {x.shape[1]} channels down to {self.out_channels}")
+        return F.pad(x, (0, 0, 0, 0, 0, extra))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}"
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        return 1.0
+
+
+class MeanShift(nn.Module):
+    """Subtract a per-channel mean: a translation, so Lipschitz 1. (Dividing by a std would not be free.)"""
+
+    def __init__(self, mean: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - self.mean.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={[round(float(m), 4) for m in self.mean.flatten()]}"
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        return 1.0
+
+
+class ConvexResidual(nn.Module):
+    """``alpha * main(x) + (1 - alpha) * skip(x)`` with learnable ``alpha = sigmoid(theta)`` in [0, 1].
+
+    If ``main`` and ``skip`` are 1-Lipschitz so is the combination (triangle inequality); the general
+    bound is ``alpha * L_main + (1 - alpha) * L_skip``. ``skip=None`` is the identity.
+    """
+
+    def __init__(self, main: nn.Module, skip: nn.Module | None = None, theta: float = 0.0) -> None:
+        super().__init__()
+        self.main = main
+        self.skip = skip if skip is not None else nn.Identity()
+        self.theta = nn.Parameter(torch.tensor(float(theta)))
+
+    @property
+    def alpha(self) -> Tensor:
+        return torch.sigmoid(self.theta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.alpha.to(x.dtype)
+        return a * self.main(x) + (1 - a) * self.skip(x)
