@@ -14,6 +14,10 @@ DATASET_CHOICES = ("digits", "cifar10", "imagenet")
 METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
 
 
+def _radius_ok(r: object) -> str | None:
+    return None if 0 <= r < float("inf") else "radii must be finite and >= 0"  # type: ignore[operator]
+
+
 class BatchSize(click.ParamType):
     """``auto`` or a positive integer."""
 
@@ -68,9 +72,18 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="Run folder [default: results/<dataset>-<config hash>].")
 @click.option("--allow-sigma-mismatch", is_flag=True, help="Certify with the nearest trained σ if none matches.")
 @click.option("--fresh", is_flag=True, help="Discard what --out holds instead of resuming it.")
+@click.option("--sampler", type=click.Choice(["fixed", "curtail"]), default="fixed", show_default=True,
+              help="curtail: stop drawing once abstention is certain (same certificates as fixed).")
+@click.option("--certificate", type=click.Choice(["binary", "multiclass"]), default="binary", show_default=True,
+              help="binary: Cohen et al. (pB = 1 - pA); multiclass: paper Eq. 3 with a Bonferroni split of α.")
+@click.option("--decide-radii", type=CommaList(float, "radius", _radius_ok), default=None,
+              help="Also decide, per image, certified robustness at these input radii (anytime-valid test).")
+@click.option("--max-n", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Sample budget of each --decide-radii decision.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
-            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, quiet) -> None:
+            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, sampler,
+            certificate, decide_radii, max_n, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
     Stores one parquet row per (image, method, FoR, σ) under --out and resumes an interrupted run when
@@ -95,7 +108,8 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
         device_type=_device_type(device), precision=precision, checkpoints=str(checkpoints),
-        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir,
+        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, sampler=sampler, certificate=certificate,
+        decide_radii=tuple(decide_radii or ()), max_n=max_n,
     )
     out = out or default_out(dataset, config.config_hash())
     console = Console(quiet=quiet)

@@ -271,10 +271,9 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
 
 
 def write_figures(
-    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, main_fors: int | None = None
+    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path
 ) -> tuple[list[FigureFile], list[str]]:
-    """Build and save every figure that the data allows; notes say which were left out and why."""
-    del main_fors  # every figure shows all FoRs
+    """Build and save every figure the data allows (all FoRs each); notes say which were left out and why."""
     out_dir = Path(out_dir)
     specs = [
         ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR.",

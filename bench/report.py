@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
+from bench.store import MANIFEST
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
@@ -36,6 +37,7 @@ FORS_TOTAL_BY_ARCH: dict[str, int] = {"resnet18": 18, "wide_resnet34": 34}
 DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS"}
 ABSTAIN = -1
 _SIGMA_DECIMALS = 6
+MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 
 
 def cert_acc_column(radius: float) -> str:
@@ -47,7 +49,9 @@ def cert_acc_column(radius: float) -> str:
 
 
 def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read ``run_dir``'s ``part-*.parquet`` files and ``manifest.json`` (``{}`` if there is none).
+    """Read ``run_dir``'s ``part-*.parquet`` files and its manifest (``{}`` if there is none).
+
+    The manifest is ``_manifest.json`` (:data:`bench.store.MANIFEST`); a plain ``manifest.json`` is accepted too.
 
     Rows repeated for the same (idx, method, fors, sigma, variant) -- e.g. after a resumed chunk -- are kept
     once (the last); how many were dropped is in ``df.attrs["duplicates_dropped"]``.
@@ -85,8 +89,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         )
 
     manifest: dict = {}
-    manifest_path = path / "manifest.json"
-    if manifest_path.exists():
+    manifest_path = next((path / n for n in MANIFEST_NAMES if (path / n).exists()), None)
+    if manifest_path is not None:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -483,7 +487,7 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
     """Human-readable notes on configurations the run lacks or holds only partly."""
     notes: list[str] = []
     if not manifest:
-        notes.append("no manifest.json: FLOP-ideal speedups and run metadata are not available")
+        notes.append(f"no {MANIFEST}: FLOP-ideal speedups and run metadata are not available")
     if df is not None and df.attrs.get("duplicates_dropped"):
         notes.append(f"{df.attrs['duplicates_dropped']} repeated result row(s) were counted once")
     if summary.empty:
@@ -629,7 +633,7 @@ def write_report(
     if figures:
         from bench import plots
 
-        written, fig_notes = plots.write_figures(df, summary, out, main_fors=chosen)
+        written, fig_notes = plots.write_figures(df, summary, out)
         result.missing += fig_notes
         for fig in written:
             result.paths += fig.paths
@@ -643,7 +647,7 @@ def write_report(
         )
         table_links.insert(1, "")
     lines = [
-        f"# Report: {run_dir.name}",
+        f"# Report: {run_dir.resolve().name}",
         "",
         _run_line(df, manifest, dataset),
         "",

@@ -58,6 +58,10 @@ class RunConfig:
     checkpoints: str = "results/checkpoints"
     allow_sigma_mismatch: bool = False
     data_dir: str | None = None
+    sampler: str = "fixed"
+    certificate: str = "binary"
+    decide_radii: tuple[float, ...] = ()
+    max_n: int = 100_000
 
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded)."""
@@ -262,14 +266,15 @@ class GridRunner:
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 
-    def _done_keys(self) -> set[tuple[str, int, float, int]]:
-        rows = store.read_rows(self.out)
+    def _done_keys(self, folder: Path, radius: bool = False) -> set[tuple]:
+        """Keys (method, fors, sigma, idx[, radius]) of the rows already stored in ``folder``."""
+        rows = store.read_rows(folder)
         if rows.empty:
             return set()
-        return {
-            (m, int(f), float(s), int(i))
-            for m, f, s, i in zip(rows["method"], rows["fors"], rows["sigma"], rows["idx"], strict=True)
-        }
+        cols = [rows["method"], rows["fors"].astype(int), rows["sigma"].astype(float), rows["idx"].astype(int)]
+        if radius:
+            cols.append(rows["radius"].astype(float))
+        return set(zip(*cols, strict=True))
 
     # -------------------------------------------------------------- main loop
     def run(self, dataset: torch.utils.data.Dataset, labels: list[int]) -> dict:
@@ -287,7 +292,8 @@ class GridRunner:
         if not indices:
             raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
         manifest = self._open_store()
-        done = self._done_keys()
+        done = self._done_keys(self.out)
+        self._decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
         todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, i) not in done] for job in jobs}
         certified = 0
         progress = Progress(
@@ -317,28 +323,36 @@ class GridRunner:
                 }
                 manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
                 rows: list[dict] = []
+                decisions: list[dict] = []
                 last_flush = time.monotonic()
                 try:
-                    for row in self._certify_job(job, model, dataset, todo[job], manifest):
+                    for row, decided in self._certify_job(job, model, dataset, todo[job], manifest):
                         rows.append(row)
+                        decisions.extend(decided)
                         certified += 1
                         progress.update(tasks[job], advance=1, summary=_live_summary(rows))
                         if len(rows) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
-                            store.write_part(self.out, rows, job.key)
-                            rows, last_flush = [], time.monotonic()
+                            self._flush(rows, decisions, job)
+                            rows, decisions, last_flush = [], [], time.monotonic()
                         if opts.stop_after is not None and certified >= opts.stop_after:
                             raise _StopRequested
                 finally:
-                    if rows:
-                        store.write_part(self.out, rows, job.key)
+                    self._flush(rows, decisions, job)
                     store.write_json(self.out / store.MANIFEST, manifest)
         manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 
+    def _flush(self, rows: list[dict], decisions: list[dict], job: Job) -> None:
+        """Store decisions first, then the certification rows that mark the images as done."""
+        if decisions:
+            store.write_part(self.out / store.DECISIONS_DIR, decisions, job.key, schema=store.DECISION_SCHEMA)
+        if rows:
+            store.write_part(self.out, rows, job.key)
+
     def _certify_job(
         self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict
-    ) -> Iterator[dict]:
+    ) -> Iterator[tuple[dict, list[dict]]]:
         config, device = self.config, self.device
         if self.options.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -357,7 +371,8 @@ class GridRunner:
             "device": manifest["device"],
         }
         if job.sigma == 0:
-            yield from self._clean_rows(job, model, dataset, indices, common)
+            for row in self._clean_rows(job, model, dataset, indices, common):
+                yield row, []
             return
         if job.method == "is":
             smoother: LatentSmooth = Smooth(
@@ -380,7 +395,13 @@ class GridRunner:
         for i in indices:
             x, label = dataset[i]
             seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
-            cert = smoother.certify(x, config.n0, config.n, config.alpha, batch, generator=seed)
+            cert = smoother.certify(x, config.n0, config.n, config.alpha, batch, generator=seed,
+                                    sampler=config.sampler, certificate=config.certificate)
+            decided = [
+                self._decision_row(smoother, job, i, int(label), x, r, batch, common)
+                for r in config.decide_radii
+                if (job.method, job.fors, job.sigma, i, float(r)) not in self._decided
+            ]
             yield {
                 **common,
                 "idx": i,
@@ -391,6 +412,9 @@ class GridRunner:
                 "radius_latent": cert.radius_latent,
                 "lipschitz": cert.lipschitz,
                 "p_a_lower": cert.p_a_lower,
+                "p_b_upper": cert.p_b_upper,
+                "sampler": cert.sampler,
+                "certificate": cert.certificate,
                 "counts_selection": list(cert.counts_selection),
                 "counts_estimation": list(cert.counts_estimation),
                 "n0": cert.n0,
@@ -401,7 +425,24 @@ class GridRunner:
                 "total_s": cert.total_s,
                 "batch_size": batch,
                 "seed": seed,
-            }
+            }, decided
+
+    def _decision_row(
+        self, smoother: LatentSmooth, job: Job, idx: int, label: int, x: torch.Tensor, radius: float, batch: int,
+        common: dict,
+    ) -> dict:
+        """One anytime-valid decision (``LatentSmooth.decide``) at input radius ``radius``."""
+        config = self.config
+        seed = derive_seed(config.seed, idx, job.method, job.fors, job.sigma, "decide", float(radius))
+        d = smoother.decide(x, radius, config.alpha, config.max_n, batch, generator=seed, n0=config.n0)
+        return {
+            "run": common["run"], "dataset": common["dataset"], "idx": idx, "label": label, "method": job.method,
+            "fors": job.fors, "fors_total": common["fors_total"], "sigma": job.sigma, "radius": float(radius),
+            "certified": d.certified, "prediction": d.prediction, "correct": bool(d.certified) and d.prediction == label,
+            "p_required": d.p_required, "p_a_lower": d.p_a_lower, "p_a_upper": d.p_a_upper,
+            "samples_used": d.samples_used, "max_n": config.max_n, "alpha": config.alpha, "total_s": d.total_s,
+            "seed": seed, "device": common["device"],
+        }
 
     def _clean_rows(
         self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], common: dict
@@ -421,6 +462,9 @@ class GridRunner:
                 "radius_latent": 0.0,
                 "lipschitz": float(getattr(model, "encoder_lipschitz", 1.0)),
                 "p_a_lower": float("nan"),
+                "p_b_upper": float("nan"),
+                "sampler": self.config.sampler,
+                "certificate": self.config.certificate,
                 "counts_selection": [],
                 "counts_estimation": [],
                 "n0": 0,

@@ -14,6 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()), ("dataset", pa.string()), ("arch", pa.string()), ("idx", pa.int64()),
+        ("label", pa.int64()), ("method", pa.string()), ("fors", pa.int64()), ("fors_total", pa.int64()),
+        ("sigma", pa.float64()), ("prediction", pa.int64()), ("correct", pa.bool_()), ("radius", pa.float64()),
+        ("radius_latent", pa.float64()), ("lipschitz", pa.float64()), ("p_a_lower", pa.float64()),
+        ("p_b_upper", pa.float64()), ("counts_selection", pa.list_(pa.int64())),
+        ("counts_estimation", pa.list_(pa.int64())), ("n0", pa.int64()), ("n", pa.int64()),
+        ("samples_used", pa.int64()), ("alpha", pa.float64()), ("sampler", pa.string()),
+        ("certificate", pa.string()), ("encode_s", pa.float64()), ("sample_s", pa.float64()),
+        ("total_s", pa.float64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("precision", pa.string()),
+        ("device", pa.string()),
+    ]
+)
+"""Columns of a certification row (docs/results-schema.md); every part is written with this schema."""
+
+DECISION_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()), ("dataset", pa.string()), ("idx", pa.int64()), ("label", pa.int64()),
+        ("method", pa.string()), ("fors", pa.int64()), ("fors_total", pa.int64()), ("sigma", pa.float64()),
+        ("radius", pa.float64()), ("certified", pa.bool_()), ("prediction", pa.int64()),
+        ("correct", pa.bool_()), ("p_required", pa.float64()), ("p_a_lower", pa.float64()),
+        ("p_a_upper", pa.float64()), ("samples_used", pa.int64()), ("max_n", pa.int64()),
+        ("alpha", pa.float64()), ("total_s", pa.float64()), ("seed", pa.int64()), ("device", pa.string()),
+    ]
+)
+"""Columns of a decision row (``--decide-radii``): ``certified`` is null when ``max_n`` did not settle it."""
+
+DECISIONS_DIR = "_decisions"  # leading "_": not read by pandas.read_parquet(run_dir)
 
 MANIFEST = "_manifest.json"  # leading "_": pyarrow skips it when reading the directory
 PART_GLOB = "part-*.parquet"
@@ -45,14 +77,18 @@ def read_manifest(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def write_part(run_dir: Path, rows: list[dict], tag: str) -> Path:
-    """Write ``rows`` as one new parquet part (atomic); return its path."""
+def write_part(run_dir: Path, rows: list[dict], tag: str, schema: pa.Schema = ROW_SCHEMA) -> Path:
+    """Write ``rows`` as one new parquet part with ``schema`` (atomic); return its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"part-{tag}-{uuid.uuid4().hex[:12]}.parquet"
-    frame = pd.DataFrame(rows)
+    missing = set(schema.names) - set(rows[0])
+    if missing:
+        raise ValueError(f"rows lack columns {sorted(missing)}")
+    table = pa.Table.from_pylist(rows, schema=schema)
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".part-", suffix=".tmp")
     os.close(fd)
     try:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -73,7 +109,7 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove the parts and manifest of a run (``--fresh``); other files are left alone."""
-    for p in part_files(run_dir):
+    """Remove the parts, decisions and manifest of a run (``--fresh``); other files are left alone."""
+    for p in [*part_files(run_dir), *part_files(run_dir / DECISIONS_DIR)]:
         p.unlink()
     (run_dir / MANIFEST).unlink(missing_ok=True)

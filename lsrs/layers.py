@@ -164,11 +164,11 @@ class CayleyConv2d(nn.Module):
         return cayley(self._effective_weight()[:, :, 0, 0])
 
     def _operator(self, size: tuple[int, int]) -> Tensor:
-        """What ``forward`` multiplies with: the 1x1 matrix, or real-block per-frequency matrices."""
+        """What ``forward`` multiplies with: the 1x1 matrix, or the transposed real-block per-frequency matrices."""
         if self.kernel_size == 1:
             return self.matrix()
         q = self.fourier_matrices(size)
-        return _real_block(q.reshape(-1, *q.shape[-2:]))
+        return _real_block(q.reshape(-1, *q.shape[-2:])).mT.contiguous()
 
     def _param_key(self) -> tuple:
         return tuple(
@@ -215,14 +215,15 @@ class CayleyConv2d(nn.Module):
                 return F.conv2d(x, op[:, :, None, None], self.bias)
             return self._fourier_conv(x, op, size)
 
-    def _fourier_conv(self, x: Tensor, block: Tensor, size: tuple[int, int]) -> Tensor:
+    def _fourier_conv(self, x: Tensor, block_t: Tensor, size: tuple[int, int]) -> Tensor:
+        """Per-frequency products as one real batched matmul: ``(F, b, 2 c_in) @ (F, 2 c_in, 2 c_out)``."""
         b, c_in = x.shape[:2]
         h, w = size
         m = w // 2 + 1
         xf = torch.view_as_real(torch.fft.rfft2(x))  # (b, c_in, h, m, 2)
-        xf = xf.permute(2, 3, 4, 1, 0).reshape(h * m, 2 * c_in, b)  # rows: real parts, then imaginary
-        yf = torch.bmm(block, xf)  # (h*m, 2*c_out, b)
-        yf = yf.reshape(h, m, 2, self.out_channels, b).permute(4, 3, 0, 1, 2).contiguous()
+        xf = xf.permute(2, 3, 0, 4, 1).reshape(h * m, b, 2 * c_in)  # [real parts | imaginary parts]
+        yf = torch.bmm(xf, block_t)  # (h*m, b, 2*c_out)
+        yf = yf.reshape(h, m, b, 2, self.out_channels).permute(2, 4, 0, 1, 3).contiguous()
         y = torch.fft.irfft2(torch.view_as_complex(yf), s=(h, w))
         if self.bias is not None:
             y = y + self.bias[:, None, None]

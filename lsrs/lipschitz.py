@@ -79,7 +79,7 @@ def _bound(module: nn.Module, shapes: dict[nn.Module, tuple[int, ...]]) -> float
             out *= _bound(child, shapes)
         return out
     if isinstance(module, ConvexResidual):
-        a = float(module.alpha)
+        a = float(module.alpha.detach())
         return a * _bound(module.main, shapes) + (1.0 - a) * _bound(module.skip, shapes)
     if isinstance(module, _FREE):
         return 1.0
@@ -144,7 +144,7 @@ def jacobian_spectral_norm(
     for _ in range(iters):
         (w,) = torch.autograd.grad(y, xg, jvp(v), retain_graph=True)
         v = _unit(w)
-    return float(_per_sample_norm(jvp(v)).max())
+    return float(_per_sample_norm(jvp(v)).detach().max())
 
 
 def pair_lipschitz(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,16 @@ from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.noise import DEFAULT_BLOCK, NoiseStream, derive_seed, seed_from
+from lsrs.sequential import (
+    CERTIFICATES,
+    SAMPLERS,
+    Decision,
+    abstain_is_certain,
+    checkpoint_schedule,
+    multiclass_bound,
+    required_probability,
+    sequential_look,
+)
 from lsrs.timing import Stopwatch
 
 ABSTAIN = -1
@@ -51,6 +63,9 @@ class Certificate:
     encode_s: float
     sample_s: float
     total_s: float
+    p_b_upper: float = math.nan
+    sampler: str = "fixed"
+    certificate: str = "binary"
 
     @property
     def abstained(self) -> bool:
@@ -115,18 +130,30 @@ class LatentSmooth:
         alpha: float,
         batch_size: int,
         generator: torch.Generator | int | None = None,
+        *,
+        sampler: str = "fixed",
+        certificate: str = "binary",
     ) -> Certificate:
         """CERTIFY: select the top class with ``n0`` samples, bound its probability with ``n`` fresh samples.
 
         With probability at least ``1 - alpha`` the returned certificate is correct: either it abstains, or
-        the smoothed classifier is constant within ``radius`` (input space) around ``x``. Abstains when the
-        one-sided Clopper-Pearson lower bound ``pA_lower`` is below 1/2; otherwise
-        ``radius_latent = sigma * Phi^-1(pA_lower)`` and ``radius = radius_latent / lipschitz``.
+        the smoothed classifier is constant within ``radius`` (input space) around ``x``.
+
+        ``certificate="binary"`` (Cohen et al.): abstain when the one-sided Clopper-Pearson lower bound
+        ``pA_lower`` is below 1/2, else ``radius_latent = sigma * Phi^-1(pA_lower)``.
+        ``certificate="multiclass"``: the paper's Eq. 3 with Bonferroni-split bounds (:mod:`lsrs.sequential`).
+        In both cases ``radius = radius_latent / lipschitz`` (paper Theorem 1).
+        ``sampler="curtail"`` stops drawing once abstention is certain and returns exactly the prediction and
+        radius of ``sampler="fixed"`` for the same seed; ``samples_used`` tells how many samples it drew.
         """
         _check_positive_int("n0", n0)
         _check_positive_int("n", n)
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if certificate not in CERTIFICATES:
+            raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
         base = seed_from(generator)
         with Stopwatch(self.device) as total:
             with Stopwatch(self.device) as enc:
@@ -134,14 +161,17 @@ class LatentSmooth:
             with Stopwatch(self.device) as smp:
                 counts0 = self.sample_counts(z, n0, batch_size, derive_seed(base, "selection"))
                 c_a = int(counts0.argmax().item())
-                counts = self.sample_counts(z, n, batch_size, derive_seed(base, "estimation"))
+                drawn, counts = 0, None
+                for drawn, counts in self._cumulative_counts(z, n, batch_size, derive_seed(base, "estimation")):
+                    if sampler == "curtail" and drawn < n and self._abstain_is_certain(counts, c_a, drawn, n, alpha,
+                                                                                        certificate):
+                        break
             counts0_t = tuple(int(c) for c in counts0.tolist())
             counts_t = tuple(int(c) for c in counts.tolist())
-            p_a_lower = clopper_pearson_lower(counts_t[c_a], n, alpha)
-            if p_a_lower < 0.5:
-                prediction, radius_latent = ABSTAIN, 0.0
+            if drawn < n:  # curtailed: abstention is certain, the final bounds are never computed
+                prediction, radius_latent, p_a_lower, p_b_upper = ABSTAIN, 0.0, math.nan, math.nan
             else:
-                prediction, radius_latent = c_a, gaussian_radius(self.sigma, p_a_lower)
+                prediction, radius_latent, p_a_lower, p_b_upper = self._bound(counts_t, c_a, n, alpha, certificate)
         return Certificate(
             prediction=prediction,
             radius=radius_latent / self.lipschitz,
@@ -154,9 +184,87 @@ class LatentSmooth:
             alpha=alpha,
             sigma=self.sigma,
             lipschitz=self.lipschitz,
-            samples_used=n0 + n,
+            samples_used=n0 + drawn,
             encode_s=enc.seconds,
             sample_s=smp.seconds,
+            total_s=total.seconds,
+            p_b_upper=p_b_upper,
+            sampler=sampler,
+            certificate=certificate,
+        )
+
+    def _bound(
+        self, counts: tuple[int, ...], c_a: int, n: int, alpha: float, certificate: str
+    ) -> tuple[int, float, float, float]:
+        """(prediction, latent radius, pA_lower, pB_upper) of CERTIFY from the estimation counts."""
+        if certificate == "multiclass":
+            b = multiclass_bound(list(counts), c_a, n, alpha, self.sigma)
+            if b.radius <= 0.0:
+                return ABSTAIN, 0.0, b.p_a_lower, b.p_b_upper
+            return c_a, b.radius, b.p_a_lower, b.p_b_upper
+        p_a_lower = clopper_pearson_lower(counts[c_a], n, alpha)
+        if p_a_lower < 0.5:
+            return ABSTAIN, 0.0, p_a_lower, 1.0 - p_a_lower
+        return c_a, gaussian_radius(self.sigma, p_a_lower), p_a_lower, 1.0 - p_a_lower
+
+    def _abstain_is_certain(
+        self, counts: torch.Tensor, c_a: int, drawn: int, n: int, alpha: float, certificate: str
+    ) -> bool:
+        """Exact curtailment: would CERTIFY abstain even if every remaining sample hit the top class?"""
+        if certificate == "binary":
+            return abstain_is_certain(int(counts[c_a].item()), drawn, n, alpha)
+        best = [int(c) for c in counts.tolist()]
+        best[c_a] += n - drawn  # the most favourable continuation: pA_lower up, pB_upper down
+        return self._bound(tuple(best), c_a, n, alpha, certificate)[0] == ABSTAIN
+
+    def decide(
+        self,
+        x: torch.Tensor,
+        radius: float,
+        alpha: float,
+        max_n: int,
+        batch_size: int,
+        generator: torch.Generator | int | None = None,
+        *,
+        n0: int = 100,
+        first_look: int = 64,
+    ) -> Decision:
+        """Is the smoothed classifier certifiably robust at input ``radius`` around ``x``? (anytime-valid)
+
+        Selects the top class with ``n0`` samples, then tests ``pA > Phi(radius * lipschitz / sigma)`` on a
+        geometric grid of looks (``first_look``, doubling, ending at ``max_n``), spending ``alpha / J`` per
+        look and side. By the union bound over the ``J`` fixed looks, the answer is wrong with probability at
+        most ``alpha`` whatever the data-dependent stopping time; a fixed-n Clopper-Pearson bound re-checked
+        after every batch would not be (optional stopping). ``certified`` is None if ``max_n`` did not settle it.
+        """
+        _check_positive_int("n0", n0)
+        _check_positive_int("max_n", max_n)
+        _check_positive_int("batch_size", batch_size)
+        check_alpha(alpha)
+        p_required = required_probability(radius, self.sigma, self.lipschitz)
+        looks = checkpoint_schedule(max_n, first_look)
+        alpha_look = alpha / len(looks)
+        base = seed_from(generator)
+        answer: bool | None = None
+        lower, upper, drawn = 0.0, 1.0, 0
+        with Stopwatch(self.device) as total:
+            z = self.encode(x)
+            c_a = int(self.sample_counts(z, n0, batch_size, derive_seed(base, "selection")).argmax().item())
+            for drawn, counts in self._cumulative_counts(
+                z, max_n, batch_size, derive_seed(base, "estimation"), stops=looks
+            ):
+                if drawn in looks:
+                    answer, lower, upper = sequential_look(int(counts[c_a].item()), drawn, p_required, alpha_look)
+                    if answer is not None:
+                        break
+        return Decision(
+            certified=answer,
+            prediction=c_a if answer else ABSTAIN,
+            radius=float(radius),
+            p_required=p_required,
+            p_a_lower=lower,
+            p_a_upper=upper,
+            samples_used=n0 + drawn,
             total_s=total.seconds,
         )
 
@@ -196,15 +304,31 @@ class LatentSmooth:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @torch.inference_mode()
     def sample_counts(self, z: torch.Tensor, num: int, batch_size: int, seed: int) -> torch.Tensor:
         """Class counts (on the device) of ``classifier(z + sigma * noise)`` over ``num`` noise samples."""
+        _, counts = deque(self._cumulative_counts(z, num, batch_size, seed), maxlen=1)[0]
+        return counts
+
+    @torch.inference_mode()
+    def _cumulative_counts(
+        self, z: torch.Tensor, num: int, batch_size: int, seed: int, stops: Sequence[int] = ()
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(samples drawn so far, counts so far)`` after each batch; batches also end at ``stops``.
+
+        The counts tensor lives on the device and is updated in place; reading it costs a host sync, so
+        only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
+        """
         stream = NoiseStream(z.shape[1:], seed, device=self.device, dtype=z.dtype, block=self.noise_block)
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
-        remaining = num
-        while remaining > 0:
-            b = min(batch_size, remaining)
+        pending_stops = sorted(s for s in set(stops) if 0 < s < num)
+        drawn = 0
+        while drawn < num:
+            b = min(batch_size, num - drawn)
+            while pending_stops and pending_stops[0] <= drawn:
+                pending_stops.pop(0)
+            if pending_stops:
+                b = min(b, pending_stops[0] - drawn)
             noisy = stream.fill(buffer[:b]).mul_(self.sigma).add_(z)
             if not self.channels_last:
                 noisy = noisy.contiguous()
@@ -216,8 +340,8 @@ class LatentSmooth:
                     f"expected ({b}, {self.num_classes}) (num_classes={self.num_classes})"
                 )
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
-            remaining -= b
-        return counts
+            drawn += b
+            yield drawn, counts
 
 
 class Smooth(LatentSmooth):

@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 30
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,12 +62,21 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lr_step"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of 0-based ``epoch``: ``lr * lr_gamma ** (epoch // lr_step)`` (step decay)."""
-        return self.lr * self.lr_gamma ** (epoch // self.lr_step)
+    def lr_at(self, epoch: int, progress: float = 0.0) -> float:
+        """Learning rate at ``progress`` in [0, 1) through 0-based ``epoch``.
+
+        Step decay ``lr * lr_gamma ** (epoch // lr_step)`` (paper, Appendix B), times a linear warm-up
+        over the first ``warmup_epochs`` epochs when that is > 0 (0, the paper's recipe, by default).
+        """
+        lr = self.lr * self.lr_gamma ** (epoch // self.lr_step)
+        if self.warmup_epochs > 0:
+            lr *= min(1.0, (epoch + progress + 1e-12) / self.warmup_epochs)
+        return lr
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +211,9 @@ def train_epoch(
         workers=workers, device=device, drop_singleton=True,
     )
     for i, (x, y) in enumerate(batches):
+        if config.warmup_epochs > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(epoch, i / n_batches)
         logits = noisy_logits(model, x, config.sigma, config.noise, noise_gen)
         loss = nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,8 @@
 """Synthetic results tables and run directories in the layout of ``docs/results-schema.md``, for tests.
 
 ``make_results`` draws known radii, predictions and timings per (image, method, FoR, sigma) from a seeded
-generator; ``make_manifest`` gives a matching ``manifest.json``; ``write_run`` writes both as a run directory
-(``part-*.parquet`` + ``manifest.json``). Wrong predictions carry a positive radius on purpose (a certificate
+generator; ``make_manifest`` gives a matching manifest; ``write_run`` writes both as a run directory
+(``part-*.parquet`` + ``_manifest.json``). Wrong predictions carry a positive radius on purpose (a certificate
 for the wrong class), so aggregates that forget to zero them are caught.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench.store import MANIFEST
 
 SCHEMA_COLUMNS = [
     "run", "dataset", "arch", "idx", "label", "method", "fors", "fors_total", "sigma", "prediction",
@@ -148,13 +150,18 @@ def make_manifest(
     }
 
 
-def write_run(directory: Path, df: pd.DataFrame, manifest: dict | None, parts: int = 3) -> Path:
-    """Write ``df`` as ``parts`` parquet files (``part-00000.parquet``...) plus ``manifest.json``."""
+def write_run(
+    directory: Path, df: pd.DataFrame, manifest: dict | None, parts: int = 3, manifest_name: str = MANIFEST
+) -> Path:
+    """Write ``df`` as ``parts`` parquet files (``part-00000.parquet``...) plus the manifest.
+
+    The manifest goes to ``manifest_name`` (the store's ``_manifest.json`` by default).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for i, chunk in enumerate(np.array_split(np.arange(len(df)), max(1, parts))):
         if len(chunk):
             df.iloc[chunk].to_parquet(directory / f"part-{i:05d}.parquet", index=False)
     if manifest is not None:
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (directory / manifest_name).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return directory

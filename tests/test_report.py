@@ -120,7 +120,7 @@ LATEX_HEADER = [
 ]
 
 
-def check_main_rows(header: list[str], rows: list[list[str]], expected: dict, latex: bool = False) -> None:
+def check_main_rows(header: list[str], rows: list[list[str]], expected: dict) -> None:
     names = [h.replace(r"$\sigma$", "σ").replace(r"\%", "%") for h in header]
     for row in rows:
         cell = dict(zip(names, row, strict=True))
@@ -143,13 +143,28 @@ def full_run(tmp_path_factory) -> tuple[Path, pd.DataFrame, dict]:
 # ------------------------------------------------------------------------------------------- loading
 
 
-def test_load_run_reads_every_part_and_the_manifest(full_run):
+def test_load_run_reads_every_part_and_the_manifest(full_run, tmp_path):
     run, df, manifest = full_run
     loaded, man = load_run(run)
     assert len(list(run.glob("part-*.parquet"))) == 4
+    assert (run / "_manifest.json").exists()
     assert len(loaded) == len(df)
     assert man == manifest
     assert loaded.attrs["duplicates_dropped"] == 0
+    legacy = write_run(tmp_path / "legacy", df.iloc[:10], manifest, manifest_name="manifest.json")
+    assert load_run(legacy)[1] == manifest
+
+
+def test_load_run_reads_parts_whose_schemas_differ(tmp_path):
+    """A part whose optional column is all-null (typed null) must not break reading the run."""
+    df = make_results((9,), (0.0, 0.5), n_images=4)
+    run = tmp_path / "run"
+    write_run(run, df[df["sigma"] == 0.5], make_manifest((9,), (0.0, 0.5)), parts=1)
+    clean = df[df["sigma"] == 0].assign(p_a_lower=None, sampler=None)
+    clean.to_parquet(run / "part-clean.parquet", index=False)
+    loaded, _ = load_run(run)
+    assert len(loaded) == len(df)
+    assert summarize(loaded, {})["images"].tolist() == [4, 4, 4, 4]
 
 
 def _corrupt(path: Path) -> None:
@@ -164,7 +179,7 @@ def _empty_rows(path: Path) -> None:
 
 def _bad_manifest(path: Path) -> None:
     write_run(path, make_results(n_images=2), None)
-    (path / "manifest.json").write_text("{not json", encoding="utf-8")
+    (path / "_manifest.json").write_text("{not json", encoding="utf-8")
 
 
 def _lacks_radius(path: Path) -> None:
@@ -287,11 +302,11 @@ def test_latex_is_a_booktabs_tabular_with_expected_rows_and_numbers(full_run, tm
     assert spec == "lrlrrrrr"
     assert header == LATEX_HEADER
     assert len(rows) == 2 * len(SIGMAS)
-    check_main_rows(header, rows, expected, latex=True)
+    check_main_rows(header, rows, expected)
 
     spec, header, rows = parse_latex_tabular((tmp_path / "table2.tex").read_text())
     assert header == LATEX_HEADER and len(rows) == len(FORS) * len(SIGMAS)
-    check_main_rows(header, rows, expected, latex=True)
+    check_main_rows(header, rows, expected)
 
     spec, header, rows = parse_latex_tabular((tmp_path / "certified_accuracy.tex").read_text())
     assert header[3:] == [f"r = {r:.2f}" for r in RADII] and len(rows) == 5 * (len(SIGMAS) - 1)
@@ -351,7 +366,7 @@ def test_run_without_is_rows_or_manifest(tmp_path):
     run = write_run(tmp_path / "run", make_results((5, 9), (0.0, 0.5), n_images=5, with_is=False), None)
     result = write_report(run, tmp_path / "rep", figures=False)
     assert any("no IS-RS rows" in m for m in result.missing)
-    assert any("no manifest.json" in m for m in result.missing)
+    assert any("no _manifest.json" in m for m in result.missing)
     _, rows = parse_markdown((tmp_path / "rep" / "table1.md").read_text())
     assert [r[2] for r in rows] == ["9/18", "9/18"] and all(r[6] == "-" and r[7] == "-" for r in rows)
 

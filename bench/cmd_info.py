@@ -1,0 +1,176 @@
+"""``bench info``: latent shape, parameter counts, Lipschitz audit and FLOP split of one model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench.params import BenchUsageError
+
+ARCH_CHOICES = ("resnet18", "wide_resnet34")
+
+# (in_channels, in_size, num_classes) of each dataset as the models see it.
+PRESETS = {"cifar10": (3, 32, 10), "digits": (1, 16, 10), "imagenet": (3, 64, 1000)}
+DEFAULT_PRESET = {"resnet18": "cifar10", "wide_resnet34": "imagenet"}
+DEFAULT_FORS = {"resnet18": 9, "wide_resnet34": 16}  # the paper's main settings
+
+
+def model_config(
+    arch: str,
+    fors: int | None,
+    dataset: str | None,
+    width: int | None,
+    widen: int | None,
+    base_width: int | None,
+    in_size: int | None,
+    in_channels: int | None,
+    num_classes: int | None,
+) -> dict:
+    """Builder keyword arguments from the command's options (dataset preset, then explicit overrides)."""
+    from lsrs.models import valid_fors
+
+    channels, size, classes = PRESETS[dataset or DEFAULT_PRESET[arch]]
+    fors = DEFAULT_FORS[arch] if fors is None else fors
+    if fors not in valid_fors(arch):
+        raise BenchUsageError(f"--fors {fors} is not valid for {arch}; valid: {','.join(map(str, valid_fors(arch)))}")
+    config = dict(
+        num_classes=num_classes or classes, fors=fors, in_size=in_size or size, in_channels=in_channels or channels
+    )
+    if arch == "resnet18":
+        if widen is not None or base_width is not None:
+            raise BenchUsageError("--widen/--base-width apply to wide_resnet34; resnet18 takes --width")
+        config["width"] = width or 64
+    else:
+        if width is not None:
+            raise BenchUsageError("--width applies to resnet18; wide_resnet34 takes --widen and --base-width")
+        config["widen"] = widen or 10
+        config["base_width"] = base_width or 16
+    return config
+
+
+def model_info(model, input_shape: tuple[int, int, int], *, iters: int, steps: int, empirical: bool) -> dict:
+    """Everything ``bench info`` prints, as plain data (the audit table as records)."""
+    from lsrs.flops import flop_split
+    from lsrs.lipschitz import audit
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    table = audit(model, input_shape, iters=iters, steps=steps, empirical=empirical)
+    return {
+        "arch": model.arch,
+        "fors": model.fors,
+        "fors_total": model.fors_total,
+        "config": model.config,
+        "input_shape": list(input_shape),
+        "latent_shape": list(model.latent_shape),
+        "latent_dims": math.prod(model.latent_shape),
+        "params": {"encoder": count(model.encoder), "classifier": count(model.classifier), "total": count(model)},
+        "lipschitz": {k: table.attrs[k] for k in ("declared", "proven", "empirical", "sound")},
+        "audit": table.to_dict(orient="records"),
+        "flops": flop_split(model, input_shape),
+    }
+
+
+def _num(v: float, spec: str = ".6f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def render(info: dict, console: Console) -> None:
+    shape = "x".join(map(str, info["latent_shape"]))
+    console.print(
+        f"[bold]{info['arch']}[/] FoR {info['fors']}/{info['fors_total']}  input "
+        f"{'x'.join(map(str, info['input_shape']))}  latent z {shape} ({info['latent_dims']:,} dims)"
+    )
+    p = info["params"]
+    console.print(f"parameters: encoder {p['encoder']:,}  classifier {p['classifier']:,}  total {p['total']:,}")
+
+    audit = Table(title="Encoder Lipschitz audit: exact per-layer bounds, empirical = power iteration (float64)")
+    for name in ("layer", "type", "in", "out", "bound", "product", "empirical"):
+        audit.add_column(name, justify="left" if name in ("layer", "type") else "right")
+    for row in info["audit"]:
+        audit.add_row(row["layer"], row["type"], row["input_shape"], row["output_shape"],
+                      _num(row["bound"]), _num(row["cumulative"]), _num(row["empirical"]))
+    console.print(audit)
+    lip = info["lipschitz"]
+    verdict = "[green]sound[/]" if lip["sound"] else "[red]NOT SOUND[/]"
+    console.print(
+        f"declared L = {_num(lip['declared'], 'g')}   proven L <= {_num(lip['proven'])}   "
+        f"empirical L >= {_num(lip['empirical'])} (power iteration + pair search)   {verdict}"
+    )
+
+    f = info["flops"]
+    flops = Table(title="FLOPs per image")
+    for name in ("encoder", "classifier", "total", "baseline (IS-RS)"):
+        flops.add_column(name, justify="right")
+    flops.add_row(
+        f"{f['flops_encoder']:,}", f"{f['flops_classifier']:,}", f"{f['flops_total']:,}",
+        f"{f['flops_baseline']:,}" if "flops_baseline" in f else "-",
+    )
+    console.print(flops)
+    line = f"FLOP-ideal LS-RS speedup (total / classifier): {f['ideal_speedup']:.3f}x"
+    if "ideal_speedup_vs_baseline" in f:
+        line += f"   vs the baseline twin (baseline / classifier): {f['ideal_speedup_vs_baseline']:.3f}x"
+    console.print(line)
+
+
+@click.command("info")
+@click.option("--model", "arch", type=click.Choice(ARCH_CHOICES), default="resnet18", show_default=True)
+@click.option("--fors", type=click.IntRange(min=0), default=None,
+              help="FoR k (of 18 for resnet18: 0,1,3,...,17; of 34 for wide_resnet34) [default: 9 / 16].")
+@click.option("--dataset", type=click.Choice(tuple(PRESETS)), default=None,
+              help="Input preset: cifar10 3x32x32, digits 1x16x16, imagenet 3x64x64 "
+                   "[default: cifar10 for resnet18, imagenet for wide_resnet34].")
+@click.option("--width", type=click.IntRange(min=2), default=None, help="resnet18 base width [default: 64].")
+@click.option("--widen", type=click.IntRange(min=1), default=None, help="wide_resnet34 widening factor [default: 10].")
+@click.option("--base-width", type=click.IntRange(min=2), default=None, help="wide_resnet34 stem width [default: 16].")
+@click.option("--in-size", type=click.IntRange(min=1), default=None, help="Input height = width (overrides --dataset).")
+@click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels (overrides --dataset).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes (overrides --dataset).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Audit a trained checkpoint instead (its own config wins over the model options).")
+@click.option("--iters", type=click.IntRange(min=1), default=30, show_default=True, help="Power-iteration steps.")
+@click.option("--steps", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Gradient-ascent steps of the pair search (0 skips it).")
+@click.option("--no-empirical", is_flag=True, help="Skip the empirical estimates (exact bounds only).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def command(arch, fors, dataset, width, widen, base_width, in_size, in_channels, num_classes, checkpoint, iters,
+            steps, no_empirical, as_json) -> None:
+    """Latent shape, parameter counts, Lipschitz audit and FLOP split of one model.
+
+    The audit multiplies exact per-layer bounds of the encoder (largest singular value of every Cayley
+    convolution at its spatial size, via the FFT) and compares them with a power-iteration / pair-search
+    estimate; the FLOP-ideal speedup is total FLOPs / classifier FLOPs.
+
+    \b
+    Example:
+      bench info --model resnet18 --fors 9
+      bench info --dataset digits --width 16 --fors 13 --json
+    """
+    from lsrs.models import build_model
+
+    if checkpoint is not None:
+        from lsrs.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            model, _ = load_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            raise BenchUsageError(str(exc)) from None
+        cfg = model.config
+    else:
+        cfg = model_config(arch, fors, dataset, width, widen, base_width, in_size, in_channels, num_classes)
+        try:
+            model = build_model(arch, **cfg)
+        except ValueError as exc:
+            raise BenchUsageError(str(exc)) from None
+    input_shape = (int(cfg["in_channels"]), int(cfg["in_size"]), int(cfg["in_size"]))
+    info = model_info(model, input_shape, iters=iters, steps=steps, empirical=not no_empirical)
+    if as_json:
+        click.echo(json.dumps(info, default=float))
+    else:
+        render(info, Console())

@@ -1,0 +1,585 @@
+"""Certification speed: how close the engine gets to the pure forward pass, measured as same-run ratios.
+
+Certification is ``n0 + n`` forward passes of the base classifier on noisy copies; its floor is the pure
+batched forward time of that classifier (the baseline for IS-RS, ``fc`` for LS-RS) at the same batch size,
+precision and memory format. This module times, on one fixed small ResNet18 with random weights:
+
+* ``forward/<m>/<p>`` -- one batched forward of the base classifier of method ``m`` (``is`` = baseline,
+  ``lsK`` = ``fc`` of the FoR-K twin) at precision ``p``;
+* ``certify/<m>/<p>`` -- one CERTIFY of the engine (:class:`lsrs.smoothing.LatentSmooth` / ``Smooth``);
+* ``reference/is/fp32`` -- one CERTIFY of :class:`ReferenceSmooth`, a faithful re-implementation of the loop
+  of Cohen et al.'s ``core.py`` (repeat the input, ``randn_like``, argmax, copy to the host per batch,
+  count in Python) on a separate, plain (contiguous, fp32) copy of the baseline -- the baseline to beat;
+* ``matmul/<p>`` -- a square matmul, the machine's measured peak for the achieved-GFLOP/s column.
+
+Cases are timed *interleaved* (ABBA order over rounds) and every ratio is computed per round and then
+summarised by its median, so a shared, noisy machine slows numerator and denominator alike. The ratios
+(higher is better unless named ``overhead``):
+
+* ``overhead[m]`` = certify time / ((n0 + n) x forward time per sample); ``efficiency[m]`` = 1 / overhead;
+* ``speedup[lsK]`` = certify(IS) / certify(LS FoR K); ``time_ideal[lsK]`` = forward(baseline) / forward(fc)
+  per sample; ``ideal_fraction[lsK]`` = speedup / time_ideal; ``flop_ideal[lsK]`` = FLOPs(baseline) /
+  FLOPs(fc) (``torch.utils.flop_counter``);
+* ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
+* ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
+
+The regression guard (``tests/benchmarks/test_ratio_guard.py``) compares the guarded ratios with the floors
+stored in ``bench/data/speed_floors.json``; regenerate them deliberately with
+``python -m bench.speed --write-floors`` (see ``tests/benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsrs.bounds import clopper_pearson_lower, gaussian_radius
+from lsrs.models import Split, resnet18
+from lsrs.noise import derive_seed
+from lsrs.smoothing import ABSTAIN, PRECISIONS, LatentSmooth, Smooth
+from lsrs.timing import Stopwatch
+
+FLOORS_PATH = Path(__file__).parent / "data" / "speed_floors.json"
+FLOORS_COMMAND = "python -m bench.speed --write-floors --sessions 3 --rounds 9"
+DEFAULT_MARGIN = 0.15
+SLOWDOWN_ENV = "LSRS_SPEED_SLOWDOWN"
+ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
+
+
+# ====================================================================== configuration
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples."""
+
+    width: int = 16
+    in_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    fors: tuple[int, ...] = (1, 5, 9, 13)
+    n0: int = 100
+    n: int = 2_000
+    batch_size: int = 250
+    sigma: float = 0.25
+    alpha: float = 0.001
+    seed: int = 0
+    channels_last: bool = True
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    matmul_size: int = 1024
+
+    def methods(self) -> list[str]:
+        return ["is", *(f"ls{k}" for k in self.fors)]
+
+
+def _fors_of(method: str) -> int:
+    return 0 if method == "is" else int(method[2:])
+
+
+def machine_signature() -> dict:
+    """What the stored floors depend on: processor, thread count, bf16 support, torch version."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            info = fh.read()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            flags = value
+            break
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+# ====================================================================== the reference loop (Cohen et al.)
+class ReferenceSmooth:
+    """Cohen et al. (2019) ``code/core.py`` ``Smooth``, re-implemented faithfully (CERTIFY only).
+
+    Per batch: ``x.repeat``, ``torch.randn_like(...) * sigma``, ``base_classifier(batch + noise).argmax(1)``,
+    ``.cpu().numpy()`` and a Python loop that counts predictions, exactly as the reference does; the lower
+    bound is the same Clopper-Pearson bound (``proportion_confint(alpha=2*alpha, method="beta")[0]``).
+    Noise comes from torch's global generator, as in the reference.
+    """
+
+    ABSTAIN = ABSTAIN
+
+    def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float) -> None:
+        self.base_classifier = base_classifier
+        self.num_classes = num_classes
+        self.sigma = sigma
+
+    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int) -> tuple[int, float]:
+        self.base_classifier.eval()
+        counts_selection = self._sample_noise(x, n0, batch_size)
+        c_a_hat = counts_selection.argmax().item()
+        counts_estimation = self._sample_noise(x, n, batch_size)
+        n_a = counts_estimation[c_a_hat].item()
+        p_a_bar = self._lower_confidence_bound(n_a, n, alpha)
+        if p_a_bar < 0.5:
+            return ReferenceSmooth.ABSTAIN, 0.0
+        return c_a_hat, gaussian_radius(self.sigma, p_a_bar)
+
+    def _sample_noise(self, x: torch.Tensor, num: int, batch_size: int) -> np.ndarray:
+        with torch.no_grad():
+            counts = np.zeros(self.num_classes, dtype=int)
+            for _ in range(math.ceil(num / batch_size)):
+                this_batch_size = min(batch_size, num)
+                num -= this_batch_size
+                batch = x.repeat((this_batch_size, 1, 1, 1))
+                noise = torch.randn_like(batch, device=x.device) * self.sigma
+                predictions = self.base_classifier(batch + noise).argmax(1)
+                counts += self._count_arr(predictions.cpu().numpy(), self.num_classes)
+            return counts
+
+    def _count_arr(self, arr: np.ndarray, length: int) -> np.ndarray:
+        counts = np.zeros(length, dtype=int)
+        for idx in arr:
+            counts[idx] += 1
+        return counts
+
+    def _lower_confidence_bound(self, n_a: int, n: int, alpha: float) -> float:
+        return clopper_pearson_lower(int(n_a), int(n), alpha)
+
+
+# ====================================================================== models, FLOPs, fault injection
+def build_models(cfg: SpeedConfig, device: torch.device | str = "cpu") -> dict[int, Split]:
+    """The baseline (key 0) and one twin per FoR, random weights from fixed seeds, eval mode."""
+    models = {}
+    for k in (0, *cfg.fors):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "speed-model", k) % 2**31)
+            m = resnet18(cfg.num_classes, k, cfg.width, cfg.in_size, cfg.in_channels)
+        models[k] = m.to(device).eval()
+    return models
+
+
+def count_flops(module: nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of ``module`` on a batch of one (``torch.utils.flop_counter``; a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(sample)
+    return int(counter.get_total_flops())
+
+
+class Slowed(nn.Module):
+    """Fault injection: runs ``inner`` and then idles ``(factor - 1)`` times as long (a deliberate regression)."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.inner(x)
+        time.sleep(max(0.0, (self.factor - 1.0) * (time.perf_counter() - t0)))
+        return out
+
+
+def parse_slowdown(text: str | None) -> dict[str, float]:
+    """``LSRS_SPEED_SLOWDOWN``: ``"1.5"`` slows every engine path; ``"ls=1.5"`` or ``"is=1.5"`` one of them."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        target, _, factor = part.rpartition("=")
+        value = float(factor)
+        if not value >= 1.0:
+            raise ValueError(f"{SLOWDOWN_ENV} factors must be >= 1, got {part!r}")
+        for t in ([target] if target else ["is", "ls"]):
+            if t not in ("is", "ls"):
+                raise ValueError(f"{SLOWDOWN_ENV} target must be 'is' or 'ls', got {t!r}")
+            out[t] = value
+    return out
+
+
+# ====================================================================== the suite of timed cases
+@dataclass
+class SpeedSuite:
+    """All timed cases of one configuration, built once (models, inputs, smoothers)."""
+
+    cfg: SpeedConfig = field(default_factory=SpeedConfig)
+    device: torch.device | str = "cpu"
+    slowdown: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.device = torch.device(self.device)
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.models = build_models(cfg, self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "speed-image") % 2**31)
+            self.image = torch.rand(cfg.in_channels, cfg.in_size, cfg.in_size).to(self.device)
+        # The reference loop gets its own plain copy of the baseline (contiguous fp32, as core.py uses it).
+        self.reference = ReferenceSmooth(copy.deepcopy(self.models[0]), cfg.num_classes, cfg.sigma)
+        self.flops: dict[str, int] = {}
+        self.latent_shape: dict[str, tuple[int, ...]] = {}
+        self.forward_input: dict[str, torch.Tensor] = {}
+        self.base: dict[str, nn.Module] = {}
+        self.smoothers: dict[tuple[str, str], LatentSmooth] = {}
+        gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, "speed-forward") % 2**31)
+        for method in cfg.methods():
+            model = self.models[_fors_of(method)]
+            with torch.inference_mode():
+                z = model.encoder(self.image.unsqueeze(0)).float()
+            self.latent_shape[method] = tuple(z.shape[1:])
+            self.flops[method] = count_flops(model.classifier, z)
+            classifier = model.classifier.to(memory_format=fmt) if z.dim() == 4 else model.classifier
+            self.base[method] = classifier
+            noise = torch.randn((cfg.batch_size, *z.shape[1:]), generator=gen).to(self.device)
+            fwd = (z + cfg.sigma * noise)
+            self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
+            engine_cls: nn.Module = classifier
+            factor = self.slowdown.get("is" if method == "is" else "ls")
+            if factor:
+                engine_cls = Slowed(classifier, factor)
+            for precision in cfg.precisions:
+                if method == "is":
+                    sm: LatentSmooth = Smooth(engine_cls, cfg.num_classes, cfg.sigma, device=self.device,
+                                              precision=precision, channels_last=cfg.channels_last)
+                else:
+                    sm = LatentSmooth(model.encoder, engine_cls, cfg.num_classes, cfg.sigma,
+                                      model.encoder_lipschitz, device=self.device, precision=precision,
+                                      channels_last=cfg.channels_last)
+                self.smoothers[(method, precision)] = sm
+        self.flops["encoder_is"] = 0
+        n = cfg.matmul_size
+        self._mm = {p: (torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32),
+                        torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32))
+                    for p in cfg.precisions}
+
+    # ---------------------------------------------------------------- the callables
+    def forward_fn(self, method: str, precision: str) -> Callable[[], object]:
+        module, inp = self.base[method], self.forward_input[method]
+        dtype = PRECISIONS[precision]
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                if dtype is None:
+                    return module(inp)
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    return module(inp)
+
+        return run
+
+    def certify_fn(self, method: str, precision: str) -> Callable[[], object]:
+        sm, cfg, x = self.smoothers[(method, precision)], self.cfg, self.image
+        seed = derive_seed(cfg.seed, "speed-certify", method)
+        return lambda: sm.certify(x, cfg.n0, cfg.n, cfg.alpha, cfg.batch_size, generator=seed)
+
+    def reference_fn(self) -> Callable[[], object]:
+        cfg, ref, x = self.cfg, self.reference, self.image
+
+        def run() -> tuple[int, float]:
+            torch.manual_seed(derive_seed(cfg.seed, "speed-reference") % 2**31)
+            return ref.certify(x, cfg.n0, cfg.n, cfg.alpha, cfg.batch_size)
+
+        return run
+
+    def matmul_fn(self, precision: str) -> Callable[[], object]:
+        a, b = self._mm[precision]
+        return lambda: torch.mm(a, b)
+
+    def cases(self) -> dict[str, Callable[[], object]]:
+        """Every timed case, keyed ``kind/method/precision`` (see the module docstring)."""
+        out: dict[str, Callable[[], object]] = {}
+        for p in self.cfg.precisions:
+            out[f"matmul/-/{p}"] = self.matmul_fn(p)
+        for m in self.cfg.methods():
+            out[f"forward/{m}/fp32"] = self.forward_fn(m, "fp32")
+            out[f"certify/{m}/fp32"] = self.certify_fn(m, "fp32")
+        for p in self.cfg.precisions:
+            if p != "fp32":
+                out[f"forward/is/{p}"] = self.forward_fn("is", p)
+                out[f"certify/is/{p}"] = self.certify_fn("is", p)
+        out["reference/is/fp32"] = self.reference_fn()
+        return out
+
+
+# ====================================================================== measuring
+def time_call(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Seconds one call of ``fn`` takes (CUDA events with a synchronisation on GPU, perf_counter on CPU)."""
+    with Stopwatch(device) as sw:
+        fn()
+    return sw.seconds
+
+
+def measure(cases: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
+            warmup: int = 1) -> list[dict[str, float]]:
+    """Time every case once per round, interleaved, the order reversed every other round (ABBA)."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    out = []
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        out.append({name: time_call(cases[name], device) for name in order})
+    return out
+
+
+def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
+    """All ratios from one round of timings ``t`` (seconds per case)."""
+    cfg = suite.cfg
+    samples = cfg.n0 + cfg.n
+    r: dict[str, float] = {}
+    per_sample = {m: t[f"forward/{m}/fp32"] / cfg.batch_size for m in cfg.methods()}
+    for m in cfg.methods():
+        r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / (samples * per_sample[m])
+        r[f"efficiency[{m}]"] = 1.0 / r[f"overhead[{m}]"]
+        r[f"gflops[{m}/fp32]"] = suite.flops[m] * samples / t[f"certify/{m}/fp32"] / 1e9
+    for m in cfg.methods()[1:]:
+        r[f"speedup[{m}]"] = t["certify/is/fp32"] / t[f"certify/{m}/fp32"]
+        r[f"time_ideal[{m}]"] = per_sample["is"] / per_sample[m]
+        r[f"ideal_fraction[{m}]"] = r[f"speedup[{m}]"] / r[f"time_ideal[{m}]"]
+        r[f"flop_ideal[{m}]"] = suite.flops["is"] / suite.flops[m]
+        r[f"flop_ideal_fraction[{m}]"] = r[f"speedup[{m}]"] / r[f"flop_ideal[{m}]"]
+    for p in cfg.precisions:
+        r[f"peak_gflops[{p}]"] = 2 * cfg.matmul_size**3 / t[f"matmul/-/{p}"] / 1e9
+        r[f"vs_reference[{p}]"] = t["reference/is/fp32"] / t[f"certify/is/{p}"]
+        if p != "fp32":
+            fwd = t[f"forward/is/{p}"] / cfg.batch_size
+            r[f"overhead[is/{p}]"] = t[f"certify/is/{p}"] / (samples * fwd)
+            r[f"gflops[is/{p}]"] = suite.flops["is"] * samples / t[f"certify/is/{p}"] / 1e9
+            r[f"forward_speedup[is/{p}]"] = per_sample["is"] / fwd
+    for m in cfg.methods():
+        r[f"peak_fraction[{m}/fp32]"] = r[f"gflops[{m}/fp32]"] / r["peak_gflops[fp32]"]
+    for p in cfg.precisions:
+        if p != "fp32":
+            r[f"peak_fraction[is/{p}]"] = r[f"gflops[is/{p}]"] / r[f"peak_gflops[{p}]"]
+    r["reference_overhead[is]"] = t["reference/is/fp32"] / (samples * per_sample["is"])
+    return r
+
+
+@dataclass
+class SpeedResult:
+    """Medians of the per-round ratios and of the per-case times, with the raw rounds."""
+
+    cfg: SpeedConfig
+    times: dict[str, float]
+    ratios: dict[str, float]
+    spread: dict[str, tuple[float, float]]
+    rounds: list[dict[str, float]]
+    flops: dict[str, int]
+    machine: dict
+
+    def to_json(self) -> dict:
+        return {"config": asdict(self.cfg), "machine": self.machine, "times_s": self.times,
+                "ratios": self.ratios, "flops": self.flops,
+                "spread": {k: list(v) for k, v in self.spread.items()}}
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1) -> SpeedResult:
+    """Measure ``suite`` for ``rounds`` interleaved rounds; ratios per round, summarised by their median."""
+    timings = measure(suite.cases(), rounds, suite.device, warmup=warmup)
+    per_round = [round_ratios(t, suite) for t in timings]
+    ratios = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
+    spread = {k: _quartiles([r[k] for r in per_round]) for k in per_round[0]}
+    times = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
+    return SpeedResult(suite.cfg, times, ratios, spread, timings, dict(suite.flops), machine_signature())
+
+
+# ====================================================================== the guard
+#: Guarded ratios (all higher-is-better). ``portable``: expected to hold on any CPU (engine overhead),
+#: as opposed to ratios that depend on this CPU's kernels (channels_last gain, bf16 support).
+GUARDED: dict[str, bool] = {
+    "efficiency[is]": True,
+    "efficiency[ls9]": True,
+    "efficiency[ls13]": True,
+    "ideal_fraction[ls9]": True,
+    "ideal_fraction[ls13]": True,
+    "vs_reference[fp32]": False,
+    "vs_reference[bf16]": False,
+}
+
+#: The issue's targets (2 CPU cores): ratio -> (bound, ">=" or "<=").
+TARGETS: dict[str, tuple[float, str]] = {
+    "overhead[is]": (1.15, "<="),
+    "overhead[ls9]": (1.15, "<="),
+    "overhead[ls13]": (1.15, "<="),
+    "ideal_fraction[ls9]": (0.90, ">="),
+    "ideal_fraction[ls13]": (0.90, ">="),
+    "vs_reference[fp32]": (1.3, ">="),
+    "vs_reference[bf16]": (2.5, ">="),
+}
+
+
+def load_floors(path: Path = FLOORS_PATH) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("cpu", "threads", "avx512_bf16"))
+
+
+@dataclass(frozen=True)
+class GuardLine:
+    name: str
+    measured: float
+    floor: float
+    allowed: float
+    enforced: bool
+
+    @property
+    def ok(self) -> bool:
+        return (not self.enforced) or self.measured >= self.allowed
+
+
+def check_floors(result: SpeedResult, floors: dict, margin: float | None = None) -> list[GuardLine]:
+    """Compare the guarded ratios with the stored floors: a ratio fails below ``floor * (1 - margin)``.
+
+    On a machine other than the one the floors were recorded on, only the portable ratios are enforced.
+    """
+    margin = float(floors.get("margin", DEFAULT_MARGIN)) if margin is None else margin
+    same = same_machine(result.machine, floors.get("machine", {}))
+    lines = []
+    for name, entry in floors["ratios"].items():
+        if name not in result.ratios:
+            continue
+        floor = float(entry["floor"])
+        enforced = same or bool(entry.get("portable", False))
+        lines.append(GuardLine(name, result.ratios[name], floor, floor * (1 - margin), enforced))
+    return lines
+
+
+def floors_from(results: list[SpeedResult], margin: float = DEFAULT_MARGIN) -> dict:
+    """Floors = the minimum of each guarded ratio over ``results`` (several sessions of the same command)."""
+    first = results[0]
+    return {
+        "about": "Minimum same-run speed ratios of the certification engine (bench/speed.py). The guard "
+                 "tests/benchmarks/test_ratio_guard.py fails when a ratio drops below floor * (1 - margin). "
+                 "Regenerate deliberately with the command below and commit the file with the change that "
+                 "moved them (see tests/benchmarks/README.md).",
+        "command": FLOORS_COMMAND,
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "margin": margin,
+        "machine": first.machine,
+        "config": asdict(first.cfg),
+        "ratios": {
+            name: {
+                "floor": round(min(r.ratios[name] for r in results), 4),
+                "measured": [round(r.ratios[name], 4) for r in results],
+                "portable": portable,
+            }
+            for name, portable in GUARDED.items()
+            if name in first.ratios
+        },
+    }
+
+
+# ====================================================================== the table
+def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> str:
+    """The ratio table (plain text), then the targets and, if given, the guard lines."""
+    cfg, r, t = result.cfg, result.ratios, result.times
+    samples = cfg.n0 + cfg.n
+    lines = [
+        f"ResNet18 width {cfg.width}, {cfg.in_channels}x{cfg.in_size}x{cfg.in_size}, random weights; "
+        f"CERTIFY n0={cfg.n0} n={cfg.n} batch {cfg.batch_size}, channels_last={cfg.channels_last}; "
+        f"{result.machine['cpu']}, {result.machine['threads']} threads; medians of {len(result.rounds)} "
+        "interleaved rounds",
+        f"matmul peak: " + ", ".join(f"{p} {r[f'peak_gflops[{p}]']:.0f} GFLOP/s" for p in cfg.precisions),
+        "",
+        f"{'config':<16}{'MFLOP/smp':>10}{'fwd us/smp':>11}{'certify s':>10}{'overhead':>9}{'LS/IS':>7}"
+        f"{'t-ideal':>8}{'%t-ideal':>9}{'F-ideal':>8}{'%F-ideal':>9}{'GFLOP/s':>8}{'%peak':>6}{'vs ref':>7}",
+    ]
+
+    def row(label: str, m: str, p: str) -> str:
+        fwd = t[f"forward/{m}/{p}"] / cfg.batch_size * 1e6
+        ovh = r[f"overhead[{m}]"] if p == "fp32" else r[f"overhead[{m}/{p}]"]
+        gf = r[f"gflops[{m}/{p}]"]
+        pk = r[f"peak_fraction[{m}/{p}]"]
+        if m != "is" and p == "fp32":
+            ls = (f"{r[f'speedup[{m}]']:>7.2f}{r[f'time_ideal[{m}]']:>8.2f}{100 * r[f'ideal_fraction[{m}]']:>8.0f}%"
+                  f"{r[f'flop_ideal[{m}]']:>8.2f}{100 * r[f'flop_ideal_fraction[{m}]']:>8.0f}%")
+        else:
+            ls = f"{'':>7}{'':>8}{'':>9}{'':>8}{'':>9}"
+        vs = f"{r[f'vs_reference[{p}]']:>6.2f}x" if m == "is" else ""
+        return (f"{label:<16}{result.flops[m] / 1e6:>10.1f}{fwd:>11.1f}{t[f'certify/{m}/{p}']:>10.3f}"
+                f"{ovh:>9.3f}{ls}{gf:>8.1f}{100 * pk:>5.0f}%{vs}")
+
+    for m in cfg.methods():
+        label = "IS-RS fp32" if m == "is" else f"LS-RS FoR {_fors_of(m)} fp32"
+        lines.append(row(label, m, "fp32"))
+    for p in cfg.precisions:
+        if p != "fp32":
+            lines.append(row(f"IS-RS {p}", "is", p))
+    ref = t["reference/is/fp32"]
+    lines.append(f"{'reference IS fp32':<16}{result.flops['is'] / 1e6:>10.1f}{'':>11}{ref:>10.3f}"
+                 f"{r['reference_overhead[is]']:>9.3f}  (Cohen et al. core.py loop, contiguous copy)")
+    lines += ["", f"overhead = certify / ((n0+n={samples}) x forward per sample); with n alone in the "
+              f"denominator multiply by {samples / cfg.n:.3f}", "", "targets:"]
+    for name, (bound, op) in TARGETS.items():
+        if name in r:
+            ok = r[name] <= bound if op == "<=" else r[name] >= bound
+            lines.append(f"  {name:<24}{r[name]:>8.3f}  target {op} {bound:<5} {'met' if ok else 'NOT MET'}")
+    if guard is not None:
+        lines += ["", "guard (fails below floor x (1 - margin)):"]
+        for g in guard:
+            status = ("ok" if g.ok else "REGRESSION") if g.enforced else "not enforced (other machine)"
+            lines.append(f"  {g.name:<24}{g.measured:>8.3f}  floor {g.floor:.3f}  allowed >= {g.allowed:.3f}  "
+                         f"{status}")
+    return "\n".join(lines)
+
+
+# ====================================================================== command line
+def rounds_from_env(default: int) -> int:
+    value = os.environ.get(ROUNDS_ENV)
+    return max(1, int(value)) if value else default
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per session")
+    parser.add_argument("--sessions", type=int, default=1, help="independent sessions (floors take the minimum)")
+    parser.add_argument("--write-floors", action="store_true", help=f"write {FLOORS_PATH.name} from the sessions")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    parser.add_argument("--json", type=Path, help="also write the last session's ratios here")
+    args = parser.parse_args(argv)
+    suite = SpeedSuite(SpeedConfig(), slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+    results = []
+    for s in range(args.sessions):
+        results.append(run_speed(suite, args.rounds))
+        guard = check_floors(results[-1], load_floors()) if FLOORS_PATH.exists() else None
+        print(f"--- session {s + 1}/{args.sessions}")
+        print(format_table(results[-1], guard))
+    if args.json:
+        args.json.write_text(json.dumps(results[-1].to_json(), indent=2) + "\n")
+    if args.write_floors:
+        floors = floors_from(results, args.margin)
+        FLOORS_PATH.write_text(json.dumps(floors, indent=2) + "\n")
+        print(f"wrote {FLOORS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
