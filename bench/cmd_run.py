@@ -93,10 +93,9 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     Example:
       bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
     """
-    from lsrs.models import valid_fors
-
     from bench.console import summary_table
     from bench.report import summarize
+    from lsrs.models import valid_fors
 
     arch = "resnet18"
     bad = [k for k in fors if k not in valid_fors(arch)]

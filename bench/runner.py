@@ -324,13 +324,15 @@ class GridRunner:
                 manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
                 rows: list[dict] = []
                 decisions: list[dict] = []
+                tally = _Tally()
                 last_flush = time.monotonic()
                 try:
                     for row, decided in self._certify_job(job, model, dataset, todo[job], manifest):
                         rows.append(row)
                         decisions.extend(decided)
                         certified += 1
-                        progress.update(tasks[job], advance=1, summary=_live_summary(rows))
+                        tally.add(row)
+                        progress.update(tasks[job], advance=1, summary=tally.summary())
                         if len(rows) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
                             self._flush(rows, decisions, job)
                             rows, decisions, last_flush = [], [], time.monotonic()
@@ -487,13 +489,22 @@ def _num_classes(model: torch.nn.Module, sample_shape: tuple[int, ...], device: 
         return int(model(torch.zeros((1, *sample_shape), device=device)).shape[-1])
 
 
-def _live_summary(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    acc = sum(r["correct"] for r in rows) / len(rows)
-    acr = sum(r["radius"] for r in rows if r["correct"]) / len(rows)
-    sec = sum(r["total_s"] for r in rows) / len(rows)
-    return f"acc {100 * acc:5.1f}%  ACR {acr:.3f}  {sec:.3f} s/img"
+class _Tally:
+    """Running accuracy, ACR and s/image of the images certified so far in this session (progress line)."""
+
+    def __init__(self) -> None:
+        self.images = self.correct = 0
+        self.radius = self.seconds = 0.0
+
+    def add(self, row: dict) -> None:
+        self.images += 1
+        self.correct += bool(row["correct"])
+        self.radius += row["radius"] if row["correct"] else 0.0
+        self.seconds += row["total_s"]
+
+    def summary(self) -> str:
+        k = max(self.images, 1)
+        return f"acc {100 * self.correct / k:5.1f}%  ACR {self.radius / k:.3f}  {self.seconds / k:.3f} s/img"
 
 
 def _labels(dataset: torch.utils.data.Dataset) -> list[int]:

@@ -31,6 +31,7 @@ stored in ``bench/data/speed_floors.json``; regenerate them deliberately with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -38,7 +39,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,13 +66,13 @@ ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
 class SpeedConfig:
     """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples."""
 
-    width: int = 16
-    in_size: int = 32
+    width: int = 32
+    in_size: int = 16
     in_channels: int = 3
     num_classes: int = 10
     fors: tuple[int, ...] = (1, 5, 9, 13)
     n0: int = 100
-    n: int = 2_000
+    n: int = 1_000
     batch_size: int = 250
     sigma: float = 0.25
     alpha: float = 0.001
@@ -79,6 +80,8 @@ class SpeedConfig:
     channels_last: bool = True
     precisions: tuple[str, ...] = ("fp32", "bf16")
     matmul_size: int = 1024
+    threads: int = 1
+    clock: str = "cpu"
 
     def methods(self) -> list[str]:
         return ["is", *(f"ls{k}" for k in self.fors)]
@@ -184,7 +187,10 @@ def count_flops(module: nn.Module, sample: torch.Tensor) -> int:
 
 
 class Slowed(nn.Module):
-    """Fault injection: runs ``inner`` and then idles ``(factor - 1)`` times as long (a deliberate regression)."""
+    """Fault injection: runs ``inner``, then busy-waits ``factor - 1`` times the CPU time it took.
+
+    A deliberate engine regression that both clocks see (busy work shows in CPU time, unlike a sleep).
+    """
 
     def __init__(self, inner: nn.Module, factor: float) -> None:
         super().__init__()
@@ -192,9 +198,11 @@ class Slowed(nn.Module):
         self.factor = float(factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = self.inner(x)
-        time.sleep(max(0.0, (self.factor - 1.0) * (time.perf_counter() - t0)))
+        end = time.process_time() + max(0.0, (self.factor - 1.0) * (time.process_time() - t0))
+        while time.process_time() < end:
+            pass
         return out
 
 
@@ -302,12 +310,14 @@ class SpeedSuite:
         a, b = self._mm[precision]
         return lambda: torch.mm(a, b)
 
-    def cases(self) -> dict[str, Callable[[], object]]:
-        """Every timed case, keyed ``kind/method/precision`` (see the module docstring)."""
+    def cases(self, methods: list[str] | None = None) -> dict[str, Callable[[], object]]:
+        """The timed cases, keyed ``kind/method/precision`` (see the module docstring); ``methods`` limits the
+        fp32 forward/certify pairs to those methods (IS, the reference loop and the matmuls are always in)."""
+        methods = self.cfg.methods() if methods is None else ["is", *(m for m in methods if m != "is")]
         out: dict[str, Callable[[], object]] = {}
         for p in self.cfg.precisions:
             out[f"matmul/-/{p}"] = self.matmul_fn(p)
-        for m in self.cfg.methods():
+        for m in methods:
             out[f"forward/{m}/fp32"] = self.forward_fn(m, "fp32")
             out[f"certify/{m}/fp32"] = self.certify_fn(m, "fp32")
         for p in self.cfg.precisions:
@@ -319,15 +329,41 @@ class SpeedSuite:
 
 
 # ====================================================================== measuring
-def time_call(fn: Callable[[], object], device: torch.device | str) -> float:
-    """Seconds one call of ``fn`` takes (CUDA events with a synchronisation on GPU, perf_counter on CPU)."""
+CLOCKS = ("cpu", "wall")
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str, clock: str = "wall") -> float:
+    """Seconds one call of ``fn`` takes.
+
+    ``wall``: CUDA events with a synchronisation on GPU, ``perf_counter`` on CPU. ``cpu``: the process's CPU
+    time (``time.process_time``), which a shared machine cannot inflate by descheduling us; on CUDA the
+    clock is always ``wall`` (the work is on the device).
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "cpu" and torch.device(device).type == "cpu":
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
     with Stopwatch(device) as sw:
         fn()
     return sw.seconds
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(n)`` (``None``: unchanged), restoring the old value."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def measure(cases: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
-            warmup: int = 1) -> list[dict[str, float]]:
+            warmup: int = 1, clock: str = "wall") -> list[dict[str, float]]:
     """Time every case once per round, interleaved, the order reversed every other round (ABBA)."""
     names = list(cases)
     for _ in range(warmup):
@@ -336,21 +372,28 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, device: torch.d
     out = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
-        out.append({name: time_call(cases[name], device) for name in order})
+        out.append({name: time_call(cases[name], device, clock) for name in order})
     return out
+
+
+def measured_methods(t: dict[str, float]) -> list[str]:
+    """The methods with an fp32 certify timing in ``t``, IS first, then LS by FoR."""
+    ms = {k.split("/")[1] for k in t if k.startswith("certify/") and k.endswith("/fp32")}
+    return sorted(ms, key=_fors_of)
 
 
 def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
     """All ratios from one round of timings ``t`` (seconds per case)."""
     cfg = suite.cfg
     samples = cfg.n0 + cfg.n
+    methods = measured_methods(t)
     r: dict[str, float] = {}
-    per_sample = {m: t[f"forward/{m}/fp32"] / cfg.batch_size for m in cfg.methods()}
-    for m in cfg.methods():
+    per_sample = {m: t[f"forward/{m}/fp32"] / cfg.batch_size for m in methods}
+    for m in methods:
         r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / (samples * per_sample[m])
         r[f"efficiency[{m}]"] = 1.0 / r[f"overhead[{m}]"]
         r[f"gflops[{m}/fp32]"] = suite.flops[m] * samples / t[f"certify/{m}/fp32"] / 1e9
-    for m in cfg.methods()[1:]:
+    for m in methods[1:]:
         r[f"speedup[{m}]"] = t["certify/is/fp32"] / t[f"certify/{m}/fp32"]
         r[f"time_ideal[{m}]"] = per_sample["is"] / per_sample[m]
         r[f"ideal_fraction[{m}]"] = r[f"speedup[{m}]"] / r[f"time_ideal[{m}]"]
@@ -364,11 +407,9 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
             r[f"overhead[is/{p}]"] = t[f"certify/is/{p}"] / (samples * fwd)
             r[f"gflops[is/{p}]"] = suite.flops["is"] * samples / t[f"certify/is/{p}"] / 1e9
             r[f"forward_speedup[is/{p}]"] = per_sample["is"] / fwd
-    for m in cfg.methods():
-        r[f"peak_fraction[{m}/fp32]"] = r[f"gflops[{m}/fp32]"] / r["peak_gflops[fp32]"]
-    for p in cfg.precisions:
-        if p != "fp32":
             r[f"peak_fraction[is/{p}]"] = r[f"gflops[is/{p}]"] / r[f"peak_gflops[{p}]"]
+    for m in methods:
+        r[f"peak_fraction[{m}/fp32]"] = r[f"gflops[{m}/fp32]"] / r["peak_gflops[fp32]"]
     r["reference_overhead[is]"] = t["reference/is/fp32"] / (samples * per_sample["is"])
     return r
 
@@ -398,14 +439,18 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1) -> SpeedResult:
-    """Measure ``suite`` for ``rounds`` interleaved rounds; ratios per round, summarised by their median."""
-    timings = measure(suite.cases(), rounds, suite.device, warmup=warmup)
+def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str] | None = None) -> SpeedResult:
+    """Measure ``suite`` for ``rounds`` interleaved rounds (with ``cfg.threads`` torch threads and ``cfg.clock``);
+    ratios are computed per round and summarised by their median."""
+    cfg = suite.cfg
+    with torch_threads(cfg.threads):
+        timings = measure(suite.cases(methods), rounds, suite.device, warmup=warmup, clock=cfg.clock)
+        machine = machine_signature()
     per_round = [round_ratios(t, suite) for t in timings]
     ratios = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
     spread = {k: _quartiles([r[k] for r in per_round]) for k in per_round[0]}
     times = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
-    return SpeedResult(suite.cfg, times, ratios, spread, timings, dict(suite.flops), machine_signature())
+    return SpeedResult(cfg, times, ratios, spread, timings, dict(suite.flops), machine)
 
 
 # ====================================================================== the guard
@@ -420,6 +465,9 @@ GUARDED: dict[str, bool] = {
     "vs_reference[fp32]": False,
     "vs_reference[bf16]": False,
 }
+
+#: The methods the guard measures (IS and the FoRs with targets); ``--all`` / ``LSRS_SPEED_ALL=1`` adds the rest.
+GUARD_METHODS = ["is", "ls9", "ls13"]
 
 #: The issue's targets (2 CPU cores): ratio -> (bound, ">=" or "<=").
 TARGETS: dict[str, tuple[float, str]] = {
@@ -499,54 +547,60 @@ def floors_from(results: list[SpeedResult], margin: float = DEFAULT_MARGIN) -> d
 
 # ====================================================================== the table
 def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> str:
-    """The ratio table (plain text), then the targets and, if given, the guard lines."""
+    """The ratio table (plain text), then the issue's targets and, if given, the guard lines."""
     cfg, r, t = result.cfg, result.ratios, result.times
     samples = cfg.n0 + cfg.n
+    q = result.spread
     lines = [
-        f"ResNet18 width {cfg.width}, {cfg.in_channels}x{cfg.in_size}x{cfg.in_size}, random weights; "
-        f"CERTIFY n0={cfg.n0} n={cfg.n} batch {cfg.batch_size}, channels_last={cfg.channels_last}; "
-        f"{result.machine['cpu']}, {result.machine['threads']} threads; medians of {len(result.rounds)} "
-        "interleaved rounds",
-        f"matmul peak: " + ", ".join(f"{p} {r[f'peak_gflops[{p}]']:.0f} GFLOP/s" for p in cfg.precisions),
+        f"ResNet18 width {cfg.width}, input {cfg.in_channels}x{cfg.in_size}x{cfg.in_size}, random weights; CERTIFY "
+        f"n0={cfg.n0} n={cfg.n}, batch {cfg.batch_size}, channels_last={cfg.channels_last}",
+        f"{result.machine['cpu']}, {result.machine['threads']} torch thread(s), {cfg.clock} clock; medians of "
+        f"{len(result.rounds)} interleaved rounds (ratios per round, then the median)",
+        "matmul peak: " + ", ".join(f"{p} {r[f'peak_gflops[{p}]']:.1f} GFLOP/s" for p in cfg.precisions),
         "",
-        f"{'config':<16}{'MFLOP/smp':>10}{'fwd us/smp':>11}{'certify s':>10}{'overhead':>9}{'LS/IS':>7}"
-        f"{'t-ideal':>8}{'%t-ideal':>9}{'F-ideal':>8}{'%F-ideal':>9}{'GFLOP/s':>8}{'%peak':>6}{'vs ref':>7}",
+        f"{'config':<18}{'MFLOP/smp':>10}{'fwd us/smp':>11}{'certify s':>10}{'overhead':>9}{'LS/IS':>7}"
+        f"{'t-ideal':>8}{'%t-ideal':>9}{'F-ideal':>8}{'%F-ideal':>9}{'GFLOP/s':>8}{'%peak':>6}{'vs ref':>8}",
     ]
 
     def row(label: str, m: str, p: str) -> str:
         fwd = t[f"forward/{m}/{p}"] / cfg.batch_size * 1e6
         ovh = r[f"overhead[{m}]"] if p == "fp32" else r[f"overhead[{m}/{p}]"]
-        gf = r[f"gflops[{m}/{p}]"]
-        pk = r[f"peak_fraction[{m}/{p}]"]
         if m != "is" and p == "fp32":
             ls = (f"{r[f'speedup[{m}]']:>7.2f}{r[f'time_ideal[{m}]']:>8.2f}{100 * r[f'ideal_fraction[{m}]']:>8.0f}%"
                   f"{r[f'flop_ideal[{m}]']:>8.2f}{100 * r[f'flop_ideal_fraction[{m}]']:>8.0f}%")
         else:
             ls = f"{'':>7}{'':>8}{'':>9}{'':>8}{'':>9}"
-        vs = f"{r[f'vs_reference[{p}]']:>6.2f}x" if m == "is" else ""
-        return (f"{label:<16}{result.flops[m] / 1e6:>10.1f}{fwd:>11.1f}{t[f'certify/{m}/{p}']:>10.3f}"
-                f"{ovh:>9.3f}{ls}{gf:>8.1f}{100 * pk:>5.0f}%{vs}")
+        vs = f"{r[f'vs_reference[{p}]']:>7.2f}x" if m == "is" else ""
+        return (f"{label:<18}{result.flops[m] / 1e6:>10.1f}{fwd:>11.1f}{t[f'certify/{m}/{p}']:>10.3f}"
+                f"{ovh:>9.3f}{ls}{r[f'gflops[{m}/{p}]']:>8.1f}{100 * r[f'peak_fraction[{m}/{p}]']:>5.0f}%{vs}")
 
-    for m in cfg.methods():
-        label = "IS-RS fp32" if m == "is" else f"LS-RS FoR {_fors_of(m)} fp32"
-        lines.append(row(label, m, "fp32"))
+    for m in measured_methods(t):
+        lines.append(row("IS-RS fp32" if m == "is" else f"LS-RS FoR {_fors_of(m)} fp32", m, "fp32"))
     for p in cfg.precisions:
         if p != "fp32":
             lines.append(row(f"IS-RS {p}", "is", p))
-    ref = t["reference/is/fp32"]
-    lines.append(f"{'reference IS fp32':<16}{result.flops['is'] / 1e6:>10.1f}{'':>11}{ref:>10.3f}"
-                 f"{r['reference_overhead[is]']:>9.3f}  (Cohen et al. core.py loop, contiguous copy)")
-    lines += ["", f"overhead = certify / ((n0+n={samples}) x forward per sample); with n alone in the "
-              f"denominator multiply by {samples / cfg.n:.3f}", "", "targets:"]
+    lines.append(f"{'reference IS fp32':<18}{result.flops['is'] / 1e6:>10.1f}{'':>11}{t['reference/is/fp32']:>10.3f}"
+                 f"{r['reference_overhead[is]']:>9.3f}   Cohen et al. core.py loop on a plain fp32 copy")
+    lines += [
+        "",
+        f"overhead = certify / ((n0 + n = {samples}) x pure forward per sample at batch {cfg.batch_size}); "
+        f"over n alone it is {samples / cfg.n:.3f}x larger",
+        "t-ideal = forward(baseline) / forward(fc) per sample; F-ideal = FLOPs(baseline) / FLOPs(fc); "
+        "vs ref = reference loop fp32 / engine",
+        "",
+        "targets (issue 9):",
+    ]
     for name, (bound, op) in TARGETS.items():
         if name in r:
             ok = r[name] <= bound if op == "<=" else r[name] >= bound
-            lines.append(f"  {name:<24}{r[name]:>8.3f}  target {op} {bound:<5} {'met' if ok else 'NOT MET'}")
+            lo, hi = q[name]
+            lines.append(f"  {name:<22}{r[name]:>7.3f}  (IQR {lo:.3f}-{hi:.3f})  target {op} {bound:<5} "
+                         f"{'met' if ok else 'NOT MET'}")
     if guard is not None:
-        lines += ["", "guard (fails below floor x (1 - margin)):"]
+        lines += ["", "guard (a ratio fails below floor x (1 - margin)):"]
         for g in guard:
             status = ("ok" if g.ok else "REGRESSION") if g.enforced else "not enforced (other machine)"
-            lines.append(f"  {g.name:<24}{g.measured:>8.3f}  floor {g.floor:.3f}  allowed >= {g.allowed:.3f}  "
+            lines.append(f"  {g.name:<22}{g.measured:>7.3f}  floor {g.floor:.3f}  allowed >= {g.allowed:.3f}  "
                          f"{status}")
     return "\n".join(lines)
 
@@ -559,24 +613,31 @@ def rounds_from_env(default: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per session")
-    parser.add_argument("--sessions", type=int, default=1, help="independent sessions (floors take the minimum)")
-    parser.add_argument("--write-floors", action="store_true", help=f"write {FLOORS_PATH.name} from the sessions")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
-    parser.add_argument("--json", type=Path, help="also write the last session's ratios here")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per session [9]")
+    parser.add_argument("--sessions", type=int, default=1, help="independent sessions; floors take the minimum [1]")
+    parser.add_argument("--all", action="store_true", help="every FoR of the config, not only the guarded ones")
+    parser.add_argument("--threads", type=int, help=f"torch threads [{SpeedConfig.threads}]")
+    parser.add_argument("--clock", choices=CLOCKS, help=f"[{SpeedConfig.clock}]")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--write-floors", action="store_true", help=f"write bench/data/{FLOORS_PATH.name}")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"[{DEFAULT_MARGIN}]")
+    parser.add_argument("--json", type=Path, help="also write the last session's ratios and times here")
     args = parser.parse_args(argv)
-    suite = SpeedSuite(SpeedConfig(), slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+    overrides = {k: v for k, v in (("threads", args.threads), ("clock", args.clock)) if v is not None}
+    cfg = SpeedConfig(**overrides)
+    suite = SpeedSuite(cfg, device=args.device, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+    methods = None if args.all else GUARD_METHODS
+    floors = load_floors() if FLOORS_PATH.exists() else None
     results = []
     for s in range(args.sessions):
-        results.append(run_speed(suite, args.rounds))
-        guard = check_floors(results[-1], load_floors()) if FLOORS_PATH.exists() else None
+        results.append(run_speed(suite, args.rounds, methods=methods))
+        guard = check_floors(results[-1], floors) if floors and floors.get("config") == asdict(cfg) else None
         print(f"--- session {s + 1}/{args.sessions}")
-        print(format_table(results[-1], guard))
+        print(format_table(results[-1], guard), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results[-1].to_json(), indent=2) + "\n")
     if args.write_floors:
-        floors = floors_from(results, args.margin)
-        FLOORS_PATH.write_text(json.dumps(floors, indent=2) + "\n")
+        FLOORS_PATH.write_text(json.dumps(floors_from(results, args.margin), indent=2) + "\n")
         print(f"wrote {FLOORS_PATH}")
     return 0
 

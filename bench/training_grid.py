@@ -133,6 +133,7 @@ def train_grid(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     retrain: bool = False,
+    threads: int | None = None,
     console: Console | None = None,
     on_epoch: Callable[[dict, int], None] | None = None,
 ) -> list[dict]:
@@ -141,7 +142,48 @@ def train_grid(
     Defaults (epochs, lr, lr step, batch size, width, architecture) come from :data:`lsrs.data.DATASETS`.
     Raises :class:`GridConfigError` for a bad request and :class:`lsrs.data.DatasetMissingError` when the
     data is absent. ``on_epoch(entry_so_far, epoch)`` is called after every epoch (tests use it).
+    ``threads`` sets torch's intra-op CPU threads for the call (1 is fastest on a busy, shared CPU).
     """
+    if threads is not None and threads < 1:
+        raise GridConfigError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train_grid(
+            dataset, fors, sigmas, out, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
+            width=width, data_dir=data_dir, quiet=quiet, workers=workers, download=download, arch=arch,
+            lr_step=lr_step, momentum=momentum, weight_decay=weight_decay, retrain=retrain, console=console,
+            on_epoch=on_epoch,
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_grid(
+    dataset: str,
+    fors: Sequence[int],
+    sigmas: Sequence[float],
+    out: str | Path,
+    *,
+    epochs: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    device: str | torch.device,
+    seed: int,
+    width: int | None,
+    data_dir: str | Path | None,
+    quiet: bool,
+    workers: int,
+    download: bool,
+    arch: str | None,
+    lr_step: int | None,
+    momentum: float,
+    weight_decay: float,
+    retrain: bool,
+    console: Console | None,
+    on_epoch: Callable[[dict, int], None] | None,
+) -> list[dict]:
     try:
         info = dataset_info(dataset)
     except ValueError as exc:

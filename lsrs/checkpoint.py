@@ -22,7 +22,9 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -345,6 +347,17 @@ def _load_safetensors(weights: Path, expected_sha256: str | None) -> tuple[nn.Mo
     return model, meta
 
 
+def _pickle_reason(exc: BaseException) -> str:
+    """The informative line of a ``torch.load`` error (its ``WeightsUnpickler error:`` sentence if any)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:
+        rest = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()]
+        if rest:
+            return rest[0].split(". Please use")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _load_pickle(weights: Path, allow_pickle: bool, expected_sha256: str | None) -> tuple[nn.Module, dict]:
     if not allow_pickle:
         raise CheckpointError(
@@ -355,11 +368,13 @@ def _load_pickle(weights: Path, allow_pickle: bool, expected_sha256: str | None)
     side_meta = _read_sidecar(side) if side.is_file() else None
     digest = _verify_sha(weights, side_meta, expected_sha256)
     try:
-        obj = torch.load(str(weights), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{weights}: refused by torch.load(weights_only=True) (not plain tensors, or corrupted): {first}"
+            f"{weights}: refused by torch.load(weights_only=True) (not plain tensors, or corrupted): "
+            f"{_pickle_reason(exc)}"
         ) from None
     meta: dict | None = None
     tensors = obj

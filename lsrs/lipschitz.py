@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift, circular_kernel
@@ -127,18 +126,23 @@ def jacobian_spectral_norm(
 ) -> float:
     """Power iteration on ``J^T J`` at ``x`` (``J`` = Jacobian of ``module``): a lower bound on ``|J|_2``.
 
+    ``J^T u`` is a vector-Jacobian product (reverse mode); ``J v`` is obtained by differentiating it with
+    respect to ``u`` (double backward), so one forward pass serves all iterations.
+
     ``x`` is a batch; each sample is iterated separately (the module must act per sample, e.g. in
     ``eval()``), and the largest ``|J v|`` over the batch, with ``|v| = 1``, is returned. Each returned
     value is attained, so it never exceeds the true local (hence global) Lipschitz constant.
     """
-    x = x.detach()
-    xg = x.clone().requires_grad_(True)
+    xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        y = module(xg)  # graph kept for the repeated vector-Jacobian products J^T u
+        y = module(xg)
+        u = torch.zeros_like(y, requires_grad=True)
+        # J^T u, kept differentiable in u: its derivative along v gives J v (the double-backward trick).
+        (jt_u,) = torch.autograd.grad(y, xg, u, create_graph=True)
 
-    def jvp(v: Tensor) -> Tensor:  # forward-mode AD: J v
-        with fwAD.dual_level():
-            return fwAD.unpack_dual(module(fwAD.make_dual(x, v))).tangent
+    def jvp(v: Tensor) -> Tensor:
+        (out,) = torch.autograd.grad(jt_u, u, v, retain_graph=True)
+        return out
 
     v = _unit(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
     for _ in range(iters):

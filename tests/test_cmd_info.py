@@ -1,0 +1,80 @@
+"""``bench info``: output, JSON, and exit code 2 with one line on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.cli import cli
+
+SMALL = ["--dataset", "digits", "--width", "8", "--iters", "5", "--steps", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["info", *args], terminal_width=200)
+
+
+def test_info_prints_latent_audit_and_speedup():
+    res = invoke(*SMALL, "--fors", "9")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "resnet18 FoR 9/18" in out and "latent z 16x8x8 (1,024 dims)" in out
+    assert "block4" in out and "sound" in out and "NOT SOUND" not in out
+    assert "FLOP-ideal LS-RS speedup" in out
+
+
+def test_info_json_is_consistent():
+    res = invoke(*SMALL, "--fors", "13", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["latent_shape"] == [32, 4, 4] and info["latent_dims"] == 512
+    assert info["lipschitz"]["declared"] == 1.0 and info["lipschitz"]["sound"]
+    assert info["lipschitz"]["empirical"] <= 1.0 + 1e-4
+    f = info["flops"]
+    assert f["flops_total"] == f["flops_encoder"] + f["flops_classifier"]
+    assert f["ideal_speedup"] == pytest.approx(f["flops_total"] / f["flops_classifier"])
+    p = info["params"]
+    assert p["total"] == p["encoder"] + p["classifier"]
+    assert info["config"]["in_channels"] == 1 and info["config"]["in_size"] == 16
+
+
+def test_info_baseline_and_wide_resnet():
+    info = json.loads(invoke(*SMALL, "--fors", "0", "--json").output)
+    assert info["latent_shape"] == [1, 16, 16] and info["flops"]["ideal_speedup"] == 1.0
+    res = invoke("--model", "wide_resnet34", "--widen", "1", "--base-width", "4", "--in-size", "16",
+                 "--num-classes", "10", "--fors", "16", "--iters", "3", "--steps", "0", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["fors_total"] == 34 and info["latent_shape"] == [8, 8, 8]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fors", "2"], "valid: 0,1,3,5,7,9,11,13,15,17"),
+        (["--fors", "-1"], "--fors"),
+        (["--width", "7", "--dataset", "digits"], "even"),
+        (["--in-size", "12"], "divisible by 8"),
+        (["--model", "wide_resnet34", "--width", "8"], "--widen"),
+        (["--model", "vgg"], "--model"),
+    ],
+)
+def test_info_bad_input_exits_2_with_one_line(args, message):
+    res = invoke(*args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert [line for line in res.output.splitlines() if line.startswith("Error")] and len(
+        [line for line in res.output.splitlines() if line.startswith("Error")]
+    ) == 1

@@ -1,0 +1,204 @@
+"""`bench run` end to end on tiny untrained models and the embedded digits data (issue 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import store
+from bench.cli import cli
+from bench.runner import RunConfig, RunOptions, run_grid
+from lsrs.checkpoint import index_entry, save_checkpoint, update_index
+from lsrs.data import load_dataset
+from lsrs.models import resnet18
+
+FORS = (1, 9)
+SIGMAS = (0.0, 0.25, 0.5)
+IMAGES = 4
+TIMING = ["encode_s", "sample_s", "total_s"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    """Untrained width-4 digits models: the baseline and FoR 1, 9 twins at every σ, with an index."""
+    root = tmp_path_factory.mktemp("ckpt")
+    folder = root / "digits"
+    folder.mkdir()
+    entries = []
+    for fors in (0, *FORS):
+        for sigma in SIGMAS:
+            torch.manual_seed(fors * 10 + int(sigma * 4))
+            model = resnet18(num_classes=10, fors=fors, width=4, in_size=16, in_channels=1).eval()
+            name = f"m-f{fors}-s{sigma:g}.safetensors"
+            meta = {"dataset": "digits", "sigma": sigma, "noise": "input" if fors == 0 else "latent",
+                    "epochs": 0, "clean_acc": 0.1, "noisy_acc": 0.1}
+            digest = save_checkpoint(folder / name, model, meta)
+            entries.append(index_entry({**meta, "arch": "resnet18", "fors": fors, "width": 4, "in_size": 16,
+                                        "num_classes": 10}, name, digest))
+    update_index(root, "digits", entries)
+    return root
+
+
+def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--dataset", "digits", "--fors", ",".join(map(str, FORS)), "--sigmas", "0,0.25,0.5",
+            "--n0", "16", "--n", "96", "--max-images", str(IMAGES), "--skip", "7", "--checkpoints", str(checkpoints),
+            "--out", str(out), "-q", *extra]
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["sigma", "method", "fors", "idx"]).reset_index(drop=True)
+
+
+def test_run_writes_complete_grid_schema_and_manifest(checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, _args(checkpoints, out))
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert set(store.ROW_SCHEMA.names) <= set(frame.columns)
+    assert len(frame) == IMAGES * len(SIGMAS) * (1 + len(FORS))
+    assert not frame.duplicated(["method", "fors", "sigma", "idx"]).any()
+    grid = set(zip(frame["method"], frame["fors"], frame["sigma"], strict=True))
+    assert grid == {("is", 0, s) for s in SIGMAS} | {("ls", k, s) for k in FORS for s in SIGMAS}
+    assert sorted(frame["idx"].unique()) == [0, 7, 14, 21]
+    noisy = frame[frame["sigma"] > 0]
+    assert (noisy["n0"] == 16).all() and (noisy["n"] == 96).all()
+    assert (noisy["counts_estimation"].map(sum) == 96).all()
+    assert ((noisy["prediction"] == -1) | (noisy["correct"] == (noisy["prediction"] == noisy["label"]))).all()
+    # LS-RS radius = latent radius / L with L = 1; IS-RS "encodes" with the identity (only a device move).
+    assert (noisy["radius"] == noisy["radius_latent"] / noisy["lipschitz"]).all()
+    is_rows = noisy[noisy["method"] == "is"]
+    assert (is_rows["encode_s"] < is_rows["sample_s"]).all()
+    assert (noisy["total_s"] >= noisy["encode_s"] + noisy["sample_s"]).all()
+    clean = frame[frame["sigma"] == 0]
+    assert (clean["radius"] == 0).all() and (clean["n"] == 0).all()
+    manifest = json.loads((out / store.MANIFEST).read_text())
+    assert manifest["config_hash"] == frame["run"].iloc[0]
+    assert manifest["config"]["n"] == 96 and manifest["config"]["fors"] == list(FORS)
+    assert manifest["finished"] and manifest["started"] and manifest["device"].startswith("cpu")
+    assert {"python", "torch", "lsrs"} <= set(manifest["versions"])
+    index = json.loads((checkpoints / "digits" / "index.json").read_text())["entries"]
+    shas = {e["sha256"] for e in index}
+    assert len(manifest["checkpoints"]) == len(SIGMAS) * (1 + len(FORS))
+    assert all(c["sha256"] in shas for c in manifest["checkpoints"].values())
+    assert set(manifest["models"]) == {"0", "1", "9"}
+    assert manifest["models"]["9"]["flops_classifier"] < manifest["models"]["9"]["flops_total"]
+    assert all(v >= 0 for v in manifest["warmup_s"].values())
+
+
+def test_interrupt_then_resume_equals_uninterrupted(checkpoints: Path, tmp_path: Path) -> None:
+    def config() -> RunConfig:
+        return RunConfig(dataset="digits", fors=FORS, sigmas=SIGMAS, n0=16, n=96, skip=7, max_images=IMAGES,
+                         checkpoints=str(checkpoints))
+
+    def test_set():
+        return load_dataset("digits", "test")
+
+    whole = tmp_path / "whole"
+    run_grid(config(), RunOptions(out=whole, quiet=True), test_set)
+    broken = tmp_path / "broken"
+    run_grid(config(), RunOptions(out=broken, quiet=True, stop_after=7), test_set)  # simulated crash
+    assert len(pd.read_parquet(broken)) == 7
+    assert json.loads((broken / store.MANIFEST).read_text())["finished"] is None
+    run_grid(config(), RunOptions(out=broken, quiet=True), test_set)  # resume
+    a, b = _sorted(pd.read_parquet(whole)), _sorted(pd.read_parquet(broken))
+    assert len(b) == len(a) and not b.duplicated(["method", "fors", "sigma", "idx"]).any()
+    pd.testing.assert_frame_equal(a.drop(columns=TIMING), b.drop(columns=TIMING))
+
+
+def test_same_seed_different_batch_size_gives_identical_counts(checkpoints: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for bs in ("7", "64"):
+        result = runner.invoke(cli, _args(checkpoints, tmp_path / bs, "--batch-size", bs, "--sigmas", "0.25"))
+        assert result.exit_code == 0, result.output
+    a, b = (_sorted(pd.read_parquet(tmp_path / bs)) for bs in ("7", "64"))
+    assert (a["batch_size"] == 7).all() and (b["batch_size"] == 64).all()
+    for col in ("counts_selection", "counts_estimation"):
+        assert a[col].map(list).tolist() == b[col].map(list).tolist()
+    assert a["radius"].tolist() == b["radius"].tolist()
+
+
+def test_sampler_certificate_and_decisions_are_recorded(checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seq"
+    result = CliRunner().invoke(cli, _args(checkpoints, out, "--sigmas", "0.5", "--sampler", "curtail",
+                                           "--certificate", "multiclass", "--decide-radii", "0,0.1",
+                                           "--max-n", "256"))
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert set(frame["sampler"]) == {"curtail"} and set(frame["certificate"]) == {"multiclass"}
+    assert (frame["samples_used"] <= frame["n0"] + frame["n"]).all()
+    decisions = pd.read_parquet(out / store.DECISIONS_DIR)
+    assert len(decisions) == len(frame) * 2
+    assert set(decisions["radius"]) == {0.0, 0.1}
+    assert (decisions["samples_used"] <= 16 + 256).all()
+
+
+def test_different_config_in_same_out_is_refused_unless_fresh(checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(cli, _args(checkpoints, out, "--sigmas", "0.25")).exit_code == 0
+    refused = runner.invoke(cli, _args(checkpoints, out, "--sigmas", "0.5"))
+    assert refused.exit_code == 2 and "different configuration" in refused.output
+    fresh = runner.invoke(cli, _args(checkpoints, out, "--sigmas", "0.5", "--fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    assert set(pd.read_parquet(out)["sigma"]) == {0.5}
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--dataset", "mnist"], "mnist"),
+        (["--fors", "2"], "FoR [2] invalid"),
+        (["--fors", "19"], "FoR [19] invalid"),
+        (["--fors", "5"], "FoR 5 is not in the checkpoint index"),
+        (["--sigmas", "-0.5"], "sigma must be"),
+        (["--sigmas", "1.0"], "trained at σ=1"),
+        (["--n0", "0"], "--n0"),
+        (["--n", "0"], "--n"),
+        (["--alpha", "0"], "--alpha"),
+        (["--alpha", "1.5"], "--alpha"),
+        (["--batch-size", "0"], "batch size must be >= 1"),
+        (["--device", "cuda"], "no CUDA device"),
+        (["--methods", "xs"], "methods are"),
+        (["--decide-radii", "-1"], "radii must be"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(checkpoints: Path, tmp_path: Path, extra, needle) -> None:
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = CliRunner().invoke(cli, _args(checkpoints, tmp_path / "run", *extra))
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_out_exits_2(checkpoints: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, _args(checkpoints, blocker / "run"))
+    assert result.exit_code == 2 and "cannot write to --out" in result.output
+
+
+def test_missing_index_exits_2_and_says_how_to_train(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, _args(tmp_path / "none", tmp_path / "run"))
+    assert result.exit_code == 2 and "bench train" in result.output
+
+
+def test_allow_sigma_mismatch_uses_nearest_trained_sigma(checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, _args(checkpoints, out, "--sigmas", "0.6", "--allow-sigma-mismatch"))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / store.MANIFEST).read_text())
+    assert {c["sigma_train"] for c in manifest["checkpoints"].values()} == {0.5}
