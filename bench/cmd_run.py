@@ -80,10 +80,20 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="Also decide, per image, certified robustness at these input radii (anytime-valid test).")
 @click.option("--max-n", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Sample budget of each --decide-radii decision.")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
+              help="Spread the grid over Ray tasks (image shard × config): auto = the running cluster, else a "
+                   "local Ray; or a cluster address (host:6379, ray://host:10001). Needs the ray extra.")
+@click.option("--ray-shard-size", type=click.IntRange(min=1), default=None,
+              help="Images per Ray task [default: 10].")
+@click.option("--ray-num-cpus", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPUs each Ray task asks for (also its torch threads) [default: 1].")
+@click.option("--ray-num-gpus", type=click.FloatRange(min=0), default=None,
+              help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
             precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, sampler,
-            certificate, decide_radii, max_n, quiet) -> None:
+            certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
+            quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
     Stores one parquet row per (image, method, FoR, σ) under --out and resumes an interrupted run when
@@ -92,6 +102,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     \b
     Example:
       bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
+      bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
     """
     from bench.console import summary_table
     from bench.report import summarize
@@ -103,24 +114,54 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         raise click.BadParameter(
             f"FoR {bad} invalid for {arch}; valid: {','.join(map(str, valid_fors(arch)))}", param_hint="--fors"
         )
+    ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
+    if ray_options is not None:
+        from bench import distributed
+
+        click.get_current_context().call_on_close(distributed.connect(ray_options.address))
+        device_type = distributed.cluster_device_type(device)
+    else:
+        device_type = _device_type(device)
     config = RunConfig(
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
-        device_type=_device_type(device), precision=precision, checkpoints=str(checkpoints),
+        device_type=device_type, precision=precision, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, sampler=sampler, certificate=certificate,
         decide_radii=tuple(decide_radii or ()), max_n=max_n,
     )
     out = out or default_out(dataset, config.config_hash())
     console = Console(quiet=quiet)
-    manifest = run_grid(config, RunOptions(out=out, batch_size=batch_size, channels_last=channels_last,
-                                           fresh=fresh, quiet=quiet, console=console),
-                        lambda: _load_test(dataset, data_dir))
+    options = RunOptions(out=out, batch_size=batch_size, channels_last=channels_last, fresh=fresh, quiet=quiet,
+                         console=console)
+    if ray_options is None:
+        manifest = run_grid(config, options, lambda: _load_test(dataset, data_dir))
+    else:
+        from bench.distributed import run_grid_ray
+
+        worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
+        manifest = run_grid_ray(config, options, ray_options, lambda: _load_test(dataset, worker_data_dir))
     if not quiet:
         from bench.report import load_run
 
         frame, manifest = load_run(out)
         console.print(summary_table(summarize(frame, manifest)))
         console.print(f"results: {out}  (pandas.read_parquet('{out}'))")
+
+
+def _ray_options(address: str | None, shard_size: int | None, num_cpus: float | None, num_gpus: float | None):
+    """The Ray options of ``--ray ...`` (None without ``--ray``, where the other ``--ray-*`` are refused)."""
+    given = {"--ray-shard-size": shard_size, "--ray-num-cpus": num_cpus, "--ray-num-gpus": num_gpus}
+    if address is None:
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise BenchUsageError(f"{', '.join(extra)} only apply with --ray auto|ADDRESS")
+        return None
+    if not address.strip():
+        raise BenchUsageError("--ray needs 'auto' or a cluster address such as head-node:6379")
+    from bench.distributed import DEFAULT_SHARD_SIZE, RayOptions
+
+    return RayOptions(address=address.strip(), shard_size=shard_size or DEFAULT_SHARD_SIZE,
+                      num_cpus=num_cpus if num_cpus is not None else 1.0, num_gpus=num_gpus)
 
 
 def _device_type(device: str) -> str:

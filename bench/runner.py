@@ -100,6 +100,19 @@ class Job:
         return f"{name} FoR {self.fors} σ={self.sigma:g}"
 
 
+@dataclass
+class RunPlan:
+    """What :meth:`GridRunner.plan` found: the jobs, their checkpoints, the images, and what is left to do."""
+
+    jobs: list[Job]
+    checkpoints: Checkpoints
+    entries: dict[Job, dict]  # checkpoint index entry per job
+    indices: list[int]  # selected test images
+    manifest: dict
+    todo: dict[Job, list[int]]  # images not yet stored, per job
+    decided: set[tuple]  # (method, fors, sigma, idx, radius) of the stored decisions
+
+
 def grid_jobs(config: RunConfig) -> list[Job]:
     """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR."""
     jobs = []
@@ -199,6 +212,14 @@ class Checkpoints:
             )
         return min(same_fors, key=lambda e: abs(float(e["sigma"]) - sigma))
 
+    def record(self, entry: dict) -> dict:
+        """The manifest's record of a checkpoint: path, sha256 and the σ it was trained at."""
+        return {
+            "path": str(self.index_dir / entry["path"]),
+            "sha256": entry.get("sha256"),
+            "sigma_train": float(entry["sigma"]),
+        }
+
     def load(self, entry: dict) -> torch.nn.Module:
         path = self.index_dir / entry["path"]
         try:
@@ -235,10 +256,11 @@ def _model_record(model: torch.nn.Module, sample_shape: tuple[int, ...]) -> dict
 class GridRunner:
     """Certify the grid of a :class:`RunConfig`, storing rows as they are produced (resumable)."""
 
-    def __init__(self, config: RunConfig, options: RunOptions) -> None:
+    def __init__(self, config: RunConfig, options: RunOptions, device: torch.device | None = None) -> None:
         self.config = config
         self.options = options
-        self.device = resolve_device(config.device_type)
+        # ``device``: where this process certifies (a Ray driver passes its own; workers resolve theirs).
+        self.device = device if device is not None else resolve_device(config.device_type)
         self.out = Path(options.out)
 
     # -------------------------------------------------------------- setup
@@ -276,13 +298,11 @@ class GridRunner:
             cols.append(rows["radius"].astype(float))
         return set(zip(*cols, strict=True))
 
-    # -------------------------------------------------------------- main loop
-    def run(self, dataset: torch.utils.data.Dataset, labels: list[int]) -> dict:
-        """Certify every job of the grid on the selected test images; returns the final manifest."""
-        config, opts = self.config, self.options
+    def plan(self, labels: list[int]) -> RunPlan:
+        """Validate the grid, open (or resume) the store and list what is left to certify per job."""
+        config = self.config
         if config.precision not in PRECISIONS:
             raise BenchUsageError(f"--precision must be one of {sorted(PRECISIONS)}")
-        torch.backends.cudnn.benchmark = True
         jobs = grid_jobs(config)
         if not jobs:
             raise BenchUsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
@@ -293,8 +313,20 @@ class GridRunner:
             raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
         manifest = self._open_store()
         done = self._done_keys(self.out)
-        self._decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
+        decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
         todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, i) not in done] for job in jobs}
+        return RunPlan(jobs, checkpoints, entries, indices, manifest, todo, decided)
+
+    # -------------------------------------------------------------- main loop
+    def run(self, dataset: torch.utils.data.Dataset, labels: list[int]) -> dict:
+        """Certify every job of the grid on the selected test images; returns the final manifest."""
+        opts = self.options
+        torch.backends.cudnn.benchmark = True
+        plan = self.plan(labels)
+        jobs, checkpoints, entries, indices, manifest, todo = (
+            plan.jobs, plan.checkpoints, plan.entries, plan.indices, plan.manifest, plan.todo
+        )
+        self._decided = plan.decided
         certified = 0
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -316,11 +348,7 @@ class GridRunner:
                     continue
                 model = checkpoints.load(entries[job])
                 sample_shape = tuple(dataset[todo[job][0]][0].shape)
-                manifest["checkpoints"][job.key] = {
-                    "path": str(checkpoints.index_dir / entries[job]["path"]),
-                    "sha256": entries[job].get("sha256"),
-                    "sigma_train": float(entries[job]["sigma"]),
-                }
+                manifest["checkpoints"][job.key] = checkpoints.record(entries[job])
                 manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
                 rows: list[dict] = []
                 decisions: list[dict] = []
@@ -355,12 +383,37 @@ class GridRunner:
     def _certify_job(
         self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict
     ) -> Iterator[tuple[dict, list[dict]]]:
-        config, device = self.config, self.device
-        if self.options.channels_last:
+        certifier = JobCertifier(
+            self.config, job, model, dataset, indices[0], self.device, batch_size=self.options.batch_size,
+            channels_last=self.options.channels_last, device_label=manifest["device"],
+        )
+        if certifier.batch_size is not None:
+            manifest["batch_size"][job.key] = certifier.batch_size
+            manifest["warmup_s"][job.key] = certifier.warmup_s
+        yield from certifier.iter_rows(dataset, indices, self._decided)
+
+
+class JobCertifier:
+    """Certifies images for one job with its loaded model: the unit of work of the local loop and of Ray tasks.
+
+    Built once per (process, job): it wraps the model in the smoother, picks the batch size and runs the
+    warm-up (excluded from timing, kept in ``warmup_s``); ``iter_rows`` / ``certify`` then take any list of
+    image indices. Each image's noise is seeded from (run seed, idx, method, FoR, σ), so the rows do not
+    depend on which process certifies which images, or in what order.
+    """
+
+    def __init__(
+        self, config: RunConfig, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, first_idx: int,
+        device: torch.device, *, batch_size: int | None = None, channels_last: bool = True,
+        device_label: str | None = None,
+    ) -> None:
+        self.config, self.job, self.device = config, job, device
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        sample_shape = tuple(dataset[indices[0]][0].shape)
+        self.model = model
+        sample_shape = tuple(dataset[first_idx][0].shape)
         num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, sample_shape, device))
-        common = {
+        self.common = {
             "run": config.config_hash(),
             "dataset": config.dataset,
             "arch": getattr(model, "arch", "unknown"),
@@ -370,39 +423,60 @@ class GridRunner:
             "sigma": job.sigma,
             "alpha": config.alpha,
             "precision": config.precision,
-            "device": manifest["device"],
+            "device": device_label if device_label is not None else device_name(device),
         }
+        self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
+        self.warmup_s = 0.0
         if job.sigma == 0:
-            for row in self._clean_rows(job, model, dataset, indices, common):
-                yield row, []
             return
         if job.method == "is":
-            smoother: LatentSmooth = Smooth(
-                model, num_classes, job.sigma, device=device, precision=config.precision,
-                channels_last=self.options.channels_last,
+            self.smoother: LatentSmooth = Smooth(
+                model, num_classes, job.sigma, device=device, precision=config.precision, channels_last=channels_last,
             )
             latent_shape = sample_shape
         else:
-            smoother = LatentSmooth(
+            self.smoother = LatentSmooth(
                 model.encoder, model.classifier, num_classes, job.sigma, float(model.encoder_lipschitz),
-                device=device, precision=config.precision, channels_last=self.options.channels_last,
+                device=device, precision=config.precision, channels_last=channels_last,
             )
-            latent_shape = tuple(smoother.encode(dataset[indices[0]][0]).shape[1:])
-        batch = self.options.batch_size or auto_batch_size(smoother.classifier, latent_shape, config.n, device)
-        manifest["batch_size"][job.key] = batch
+            latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
+        batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
+        self.batch_size = batch
         # Warm-up (excluded from timing, recorded): one small certification of the first image.
         with Stopwatch(device) as warm:
-            smoother.certify(dataset[indices[0]][0], 1, min(config.n, 2 * batch), 0.5, batch, generator=0)
-        manifest["warmup_s"][job.key] = warm.seconds
+            self.smoother.certify(dataset[first_idx][0], 1, min(config.n, 2 * batch), 0.5, batch, generator=0)
+        self.warmup_s = warm.seconds
+
+    def certify(
+        self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
+    ) -> tuple[list[dict], list[dict]]:
+        """Certify ``indices``: the certification rows and the decision rows (``--decide-radii``)."""
+        rows: list[dict] = []
+        decisions: list[dict] = []
+        for row, decided_rows in self.iter_rows(dataset, indices, decided):
+            rows.append(row)
+            decisions.extend(decided_rows)
+        return rows, decisions
+
+    def iter_rows(
+        self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
+    ) -> Iterator[tuple[dict, list[dict]]]:
+        """Per image: its certification row and its decision rows (keys in ``decided`` are skipped)."""
+        config, job, common = self.config, self.job, self.common
+        if job.sigma == 0:
+            for row in self._clean_rows(dataset, indices):
+                yield row, []
+            return
+        smoother, batch = self.smoother, self.batch_size
         for i in indices:
             x, label = dataset[i]
             seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
             cert = smoother.certify(x, config.n0, config.n, config.alpha, batch, generator=seed,
                                     sampler=config.sampler, certificate=config.certificate)
-            decided = [
-                self._decision_row(smoother, job, i, int(label), x, r, batch, common)
+            decided_rows = [
+                self._decision_row(i, int(label), x, r)
                 for r in config.decide_radii
-                if (job.method, job.fors, job.sigma, i, float(r)) not in self._decided
+                if (job.method, job.fors, job.sigma, i, float(r)) not in decided
             ]
             yield {
                 **common,
@@ -427,16 +501,13 @@ class GridRunner:
                 "total_s": cert.total_s,
                 "batch_size": batch,
                 "seed": seed,
-            }, decided
+            }, decided_rows
 
-    def _decision_row(
-        self, smoother: LatentSmooth, job: Job, idx: int, label: int, x: torch.Tensor, radius: float, batch: int,
-        common: dict,
-    ) -> dict:
+    def _decision_row(self, idx: int, label: int, x: torch.Tensor, radius: float) -> dict:
         """One anytime-valid decision (``LatentSmooth.decide``) at input radius ``radius``."""
-        config = self.config
+        config, job, common = self.config, self.job, self.common
         seed = derive_seed(config.seed, idx, job.method, job.fors, job.sigma, "decide", float(radius))
-        d = smoother.decide(x, radius, config.alpha, config.max_n, batch, generator=seed, n0=config.n0)
+        d = self.smoother.decide(x, radius, config.alpha, config.max_n, self.batch_size, generator=seed, n0=config.n0)
         return {
             "run": common["run"], "dataset": common["dataset"], "idx": idx, "label": label, "method": job.method,
             "fors": job.fors, "fors_total": common["fors_total"], "sigma": job.sigma, "radius": float(radius),
@@ -446,16 +517,15 @@ class GridRunner:
             "seed": seed, "device": common["device"],
         }
 
-    def _clean_rows(
-        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], common: dict
-    ) -> Iterator[dict]:
+    def _clean_rows(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> Iterator[dict]:
         """σ = 0: clean accuracy of the base network (the paper's σ = 0 rows); no certificate."""
+        model = self.model
         for i in indices:
             x, label = dataset[i]
             with Stopwatch(self.device) as sw, torch.inference_mode():
                 prediction = int(model(x.to(self.device).unsqueeze(0)).argmax(1).item())
             yield {
-                **common,
+                **self.common,
                 "idx": i,
                 "label": int(label),
                 "prediction": prediction,

@@ -66,8 +66,8 @@ ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
 class SpeedConfig:
     """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples."""
 
-    width: int = 32
-    in_size: int = 16
+    width: int = 16
+    in_size: int = 32
     in_channels: int = 3
     num_classes: int = 10
     fors: tuple[int, ...] = (1, 5, 9, 13)

@@ -256,7 +256,8 @@ class CayleyConv2d(nn.Module):
         """The equivalent real circular-convolution kernel ``(c_out, c_in*s^2, h, w)`` at the conv's size."""
         size = self.conv_size(input_shape)
         if self.kernel_size == 1:
-            k = torch.zeros(self.out_channels, self.weight.shape[1], *size, dtype=self.weight.dtype)
+            w = self.weight
+            k = torch.zeros(self.out_channels, w.shape[1], *size, dtype=w.dtype, device=w.device)
             k[:, :, 0, 0] = self.matrix()
             return k
         q = self.fourier_matrices(size, onesided=False).permute(2, 3, 0, 1)

@@ -1,0 +1,228 @@
+"""`bench run --ray` on a local 2-CPU Ray: same table as one process, retries, resume (issue 8).
+
+Tiny untrained width-4 digits models and small n keep this short; Ray starts once for the module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import store
+from bench.cli import cli
+from bench.runner import RunConfig, RunOptions, run_grid
+from lsrs.checkpoint import index_entry, save_checkpoint, update_index
+from lsrs.data import load_dataset
+from lsrs.models import resnet18
+
+pytestmark = pytest.mark.ray
+
+FORS = (1, 9)
+SIGMAS = (0.0, 0.25)
+IMAGES = 6
+N0, N, MAX_N = 16, 64, 128
+DECIDE = 0.1
+NOT_RESULTS = ["encode_s", "sample_s", "total_s", "device"]  # timing, and the device that measured it
+KEY = ["method", "fors", "sigma", "idx"]
+PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+-i\d+-[0-9a-f]{10}\.parquet$")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray with 2 CPUs (so 2 one-CPU workers), started once for the module."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 object_store_memory=100 * 1024**2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    """Untrained width-4 digits models: the baseline and FoR 1, 9 twins at every σ, with an index."""
+    root = tmp_path_factory.mktemp("ckpt")
+    folder = root / "digits"
+    folder.mkdir()
+    entries = []
+    for fors in (0, *FORS):
+        for sigma in SIGMAS:
+            torch.manual_seed(fors * 10 + int(sigma * 4))
+            model = resnet18(num_classes=10, fors=fors, width=4, in_size=16, in_channels=1).eval()
+            name = f"m-f{fors}-s{sigma:g}.safetensors"
+            meta = {"dataset": "digits", "sigma": sigma, "noise": "input" if fors == 0 else "latent",
+                    "epochs": 0, "clean_acc": 0.1, "noisy_acc": 0.1}
+            digest = save_checkpoint(folder / name, model, meta)
+            entries.append(index_entry({**meta, "arch": "resnet18", "fors": fors, "width": 4, "in_size": 16,
+                                        "num_classes": 10}, name, digest))
+    update_index(root, "digits", entries)
+    return root
+
+
+def _config(checkpoints: Path) -> RunConfig:
+    return RunConfig(dataset="digits", fors=FORS, sigmas=SIGMAS, n0=N0, n=N, skip=7, max_images=IMAGES,
+                     checkpoints=str(checkpoints), decide_radii=(DECIDE,), max_n=MAX_N)
+
+
+def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:
+    """The CLI form of :func:`_config`."""
+    return ["run", "--dataset", "digits", "--fors", ",".join(map(str, FORS)), "--sigmas", "0,0.25",
+            "--n0", str(N0), "--n", str(N), "--max-images", str(IMAGES), "--skip", "7", "--device", "cpu",
+            "--decide-radii", str(DECIDE), "--max-n", str(MAX_N), "--checkpoints", str(checkpoints),
+            "--out", str(out), "-q", *extra]
+
+
+# Ray workers unpickle the loader: a partial of a library function, not a function of this test module.
+_test_set = functools.partial(load_dataset, "digits", "test")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints: Path, tmp_path_factory) -> Path:
+    """The single-process run every Ray run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_grid(_config(checkpoints), RunOptions(out=out, quiet=True), _test_set)
+    return out
+
+
+def _table(folder: Path, drop: list[str]) -> pd.DataFrame:
+    frame = pd.read_parquet(folder)
+    assert not frame.duplicated(KEY + (["radius"] if "certified" in frame else [])).any()
+    return frame.sort_values(KEY).reset_index(drop=True).drop(columns=drop)
+
+
+def _assert_same_results(out: Path, reference: Path) -> None:
+    """Every row and decision equal to the single-process run's, timings (and the devices timed) aside."""
+    pd.testing.assert_frame_equal(_table(out, NOT_RESULTS), _table(reference, NOT_RESULTS))
+    decisions = ["total_s", "device"]
+    pd.testing.assert_frame_equal(_table(out / store.DECISIONS_DIR, decisions),
+                                  _table(reference / store.DECISIONS_DIR, decisions))
+
+
+def _ray_parts(out: Path) -> list[Path]:
+    return [p for p in store.part_files(out) if PART_NAME.match(p.name)]
+
+
+@pytest.mark.parametrize("shard_size,num_cpus", [(4, 1), (5, 2)], ids=["2-workers", "1-worker"])
+def test_ray_run_equals_single_process_run(ray_cluster, checkpoints, reference, tmp_path, shard_size, num_cpus):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, _args(checkpoints, out, "--ray", "auto", "--ray-shard-size", str(shard_size),
+                                           "--ray-num-cpus", str(num_cpus)))
+    assert result.exit_code == 0, result.output
+    _assert_same_results(out, reference)
+    jobs = len(SIGMAS) * (1 + len(FORS))
+    shards = -(-IMAGES // shard_size)
+    assert len(store.part_files(out)) == len(_ray_parts(out)) == jobs * shards  # one part per task
+    assert len(store.part_files(out / store.DECISIONS_DIR)) == (1 + len(FORS)) * shards  # σ > 0 jobs only
+    assert not (out / ".staging").exists()
+    manifest = json.loads((out / store.MANIFEST).read_text())
+    expected = json.loads((reference / store.MANIFEST).read_text())
+    assert manifest["config_hash"] == expected["config_hash"]  # the Ray options do not change the run
+    assert manifest["finished"] is not None
+    assert manifest["models"] == expected["models"]
+    assert manifest["batch_size"] == expected["batch_size"]
+    cluster = manifest["cluster"]
+    assert [node["cpus"] for node in cluster["nodes"]] == [2.0]
+    assert cluster["task"] == {"shard_size": shard_size, "num_cpus": num_cpus, "num_gpus": 0.0, "max_retries": 3}
+    assert {d["device"] for d in cluster["devices"]} == set(pd.read_parquet(out)["device"])
+    if num_cpus == 1:  # two tasks at a time on the 2-CPU cluster
+        assert len({d["pid"] for d in cluster["devices"]}) == 2
+
+
+@pytest.mark.parametrize("stage", ["image", "written"])
+def test_task_killed_mid_way_is_retried_and_no_row_is_lost_or_duplicated(
+    ray_cluster, checkpoints, reference, tmp_path, stage
+):
+    """A worker exits on its first attempt (after its first image, or after storing its part); Ray retries."""
+    from bench.distributed import RayOptions, run_grid_ray
+
+    marker = tmp_path / "killed"
+
+    def die_once(event, job, idx):
+        if event == stage and job.method == "ls" and job.sigma > 0 and not marker.exists():
+            marker.write_text(f"{job.key} {idx} pid {os.getpid()}")
+            os._exit(1)
+
+    out = tmp_path / "run"
+    manifest = run_grid_ray(_config(checkpoints), RunOptions(out=out, quiet=True),
+                            RayOptions(shard_size=4, max_retries=2, fault_hook=die_once), _test_set)
+    assert marker.exists(), "the fault was never injected"
+    assert manifest["finished"] is not None
+    _assert_same_results(out, reference)
+    assert len(store.part_files(out)) == len(SIGMAS) * (1 + len(FORS)) * 2  # the retry replaced, not added
+    assert not (out / ".staging").exists()
+
+
+def test_rerun_resumes_from_stored_parts(ray_cluster, checkpoints, reference, tmp_path):
+    """A crashed single-process run resumed on Ray certifies only the missing rows; a further rerun adds none."""
+    out = tmp_path / "run"
+    run_grid(_config(checkpoints), RunOptions(out=out, quiet=True, stop_after=7), _test_set)  # simulated crash
+    assert len(pd.read_parquet(out)) == 7
+    result = CliRunner().invoke(cli, _args(checkpoints, out, "--ray", "auto", "--ray-shard-size", "4"))
+    assert result.exit_code == 0, result.output
+    _assert_same_results(out, reference)
+    total = IMAGES * len(SIGMAS) * (1 + len(FORS))
+    assert sum(len(pd.read_parquet(p)) for p in _ray_parts(out)) == total - 7
+    before = {p.name: p.stat().st_mtime_ns for p in store.part_files(out)}
+    again = CliRunner().invoke(cli, _args(checkpoints, out, "--ray", "auto"))
+    assert again.exit_code == 0, again.output
+    assert {p.name: p.stat().st_mtime_ns for p in store.part_files(out)} == before
+
+
+def test_error_in_a_worker_exits_2_with_its_message(ray_cluster, checkpoints, tmp_path):
+    """A checkpoint that fails its sha256 check on the worker is reported like a local run would."""
+    root = tmp_path / "ckpt"
+    shutil.copytree(checkpoints, root)
+    (root / "digits" / "m-f9-s0.25.safetensors").write_bytes(b"\0" * 64)
+    result = CliRunner().invoke(cli, _args(root, tmp_path / "run", "--ray", "auto"))
+    assert result.exit_code == 2, result.output
+    assert "m-f9-s0.25" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ray_device_cuda_without_cluster_gpu_exits_2(ray_cluster, checkpoints, tmp_path):
+    args = [a if a != "cpu" else "cuda" for a in _args(checkpoints, tmp_path / "run", "--ray", "auto")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Ray cluster has no GPU" in result.output
+
+
+def test_ray_absent_says_how_to_install_the_extra(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as without the extra
+    result = CliRunner().invoke(cli, _args(checkpoints, tmp_path / "run", "--ray", "auto"))
+    assert result.exit_code == 2, result.output
+    assert 'pip install -e ".[ray]"' in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", [["--ray-shard-size", "3"], ["--ray-num-cpus", "2"], ["--ray-num-gpus", "1"]])
+def test_ray_options_without_ray_exit_2(checkpoints, tmp_path, option):
+    result = CliRunner().invoke(cli, _args(checkpoints, tmp_path / "run", *option))
+    assert result.exit_code == 2 and f"{option[0]} only apply with --ray" in result.output
+
+
+@pytest.mark.parametrize("option,needle", [(["--ray-shard-size", "0"], "--ray-shard-size"),
+                                           (["--ray-num-cpus", "0"], "--ray-num-cpus")])
+def test_bad_ray_options_exit_2(checkpoints, tmp_path, option, needle):
+    result = CliRunner().invoke(cli, _args(checkpoints, tmp_path / "run", "--ray", "auto", *option))
+    assert result.exit_code == 2 and needle in result.output
