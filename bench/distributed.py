@@ -223,12 +223,12 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
 
 
 def _node_id() -> str | None:
+    """The Ray node this task runs on (None outside Ray: the runtime context would start a Ray)."""
     try:
         import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (direct calls in tests)
+    except ImportError:
         return None
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 # --------------------------------------------------------------------------------------------- the driver

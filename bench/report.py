@@ -10,7 +10,8 @@ Metrics, per configuration (method, FoR, sigma), over every image of the run (pa
   2019); not defined at sigma = 0 (no certificate), shown as "-".
 - **time (s/example)**: mean ``total_s`` per image; not reported at sigma = 0 (shown as "-", as in the paper).
 - **Speedup**: time of IS-RS at the same sigma divided by the row's time (1 for IS-RS rows).
-- **FLOP-ideal**: ``flops_total / flops_classifier`` of the LS model (``manifest["models"][str(fors)]``),
+- **FLOP-ideal**: FLOPs per sample of what IS-RS runs (the baseline, ``manifest["models"]["0"]``, else the
+  LS model's ``flops_baseline``, else its ``flops_total``) / ``flops_classifier`` of the LS model,
   the speedup if time were proportional to the FLOPs spent per noise sample.
 """
 
@@ -136,8 +137,9 @@ def _flop_ideal(method: str, fors: int, models: dict) -> float:
     entry = models.get(str(fors)) if isinstance(models, dict) else None
     if not isinstance(entry, dict):
         return float("nan")
+    baseline = models.get("0") if isinstance(models.get("0"), dict) else {}
     try:
-        total = float(entry["flops_total"])
+        total = float(baseline.get("flops_total") or entry.get("flops_baseline") or entry["flops_total"])
         classifier = float(entry["flops_classifier"])
     except (KeyError, TypeError, ValueError):
         return float("nan")
@@ -584,7 +586,7 @@ _DEFINITIONS = """\
 - **Certified accuracy at r (%)**: share of images predicted correctly with radius ≥ r (Cohen et al. 2019); "-" at σ = 0.
 - **time (s/example)**: mean total certification seconds per image; "-" at σ = 0, as in the paper.
 - **Speedup**: IS-RS time at the same σ divided by the row's time.
-- **FLOP-ideal**: flops_total / flops_classifier of the LS model, the speedup if time followed the FLOPs per noise sample.
+- **FLOP-ideal**: FLOPs of the baseline network (what IS-RS runs per noise sample) / FLOPs of the LS model's classifier fc, the speedup if time followed the FLOPs per noise sample.
 """
 
 

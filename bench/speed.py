@@ -73,7 +73,7 @@ class SpeedConfig:
     fors: tuple[int, ...] = (1, 5, 9, 13)
     n0: int = 100
     n: int = 1_000
-    batch_size: int = 250
+    batch_size: int = 100
     sigma: float = 0.25
     alpha: float = 0.001
     seed: int = 0

@@ -57,8 +57,10 @@ def expected_aggregates(df: pd.DataFrame, manifest: dict | None) -> dict[tuple[s
         if method == "is":
             e["flop_ideal"] = 1.0
         else:
-            m = ((manifest or {}).get("models") or {}).get(str(k))
-            e["flop_ideal"] = m["flops_total"] / m["flops_classifier"] if m else math.nan
+            models = (manifest or {}).get("models") or {}
+            m = models.get(str(k))
+            baseline = models.get("0", m)  # IS-RS runs the baseline for every noise sample
+            e["flop_ideal"] = baseline["flops_total"] / m["flops_classifier"] if m else math.nan
     return out
 
 

@@ -1,0 +1,63 @@
+"""pytest-benchmark cases of certification speed on one fixed small ResNet18 (``bench.speed.SpeedConfig``).
+
+Pure forward of the baseline and of ``fc`` at each FoR, IS-RS and LS-RS CERTIFY, bf16 IS-RS, and the
+reference loop of Cohen et al.'s ``core.py`` on a separate plain copy of the baseline. These record times
+(``--benchmark-save``/``--benchmark-compare`` across commits); the *same-run ratios* and their guard are in
+``test_speed_guard.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.speed import SpeedConfig
+
+CFG = SpeedConfig()
+METHODS = CFG.methods()
+
+
+def _info(benchmark, suite, method: str, precision: str, samples: int) -> None:
+    cfg = suite.cfg
+    benchmark.extra_info.update(
+        method=method, precision=precision, samples=samples, batch_size=cfg.batch_size, width=cfg.width,
+        in_size=cfg.in_size, threads=cfg.threads, flops_per_sample=suite.flops[method],
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward(benchmark, speed_suite, bench_rounds, method: str) -> None:
+    """One batched forward of the base classifier (baseline for ``is``, ``fc`` for ``lsK``), fp32."""
+    benchmark.group = "forward fp32 (one batch)"
+    _info(benchmark, speed_suite, method, "fp32", speed_suite.cfg.batch_size)
+    out = benchmark.pedantic(speed_suite.forward_fn(method, "fp32"), rounds=bench_rounds, warmup_rounds=1)
+    assert out.shape == (speed_suite.cfg.batch_size, speed_suite.cfg.num_classes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_certify(benchmark, speed_suite, bench_rounds, method: str) -> None:
+    """One CERTIFY (n0 + n samples) of the engine, fp32."""
+    cfg = speed_suite.cfg
+    benchmark.group = "certify fp32 (one image)"
+    _info(benchmark, speed_suite, method, "fp32", cfg.n0 + cfg.n)
+    cert = benchmark.pedantic(speed_suite.certify_fn(method, "fp32"), rounds=bench_rounds, warmup_rounds=1)
+    assert sum(cert.counts_estimation) == cfg.n and sum(cert.counts_selection) == cfg.n0
+
+
+@pytest.mark.parametrize("precision", [p for p in CFG.precisions if p != "fp32"])
+def test_certify_reduced_precision(benchmark, speed_suite, bench_rounds, precision: str) -> None:
+    """IS-RS CERTIFY with a reduced-precision base classifier (autocast)."""
+    cfg = speed_suite.cfg
+    benchmark.group = "certify reduced precision (one image)"
+    _info(benchmark, speed_suite, "is", precision, cfg.n0 + cfg.n)
+    cert = benchmark.pedantic(speed_suite.certify_fn("is", precision), rounds=bench_rounds, warmup_rounds=1)
+    assert sum(cert.counts_estimation) == cfg.n
+
+
+def test_reference_loop(benchmark, speed_suite, bench_rounds) -> None:
+    """Cohen et al.'s ``core.py`` loop (fp32, contiguous, counts on the host): the baseline to beat."""
+    cfg = speed_suite.cfg
+    benchmark.group = "certify fp32 (one image)"
+    _info(benchmark, speed_suite, "is", "fp32", cfg.n0 + cfg.n)
+    benchmark.extra_info["implementation"] = "reference core.py loop"
+    prediction, radius = benchmark.pedantic(speed_suite.reference_fn(), rounds=bench_rounds, warmup_rounds=1)
+    assert radius >= 0.0 and -1 <= prediction < cfg.num_classes

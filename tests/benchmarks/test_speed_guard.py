@@ -1,0 +1,146 @@
+"""The speed-regression guard: same-run ratios of the engine against the floors in bench/data/speed_floors.json.
+
+``test_speed_ratios_hold_their_floors`` times the guarded cases interleaved (``LSRS_SPEED_ROUNDS`` rounds,
+default 5), computes every ratio per round and takes the median, and fails when a guarded ratio falls below
+``floor * (1 - margin)``. Ratios, not times, so a busy shared machine slows numerator and denominator alike.
+Show it failing on purpose with ``LSRS_SPEED_SLOWDOWN=1.5`` (the engine's classifier then busy-waits half
+as long again after every batch). The other tests check the guard's own logic without timing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench.speed import (
+    DEFAULT_MARGIN,
+    FLOORS_COMMAND,
+    FLOORS_PATH,
+    GUARD_METHODS,
+    GUARDED,
+    ReferenceSmooth,
+    Slowed,
+    SpeedConfig,
+    SpeedResult,
+    check_floors,
+    floors_from,
+    format_table,
+    load_floors,
+    parse_slowdown,
+    rounds_from_env,
+    run_speed,
+)
+
+GUARD_ROUNDS = 5
+
+
+@pytest.mark.benchmark_guard
+def test_speed_ratios_hold_their_floors(speed_suite, speed_report) -> None:
+    floors = load_floors()
+    if floors["config"] != asdict(speed_suite.cfg):
+        pytest.fail(f"{FLOORS_PATH} was recorded for another benchmark config; regenerate: {floors['command']}")
+    methods = None if os.environ.get("LSRS_SPEED_ALL") else GUARD_METHODS
+    result = run_speed(speed_suite, rounds_from_env(GUARD_ROUNDS), methods=methods)
+    lines = check_floors(result, floors)
+    table = format_table(result, lines)
+    speed_report["table"] = table
+    if out := os.environ.get("LSRS_SPEED_JSON"):
+        Path(out).write_text(json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
+    assert {g.name for g in lines} == set(GUARDED), "every guarded ratio needs a stored floor"
+    regressions = [g for g in lines if not g.ok]
+    assert not regressions, (
+        "certification speed regressed: "
+        + ", ".join(f"{g.name} = {g.measured:.3f} < {g.allowed:.3f} (floor {g.floor:.3f})" for g in regressions)
+        + f"\n{table}\nIf the change is deliberate, regenerate the floors: {floors['command']}"
+    )
+
+
+# ---------------------------------------------------------------------------- the guard's logic (untimed)
+def _result(ratios: dict[str, float], machine: dict | None = None) -> SpeedResult:
+    floors = load_floors()
+    return SpeedResult(SpeedConfig(), {}, ratios, {}, [], {}, machine or floors["machine"])
+
+
+def test_floors_file_is_complete() -> None:
+    floors = load_floors()
+    assert floors["command"] == FLOORS_COMMAND
+    assert 0 < floors["margin"] < 0.5
+    assert set(floors["ratios"]) == set(GUARDED)
+    assert floors["config"] == asdict(SpeedConfig())
+    for name, entry in floors["ratios"].items():
+        assert entry["floor"] > 0 and entry["floor"] <= min(entry["measured"]) + 1e-9, name
+        assert entry["portable"] == GUARDED[name]
+
+
+def test_guard_fails_exactly_below_floor_times_one_minus_margin() -> None:
+    floors = load_floors()
+    m = floors["margin"]
+    at = {k: v["floor"] * (1 - m) * 1.0001 for k, v in floors["ratios"].items()}
+    assert all(g.ok for g in check_floors(_result(at), floors))
+    name = "efficiency[ls9]"
+    below = {**at, name: floors["ratios"][name]["floor"] * (1 - m) * 0.999}
+    bad = [g.name for g in check_floors(_result(below), floors) if not g.ok]
+    assert bad == [name]
+
+
+def test_other_machine_enforces_only_portable_ratios() -> None:
+    floors = load_floors()
+    zero = {k: 0.0 for k in floors["ratios"]}
+    other = {**floors["machine"], "cpu": "some other cpu"}
+    lines = check_floors(_result(zero, other), floors)
+    assert {g.name for g in lines if not g.ok} == {k for k, portable in GUARDED.items() if portable}
+
+
+def test_floors_from_takes_the_minimum_of_sessions() -> None:
+    results = [_result({k: 1.0 + i for k in GUARDED}) for i in range(3)]
+    floors = floors_from(results, DEFAULT_MARGIN)
+    assert floors["command"] == FLOORS_COMMAND and floors["margin"] == DEFAULT_MARGIN
+    assert all(v["floor"] == 1.0 and v["measured"] == [1.0, 2.0, 3.0] for v in floors["ratios"].values())
+
+
+def test_parse_slowdown() -> None:
+    assert parse_slowdown(None) == {} and parse_slowdown("") == {}
+    assert parse_slowdown("1.5") == {"is": 1.5, "ls": 1.5}
+    assert parse_slowdown("ls=2") == {"ls": 2.0}
+    for bad in ("0.5", "gpu=2", "x"):
+        with pytest.raises(ValueError):
+            parse_slowdown(bad)
+
+
+def test_slowed_returns_the_inner_output() -> None:
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    assert torch.equal(Slowed(lin, 1.2)(x), lin(x))
+
+
+def test_reference_loop_counts_like_core_py() -> None:
+    """The re-implemented reference loop: all samples counted, constant classifier -> its class, radius from
+    the Clopper-Pearson bound of n/n successes."""
+
+    class Const(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([0.0, 1.0, 0.0]).repeat(x.shape[0], 1)
+
+    ref = ReferenceSmooth(Const(), 3, 0.5)
+    x = torch.rand(1, 4, 4)
+    counts = ref._sample_noise(x, 250, 64)
+    assert counts.tolist() == [0, 250, 0]
+    prediction, radius = ref.certify(x, 10, 250, 0.001, 64)
+    assert prediction == 1 and radius > 0
+
+
+def test_table_lists_targets_and_guard_lines() -> None:
+    """The table renders from a tiny real measurement (no assertion on its numbers)."""
+    from bench.speed import SpeedSuite
+
+    cfg = replace(SpeedConfig(), width=2, in_size=8, fors=(9,), n0=4, n=8, batch_size=4, matmul_size=8)
+    result = run_speed(SpeedSuite(cfg), rounds=1, warmup=0)
+    text = format_table(result, check_floors(result, load_floors()))
+    for needle in ("IS-RS fp32", "LS-RS FoR 9 fp32", "IS-RS bf16", "reference IS fp32", "targets", "guard"):
+        assert needle in text
