@@ -22,5 +22,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """pytest-benchmark suite of certification speed (ratios measured in one run)."""
-    session.run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-only", *session.posargs)
+    """Certification-speed benchmarks: pytest-benchmark cases, the engine-equivalence test and the same-run
+    ratio guard, with more rounds than CI, printing the ratio table for every FoR (tests/benchmarks/README.md)."""
+    session.env.update({"LSRS_BENCH_ROUNDS": "3", "LSRS_SPEED_ROUNDS": "9", "LSRS_SPEED_ALL": "1"})
+    session.run(
+        "python", "-m", "pytest", "tests/benchmarks", "tests/test_engine_equivalence.py", "-q",
+        "--benchmark-timer=time.process_time", "--benchmark-columns=min,median,max,rounds", *session.posargs,
+    )

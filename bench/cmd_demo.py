@@ -25,14 +25,14 @@ def command(results: Path, reports: Path, device: str, quiet: bool) -> None:
     Re-running reuses what is already trained and certified.
     """
     from bench.console import summary_table
-    from bench.demo import run_demo
+    from bench.demo import PRESET, run_demo
     from bench.report import load_run, summarize
 
     console = Console(quiet=quiet)
     start = time.perf_counter()
     out = run_demo(results, reports, device, console, quiet=quiet)
     frame, manifest = load_run(out["run"])
-    console.print(summary_table(summarize(frame, manifest), title="Demo: digits, ResNet18 (width 16)"))
+    console.print(summary_table(summarize(frame, manifest), title=f"Demo: digits, ResNet18 (width {PRESET.width}), n = {PRESET.n:,}"))
     report = out["report"]
     console.print(f"checkpoints: {out['checkpoints']}")
     console.print(f"run:         {out['run']}  (pandas.read_parquet('{out['run']}'))")

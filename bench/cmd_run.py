@@ -72,6 +72,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="Run folder [default: results/<dataset>-<config hash>].")
 @click.option("--allow-sigma-mismatch", is_flag=True, help="Certify with the nearest trained σ if none matches.")
 @click.option("--fresh", is_flag=True, help="Discard what --out holds instead of resuming it.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept .pt/.pth checkpoints (loaded with torch.load(weights_only=True)); safetensors is the default.")
 @click.option("--sampler", type=click.Choice(["fixed", "curtail"]), default="fixed", show_default=True,
               help="curtail: stop drawing once abstention is certain (same certificates as fixed).")
 @click.option("--certificate", type=click.Choice(["binary", "multiclass"]), default="binary", show_default=True,
@@ -91,7 +93,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
-            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, sampler,
+            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
             quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
@@ -126,7 +128,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
         device_type=device_type, precision=precision, checkpoints=str(checkpoints),
-        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, sampler=sampler, certificate=certificate,
+        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler, certificate=certificate,
         decide_radii=tuple(decide_radii or ()), max_n=max_n,
     )
     out = out or default_out(dataset, config.config_hash())

@@ -18,13 +18,13 @@ DATASET_CHOICES = ("digits", "cifar10", "imagenet")
 def results_table(entries: list[dict], dataset: str) -> Table:
     """One row per trained model: FoR, σ, noise location, clean / noisy test accuracy, time, status."""
     table = Table(title=f"{dataset}: trained pairs")
-    for name in ("FoR", "σ", "noise", "clean acc. (%)", "noisy acc. (%)", "epochs", "train s", "status", "file"):
-        table.add_column(name, justify="left" if name in ("noise", "status", "file") else "right")
+    for name in ("FoR", "σ", "noise", "clean %", "noisy %", "epochs", "train s", "status"):
+        table.add_column(name, justify="left" if name in ("noise", "status") else "right", no_wrap=True)
     for e in entries:
         table.add_row(
             f"{e['fors']}/{e.get('fors_total', '?')}", f"{e['sigma']:g}", e.get("noise", "?"),
             f"{100 * e['clean_acc']:.2f}", f"{100 * e['noisy_acc']:.2f}", str(e.get("epochs", "?")),
-            f"{e.get('train_seconds', float('nan')):.1f}", e.get("status", ""), e["path"],
+            f"{e.get('train_seconds', float('nan')):.1f}", e.get("status", ""),
         )
     return table
 
@@ -73,10 +73,9 @@ def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, 
     Example:
       bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0 --out results/checkpoints
     """
+    from bench.training_grid import GridConfigError, train_grid
     from lsrs.checkpoint import CheckpointError
     from lsrs.data import DatasetMissingError
-
-    from bench.training_grid import GridConfigError, train_grid
 
     console = Console(stderr=True, quiet=quiet)
     try:

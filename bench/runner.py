@@ -58,6 +58,7 @@ class RunConfig:
     checkpoints: str = "results/checkpoints"
     allow_sigma_mismatch: bool = False
     data_dir: str | None = None
+    allow_pickle: bool = False
     sampler: str = "fixed"
     certificate: str = "binary"
     decide_radii: tuple[float, ...] = ()
@@ -65,7 +66,7 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded)."""
-        keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir")}
+        keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir", "allow_pickle")}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -177,13 +178,14 @@ def auto_batch_size(model: torch.nn.Module, sample_shape: tuple[int, ...], n: in
 class Checkpoints:
     """Finds and loads the baseline and FoR twins from the checkpoint index (``bench train`` writes it)."""
 
-    def __init__(self, root: str | Path, dataset: str, device: torch.device) -> None:
+    def __init__(self, root: str | Path, dataset: str, device: torch.device, allow_pickle: bool = False) -> None:
         from lsrs import checkpoint
 
         self._ckpt = checkpoint
         self.root = Path(root)
         self.dataset = dataset
         self.device = device
+        self.allow_pickle = allow_pickle
         try:
             self.entries = checkpoint.read_index(self.root, dataset)
         except (checkpoint.CheckpointError, FileNotFoundError) as exc:
@@ -223,7 +225,10 @@ class Checkpoints:
     def load(self, entry: dict) -> torch.nn.Module:
         path = self.index_dir / entry["path"]
         try:
-            model, _ = self._ckpt.load_checkpoint(path, expected_sha256=entry.get("sha256"), device=str(self.device))
+            model, _ = self._ckpt.load_checkpoint(
+                path, expected_sha256=entry.get("sha256"), device=str(self.device), allow_pickle=self.allow_pickle,
+                expected={"fors": int(entry["fors"])},
+            )
         except self._ckpt.CheckpointError as exc:
             raise BenchUsageError(str(exc)) from None
         return model.eval()
@@ -306,7 +311,7 @@ class GridRunner:
         jobs = grid_jobs(config)
         if not jobs:
             raise BenchUsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
-        checkpoints = Checkpoints(config.checkpoints, config.dataset, self.device)
+        checkpoints = Checkpoints(config.checkpoints, config.dataset, self.device, config.allow_pickle)
         entries = {job: checkpoints.entry(job.fors, job.sigma, config.allow_sigma_mismatch) for job in jobs}
         indices = select_indices(labels, config.skip, config.max_images, config.per_class)
         if not indices:

@@ -19,12 +19,19 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lsrs import checkpoint as ckpt
 from lsrs.data import DatasetInfo, dataset_info, load_dataset
 from lsrs.noise import derive_seed
-from lsrs.training import TrainConfig, config_hash, fit, noise_location, resolve_device
+from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta, resolve_device
 
 
 class GridConfigError(ValueError):
@@ -98,7 +105,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _reusable(weights: Path, run_hash: str, device: torch.device) -> dict | None:
+def _reusable(weights: Path, run_hash: str) -> dict | None:
+    """Metadata of a finished checkpoint trained with recipe ``run_hash`` that still verifies, else None."""
     side = ckpt.sidecar_path(weights)
     if not (weights.is_file() and side.is_file()):
         return None
@@ -208,6 +216,11 @@ def _train_grid(
 
     from lsrs.models import build_model
 
+    try:  # bad widths etc. fail here, before anything is trained
+        build_model(arch, **model_config_for(arch, info, fors[0], width))
+    except (TypeError, ValueError) as exc:
+        raise GridConfigError(f"cannot build {arch} (width {width}): {exc}") from None
+
     entries: list[dict] = []
     grid = [(k, s) for k in fors for s in sigmas]
     progress = _progress(console)
@@ -231,7 +244,7 @@ def _train_grid(
             state = folder / f"{name}.state.safetensors"
             label = f"FoR {k:>2}/{model.fors_total} σ={sigma:<4g} {noise:>6}"
 
-            meta = None if retrain else _reusable(weights, run_hash, dev)
+            meta = None if retrain else _reusable(weights, run_hash)
             if meta is not None:
                 entry = ckpt.index_entry(meta, weights.name, meta["sha256"])
                 entry["status"] = "reused"
@@ -242,8 +255,10 @@ def _train_grid(
             else:
                 if retrain:
                     state.unlink(missing_ok=True)
-                task = progress.add_task(label, total=epochs * n_batches)
-                epoch_no = [0]
+                saved = read_state_meta(state)
+                done = int(saved["epochs_done"]) if saved and saved.get("run_hash") == run_hash else 0
+                task = progress.add_task(label, total=epochs * n_batches, completed=min(done, epochs) * n_batches)
+                epoch_no = [done]
 
                 def on_batch(i: int, n: int, loss: float, acc: float, *, _task=task, _label=label,
                              _epoch=epoch_no) -> None:

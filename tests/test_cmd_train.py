@@ -110,6 +110,7 @@ def test_grid_validation_errors() -> None:
         (("--dataset", "cifar10", "--data-dir", "{tmp}/none"), "CIFAR-10 not found: looked in"),
         (("--device", "cuda:7"), "cuda"),
         (("--device", "tpu"), "invalid device"),
+        (("--width", "7"), "width must be an even integer"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
