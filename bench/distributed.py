@@ -168,7 +168,7 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
     if key in _CERTIFIERS:
         _CERTIFIERS.move_to_end(key)
         return _CERTIFIERS[key]
-    model = Checkpoints(spec.checkpoints, spec.config.dataset, device).load(spec.entry)
+    model = Checkpoints(spec.checkpoints, spec.config.dataset, device, spec.config.allow_pickle).load(spec.entry)
     record = _model_record(model, tuple(dataset[spec.indices[0]][0].shape))
     certifier = JobCertifier(spec.config, spec.job, model, dataset, spec.indices[0], device,
                              batch_size=spec.batch_size, channels_last=spec.channels_last)

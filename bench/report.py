@@ -28,6 +28,7 @@ import pandas as pd
 
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
+from bench.report_sequential import sequential_tables
 from bench.store import MANIFEST
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -611,6 +612,8 @@ def write_report(
         missing.insert(0, fors_note)
     tables, notes = build_tables(summary, dataset, chosen, compare_paper)
     missing += notes
+    for name, caption, data, formats in sequential_tables(run_dir, df):
+        tables.append(Table(name, caption, data, formats, latex_caption=_latex_text(caption)))
 
     out = Path(out_dir)
     try:

@@ -23,7 +23,7 @@ summarised by its median, so a shared, noisy machine slows numerator and denomin
 * ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
 * ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
 
-The regression guard (``tests/benchmarks/test_ratio_guard.py``) compares the guarded ratios with the floors
+The regression guard (``tests/benchmarks/test_speed_guard.py``) compares the guarded ratios with the floors
 stored in ``bench/data/speed_floors.json``; regenerate them deliberately with
 ``python -m bench.speed --write-floors`` (see ``tests/benchmarks/README.md``).
 """
@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +65,11 @@ ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
 # ====================================================================== configuration
 @dataclass(frozen=True)
 class SpeedConfig:
-    """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples."""
+    """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples.
+
+    ``threads`` torch threads and the ``clock`` (``cpu``: process CPU time, ``wall``) are part of the
+    measurement: one thread's CPU time is what stays stable on a machine shared with other jobs.
+    """
 
     width: int = 16
     in_size: int = 32
@@ -86,13 +91,17 @@ class SpeedConfig:
     def methods(self) -> list[str]:
         return ["is", *(f"ls{k}" for k in self.fors)]
 
+    def as_json(self) -> dict:
+        """The config as stored in JSON (tuples become lists), for comparing with a stored one."""
+        return json.loads(json.dumps(asdict(self)))
+
 
 def _fors_of(method: str) -> int:
     return 0 if method == "is" else int(method[2:])
 
 
 def machine_signature() -> dict:
-    """What the stored floors depend on: processor, thread count, bf16 support, torch version."""
+    """What the stored floors depend on: processor model, its logical CPUs, bf16 support, torch version."""
     cpu, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -108,7 +117,7 @@ def machine_signature() -> dict:
             break
     return {
         "cpu": cpu,
-        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
         "torch": torch.__version__.split("+")[0],
     }
@@ -257,7 +266,7 @@ class SpeedSuite:
             classifier = model.classifier.to(memory_format=fmt) if z.dim() == 4 else model.classifier
             self.base[method] = classifier
             noise = torch.randn((cfg.batch_size, *z.shape[1:]), generator=gen).to(self.device)
-            fwd = (z + cfg.sigma * noise)
+            fwd = z + cfg.sigma * noise
             self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
             engine_cls: nn.Module = classifier
             factor = self.slowdown.get("is" if method == "is" else "ls")
@@ -272,7 +281,6 @@ class SpeedSuite:
                                       model.encoder_lipschitz, device=self.device, precision=precision,
                                       channels_last=cfg.channels_last)
                 self.smoothers[(method, precision)] = sm
-        self.flops["encoder_is"] = 0
         n = cfg.matmul_size
         self._mm = {p: (torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32),
                         torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32))
@@ -428,7 +436,7 @@ class SpeedResult:
     stat: str = "median"
 
     def to_json(self) -> dict:
-        return {"config": asdict(self.cfg), "machine": self.machine, "stat": self.stat, "times_s": self.times,
+        return {"config": self.cfg.as_json(), "machine": self.machine, "stat": self.stat, "times_s": self.times,
                 "ratios": self.ratios, "flops": self.flops,
                 "spread": {k: list(v) for k, v in self.spread.items()}}
 
@@ -469,16 +477,26 @@ def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str
 
 
 # ====================================================================== the guard
-#: Guarded ratios (all higher-is-better). ``portable``: expected to hold on any CPU (engine overhead),
-#: as opposed to ratios that depend on this CPU's kernels (channels_last gain, bf16 support).
-GUARDED: dict[str, bool] = {
-    "efficiency[is]": True,
-    "efficiency[ls9]": True,
-    "efficiency[ls13]": True,
-    "ideal_fraction[ls9]": True,
-    "ideal_fraction[ls13]": True,
-    "vs_reference[fp32]": False,
-    "vs_reference[bf16]": False,
+class Guarded(NamedTuple):
+    """How a ratio is guarded: ``portable`` ratios (engine overheads) are enforced on any machine, the others
+    (channels_last and bf16 gains of this CPU's kernels) only on the machine the floors were recorded on;
+    ``margin`` is the allowed relative drop below the floor."""
+
+    portable: bool
+    margin: float
+
+
+#: Guarded ratios, all higher-is-better. The reference loop's share of memory-bound work makes "vs reference"
+#: move more with the machine's load (seen: 2.3x to 2.9x in bf16 between sessions) than the overhead ratios
+#: (a few percent), hence its wider margin; a 1.5x engine slowdown (a 33% drop) still fails both.
+GUARDED: dict[str, Guarded] = {
+    "efficiency[is]": Guarded(True, DEFAULT_MARGIN),
+    "efficiency[ls9]": Guarded(True, DEFAULT_MARGIN),
+    "efficiency[ls13]": Guarded(True, DEFAULT_MARGIN),
+    "ideal_fraction[ls9]": Guarded(True, DEFAULT_MARGIN),
+    "ideal_fraction[ls13]": Guarded(True, DEFAULT_MARGIN),
+    "vs_reference[fp32]": Guarded(False, 0.25),
+    "vs_reference[bf16]": Guarded(False, 0.25),
 }
 
 #: The methods the guard measures (IS and the FoRs with targets); ``--all`` / ``LSRS_SPEED_ALL=1`` adds the rest.
@@ -502,7 +520,7 @@ def load_floors(path: Path = FLOORS_PATH) -> dict:
 
 
 def same_machine(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("cpu", "threads", "avx512_bf16"))
+    return all(a.get(k) == b.get(k) for k in ("cpu", "cpus", "avx512_bf16"))
 
 
 @dataclass(frozen=True)
@@ -518,43 +536,42 @@ class GuardLine:
         return (not self.enforced) or self.measured >= self.allowed
 
 
-def check_floors(result: SpeedResult, floors: dict, margin: float | None = None) -> list[GuardLine]:
+def check_floors(result: SpeedResult, floors: dict) -> list[GuardLine]:
     """Compare the guarded ratios with the stored floors: a ratio fails below ``floor * (1 - margin)``.
 
     On a machine other than the one the floors were recorded on, only the portable ratios are enforced.
     """
-    margin = float(floors.get("margin", DEFAULT_MARGIN)) if margin is None else margin
     same = same_machine(result.machine, floors.get("machine", {}))
     lines = []
     for name, entry in floors["ratios"].items():
         if name not in result.ratios:
             continue
-        floor = float(entry["floor"])
-        enforced = same or bool(entry.get("portable", False))
+        floor, margin = float(entry["floor"]), float(entry["margin"])
+        enforced = same or bool(entry["portable"])
         lines.append(GuardLine(name, result.ratios[name], floor, floor * (1 - margin), enforced))
     return lines
 
 
-def floors_from(results: list[SpeedResult], margin: float = DEFAULT_MARGIN) -> dict:
+def floors_from(results: list[SpeedResult]) -> dict:
     """Floors = the minimum of each guarded ratio over ``results`` (several sessions of the same command)."""
     first = results[0]
     return {
         "about": "Minimum same-run speed ratios of the certification engine (bench/speed.py). The guard "
-                 "tests/benchmarks/test_ratio_guard.py fails when a ratio drops below floor * (1 - margin). "
+                 "tests/benchmarks/test_speed_guard.py fails when a ratio drops below floor * (1 - margin). "
                  "Regenerate deliberately with the command below and commit the file with the change that "
                  "moved them (see tests/benchmarks/README.md).",
         "command": FLOORS_COMMAND,
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "margin": margin,
         "machine": first.machine,
-        "config": asdict(first.cfg),
+        "config": first.cfg.as_json(),
         "ratios": {
             name: {
                 "floor": round(min(r.ratios[name] for r in results), 4),
+                "margin": guard.margin,
+                "portable": guard.portable,
                 "measured": [round(r.ratios[name], 4) for r in results],
-                "portable": portable,
             }
-            for name, portable in GUARDED.items()
+            for name, guard in GUARDED.items()
             if name in first.ratios
         },
     }
@@ -569,7 +586,7 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
     lines = [
         f"ResNet18 width {cfg.width}, input {cfg.in_channels}x{cfg.in_size}x{cfg.in_size}, random weights; CERTIFY "
         f"n0={cfg.n0} n={cfg.n}, batch {cfg.batch_size}, channels_last={cfg.channels_last}",
-        f"{result.machine['cpu']}, {result.machine['threads']} torch thread(s), {cfg.clock} clock; "
+        f"{result.machine['cpu']} ({result.machine['cpus']} CPUs), {cfg.threads} torch thread(s), {cfg.clock} clock; "
         + (f"medians of {len(result.rounds)} interleaved rounds (ratios per round, then the median)"
            if result.stat == "median" else
            f"minimum time of each case over {len(result.rounds)} interleaved rounds, ratios of those"),
@@ -639,7 +656,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="median of per-round ratios [median], or ratios of per-case minimum times")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write-floors", action="store_true", help=f"write bench/data/{FLOORS_PATH.name}")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"[{DEFAULT_MARGIN}]")
     parser.add_argument("--json", type=Path, help="also write the last session's ratios and times here")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("threads", args.threads), ("clock", args.clock)) if v is not None}
@@ -650,15 +666,15 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for s in range(args.sessions):
         results.append(run_speed(suite, args.rounds, methods=methods, stat=args.stat))
-        guard = check_floors(results[-1], floors) if floors and floors.get("config") == asdict(cfg) else None
+        guard = check_floors(results[-1], floors) if floors and floors.get("config") == cfg.as_json() else None
         print(f"--- session {s + 1}/{args.sessions}")
         print(format_table(results[-1], guard), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results[-1].to_json(), indent=2) + "\n")
     if args.write_floors:
-        if args.stat != "median" or asdict(cfg) != asdict(SpeedConfig()):
+        if args.stat != "median" or cfg != SpeedConfig():
             parser.error("--write-floors records the guard's measurement: default config, --stat median")
-        FLOORS_PATH.write_text(json.dumps(floors_from(results, args.margin), indent=2) + "\n")
+        FLOORS_PATH.write_text(json.dumps(floors_from(results), indent=2) + "\n")
         print(f"wrote {FLOORS_PATH}")
     return 0
 

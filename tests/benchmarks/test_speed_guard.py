@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from bench.speed import (
-    DEFAULT_MARGIN,
     FLOORS_COMMAND,
     FLOORS_PATH,
     GUARD_METHODS,
@@ -43,7 +42,7 @@ GUARD_ROUNDS = 5
 @pytest.mark.benchmark_guard
 def test_speed_ratios_hold_their_floors(speed_suite, speed_report) -> None:
     floors = load_floors()
-    if floors["config"] != asdict(speed_suite.cfg):
+    if floors["config"] != speed_suite.cfg.as_json():
         pytest.fail(f"{FLOORS_PATH} was recorded for another benchmark config; regenerate: {floors['command']}")
     methods = None if os.environ.get("LSRS_SPEED_ALL") else GUARD_METHODS
     result = run_speed(speed_suite, rounds_from_env(GUARD_ROUNDS), methods=methods)
@@ -70,21 +69,21 @@ def _result(ratios: dict[str, float], machine: dict | None = None) -> SpeedResul
 def test_floors_file_is_complete() -> None:
     floors = load_floors()
     assert floors["command"] == FLOORS_COMMAND
-    assert 0 < floors["margin"] < 0.5
     assert set(floors["ratios"]) == set(GUARDED)
-    assert floors["config"] == asdict(SpeedConfig())
+    assert floors["config"] == SpeedConfig().as_json()
     for name, entry in floors["ratios"].items():
         assert entry["floor"] > 0 and entry["floor"] <= min(entry["measured"]) + 1e-9, name
-        assert entry["portable"] == GUARDED[name]
+        assert (entry["portable"], entry["margin"]) == tuple(GUARDED[name]), name
+        assert 0 < entry["margin"] < 1 / 3, f"{name}: a margin of 1/3 or more would let a 1.5x slowdown pass"
 
 
 def test_guard_fails_exactly_below_floor_times_one_minus_margin() -> None:
     floors = load_floors()
-    m = floors["margin"]
-    at = {k: v["floor"] * (1 - m) * 1.0001 for k, v in floors["ratios"].items()}
+    at = {k: v["floor"] * (1 - v["margin"]) * 1.0001 for k, v in floors["ratios"].items()}
     assert all(g.ok for g in check_floors(_result(at), floors))
     name = "efficiency[ls9]"
-    below = {**at, name: floors["ratios"][name]["floor"] * (1 - m) * 0.999}
+    entry = floors["ratios"][name]
+    below = {**at, name: entry["floor"] * (1 - entry["margin"]) * 0.999}
     bad = [g.name for g in check_floors(_result(below), floors) if not g.ok]
     assert bad == [name]
 
@@ -94,13 +93,13 @@ def test_other_machine_enforces_only_portable_ratios() -> None:
     zero = {k: 0.0 for k in floors["ratios"]}
     other = {**floors["machine"], "cpu": "some other cpu"}
     lines = check_floors(_result(zero, other), floors)
-    assert {g.name for g in lines if not g.ok} == {k for k, portable in GUARDED.items() if portable}
+    assert {g.name for g in lines if not g.ok} == {k for k, guard in GUARDED.items() if guard.portable}
 
 
 def test_floors_from_takes_the_minimum_of_sessions() -> None:
     results = [_result({k: 1.0 + i for k in GUARDED}) for i in range(3)]
-    floors = floors_from(results, DEFAULT_MARGIN)
-    assert floors["command"] == FLOORS_COMMAND and floors["margin"] == DEFAULT_MARGIN
+    floors = floors_from(results)
+    assert floors["command"] == FLOORS_COMMAND
     assert all(v["floor"] == 1.0 and v["measured"] == [1.0, 2.0, 3.0] for v in floors["ratios"].values())
 
 
