@@ -123,7 +123,7 @@ def _ray_parts(out: Path) -> list[Path]:
     return [p for p in store.part_files(out) if PART_NAME.match(p.name)]
 
 
-@pytest.mark.parametrize("shard_size,num_cpus", [(4, 1), (5, 2)], ids=["2-workers", "1-worker"])
+@pytest.mark.parametrize("shard_size,num_cpus", [(4, 1), (6, 2)], ids=["2-workers", "1-worker"])
 def test_ray_run_equals_single_process_run(ray_cluster, checkpoints, reference, tmp_path, shard_size, num_cpus):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, _args(checkpoints, out, "--ray", "auto", "--ray-shard-size", str(shard_size),
