@@ -19,7 +19,7 @@ summarised by its median, so a shared, noisy machine slows numerator and denomin
 * ``overhead[m]`` = certify time / ((n0 + n) x forward time per sample); ``efficiency[m]`` = 1 / overhead;
 * ``speedup[lsK]`` = certify(IS) / certify(LS FoR K); ``time_ideal[lsK]`` = forward(baseline) / forward(fc)
   per sample; ``ideal_fraction[lsK]`` = speedup / time_ideal; ``flop_ideal[lsK]`` = FLOPs(baseline) /
-  FLOPs(fc) (``torch.utils.flop_counter``);
+  FLOPs(fc) (:func:`lsrs.flops.count_flops`, ``torch.utils.flop_counter``);
 * ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
 * ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
 
@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from lsrs.bounds import clopper_pearson_lower, gaussian_radius
+from lsrs.flops import count_flops
 from lsrs.models import Split, resnet18
 from lsrs.noise import derive_seed
 from lsrs.smoothing import ABSTAIN, PRECISIONS, LatentSmooth, Smooth
@@ -183,16 +184,6 @@ def build_models(cfg: SpeedConfig, device: torch.device | str = "cpu") -> dict[i
             m = resnet18(cfg.num_classes, k, cfg.width, cfg.in_size, cfg.in_channels)
         models[k] = m.to(device).eval()
     return models
-
-
-def count_flops(module: nn.Module, sample: torch.Tensor) -> int:
-    """FLOPs of ``module`` on a batch of one (``torch.utils.flop_counter``; a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        module(sample)
-    return int(counter.get_total_flops())
 
 
 class Slowed(nn.Module):
@@ -651,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=1, help="independent sessions; floors take the minimum [1]")
     parser.add_argument("--all", action="store_true", help="every FoR of the config, not only the guarded ones")
     parser.add_argument("--threads", type=int, help=f"torch threads [{SpeedConfig.threads}]")
+    parser.add_argument("--width", type=int, help=f"ResNet18 base width [{SpeedConfig.width}]")
+    parser.add_argument("--in-size", type=int, help=f"input side [{SpeedConfig.in_size}]")
+    parser.add_argument("--n", type=int, help=f"estimation samples [{SpeedConfig.n}]")
     parser.add_argument("--clock", choices=CLOCKS, help=f"[{SpeedConfig.clock}]")
     parser.add_argument("--stat", choices=STATS, default="median",
                         help="median of per-round ratios [median], or ratios of per-case minimum times")
@@ -658,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-floors", action="store_true", help=f"write bench/data/{FLOORS_PATH.name}")
     parser.add_argument("--json", type=Path, help="also write the last session's ratios and times here")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("threads", args.threads), ("clock", args.clock)) if v is not None}
+    overrides = {k: getattr(args, k) for k in ("threads", "clock", "width", "in_size", "n")
+                 if getattr(args, k) is not None}
     cfg = SpeedConfig(**overrides)
     suite = SpeedSuite(cfg, device=args.device, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
     methods = None if args.all else GUARD_METHODS
