@@ -13,15 +13,6 @@ from lsrs import checkpoint as ckpt
 from lsrs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lsrs.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CONFIG = {"num_classes": 10, "width": 8, "in_size": 16, "in_channels": 1, "mean": [0.3054]}
 
 

@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_checkpoints import write_tiny_checkpoints
 
 from bench import store
 from bench.cli import cli
 from bench.runner import RunConfig, RunOptions, run_grid
-from lsrs.checkpoint import index_entry, save_checkpoint, update_index
 from lsrs.data import load_dataset
-from lsrs.models import resnet18
 
 FORS = (1, 9)
 SIGMAS = (0.0, 0.25, 0.5)
@@ -23,33 +22,10 @@ IMAGES = 4
 TIMING = ["encode_s", "sample_s", "total_s"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    """Untrained width-4 digits models: the baseline and FoR 1, 9 twins at every σ, with an index."""
-    root = tmp_path_factory.mktemp("ckpt")
-    folder = root / "digits"
-    folder.mkdir()
-    entries = []
-    for fors in (0, *FORS):
-        for sigma in SIGMAS:
-            torch.manual_seed(fors * 10 + int(sigma * 4))
-            model = resnet18(num_classes=10, fors=fors, width=4, in_size=16, in_channels=1).eval()
-            name = f"m-f{fors}-s{sigma:g}.safetensors"
-            meta = {"dataset": "digits", "sigma": sigma, "noise": "input" if fors == 0 else "latent",
-                    "epochs": 0, "clean_acc": 0.1, "noisy_acc": 0.1}
-            digest = save_checkpoint(folder / name, model, meta)
-            entries.append(index_entry({**meta, "arch": "resnet18", "fors": fors, "width": 4, "in_size": 16,
-                                        "num_classes": 10}, name, digest))
-    update_index(root, "digits", entries)
-    return root
+    """Untrained width-4 digits models: the baseline and FoR twins at every σ, with an index."""
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), FORS, SIGMAS)
 
 
 def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:

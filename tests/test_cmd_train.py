@@ -14,14 +14,6 @@ from bench.training_grid import GridConfigError, train_grid
 from lsrs import checkpoint as ckpt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _invoke(*args: str):
     return CliRunner().invoke(cli, ["train", *args], catch_exceptions=False)
 

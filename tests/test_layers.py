@@ -15,15 +15,6 @@ from lsrs.lipschitz import conv_singular_values, proven_bound
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: one intra-op thread avoids oversubscribing the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def impulse_matrix(layer: nn.Module, shape: tuple[int, int, int], dtype=torch.float32) -> torch.Tensor:
     """Dense matrix of the layer's linear part: push the identity basis through it (minus the bias)."""
     d = shape[0] * shape[1] * shape[2]

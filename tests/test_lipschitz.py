@@ -21,14 +21,6 @@ from lsrs.lipschitz import (
 from lsrs.models import OrthogonalStem, Split, resnet18, valid_fors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def dense(f, shape, dtype=torch.float64) -> torch.Tensor:
     d = math.prod(shape)
     with torch.no_grad():

@@ -14,14 +14,6 @@ from lsrs.layers import CayleyConv2d, MeanShift
 from lsrs.models import ARCHS, Split, build_model, fors_total, resnet18, valid_fors, wide_resnet34
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cayley_convs(module: nn.Module) -> list[CayleyConv2d]:
     return [m for m in module.modules() if isinstance(m, CayleyConv2d)]
 

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
+from tiny_checkpoints import write_tiny_checkpoints
 
 from bench import store
 from bench.cli import cli
 from bench.runner import RunConfig, RunOptions, run_grid
-from lsrs.checkpoint import index_entry, save_checkpoint, update_index
 from lsrs.data import load_dataset
-from lsrs.models import resnet18
 
 pytestmark = pytest.mark.ray
 
@@ -36,14 +34,6 @@ DECIDE = 0.1
 NOT_RESULTS = ["encode_s", "sample_s", "total_s", "device"]  # timing, and the device that measured it
 KEY = ["method", "fors", "sigma", "idx"]
 PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+-i\d+-[0-9a-f]{10}\.parquet$")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +51,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    """Untrained width-4 digits models: the baseline and FoR 1, 9 twins at every σ, with an index."""
-    root = tmp_path_factory.mktemp("ckpt")
-    folder = root / "digits"
-    folder.mkdir()
-    entries = []
-    for fors in (0, *FORS):
-        for sigma in SIGMAS:
-            torch.manual_seed(fors * 10 + int(sigma * 4))
-            model = resnet18(num_classes=10, fors=fors, width=4, in_size=16, in_channels=1).eval()
-            name = f"m-f{fors}-s{sigma:g}.safetensors"
-            meta = {"dataset": "digits", "sigma": sigma, "noise": "input" if fors == 0 else "latent",
-                    "epochs": 0, "clean_acc": 0.1, "noisy_acc": 0.1}
-            digest = save_checkpoint(folder / name, model, meta)
-            entries.append(index_entry({**meta, "arch": "resnet18", "fors": fors, "width": 4, "in_size": 16,
-                                        "num_classes": 10}, name, digest))
-    update_index(root, "digits", entries)
-    return root
+    """Untrained width-4 digits models: the baseline and FoR twins at every σ, with an index."""
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"), FORS, SIGMAS)
 
 
 def _config(checkpoints: Path) -> RunConfig:

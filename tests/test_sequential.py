@@ -33,15 +33,6 @@ def _not_above_alpha(failures: int, trials: int, alpha: float) -> bool:
     return binomtest(failures, trials, alpha, alternative="greater").pvalue > 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def linear_setup():
     w = torch.tensor([0.6, -0.8])  # |w| = 1: the margin is the distance to the boundary

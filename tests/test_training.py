@@ -22,15 +22,6 @@ from lsrs.training import (
 INFO = DATASETS["digits"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models only lose time to thread contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(fors: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model("resnet18", num_classes=10, fors=fors, width=8, in_size=16, in_channels=1, mean=list(INFO.mean))
