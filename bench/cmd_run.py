@@ -63,6 +63,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
                    "base classifier).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="channels_last memory format for the noisy batches.")
+@click.option("--fold-bn/--no-fold-bn", default=True, show_default=True,
+              help="Fold BatchNorm into the preceding conv of the base classifier (same function up to rounding).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (noise is seeded per image).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
               show_default=True, help="Folder holding <dataset>/index.json written by bench train.")
@@ -93,7 +95,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
-            precision, channels_last, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh, allow_pickle, sampler,
+            precision, channels_last, fold_bn, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
+            allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
             quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
@@ -127,8 +130,9 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     config = RunConfig(
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
-        device_type=device_type, precision=precision, checkpoints=str(checkpoints),
-        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler, certificate=certificate,
+        device_type=device_type, precision=precision, fold_bn=fold_bn, checkpoints=str(checkpoints),
+        allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,
+        certificate=certificate,
         decide_radii=tuple(decide_radii or ()), max_n=max_n,
     )
     out = out or default_out(dataset, config.config_hash())

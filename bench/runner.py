@@ -29,6 +29,7 @@ from rich.progress import (
 import lsrs
 from bench import store
 from bench.params import BenchUsageError
+from lsrs.inference import fold_batchnorm
 from lsrs.noise import derive_seed
 from lsrs.smoothing import PRECISIONS, LatentSmooth, Smooth
 from lsrs.timing import Stopwatch
@@ -59,6 +60,7 @@ class RunConfig:
     allow_sigma_mismatch: bool = False
     data_dir: str | None = None
     allow_pickle: bool = False
+    fold_bn: bool = True
     sampler: str = "fixed"
     certificate: str = "binary"
     decide_radii: tuple[float, ...] = ()
@@ -413,6 +415,8 @@ class JobCertifier:
         device_label: str | None = None,
     ) -> None:
         self.config, self.job, self.device = config, job, device
+        if config.fold_bn:
+            model = fold_batchnorm(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

@@ -51,6 +51,7 @@ from torch import nn
 
 from lsrs.bounds import clopper_pearson_lower, gaussian_radius
 from lsrs.flops import count_flops
+from lsrs.inference import fold_batchnorm
 from lsrs.models import Split, resnet18
 from lsrs.noise import derive_seed
 from lsrs.smoothing import ABSTAIN, PRECISIONS, LatentSmooth, Smooth
@@ -88,6 +89,7 @@ class SpeedConfig:
     matmul_size: int = 1024
     threads: int = 1
     clock: str = "cpu"
+    fold_bn: bool = True
 
     def methods(self) -> list[str]:
         return ["is", *(f"ls{k}" for k in self.fors)]
@@ -242,6 +244,8 @@ class SpeedSuite:
             self.image = torch.rand(cfg.in_channels, cfg.in_size, cfg.in_size).to(self.device)
         # The reference loop gets its own plain copy of the baseline (contiguous fp32, as core.py uses it).
         self.reference = ReferenceSmooth(copy.deepcopy(self.models[0]), cfg.num_classes, cfg.sigma)
+        if cfg.fold_bn:  # the engine's inference rewrite (bench run --fold-bn, the default); core.py has none
+            self.models = {k: fold_batchnorm(m) for k, m in self.models.items()}
         self.flops: dict[str, int] = {}
         self.latent_shape: dict[str, tuple[int, ...]] = {}
         self.forward_input: dict[str, torch.Tensor] = {}

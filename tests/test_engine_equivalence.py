@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 
+from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
 from lsrs.noise import DEFAULT_BLOCK, derive_seed, seed_from
 from lsrs.smoothing import LatentSmooth, Smooth
@@ -48,10 +49,16 @@ def plain_counts(classifier: torch.nn.Module, z: torch.Tensor, num: int, batch_s
     return counts
 
 
-def _pair(fors: int):
-    """(engine smoother with channels_last, plain contiguous copy of the model), random weights."""
+def _pair(fors: int, fold: bool = False):
+    """(engine smoother with channels_last, plain contiguous copy of the model), random weights.
+
+    With ``fold`` both sides use the BatchNorm-folded network, as ``bench run --fold-bn`` does: the folded
+    network is the base classifier, and the engine must count exactly what a plain loop over it counts.
+    """
     torch.manual_seed(1234 + fors)
     model = resnet18(NUM_CLASSES, fors, width=8, in_size=16, in_channels=3).eval()
+    if fold:
+        model = fold_batchnorm(model)
     plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     model = model.to(memory_format=torch.channels_last)
     if fors == 0:
@@ -62,9 +69,9 @@ def _pair(fors: int):
     return smoother, plain
 
 
-@pytest.mark.parametrize("fors", [0, 5, 9, 13])
-def test_engine_counts_equal_plain_loop(fors: int) -> None:
-    smoother, plain = _pair(fors)
+@pytest.mark.parametrize("fors,fold", [(0, False), (5, False), (9, False), (13, False), (0, True), (9, True)])
+def test_engine_counts_equal_plain_loop(fors: int, fold: bool) -> None:
+    smoother, plain = _pair(fors, fold)
     x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         z = plain.encoder(x.unsqueeze(0))
