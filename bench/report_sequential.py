@@ -79,10 +79,11 @@ def sequential_tables(run_dir: Path, df: pd.DataFrame) -> list[tuple[str, str, p
             data = _label(s).assign(
                 Sampler=s["sampler"].tolist(), Certificate=s["certificate"].tolist(), ACR=s["acr"].tolist(),
                 **{"Accuracy (%)": s["accuracy"].tolist(), "samples used": s["samples"].tolist(),
-                   "fixed n0 + n": s["budget"].tolist(), "saved (%)": s["saved"].tolist()},
+                   "fixed n0 + n": s["budget"].tolist(), "saved (%)": s["saved"].tolist(),
+                   "time (s/example)": s["time_s"].tolist()},
             )
             formats = {"σ": "{:.2f}", "ACR": "{:.3f}", "Accuracy (%)": "{:.2f}", "samples used": "{:.0f}",
-                       "fixed n0 + n": "{:.0f}", "saved (%)": "{:.1f}"}
+                       "fixed n0 + n": "{:.0f}", "saved (%)": "{:.1f}", "time (s/example)": "{:.3f}"}
             tables.append(("sampling", "Noise samples drawn per image against the fixed-n budget "
                            "(--sampler curtail stops once abstention is certain; same certificates).", data, formats))
     decisions = read_decisions(run_dir)

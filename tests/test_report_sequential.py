@@ -63,6 +63,7 @@ def test_sampling_and_decision_tables_equal_hand_aggregates(run_dir: Path, tmp_p
     assert is_row["saved (%)"] == pytest.approx(100 * (1 - 75 / 110), abs=0.05)
     assert ls_row["saved (%)"] == pytest.approx(100 * (1 - 90 / 110), abs=0.05)
     assert is_row["ACR"] == pytest.approx(0.3) and ls_row["ACR"] == pytest.approx(0.15)
+    assert is_row["time (s/example)"] == pytest.approx(0.2) and ls_row["time (s/example)"] == pytest.approx(0.1)
     decisions = pd.read_csv(tmp_path / "rep" / "decisions.csv")
     is_d = decisions[decisions["Defense"] == "IS-RS"].iloc[0]
     ls_d = decisions[decisions["Defense"] == "LS-RS"].iloc[0]
