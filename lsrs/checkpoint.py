@@ -218,13 +218,18 @@ def _header_meta(weights: Path) -> dict:
     return meta
 
 
-def _read_sidecar(side: Path) -> dict:
+def _read_json(path: Path, what: str) -> object:
+    """Parsed JSON of ``path``; a read or parse failure is a :class:`CheckpointError` naming ``what``."""
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise CheckpointError(f"{side}: cannot read metadata ({exc})") from None
+        raise CheckpointError(f"{path}: cannot read {what} ({exc})") from None
     except ValueError as exc:
-        raise CheckpointError(f"{side}: metadata is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def _read_sidecar(side: Path) -> dict:
+    data = _read_json(side, "metadata")
     if not isinstance(data, dict):
         raise CheckpointError(f"{side}: metadata is not a JSON object")
     return data
@@ -417,12 +422,7 @@ def _locate_index(root: str | os.PathLike, dataset: str) -> Path:
 
 
 def _load_index_file(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the index ({exc})") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: index is not valid JSON ({exc})") from None
+    data = _read_json(path, "the index")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
         raise CheckpointError(f"{path}: index must be a JSON object with an 'entries' list")
     return data
