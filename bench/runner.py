@@ -190,11 +190,8 @@ class Checkpoints:
         self.allow_pickle = allow_pickle
         try:
             self.entries = checkpoint.read_index(self.root, dataset)
-        except (checkpoint.CheckpointError, FileNotFoundError) as exc:
-            raise BenchUsageError(
-                f"no checkpoint index for {dataset!r} under {self.root} ({exc}); "
-                f"train one with: bench train --dataset {dataset} --out {self.root}"
-            ) from None
+        except checkpoint.CheckpointError as exc:  # its message names the file and how to train the pairs
+            raise BenchUsageError(str(exc)) from None
         self.index_dir = self.root / dataset
 
     def entry(self, fors: int, sigma: float, allow_sigma_mismatch: bool) -> dict:
