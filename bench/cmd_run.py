@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from bench.params import FORS, SIGMAS, BenchUsageError, CommaList
-from bench.runner import METHODS, RunConfig, RunOptions, run_grid
+from bench.runner import METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
 DATASET_CHOICES = ("digits", "cifar10", "imagenet")
 METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
@@ -126,7 +126,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         click.get_current_context().call_on_close(distributed.connect(ray_options.address))
         device_type = distributed.cluster_device_type(device)
     else:
-        device_type = _device_type(device)
+        device_type = resolve_device(device).type
     config = RunConfig(
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
@@ -168,12 +168,6 @@ def _ray_options(address: str | None, shard_size: int | None, num_cpus: float | 
 
     return RayOptions(address=address.strip(), shard_size=shard_size or DEFAULT_SHARD_SIZE,
                       num_cpus=num_cpus if num_cpus is not None else 1.0, num_gpus=num_gpus)
-
-
-def _device_type(device: str) -> str:
-    from bench.runner import resolve_device
-
-    return resolve_device(device).type
 
 
 def _load_test(dataset: str, data_dir: str | None):

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from bench import store
-from bench.runner import RunConfig, RunOptions, run_grid
+from bench.runner import RunConfig, RunOptions, resolve_device, run_grid
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
     torch.set_num_threads(preset.threads)
     config = RunConfig(
         dataset="digits", fors=preset.fors, sigmas=preset.sigmas, n0=preset.n0, n=preset.n, alpha=preset.alpha,
-        skip=preset.skip, max_images=preset.max_images, seed=preset.seed, device_type=_device_type(device),
+        skip=preset.skip, max_images=preset.max_images, seed=preset.seed, device_type=resolve_device(device).type,
         checkpoints=str(checkpoints),
     )
     existing = store.read_manifest(run_dir)
@@ -66,12 +66,6 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
                         _load_digits_test)
     report = write_report(run_dir, reports, fmt="markdown")
     return {"run": run_dir, "checkpoints": checkpoints, "report": report, "manifest": manifest}
-
-
-def _device_type(device: str) -> str:
-    from bench.runner import resolve_device
-
-    return resolve_device(device).type
 
 
 def _load_digits_test():

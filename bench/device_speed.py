@@ -18,7 +18,7 @@ import torch
 from bench.runner import auto_batch_size, device_name, resolve_device
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
-from lsrs.smoothing import LatentSmooth, Smooth
+from lsrs.smoothing import smooth_model
 
 
 def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: int, n: int, images: int,
@@ -27,11 +27,7 @@ def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: 
     torch.manual_seed(fors)
     model = fold_batchnorm(resnet18(10, fors, width=width, in_size=32, in_channels=3)).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
-    if fors == 0:
-        smoother: LatentSmooth = Smooth(model, 10, sigma, device=device, precision=precision, channels_last=True)
-    else:
-        smoother = LatentSmooth(model.encoder, model.classifier, 10, sigma, model.encoder_lipschitz,
-                                device=device, precision=precision, channels_last=True)
+    smoother = smooth_model(model, 10, sigma, device=device, precision=precision, channels_last=True)
     gen = torch.Generator().manual_seed(0)
     xs = [torch.rand(3, 32, 32, generator=gen) for _ in range(images + 1)]
     latent = tuple(smoother.encode(xs[0]).shape[1:])

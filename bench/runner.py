@@ -31,7 +31,7 @@ from bench import store
 from bench.params import BenchUsageError
 from lsrs.inference import fold_batchnorm
 from lsrs.noise import derive_seed
-from lsrs.smoothing import PRECISIONS, LatentSmooth, Smooth
+from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
 METHODS = ("is", "ls")
@@ -435,17 +435,10 @@ class JobCertifier:
         self.warmup_s = 0.0
         if job.sigma == 0:
             return
-        if job.method == "is":
-            self.smoother: LatentSmooth = Smooth(
-                model, num_classes, job.sigma, device=device, precision=config.precision, channels_last=channels_last,
-            )
-            latent_shape = sample_shape
-        else:
-            self.smoother = LatentSmooth(
-                model.encoder, model.classifier, num_classes, job.sigma, float(model.encoder_lipschitz),
-                device=device, precision=config.precision, channels_last=channels_last,
-            )
-            latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
+        self.smoother: LatentSmooth = smooth_model(
+            model, num_classes, job.sigma, device=device, precision=config.precision, channels_last=channels_last,
+        )
+        latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
         batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
         self.batch_size = batch
         # Warm-up (excluded from timing, recorded): one small certification of the first image.

@@ -349,3 +349,11 @@ class Smooth(LatentSmooth):
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float, **kwargs: object) -> None:
         super().__init__(nn.Identity(), base_classifier, num_classes, sigma, 1.0, **kwargs)
+
+
+def smooth_model(model: nn.Module, num_classes: int, sigma: float, **kwargs: object) -> LatentSmooth:
+    """The smoothed classifier of a :class:`lsrs.models.Split`: IS-RS on the whole network for the baseline
+    (``fors == 0``), LS-RS on ``classifier`` over ``encoder`` with its declared ``encoder_lipschitz`` otherwise."""
+    if int(getattr(model, "fors", 0)) == 0:
+        return Smooth(model, num_classes, sigma, **kwargs)
+    return LatentSmooth(model.encoder, model.classifier, num_classes, sigma, float(model.encoder_lipschitz), **kwargs)
