@@ -4,8 +4,9 @@ Certification is ``n0 + n`` forward passes of the base classifier on noisy copie
 batched forward time of that classifier (the baseline for IS-RS, ``fc`` for LS-RS) at the same batch size,
 precision and memory format. This module times, on one fixed small ResNet18 with random weights:
 
-* ``forward/<m>/<p>`` -- one batched forward of the base classifier of method ``m`` (``is`` = baseline,
-  ``lsK`` = ``fc`` of the FoR-K twin) at precision ``p``;
+* ``forward/<m>/<p>`` -- the pure batched forwards of the base classifier of method ``m`` (``is`` =
+  baseline, ``lsK`` = ``fc`` of the FoR-K twin) at precision ``p`` that one CERTIFY runs: the same batches
+  (``n0``, then ``n`` samples, in batches of ``batch_size``), on fixed pre-drawn noisy inputs, nothing else;
 * ``certify/<m>/<p>`` -- one CERTIFY of the engine (:class:`lsrs.smoothing.LatentSmooth` / ``Smooth``);
 * ``reference/is/fp32`` -- one CERTIFY of :class:`ReferenceSmooth`, a faithful re-implementation of the loop
   of Cohen et al.'s ``core.py`` (repeat the input, ``randn_like``, argmax, copy to the host per batch,
@@ -16,7 +17,7 @@ Cases are timed *interleaved* (ABBA order over rounds) and every ratio is comput
 summarised by its median, so a shared, noisy machine slows numerator and denominator alike. The ratios
 (higher is better unless named ``overhead``):
 
-* ``overhead[m]`` = certify time / ((n0 + n) x forward time per sample); ``efficiency[m]`` = 1 / overhead;
+* ``overhead[m]`` = certify time / time of its pure forwards; ``efficiency[m]`` = 1 / overhead;
 * ``speedup[lsK]`` = certify(IS) / certify(LS FoR K); ``time_ideal[lsK]`` = forward(baseline) / forward(fc)
   per sample; ``ideal_fraction[lsK]`` = speedup / time_ideal; ``flop_ideal[lsK]`` = FLOPs(baseline) /
   FLOPs(fc) (:func:`lsrs.flops.count_flops`, ``torch.utils.flop_counter``);
@@ -73,14 +74,14 @@ class SpeedConfig:
     measurement: one thread's CPU time is what stays stable on a machine shared with other jobs.
     """
 
-    width: int = 16
+    width: int = 24
     in_size: int = 32
     in_channels: int = 3
     num_classes: int = 10
     fors: tuple[int, ...] = (1, 5, 9, 13)
     n0: int = 100
     n: int = 1_000
-    batch_size: int = 100
+    batch_size: int = 64
     sigma: float = 0.25
     alpha: float = 0.001
     seed: int = 0
@@ -282,16 +283,23 @@ class SpeedSuite:
                     for p in cfg.precisions}
 
     # ---------------------------------------------------------------- the callables
+    def batches(self) -> list[int]:
+        """The batch sizes one CERTIFY runs: ``n0`` samples, then ``n``, each in batches of ``batch_size``."""
+        b = self.cfg.batch_size
+        return [min(b, num - done) for num in (self.cfg.n0, self.cfg.n) for done in range(0, num, b)]
+
     def forward_fn(self, method: str, precision: str) -> Callable[[], object]:
-        module, inp = self.base[method], self.forward_input[method]
+        """The pure forwards of one CERTIFY (:meth:`batches`) on fixed inputs; returns the last logits."""
+        module, inp, batches = self.base[method], self.forward_input[method], self.batches()
         dtype = PRECISIONS[precision]
+        autocast = (contextlib.nullcontext() if dtype is None
+                    else torch.autocast(device_type=self.device.type, dtype=dtype))
 
         def run() -> torch.Tensor:
-            with torch.inference_mode():
-                if dtype is None:
-                    return module(inp)
-                with torch.autocast(device_type=self.device.type, dtype=dtype):
-                    return module(inp)
+            with torch.inference_mode(), autocast:
+                for b in batches:
+                    out = module(inp[:b])
+            return out
 
         return run
 
@@ -391,7 +399,7 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
     samples = cfg.n0 + cfg.n
     methods = measured_methods(t)
     r: dict[str, float] = {}
-    per_sample = {m: t[f"forward/{m}/fp32"] / cfg.batch_size for m in methods}
+    per_sample = {m: t[f"forward/{m}/fp32"] / samples for m in methods}
     for m in methods:
         r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / (samples * per_sample[m])
         r[f"efficiency[{m}]"] = 1.0 / r[f"overhead[{m}]"]
@@ -406,7 +414,7 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
         r[f"peak_gflops[{p}]"] = 2 * cfg.matmul_size**3 / t[f"matmul/-/{p}"] / 1e9
         r[f"vs_reference[{p}]"] = t["reference/is/fp32"] / t[f"certify/is/{p}"]
         if p != "fp32":
-            fwd = t[f"forward/is/{p}"] / cfg.batch_size
+            fwd = t[f"forward/is/{p}"] / samples
             r[f"overhead[is/{p}]"] = t[f"certify/is/{p}"] / (samples * fwd)
             r[f"gflops[is/{p}]"] = suite.flops["is"] * samples / t[f"certify/is/{p}"] / 1e9
             r[f"forward_speedup[is/{p}]"] = per_sample["is"] / fwd
@@ -592,7 +600,7 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
     ]
 
     def row(label: str, m: str, p: str) -> str:
-        fwd = t[f"forward/{m}/{p}"] / cfg.batch_size * 1e6
+        fwd = t[f"forward/{m}/{p}"] / samples * 1e6
         ovh = r[f"overhead[{m}]"] if p == "fp32" else r[f"overhead[{m}/{p}]"]
         if m != "is" and p == "fp32":
             ls = (f"{r[f'speedup[{m}]']:>7.2f}{r[f'time_ideal[{m}]']:>8.2f}{100 * r[f'ideal_fraction[{m}]']:>8.0f}%"
@@ -612,8 +620,8 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
                  f"{r['reference_overhead[is]']:>9.3f}   Cohen et al. core.py loop on a plain fp32 copy")
     lines += [
         "",
-        f"overhead = certify / ((n0 + n = {samples}) x pure forward per sample at batch {cfg.batch_size}); "
-        f"over n alone it is {samples / cfg.n:.3f}x larger",
+        f"overhead = certify / its pure forwards (the same {samples} = n0 + n samples in batches of "
+        f"{cfg.batch_size}, on fixed inputs); over n samples alone it would be {samples / cfg.n:.3f}x larger",
         "t-ideal = forward(baseline) / forward(fc) per sample; F-ideal = FLOPs(baseline) / FLOPs(fc); "
         "vs ref = reference loop fp32 / engine",
         "",

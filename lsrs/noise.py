@@ -46,7 +46,11 @@ def as_nchw(buffer: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseStream:
-    """An endless stream of i.i.d. N(0, 1) samples of shape ``sample_shape`` (see the module docstring)."""
+    """An endless stream of i.i.d. N(0, std^2) samples of shape ``sample_shape`` (see the module docstring).
+
+    ``std`` is applied inside the draw (``normal_(0, std)``), so the engine adds the stream to the latent in
+    one pass instead of scaling it first.
+    """
 
     def __init__(
         self,
@@ -55,14 +59,18 @@ class NoiseStream:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         block: int = DEFAULT_BLOCK,
+        std: float = 1.0,
     ) -> None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
         self.storage_shape = _storage_shape(sample_shape)
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.block = block
+        self.std = float(std)
         self._next_block = 0
         self._pending: torch.Tensor | None = None
         self._gen = torch.Generator(device=self.device)
@@ -74,7 +82,7 @@ class NoiseStream:
     def _draw_block(self, out: torch.Tensor) -> None:
         self._gen.manual_seed(derive_seed(self.seed, self._next_block))
         self._next_block += 1
-        out.normal_(generator=self._gen)
+        out.normal_(0.0, self.std, generator=self._gen)
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b samples; return its NCHW view."""

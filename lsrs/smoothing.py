@@ -318,7 +318,8 @@ class LatentSmooth:
         The counts tensor lives on the device and is updated in place; reading it costs a host sync, so
         only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
         """
-        stream = NoiseStream(z.shape[1:], seed, device=self.device, dtype=z.dtype, block=self.noise_block)
+        stream = NoiseStream(z.shape[1:], seed, device=self.device, dtype=z.dtype, block=self.noise_block,
+                             std=self.sigma)
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         pending_stops = sorted(s for s in set(stops) if 0 < s < num)
@@ -329,7 +330,7 @@ class LatentSmooth:
                 pending_stops.pop(0)
             if pending_stops:
                 b = min(b, pending_stops[0] - drawn)
-            noisy = stream.fill(buffer[:b]).mul_(self.sigma).add_(z)
+            noisy = stream.fill(buffer[:b]).add_(z)
             if not self.channels_last:
                 noisy = noisy.contiguous()
             with self._autocast():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lsrs.flops import flop_split
+from lsrs.flops import count_flops, flop_split
 from lsrs.layers import CayleyConv2d, MeanShift
 from lsrs.models import ARCHS, Split, build_model, fors_total, resnet18, valid_fors, wide_resnet34
 
@@ -173,7 +173,7 @@ def test_flop_split_baseline_matches_closed_form():
 
 
 def test_flop_split_of_an_orthogonal_stem_matches_closed_form():
-    """Eval-mode Cayley conv = rfft2 + per-frequency real-block products + irfft2 (cached operator)."""
+    """Eval-mode Cayley conv = rfft2 + per-frequency complex products (8 FLOPs per MAC) + irfft2 (cached operator)."""
     w, n, c_in = 8, 16, 3
     m = resnet18(fors=1, width=w, in_size=n, in_channels=c_in)
     freqs = n * (n // 2 + 1)
@@ -194,3 +194,20 @@ def test_flop_split_speedup_grows_with_fors():
         assert f["flops_baseline"] == flop_split(resnet18(width=8, in_size=16, in_channels=1), (1, 16, 16))["flops_total"]
         speedups.append(f["ideal_speedup_vs_baseline"])
     assert speedups == sorted(speedups) and speedups[0] > 1.0
+
+
+def test_count_flops_counts_a_complex_mac_as_eight_real_flops():
+    """Closed form: a real bmm is 2 * MACs, a complex one 8 * MACs (4 multiplications + 4 additions)."""
+
+    class Bmm(torch.nn.Module):
+        def __init__(self, w: torch.Tensor) -> None:
+            super().__init__()
+            self.w = w
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.bmm(x, self.w)
+
+    macs = 7 * 3 * 5 * 4
+    for dtype, per_mac in ((torch.float32, 2), (torch.complex64, 8)):
+        module = Bmm(torch.ones(7, 5, 4, dtype=dtype))
+        assert count_flops(module, torch.ones(7, 3, 5, dtype=dtype)) == per_mac * macs

@@ -38,6 +38,23 @@ def test_stream_is_standard_normal_ks() -> None:
     assert abs(values.var() - 1.0) < 5 * np.sqrt(2) * se
 
 
+@pytest.mark.parametrize("std", [0.12, 0.5, 1.0, 3.0])
+def test_stream_with_std_is_normal_with_that_scale_ks(std: float) -> None:
+    """``std`` gives N(0, std^2) (KS test against scipy.stats.norm(scale=std)), and it is the unit stream
+    of the same seed scaled by ``std`` (the engine relies on this instead of multiplying by sigma itself)."""
+    scaled = _draw(NoiseStream((3, 5, 5), seed=77, std=std), [37, 1000, 3])
+    unit = _draw(NoiseStream((3, 5, 5), seed=77), [1040])
+    values = scaled.numpy().ravel().astype(np.float64)
+    assert stats.kstest(values, stats.norm(scale=std).cdf).pvalue > 1e-3
+    torch.testing.assert_close(scaled, unit * std, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_std_raises() -> None:
+    for std in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            NoiseStream((3,), seed=0, std=std)
+
+
 def test_blocks_are_distinct_and_uncorrelated() -> None:
     """Consecutive blocks come from different seeds: no two blocks are equal and neighbours are uncorrelated."""
     stream = NoiseStream((16,), seed=3)

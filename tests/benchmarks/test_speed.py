@@ -26,11 +26,13 @@ def _info(benchmark, suite, method: str, precision: str, samples: int) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_forward(benchmark, speed_suite, bench_rounds, method: str) -> None:
-    """One batched forward of the base classifier (baseline for ``is``, ``fc`` for ``lsK``), fp32."""
-    benchmark.group = "forward fp32 (one batch)"
-    _info(benchmark, speed_suite, method, "fp32", speed_suite.cfg.batch_size)
+    """The pure batched forwards of one CERTIFY (baseline for ``is``, ``fc`` for ``lsK``), fp32."""
+    cfg = speed_suite.cfg
+    benchmark.group = "pure forward fp32 (the batches of one CERTIFY)"
+    _info(benchmark, speed_suite, method, "fp32", cfg.n0 + cfg.n)
     out = benchmark.pedantic(speed_suite.forward_fn(method, "fp32"), rounds=bench_rounds, warmup_rounds=1)
-    assert out.shape == (speed_suite.cfg.batch_size, speed_suite.cfg.num_classes)
+    assert sum(speed_suite.batches()) == cfg.n0 + cfg.n
+    assert out.shape == (speed_suite.batches()[-1], cfg.num_classes)
 
 
 @pytest.mark.parametrize("method", METHODS)
