@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from bench.params import FORS, SIGMAS, BenchUsageError, CommaList
-from bench.runner import METHODS, RunConfig, RunOptions, resolve_device, run_grid
+from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
 DATASET_CHOICES = ("digits", "cifar10", "imagenet")
 METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
@@ -65,6 +65,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="channels_last memory format for the noisy batches.")
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True,
               help="Fold BatchNorm into the preceding conv of the base classifier (same function up to rounding).")
+@click.option("--compile", "compile_mode", type=click.Choice(list(COMPILE_MODES)), default="off", show_default=True,
+              help="torch.compile the base classifier (reduce-overhead adds CUDA graphs on GPU; needs a C++ "
+                   "compiler on CPU). Compilation happens in the untimed warm-up.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (noise is seeded per image).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
               show_default=True, help="Folder holding <dataset>/index.json written by bench train.")
@@ -95,7 +98,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
-            precision, channels_last, fold_bn, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
+            precision, channels_last, fold_bn, compile_mode, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
             allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
             quiet) -> None:
@@ -133,7 +136,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         device_type=device_type, precision=precision, fold_bn=fold_bn, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,
         certificate=certificate,
-        decide_radii=tuple(decide_radii or ()), max_n=max_n,
+        decide_radii=tuple(decide_radii or ()), max_n=max_n, compile=compile_mode,
     )
     out = out or default_out(dataset, config.config_hash())
     console = Console(quiet=quiet)

@@ -15,14 +15,14 @@ import statistics
 
 import torch
 
-from bench.runner import auto_batch_size, device_name, resolve_device
+from bench.runner import COMPILE_MODES, auto_batch_size, compile_classifier, device_name, resolve_device
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
 from lsrs.smoothing import smooth_model
 
 
 def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: int, n: int, images: int,
-            batch_size: int | None, sigma: float = 0.25) -> dict:
+            batch_size: int | None, sigma: float = 0.25, compile_mode: str = "off") -> dict:
     """Mean and per-image seconds of CERTIFY for one model and precision (one warm-up image excluded)."""
     torch.manual_seed(fors)
     model = fold_batchnorm(resnet18(10, fors, width=width, in_size=32, in_channels=3)).to(device).eval()
@@ -32,9 +32,13 @@ def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: 
     xs = [torch.rand(3, 32, 32, generator=gen) for _ in range(images + 1)]
     latent = tuple(smoother.encode(xs[0]).shape[1:])
     batch = batch_size or auto_batch_size(smoother.classifier, latent, n, device)
-    smoother.certify(xs[0], n0, min(n, 4 * batch), 0.001, batch, generator=0)  # warm-up, not timed
+    if compile_mode != "off":
+        smoother.classifier = compile_classifier(smoother.classifier, compile_mode)
+    # Warm-up, not timed: every batch shape of the timed runs (n0's, a full batch, n's last one).
+    smoother.certify(xs[0], n0, min(n, batch + (n % batch or batch)), 0.001, batch, generator=0)
     times = [smoother.certify(x, n0, n, 0.001, batch, generator=i).total_s for i, x in enumerate(xs[1:])]
-    return {"fors": fors, "method": "is" if fors == 0 else "ls", "precision": precision, "batch_size": batch,
+    return {"fors": fors, "method": "is" if fors == 0 else "ls", "precision": precision, "compile": compile_mode,
+            "batch_size": batch,
             "latent_dims": int(torch.tensor(latent).prod()), "s_per_image": statistics.mean(times),
             "times": times}
 
@@ -49,24 +53,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=3, help="timed images per configuration [3]")
     parser.add_argument("--batch-size", type=int, default=None, help="[memory probe on CUDA, 256 on CPU]")
+    parser.add_argument("--compile", default="off", help=f"comma list of {'|'.join(COMPILE_MODES)} [off]")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     precisions = (args.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    modes = args.compile.split(",")
+    if bad := [m for m in modes if m not in COMPILE_MODES]:
+        parser.error(f"--compile: unknown mode(s) {bad}; choose from {', '.join(COMPILE_MODES)}")
     torch.backends.cudnn.benchmark = True
     rows = []
     print(f"device: {device_name(device)}  torch {torch.__version__}  width {args.width}  n0 {args.n0}  n {args.n}")
-    print(f"{'method':6} {'FoR':>4} {'prec':5} {'batch':>6} {'latent':>7} {'s/image':>9}  speedup vs IS")
-    for precision in precisions:
-        is_time = None
-        for k in (int(f) for f in args.fors.split(",")):
-            r = measure(k, precision, device, width=args.width, n0=args.n0, n=args.n, images=args.images,
-                        batch_size=args.batch_size)
-            is_time = r["s_per_image"] if k == 0 else is_time
-            speed = f"{is_time / r['s_per_image']:.2f}x" if is_time and k else ""
-            print(f"{r['method']:6} {k:>4} {precision:5} {r['batch_size']:>6} {r['latent_dims']:>7} "
-                  f"{r['s_per_image']:>9.4f}  {speed}", flush=True)
-            rows.append(r)
+    print(f"{'method':6} {'FoR':>4} {'prec':5} {'compile':15} {'batch':>6} {'latent':>7} {'s/image':>9}  speedup vs IS")
+    for mode in modes:
+        for precision in precisions:
+            is_time = None
+            for k in (int(f) for f in args.fors.split(",")):
+                r = measure(k, precision, device, width=args.width, n0=args.n0, n=args.n, images=args.images,
+                            batch_size=args.batch_size, compile_mode=mode)
+                is_time = r["s_per_image"] if k == 0 else is_time
+                speed = f"{is_time / r['s_per_image']:.2f}x" if is_time and k else ""
+                print(f"{r['method']:6} {k:>4} {precision:5} {mode:15} {r['batch_size']:>6} {r['latent_dims']:>7} "
+                      f"{r['s_per_image']:>9.4f}  {speed}", flush=True)
+                rows.append(r)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device_name(device), "torch": torch.__version__, "width": args.width,

@@ -65,10 +65,16 @@ class RunConfig:
     certificate: str = "binary"
     decide_radii: tuple[float, ...] = ()
     max_n: int = 100_000
+    compile: str = "off"
 
     def config_hash(self) -> str:
-        """Short hash of the fields that change results (paths to data and checkpoints excluded)."""
+        """Short hash of the fields that change results (paths to data and checkpoints excluded).
+
+        ``compile`` enters the hash only when it is on, so runs made before the option existed keep their hash.
+        """
         keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir", "allow_pickle")}
+        if keyed["compile"] == "off":
+            del keyed["compile"]
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -134,6 +140,20 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchUsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return torch.device(device)
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_classifier(classifier: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile(classifier, mode=mode)``: ``reduce-overhead`` also replays CUDA graphs on GPU.
+
+    The compiled module computes the same function up to rounding (like ``--fold-bn``), so it is a valid
+    base classifier; compilation happens at the first call of each batch shape (the runner's warm-up).
+    """
+    if mode not in COMPILE_MODES or mode == "off":
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
+    return torch.compile(classifier, mode=mode)
 
 
 def device_name(device: torch.device) -> str:
@@ -441,9 +461,14 @@ class JobCertifier:
         latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
         batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
         self.batch_size = batch
-        # Warm-up (excluded from timing, recorded): one small certification of the first image.
+        if config.compile != "off":
+            self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
+        # Warm-up (excluded from timing, recorded): one small certification of the first image that runs every
+        # batch shape of the real ones (n0's batches, a full batch and n's last one), so that per-shape set-up
+        # (oneDNN primitives, torch.compile graphs, CUDA graphs) is not timed.
+        warm_n = min(config.n, batch + (config.n % batch or batch))
         with Stopwatch(device) as warm:
-            self.smoother.certify(dataset[first_idx][0], 1, min(config.n, 2 * batch), 0.5, batch, generator=0)
+            self.smoother.certify(dataset[first_idx][0], config.n0, warm_n, 0.5, batch, generator=0)
         self.warmup_s = warm.seconds
 
     def certify(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -178,3 +179,30 @@ def test_allow_sigma_mismatch_uses_nearest_trained_sigma(checkpoints: Path, tmp_
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / store.MANIFEST).read_text())
     assert {c["sigma_train"] for c in manifest["checkpoints"].values()} == {0.5}
+
+
+def test_compile_hash_is_unchanged_when_off() -> None:
+    """Runs made before --compile existed keep their identity; a compiled run is a different run."""
+    base = RunConfig(dataset="digits", fors=FORS, sigmas=SIGMAS)
+    assert base.compile == "off"
+    assert RunConfig(dataset="digits", fors=FORS, sigmas=SIGMAS, compile="default").config_hash() != base.config_hash()
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_classifier_certifies_like_the_eager_one(checkpoints: Path, tmp_path: Path) -> None:
+    """--compile default (inductor on CPU): the same certificates as the eager run, the mode in the manifest."""
+    runner = CliRunner()
+    args = ("--fors", "9", "--sigmas", "0.5", "--max-images", "2")
+    eager = runner.invoke(cli, _args(checkpoints, tmp_path / "eager", *args))
+    assert eager.exit_code == 0, eager.output
+    compiled = runner.invoke(cli, _args(checkpoints, tmp_path / "compiled", *args, "--compile", "default"))
+    assert compiled.exit_code == 0, compiled.output
+    a, b = (_sorted(pd.read_parquet(tmp_path / name)) for name in ("eager", "compiled"))
+    assert len(a) == len(b) == 2 * 2
+    # Same function up to rounding: every image keeps its prediction, and counts move by a sample at most.
+    assert a["prediction"].tolist() == b["prediction"].tolist()
+    for x, y in zip(a["counts_estimation"], b["counts_estimation"], strict=True):
+        assert sum(abs(int(p) - int(q)) for p, q in zip(x, y, strict=True)) <= 2
+    manifest = json.loads((tmp_path / "compiled" / store.MANIFEST).read_text())
+    assert manifest["config"]["compile"] == "default"
+    assert manifest["config_hash"] != json.loads((tmp_path / "eager" / store.MANIFEST).read_text())["config_hash"]
