@@ -27,7 +27,8 @@ from rich.progress import (
 )
 
 import lsrs
-from bench import store
+from bench import devices, store
+from bench.devices import device_name
 from bench.params import BenchUsageError
 from lsrs.inference import fold_batchnorm
 from lsrs.noise import derive_seed
@@ -134,12 +135,8 @@ def grid_jobs(config: RunConfig) -> list[Job]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; asking for CUDA without one is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchUsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(device)
+    """``auto`` → CUDA when present, else CPU; a device that is not here is a usage error (exit 2)."""
+    return devices.resolve_device(device, error=BenchUsageError)
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -154,12 +151,6 @@ def compile_classifier(classifier: torch.nn.Module, mode: str) -> torch.nn.Modul
     if mode not in COMPILE_MODES or mode == "off":
         raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
     return torch.compile(classifier, mode=mode)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:

@@ -28,10 +28,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from bench.devices import device_name, resolve_device
 from lsrs import checkpoint as ckpt
 from lsrs.data import DatasetInfo, dataset_info, load_dataset
 from lsrs.noise import derive_seed
-from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta, resolve_device
+from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta
 
 
 class GridConfigError(ValueError):
@@ -45,21 +46,7 @@ def checkpoint_name(arch: str, width: int, fors: int, sigma: float) -> str:
 
 def check_device(device: str | torch.device | None) -> torch.device:
     """Resolve ``device`` (``auto`` = CUDA if present) and fail clearly if it is unusable here."""
-    try:
-        dev = resolve_device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise GridConfigError(f"invalid device {device!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GridConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise GridConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise GridConfigError(f"device {device!r} requested but MPS is not available here")
-    return dev
-
-
-def _device_name(dev: torch.device) -> str:
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return resolve_device(device, error=GridConfigError)
 
 
 def model_config_for(arch: str, info: DatasetInfo, fors: int, width: int) -> dict:
@@ -303,7 +290,7 @@ def _train_grid(
                         {"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "lr": h.lr, "seconds": round(h.seconds, 3)}
                         for h in result.history
                     ],
-                    "device": _device_name(dev),
+                    "device": device_name(dev),
                 }
                 digest = ckpt.save_checkpoint(weights, model.to("cpu"), meta)
                 state.unlink(missing_ok=True)
