@@ -7,7 +7,8 @@ Counts come from :class:`torch.utils.flop_counter.FlopCounterMode` on one image 
 warm-up pass, so cached orthogonal operators are not counted: certification computes them once). Matmuls
 and convolutions count ``2 * MACs``; the Cayley convs' per-frequency products are complex batched matmuls,
 counted at 8 real FLOPs per complex MAC (torch's own formula ignores the dtype and would count 2); FFTs
-are added with the usual ``5 N log2 N`` (complex) / ``2.5 N log2 N`` (real) estimate. Element-wise ops (activations, BatchNorm at eval, additions) are not counted, as is customary.
+are added with the usual ``5 N log2 N`` (complex) / ``2.5 N log2 N`` (real) estimate.
+Element-wise ops (activations, BatchNorm at eval, additions) are not counted, as is customary.
 """
 
 from __future__ import annotations
