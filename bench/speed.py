@@ -374,17 +374,41 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def measure(cases: dict[str, Callable[[], object]], rounds: int, device: torch.device | str = "cpu",
-            warmup: int = 1, clock: str = "wall") -> list[dict[str, float]]:
-    """Time every case once per round, interleaved, the order reversed every other round (ABBA)."""
+            warmup: int = 1, clock: str = "wall", progress: Callable[[str], None] | None = None,
+            ) -> list[dict[str, float]]:
+    """Time every case once per round, interleaved, the order reversed every other round (ABBA).
+
+    ``progress`` is called with the name of each case after it ran (warm-up calls included).
+    """
     names = list(cases)
     for _ in range(warmup):
         for name in names:
             cases[name]()
+            if progress:
+                progress(name)
     out = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
-        out.append({name: time_call(cases[name], device, clock) for name in order})
+        timed = {}
+        for name in order:
+            timed[name] = time_call(cases[name], device, clock)
+            if progress:
+                progress(name)
+        out.append(timed)
     return out
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr over ``total`` timed calls; yields the ``progress`` callback of :func:`measure`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[case]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total, case="")
+        yield lambda name: bar.update(task, advance=1, case=name)
 
 
 def measured_methods(t: dict[str, float]) -> list[str]:
@@ -455,7 +479,7 @@ STATS = ("median", "min")
 
 
 def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str] | None = None,
-              stat: str = "median") -> SpeedResult:
+              stat: str = "median", show_progress: bool = False) -> SpeedResult:
     """Measure ``suite`` for ``rounds`` interleaved rounds (with ``cfg.threads`` torch threads and ``cfg.clock``).
 
     ``stat="median"`` (the guard's): every ratio is computed per round, then the median over rounds.
@@ -465,8 +489,11 @@ def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str
     if stat not in STATS:
         raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
     cfg = suite.cfg
-    with torch_threads(cfg.threads):
-        timings = measure(suite.cases(methods), rounds, suite.device, warmup=warmup, clock=cfg.clock)
+    cases = suite.cases(methods)
+    bar = (progress_bar(len(cases) * (rounds + warmup), f"timing {len(cases)} cases x {rounds} rounds")
+           if show_progress else contextlib.nullcontext(None))
+    with torch_threads(cfg.threads), bar as progress:
+        timings = measure(cases, rounds, suite.device, warmup=warmup, clock=cfg.clock, progress=progress)
         machine = machine_signature()
     per_round = [round_ratios(t, suite) for t in timings]
     spread = {k: _quartiles([r[k] for r in per_round]) for k in per_round[0]}
@@ -672,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = load_floors() if FLOORS_PATH.exists() else None
     results = []
     for s in range(args.sessions):
-        results.append(run_speed(suite, args.rounds, methods=methods, stat=args.stat))
+        results.append(run_speed(suite, args.rounds, methods=methods, stat=args.stat, show_progress=True))
         guard = check_floors(results[-1], floors) if floors and floors.get("config") == cfg.as_json() else None
         print(f"--- session {s + 1}/{args.sessions}")
         print(format_table(results[-1], guard), flush=True)

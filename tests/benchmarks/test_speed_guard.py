@@ -143,3 +143,16 @@ def test_table_lists_targets_and_guard_lines() -> None:
     text = format_table(result, check_floors(result, load_floors()))
     for needle in ("IS-RS fp32", "LS-RS FoR 9 fp32", "IS-RS bf16", "reference IS fp32", "targets", "guard"):
         assert needle in text
+
+
+def test_measure_interleaves_abba_and_reports_every_call() -> None:
+    """Warm-up once in order, then rounds alternating forward and reversed order; one progress call per run."""
+    from bench.speed import measure
+
+    ran: list[str] = []
+    reported: list[str] = []
+    cases = {name: (lambda name=name: ran.append(name)) for name in ("a", "b", "c")}
+    timings = measure(cases, rounds=3, warmup=1, clock="cpu", progress=reported.append)
+    assert ran == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert reported == ran
+    assert len(timings) == 3 and all(set(t) == set(cases) and min(t.values()) >= 0 for t in timings)
