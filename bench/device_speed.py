@@ -15,7 +15,14 @@ import statistics
 
 import torch
 
-from bench.runner import COMPILE_MODES, auto_batch_size, compile_classifier, device_name, resolve_device
+from bench.runner import (
+    COMPILE_MODES,
+    auto_batch_size,
+    compile_classifier,
+    device_name,
+    resolve_device,
+    warm_up,
+)
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
 from lsrs.smoothing import smooth_model
@@ -34,8 +41,7 @@ def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: 
     batch = batch_size or auto_batch_size(smoother.classifier, latent, n, device)
     if compile_mode != "off":
         smoother.classifier = compile_classifier(smoother.classifier, compile_mode)
-    # Warm-up, not timed: every batch shape of the timed runs (n0's, a full batch, n's last one).
-    smoother.certify(xs[0], n0, min(n, batch + (n % batch or batch)), 0.001, batch, generator=0)
+    warm_up(smoother, xs[0], n0, n, batch)
     times = [smoother.certify(x, n0, n, 0.001, batch, generator=i).total_s for i, x in enumerate(xs[1:])]
     return {"fors": fors, "method": "is" if fors == 0 else "ls", "precision": precision, "compile": compile_mode,
             "batch_size": batch,

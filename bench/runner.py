@@ -153,6 +153,16 @@ def compile_classifier(classifier: torch.nn.Module, mode: str) -> torch.nn.Modul
     return torch.compile(classifier, mode=mode)
 
 
+def warm_up(smoother: LatentSmooth, x: torch.Tensor, n0: int, n: int, batch_size: int) -> float:
+    """One untimed certification of ``x`` that runs every batch shape of a CERTIFY with ``n0`` and ``n``
+    samples (n0's batches, a full batch and n's last one), so that per-shape set-up (oneDNN primitives,
+    torch.compile graphs, CUDA graphs) never lands in the timings. Returns its seconds, for the record."""
+    warm_n = min(n, batch_size + (n % batch_size or batch_size))
+    with Stopwatch(smoother.device) as watch:
+        smoother.certify(x, n0, warm_n, 0.5, batch_size, generator=0)
+    return watch.seconds
+
+
 def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:
     """Test-set indices to certify: every ``skip``-th image (optionally the first ``per_class`` of each class)."""
     indices = list(range(len(labels)))
@@ -454,13 +464,7 @@ class JobCertifier:
         self.batch_size = batch
         if config.compile != "off":
             self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
-        # Warm-up (excluded from timing, recorded): one small certification of the first image that runs every
-        # batch shape of the real ones (n0's batches, a full batch and n's last one), so that per-shape set-up
-        # (oneDNN primitives, torch.compile graphs, CUDA graphs) is not timed.
-        warm_n = min(config.n, batch + (config.n % batch or batch))
-        with Stopwatch(device) as warm:
-            self.smoother.certify(dataset[first_idx][0], config.n0, warm_n, 0.5, batch, generator=0)
-        self.warmup_s = warm.seconds
+        self.warmup_s = warm_up(self.smoother, dataset[first_idx][0], config.n0, config.n, batch)
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()

@@ -425,7 +425,7 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
     r: dict[str, float] = {}
     per_sample = {m: t[f"forward/{m}/fp32"] / samples for m in methods}
     for m in methods:
-        r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / (samples * per_sample[m])
+        r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / t[f"forward/{m}/fp32"]
         r[f"efficiency[{m}]"] = 1.0 / r[f"overhead[{m}]"]
         r[f"gflops[{m}/fp32]"] = suite.flops[m] * samples / t[f"certify/{m}/fp32"] / 1e9
     for m in methods[1:]:
@@ -439,7 +439,7 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
         r[f"vs_reference[{p}]"] = t["reference/is/fp32"] / t[f"certify/is/{p}"]
         if p != "fp32":
             fwd = t[f"forward/is/{p}"] / samples
-            r[f"overhead[is/{p}]"] = t[f"certify/is/{p}"] / (samples * fwd)
+            r[f"overhead[is/{p}]"] = t[f"certify/is/{p}"] / t[f"forward/is/{p}"]
             r[f"gflops[is/{p}]"] = suite.flops["is"] * samples / t[f"certify/is/{p}"] / 1e9
             r[f"forward_speedup[is/{p}]"] = per_sample["is"] / fwd
             r[f"peak_fraction[is/{p}]"] = r[f"gflops[is/{p}]"] / r[f"peak_gflops[{p}]"]
