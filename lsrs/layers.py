@@ -197,20 +197,32 @@ class CayleyConv2d(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ forward
+    def executed_operator(self, size: tuple[int, int]) -> Tensor:
+        """The operator ``forward`` applies in ``eval()`` at conv size ``size``: the cached one (as computed in
+        the parameters' dtype), which :mod:`lsrs.executed` bounds."""
+        return self._cached_operator(size) if self.cache else self._operator(size)
+
     def forward(self, x: Tensor) -> Tensor:
         dtype = self.weight.dtype
-        if x.dtype != dtype:
+        # The as-executed float64 path (lsrs.executed): a float64 input meets the cached lower-precision
+        # operator upcast exactly, so the bounded operator is the one applied, in float64 arithmetic.
+        widen = x.dtype == torch.float64 and dtype != torch.float64 and self._use_cache()
+        if x.dtype != dtype and not widen:
             x = x.to(dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.stride > 1:
                 x = F.pixel_unshuffle(x, self.stride)
             size = (int(x.shape[-2]), int(x.shape[-1]))
             op = self._cached_operator(size) if self._use_cache() else self._operator(size)
+            bias = self.bias
+            if widen:
+                op = op.to(torch.complex128 if op.is_complex() else torch.float64)
+                bias = None if bias is None else bias.double()
             if self.kernel_size == 1:
-                return F.conv2d(x, op[:, :, None, None], self.bias)
-            return self._fourier_conv(x, op, size)
+                return F.conv2d(x, op[:, :, None, None], bias)
+            return self._fourier_conv(x, op, size, bias)
 
-    def _fourier_conv(self, x: Tensor, q_t: Tensor, size: tuple[int, int]) -> Tensor:
+    def _fourier_conv(self, x: Tensor, q_t: Tensor, size: tuple[int, int], bias: Tensor | None) -> Tensor:
         """Per-frequency products as one complex batched matmul: ``(F, b, c_in) @ (F, c_in, c_out)``.
 
         Both operands are made contiguous: a strided batch operand (e.g. ``b = 1``) sends ``bmm`` down a
@@ -222,8 +234,8 @@ class CayleyConv2d(nn.Module):
         xf = torch.fft.rfft2(x).permute(2, 3, 0, 1).reshape(h * m, b, -1).contiguous()
         yf = torch.bmm(xf, q_t).reshape(h, m, b, self.out_channels).permute(2, 3, 0, 1).contiguous()
         y = torch.fft.irfft2(yf, s=(h, w))
-        if self.bias is not None:
-            y = y + self.bias[:, None, None]
+        if bias is not None:
+            y = y + bias[:, None, None]
         return y
 
     # ------------------------------------------------------------------ certificates

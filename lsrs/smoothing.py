@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
+from lsrs.executed import ExecutedBound, encode_executed, executed_bound, operators_key
 from lsrs.noise import DEFAULT_BLOCK, NoiseStream, derive_seed, seed_from
 from lsrs.sequential import (
     CERTIFICATES,
@@ -66,6 +67,8 @@ class Certificate:
     p_b_upper: float = math.nan
     sampler: str = "fixed"
     certificate: str = "binary"
+    latent_error: float = 0.0
+    lipschitz_declared: float = math.nan
 
     @property
     def abstained(self) -> bool:
@@ -86,7 +89,13 @@ class LatentSmooth:
     """LS-RS: smooth ``classifier`` over the latent ``z = encoder(x)`` with N(0, sigma^2 I) noise.
 
     ``lipschitz`` must be a proven upper bound on the l2 Lipschitz constant of ``encoder`` (including any
-    preprocessing it applies); the certified input radius is ``radius_latent / lipschitz`` (Theorem 1).
+    preprocessing it applies) in exact arithmetic: the *declared* bound. When the encoder is built from the
+    library's atoms (Cayley convolutions, MaxMin, padding, mean shift, convex residuals), the certificate is
+    made sound *as executed* (:mod:`lsrs.executed`): ``z`` is computed in float64 from the cached float32
+    operators, ``L`` is the larger of the declared bound and the bound of those operators, and the input
+    radius is ``(radius_latent - 2 delta) / L`` with ``delta`` bounding the rounding of the computed latent
+    (Theorem 1 applied to the executed map). For any other encoder the declared bound is trusted and the
+    radius is ``radius_latent / lipschitz``.
     """
 
     def __init__(
@@ -120,6 +129,8 @@ class LatentSmooth:
             param = next(iter(classifier.parameters()), None)
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
+        self._executed: ExecutedBound | None = None
+        self._executed_for: tuple | None = None
 
     # ------------------------------------------------------------------ public API (Cohen et al. names)
     def certify(
@@ -157,7 +168,7 @@ class LatentSmooth:
         base = seed_from(generator)
         with Stopwatch(self.device) as total:
             with Stopwatch(self.device) as enc:
-                z = self.encode(x)
+                z, bound, (err_a, err_b) = self._encode_bounded(x)
             with Stopwatch(self.device) as smp:
                 counts0 = self.sample_counts(z, n0, batch_size, derive_seed(base, "selection"))
                 c_a = int(counts0.argmax().item())
@@ -172,9 +183,10 @@ class LatentSmooth:
                 prediction, radius_latent, p_a_lower, p_b_upper = ABSTAIN, 0.0, math.nan, math.nan
             else:
                 prediction, radius_latent, p_a_lower, p_b_upper = self._bound(counts_t, c_a, n, alpha, certificate)
+            radius = bound.radius(radius_latent, err_a, err_b)
         return Certificate(
             prediction=prediction,
-            radius=radius_latent / self.lipschitz,
+            radius=radius,
             radius_latent=radius_latent,
             p_a_lower=p_a_lower,
             counts_selection=counts0_t,
@@ -183,7 +195,7 @@ class LatentSmooth:
             n=n,
             alpha=alpha,
             sigma=self.sigma,
-            lipschitz=self.lipschitz,
+            lipschitz=bound.lipschitz,
             samples_used=n0 + drawn,
             encode_s=enc.seconds,
             sample_s=smp.seconds,
@@ -191,6 +203,8 @@ class LatentSmooth:
             p_b_upper=p_b_upper,
             sampler=sampler,
             certificate=certificate,
+            latent_error=err_a + err_b * radius,
+            lipschitz_declared=self.lipschitz,
         )
 
     def _bound(
@@ -241,14 +255,14 @@ class LatentSmooth:
         _check_positive_int("max_n", max_n)
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
-        p_required = required_probability(radius, self.sigma, self.lipschitz)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
         base = seed_from(generator)
         answer: bool | None = None
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
-            z = self.encode(x)
+            z, bound, (err_a, err_b) = self._encode_bounded(x)
+            p_required = required_probability(bound.latent_radius_needed(radius, err_a, err_b), self.sigma)
             c_a = int(self.sample_counts(z, n0, batch_size, derive_seed(base, "selection")).argmax().item())
             for drawn, counts in self._cumulative_counts(
                 z, max_n, batch_size, derive_seed(base, "estimation"), stops=looks
@@ -293,10 +307,38 @@ class LatentSmooth:
         return int(top2.indices[0].item())
 
     # ------------------------------------------------------------------ engine
-    @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The latent ``z = encoder(x)`` of one input ``x`` (no batch dimension), as a batch of one."""
-        return self.encoder(x.to(self.device).unsqueeze(0)).float()
+        """The latent ``z`` of one input ``x`` (no batch dimension) as the certificate uses it: a batch of one."""
+        return self._encode_bounded(x)[0]
+
+    def executed_bound(self, input_shape: Sequence[int]) -> ExecutedBound:
+        """The bound the certificates divide by: :func:`lsrs.executed.executed_bound` of the encoder, with
+        ``L`` raised to the declared ``lipschitz`` if that is larger; the declared bound alone (no rounding
+        term) for an encoder outside the library's atoms. Recomputed when the cached operators change."""
+        key = (tuple(input_shape), operators_key(self.encoder))
+        if self._executed is None or key != self._executed_for:
+            with torch.inference_mode(False):
+                bound = executed_bound(self.encoder, tuple(input_shape), self.device)
+            if bound is None:
+                bound = ExecutedBound(self.lipschitz, self.lipschitz, (), (), trusted=True)
+            elif bound.lipschitz < self.lipschitz:
+                bound.lipschitz = self.lipschitz
+            self._executed = bound
+            self._executed_for = (tuple(input_shape), operators_key(self.encoder))
+        return self._executed
+
+    @torch.inference_mode()
+    def _encode_bounded(self, x: torch.Tensor) -> tuple[torch.Tensor, ExecutedBound, tuple[float, float]]:
+        """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image."""
+        x = x.to(self.device).unsqueeze(0)
+        bound = self.executed_bound(tuple(x.shape[1:]))
+        if bound.trusted:
+            return self.encoder(x).float(), bound, (0.0, 0.0)
+        if not bound.terms:  # the identity: no arithmetic at all
+            return self.encoder(x).float(), bound, (0.0, 0.0)
+        z64, norms = encode_executed(self.encoder, x, bound)
+        z = z64.float()
+        return z, bound, bound.latent_error(norms, float(z64.norm()), z64.numel())
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]

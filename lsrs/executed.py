@@ -1,0 +1,311 @@
+"""The encoder's Lipschitz bound *as executed*, and the rounding error of the latent it computes.
+
+Theorem 1 of the paper divides the latent radius by a Lipschitz bound ``L`` of the encoder. The proof that
+Cayley convolutions are orthogonal holds in exact arithmetic; the encoder that runs applies float32 operators
+built by FFT, whose singular values are ``1 +- 1e-6`` or more. This module makes the certificate a statement
+about the code that runs:
+
+* The latent is computed in float64 from the stored float32 operators (:meth:`CayleyConv2d.forward` upcasts
+  the cached operator exactly when it meets a float64 input), then rounded to float32 once: ``z32(x)``.
+* ``L`` (:func:`executed_bound`) bounds the exact-arithmetic Lipschitz constant of the map ``z(x)`` that
+  applies exactly those operators: the product over layers of rigorous float64 bounds on their spectral norms
+  (:func:`operator_norm_bound`), convexly combined through residuals with the ``alpha`` actually used.
+* ``delta(r)`` (:meth:`ExecutedBound.error`) bounds ``|z32(x') - z(x')|`` for every ``x'`` with
+  ``L |x' - x| <= L r``: the float64 rounding of every layer (standard error analysis, Higham 2002) plus the
+  final float32 rounding.
+
+**Certified radius.** Let ``R`` be the latent radius of CERTIFY at ``z32(x)`` (the smoothed ``fc`` is constant
+on the ball of radius ``R`` around ``z32(x)``; the float32 sum ``z32 + eps`` is the correctly rounded exact sum,
+so ``fc(round(.))`` is a fixed base classifier of ``z32 + eps``). For ``|x' - x| <= r``::
+
+    |z32(x') - z32(x)| <= |z32(x') - z(x')| + |z(x') - z(x)| + |z(x) - z32(x)| <= L r + 2 delta(r).
+
+With ``delta(r) = a + b r`` this is ``<= R`` for ``r = (R - 2a) / (L + 2b)`` (:meth:`ExecutedBound.radius`),
+which is therefore a sound input radius; it is never larger than ``R / L``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
+
+__all__ = ["ExecutedBound", "executed_bound", "operator_norm_bound", "fft_error", "gamma"]
+
+U64 = 2.0**-53  # unit roundoff of float64
+U32 = 2.0**-24  # unit roundoff of float32
+TINY32 = 2.0**-150  # largest absolute rounding error of a float32 subnormal result
+_EXACT = (nn.Identity, nn.PixelUnshuffle, nn.Flatten, nn.ReLU, MaxMin, ChannelPad)  # no rounding at all
+_MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (first-order reasoning)
+
+
+def gamma(n: int, u: float = U64) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)``: the relative error bound of an ``n``-term inner product."""
+    return n * u / (1.0 - n * u)
+
+
+def fft_error(points: int, u: float = U64) -> float:
+    """Relative l2 error bound of an FFT of ``points`` points (Higham 2002, Theorem 24.2).
+
+    Theorem 24.2 (radix 2, ``N = 2^t``): ``|fl(FFT x) - FFT x| <= t eta / (1 - t eta) |FFT x|`` with
+    ``eta = mu + gamma_4 (sqrt 2 + mu)`` and ``mu`` the error of the computed twiddle factors. Mixed-radix and
+    Bluestein steps (sizes such as 28 or 56) have the same form with larger constants per stage; this bound
+    allows ``mu = 8u`` and ``8 (ceil(log2 N) + 2)`` stages, several times what the analysis needs.
+    """
+    mu = 8 * u
+    eta = mu + gamma(4, u) * (math.sqrt(2.0) + mu)
+    t = 8 * (math.ceil(math.log2(max(points, 2))) + 2)
+    return t * eta / (1.0 - t * eta)
+
+
+@torch.no_grad()
+def operator_norm_bound(op: Tensor, chunk: int = 256) -> float:
+    """A rigorous upper bound on ``max_f |op_f|_2`` for a stack ``(F, m, k)`` (or one ``(m, k)``) of matrices.
+
+    With ``G = A^H A`` (the smaller Gram matrix), ``|A|_2^2 = |G|_2 <= 1 + |G - I|_2 <= 1 + |G - I|_F``, and
+    also ``<= |G|_F``. ``G`` is computed in float64 from the stored entries: each entry is an inner product of
+    ``p`` terms, so ``|fl(G) - G| <= sqrt2 gamma_{p+2} |A|^H |A|`` entrywise (Higham 2002, Section 3.6,
+    complex arithmetic), whose Frobenius norm is at most ``sqrt2 gamma_{p+2} |A|_F^2``; that term is added.
+    The remaining roundings (the subtraction of ``I`` and the norms) are relative errors of a few ``u``,
+    covered by a factor ``1 + 1e-12``. Costs one batched Gram product instead of an SVD per frequency.
+    """
+    a = op.detach().to(torch.complex128 if op.is_complex() else torch.float64)
+    if a.dim() == 2:
+        a = a.unsqueeze(0)
+    a = a.reshape(-1, *a.shape[-2:])
+    if a.shape[-2] < a.shape[-1]:
+        a = a.mH  # make the Gram matrix the smaller one: |A|_2 = |A^H|_2
+    p, k = a.shape[-2:]
+    eye = torch.eye(k, dtype=a.dtype, device=a.device)
+    worst = 0.0
+    for start in range(0, a.shape[0], chunk):
+        block = a[start : start + chunk]
+        g = block.mH @ block
+        frob2 = block.abs().square().sum(dim=(-2, -1))
+        slack = math.sqrt(2.0) * gamma(p + 2) * frob2
+        dev = torch.linalg.matrix_norm(g - eye, ord="fro") + slack
+        gram = torch.linalg.matrix_norm(g, ord="fro") + slack
+        worst = max(worst, float(torch.minimum(1.0 + dev, gram).max()))
+    return math.sqrt(worst * (1.0 + 1e-12)) * (1.0 + 1e-12)
+
+
+@dataclass(frozen=True)
+class _Term:
+    """The float64 rounding of one atom: at most ``rel * sum(norms of tracked tensors) + absolute``."""
+
+    tracked: tuple[nn.Module, ...]  # modules whose *input* norm enters the bound
+    rel: float
+    absolute: float
+
+
+@dataclass
+class ExecutedBound:
+    """``L`` of the encoder as executed and the data for ``delta`` (see the module docstring).
+
+    ``lipschitz`` is ``L``; ``lipschitz_plus`` (``>= 1``) bounds the Lipschitz constant of every partial
+    composition of the encoder (a product of ``max(1, L_atom)``), used to carry each layer's rounding error to
+    the latent. ``key`` identifies the operators bounded (storage and version), so a smoother can notice when
+    they change.
+    """
+
+    lipschitz: float
+    lipschitz_plus: float
+    terms: tuple[_Term, ...]
+    key: tuple
+    trusted: bool = False  # True: a declared bound taken on trust (no as-executed analysis was possible)
+
+    @property
+    def rel_total(self) -> float:
+        return sum(t.rel * len(t.tracked) for t in self.terms)
+
+    def latent_error(self, norms: dict[nn.Module, float], z_norm: float, dims: int) -> tuple[float, float]:
+        """``(a, b)`` with ``delta(r) = a + b r`` for the image whose activation norms are ``norms``.
+
+        Telescoping over the atoms, the float64 latent differs from the exact one by at most
+        ``L+ sum_l (rel_l |h_l| + abs_l)`` (each atom's rounding, carried to ``z`` by the exact suffix map of
+        Lipschitz constant ``<= L+``). At ``x'`` with ``|x' - x| <= r`` each tracked norm grows by at most
+        ``L+ r`` (plus rounding terms of relative size ``<= rel_total``; the factor 2 covers them). The float32
+        rounding adds ``u32 |z(x')| + sqrt(d) 2^-150 <= u32 (|z64(x)| + L r + 2 delta64) + sqrt(d) 2^-150``.
+        """
+        lp = self.lipschitz_plus
+        a64 = 2.0 * lp * sum(t.rel * sum(norms.get(m, 0.0) for m in t.tracked) + t.absolute for t in self.terms)
+        b64 = 2.0 * lp * lp * self.rel_total
+        a = (1.0 + 2 * U32) * a64 + U32 * z_norm + math.sqrt(dims) * TINY32
+        b = (1.0 + 2 * U32) * b64 + U32 * self.lipschitz
+        return a * (1.0 + 1e-9), b * (1.0 + 1e-9)
+
+    def radius(self, radius_latent: float, a: float, b: float) -> float:
+        """The sound input radius ``max(0, (R - 2a) / (L + 2b))`` for latent radius ``R``."""
+        if radius_latent <= 0.0:
+            return 0.0
+        return max(0.0, (radius_latent - 2.0 * a) / (self.lipschitz + 2.0 * b))
+
+    def latent_radius_needed(self, radius: float, a: float, b: float) -> float:
+        """The latent radius that certifies input radius ``radius``: ``L r + 2 (a + b r)``."""
+        return self.lipschitz * radius + 2.0 * (a + b * radius)
+
+
+# ---------------------------------------------------------------------------- analysis of the module tree
+class _Walker:
+    """Recursive ``(L, L+)`` of a module tree, collecting the rounding term of every atom."""
+
+    def __init__(self, shapes: dict[nn.Module, tuple[int, ...]]) -> None:
+        self.shapes = shapes
+        self.terms: list[_Term] = []
+        self.key: list[tuple] = []
+
+    def bound(self, module: nn.Module) -> tuple[float, float]:
+        if isinstance(module, nn.Sequential):
+            lip, plus = 1.0, 1.0
+            for child in module:
+                c_lip, c_plus = self.bound(child)
+                lip, plus = lip * c_lip, plus * c_plus
+            return lip * (1 + 4 * U64 * len(module)), plus * (1 + 4 * U64 * len(module))
+        if isinstance(module, ConvexResidual):
+            return self._residual(module)
+        if isinstance(module, _EXACT):
+            return 1.0, 1.0
+        if isinstance(module, MeanShift):
+            hw = math.prod(self.shapes[module][-2:])
+            mean_norm = float(module.mean.double().norm()) * math.sqrt(hw)
+            self.terms.append(_Term((module,), U64, U64 * mean_norm))
+            return 1.0, 1.0
+        if isinstance(module, CayleyConv2d):
+            return self._cayley(module)
+        raise _Unsupported(f"{type(module).__name__} has no as-executed bound")
+
+    def _residual(self, module: ConvexResidual) -> tuple[float, float]:
+        a = float(module.alpha.detach().double())  # the float32 alpha, exactly as the float64 forward uses it
+        m_lip, m_plus = self.bound(module.main)
+        s_lip, s_plus = self.bound(module.skip)
+        # a * main + (1 - a) * skip in float64: (1 - a), two products and a sum, each within u relative.
+        self.terms.append(_Term((_Output(module.main), _Output(module.skip)), 4 * U64, 0.0))
+        lip = (a * m_lip + (1.0 - a) * s_lip) * (1 + 4 * U64)
+        return lip, max(m_plus, s_plus, 1.0)
+
+    def _cayley(self, layer: CayleyConv2d) -> tuple[float, float]:
+        shape = self.shapes[layer]
+        size = layer.conv_size(shape)
+        op = layer.executed_operator(size)
+        self.key.append((op.data_ptr(), op._version, tuple(op.shape)))
+        lip = operator_norm_bound(op)
+        c_in, c_out = op.shape[-2], op.shape[-1]
+        if layer.kernel_size == 1:  # a (c_out, c_in) real matrix; F.conv2d is an inner product per pixel
+            mm = gamma(op.shape[-1] + 1) * float(op.double().norm())
+            rel = mm + U64 * lip
+        else:
+            # rfft2 of the input, the complex products (inner dimension c_in), irfft2, bias (module docstring).
+            points = size[0] * size[1]
+            mm = math.sqrt(2.0) * gamma(c_in + 2) * math.sqrt(min(c_in, c_out)) * lip
+            rel = (2 * fft_error(points) * lip + mm + 3 * U64 * lip) * 1.01
+        bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(math.prod(size))
+        self.terms.append(_Term((layer,), rel, 2 * U64 * bias))
+        plus = max(lip, 1.0)
+        return lip, plus
+
+
+class _Output:
+    """Marks a module whose *output* norm is tracked (the branches of a convex residual)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __hash__(self) -> int:
+        return hash((id(self.module), "out"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Output) and other.module is self.module
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _input_shapes(module: nn.Module, x: Tensor) -> dict[nn.Module, tuple[int, ...]]:
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def hook(mod: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], Tensor):
+            shapes.setdefault(mod, tuple(args[0].shape[1:]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in module.modules()]
+    try:
+        with torch.inference_mode():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu"
+                   ) -> ExecutedBound | None:
+    """The as-executed bound of ``encoder`` (in ``eval()``) on inputs of shape ``input_shape``, or None.
+
+    None when the encoder contains a module without an as-executed analysis (e.g. ``nn.Linear``, BatchNorm,
+    any custom module): the caller then has only a declared bound to go on. ``nn.Identity`` gives ``L = 1``
+    with no rounding at all (IS-RS). Builds the cached operators if needed (it runs one forward pass).
+    """
+    if isinstance(encoder, nn.Identity):
+        return ExecutedBound(1.0, 1.0, (), ())
+    if encoder.training:
+        raise ValueError("executed_bound needs the encoder in eval() (the cached operators are what runs)")
+    param = next(iter(encoder.parameters()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
+    walker = _Walker(_input_shapes(encoder, x))
+    try:
+        lip, plus = walker.bound(encoder)
+    except _Unsupported:
+        return None
+    bound = ExecutedBound(lip, plus, tuple(walker.terms), tuple(walker.key))
+    if bound.rel_total * plus > _MAX_EPS:
+        raise ValueError(f"rounding analysis out of its first-order range (relative error {bound.rel_total:.2e})")
+    return bound
+
+
+def operators_key(encoder: nn.Module, shapes: dict[nn.Module, tuple[int, ...]] | None = None) -> tuple:
+    """Storage and version of every cached Cayley operator of ``encoder`` (changes when one is modified)."""
+    out = []
+    for m in encoder.modules():
+        if isinstance(m, CayleyConv2d):
+            for op in m._cache.values():
+                out.append((op.data_ptr(), op._version, tuple(op.shape)))
+    return tuple(out)
+
+
+@torch.no_grad()
+def encode_executed(encoder: nn.Module, x: Tensor, bound: ExecutedBound) -> tuple[Tensor, dict]:
+    """``z64 = encoder(x)`` in float64 (cached float32 operators upcast), with the norms ``delta`` needs.
+
+    Returns ``(z64, norms)``; ``norms`` maps each tracked module (or branch output) to the l2 norm of the
+    tensor the rounding analysis refers to, measured on the computed float64 activations.
+    """
+    norms: dict = {}
+    inputs = {m for t in bound.terms for m in t.tracked if not isinstance(m, _Output)}
+    outputs = {m.module: m for t in bound.terms for m in t.tracked if isinstance(m, _Output)}
+    handles = []
+
+    def pre(mod: nn.Module, args: tuple) -> None:
+        norms[mod] = max(norms.get(mod, 0.0), float(args[0].norm()))
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> None:
+        key = outputs[mod]
+        norms[key] = max(norms.get(key, 0.0), float(out.norm()))
+
+    try:
+        for m in inputs:
+            handles.append(m.register_forward_pre_hook(pre))
+        for m in outputs:
+            handles.append(m.register_forward_hook(post))
+        with torch.inference_mode():
+            z = encoder(x.to(torch.float64))
+    finally:
+        for h in handles:
+            h.remove()
+    return z, norms
