@@ -218,6 +218,7 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
         "pid": os.getpid(),
         "batch_size": certifier.batch_size,
         "warmup_s": certifier.warmup_s,
+        "lipschitz_executed": certifier.lipschitz_executed,
         "model": record,
     }
 
@@ -379,6 +380,7 @@ class RayGridRunner(GridRunner):
         if summary["batch_size"] is not None:
             manifest["batch_size"][summary["job"]] = summary["batch_size"]
             manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
+            manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
         worker = {"host": summary["host"], "node_id": summary["node_id"], "pid": summary["pid"],
                   "device": summary["device"]}
         devices = manifest["cluster"]["devices"]

@@ -264,6 +264,7 @@ def _manifest(config: RunConfig, device: torch.device) -> dict:
         "models": {},
         "warmup_s": {},
         "batch_size": {},
+        "lipschitz_executed": {},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "finished": None,
     }
@@ -415,6 +416,7 @@ class GridRunner:
         if certifier.batch_size is not None:
             manifest["batch_size"][job.key] = certifier.batch_size
             manifest["warmup_s"][job.key] = certifier.warmup_s
+            manifest.setdefault("lipschitz_executed", {})[job.key] = certifier.lipschitz_executed
         yield from certifier.iter_rows(dataset, indices, self._decided)
 
 
@@ -454,6 +456,7 @@ class JobCertifier:
         }
         self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
         self.warmup_s = 0.0
+        self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
         if job.sigma == 0:
             return
         self.smoother: LatentSmooth = smooth_model(
@@ -465,6 +468,7 @@ class JobCertifier:
         if config.compile != "off":
             self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
         self.warmup_s = warm_up(self.smoother, dataset[first_idx][0], config.n0, config.n, batch)
+        self.lipschitz_executed = self.smoother.executed_bound(sample_shape).lipschitz
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
@@ -506,6 +510,8 @@ class JobCertifier:
                 "radius": cert.radius,
                 "radius_latent": cert.radius_latent,
                 "lipschitz": cert.lipschitz,
+                "lipschitz_declared": cert.lipschitz_declared,
+                "latent_error": cert.latent_error,
                 "p_a_lower": cert.p_a_lower,
                 "p_b_upper": cert.p_b_upper,
                 "sampler": cert.sampler,
@@ -552,6 +558,8 @@ class JobCertifier:
                 "radius": 0.0,
                 "radius_latent": 0.0,
                 "lipschitz": float(getattr(model, "encoder_lipschitz", 1.0)),
+                "lipschitz_declared": float(getattr(model, "encoder_lipschitz", 1.0)),
+                "latent_error": 0.0,
                 "p_a_lower": float("nan"),
                 "p_b_upper": float("nan"),
                 "sampler": self.config.sampler,

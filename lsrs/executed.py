@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 
-__all__ = ["ExecutedBound", "executed_bound", "operator_norm_bound", "fft_error", "gamma"]
+__all__ = ["ExecutedBound", "encode_executed", "executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -226,7 +226,8 @@ class _Unsupported(Exception):
     pass
 
 
-def _input_shapes(module: nn.Module, x: Tensor) -> dict[nn.Module, tuple[int, ...]]:
+def input_shapes(module: nn.Module, x: Tensor) -> dict[nn.Module, tuple[int, ...]]:
+    """Per-sample input shape of every submodule, recorded during one forward pass."""
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def hook(mod: nn.Module, args: tuple) -> None:
@@ -253,12 +254,16 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     """
     if isinstance(encoder, nn.Identity):
         return ExecutedBound(1.0, 1.0, (), ())
-    if encoder.training:
-        raise ValueError("executed_bound needs the encoder in eval() (the cached operators are what runs)")
+    known = (nn.Sequential, ConvexResidual, MeanShift, CayleyConv2d, *_EXACT)
+    if not all(isinstance(m, known) for m in encoder.modules()):
+        return None
+    if any(m.training for m in encoder.modules()):
+        raise ValueError("the encoder is in training mode: call .eval() on it before certifying "
+                         "(its cached operators are what runs and what the bound covers)")
     param = next(iter(encoder.parameters()), None)
     dtype = param.dtype if param is not None else torch.float32
     x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
-    walker = _Walker(_input_shapes(encoder, x))
+    walker = _Walker(input_shapes(encoder, x))
     try:
         lip, plus = walker.bound(encoder)
     except _Unsupported:

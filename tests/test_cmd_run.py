@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -54,8 +55,16 @@ def test_run_writes_complete_grid_schema_and_manifest(checkpoints: Path, tmp_pat
     assert (noisy["n0"] == 16).all() and (noisy["n"] == 96).all()
     assert (noisy["counts_estimation"].map(sum) == 96).all()
     assert ((noisy["prediction"] == -1) | (noisy["correct"] == (noisy["prediction"] == noisy["label"]))).all()
-    # LS-RS radius = latent radius / L with L = 1; IS-RS "encodes" with the identity (only a device move).
-    assert (noisy["radius"] == noisy["radius_latent"] / noisy["lipschitz"]).all()
+    # IS-RS: the identity encoder, L = 1 and no rounding term: radius = latent radius exactly.
+    is_noisy = noisy[noisy["method"] == "is"]
+    assert (is_noisy["radius"] == is_noisy["radius_latent"]).all() and (is_noisy["lipschitz"] == 1).all()
+    # LS-RS: radius = (latent radius - 2 delta) / L with L the as-executed bound (>= the declared 1).
+    ls_noisy = noisy[(noisy["method"] == "ls") & (noisy["radius_latent"] > 0)]
+    assert (ls_noisy["lipschitz"] >= ls_noisy["lipschitz_declared"]).all() and (ls_noisy["lipschitz"] > 1).all()
+    assert (ls_noisy["latent_error"] > 0).all()
+    expected = (ls_noisy["radius_latent"] - 2 * ls_noisy["latent_error"]) / ls_noisy["lipschitz"]
+    assert np.allclose(ls_noisy["radius"], expected, rtol=1e-12, atol=0)
+    assert (ls_noisy["radius"] < ls_noisy["radius_latent"]).all()
     is_rows = noisy[noisy["method"] == "is"]
     assert (is_rows["encode_s"] < is_rows["sample_s"]).all()
     assert (noisy["total_s"] >= noisy["encode_s"] + noisy["sample_s"]).all()
@@ -73,6 +82,8 @@ def test_run_writes_complete_grid_schema_and_manifest(checkpoints: Path, tmp_pat
     assert set(manifest["models"]) == {"0", "1", "9"}
     assert manifest["models"]["9"]["flops_classifier"] < manifest["models"]["9"]["flops_total"]
     assert all(v >= 0 for v in manifest["warmup_s"].values())
+    executed = manifest["lipschitz_executed"]
+    assert {k: v for k, v in executed.items() if v > 1} and all(v >= 1 for v in executed.values())
 
 
 def test_interrupt_then_resume_equals_uninterrupted(checkpoints: Path, tmp_path: Path) -> None:
