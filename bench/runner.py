@@ -240,7 +240,8 @@ class Checkpoints:
     def _mismatch(self, baseline: dict, twin: dict) -> BenchUsageError:
         return BenchUsageError(
             f"the IS-RS baseline {self.describe(baseline)} does not match its LS-RS twin {self.describe(twin)}; "
-            "train the baseline and the twins with the same --arch, --width and input size"
+            f"train a matching baseline: bench train --dataset {self.dataset} --fors 0 --sigmas {float(twin['sigma']):g} "
+            f"--width {int(twin['width'])} --out {self.index_dir.parent}"
         )
 
     def entry(self, fors: int, sigma: float, allow_sigma_mismatch: bool, like: dict | None = None) -> dict:
