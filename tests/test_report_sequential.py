@@ -20,7 +20,7 @@ def _cert_row(idx: int, method: str, fors: int, sigma: float, *, correct: bool, 
         "counts_selection": [0, 10], "counts_estimation": [0, 100], "n0": 10, "n": 100, "samples_used": used,
         "alpha": 0.001, "sampler": sampler, "certificate": "binary", "encode_s": 0.0, "sample_s": 0.1,
         "total_s": 0.2 if method == "is" else 0.1, "batch_size": 8, "seed": idx, "precision": "fp32",
-        "device": "cpu",
+        "device": "cpu", "checkpoint_sha256": "0" * 64,
     }
 
 
