@@ -11,7 +11,7 @@ import pandas as pd
 SETUP = (
     "- **Set-up (not in time)**: per model, before its first timed image: loading and verifying the checkpoint, "
     "BatchNorm folding, the first encode (which builds the LS-RS encoder's Cayley operator cache), the batch-size "
-    "probe and one warm-up certification (which also runs torch.compile); the manifest's `setup_s` has each "
+    "probe and one warm-up certification (which also compiles the classifier under --compile); the manifest's `setup_s` has each "
     "stage's seconds per configuration."
 )
 
