@@ -70,7 +70,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
                    "compiler on CPU). Compilation happens in the untimed warm-up.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (noise is seeded per image).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
-              show_default=True, help="Folder holding <dataset>/index.json written by bench train.")
+              show_default=True, help="Checkpoint root holding <dataset>/index.json (bench train writes it), or that <dataset> folder.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="LSRS_DATA",
               help="Dataset folder for cifar10/imagenet (or set LSRS_DATA).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

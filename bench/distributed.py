@@ -55,6 +55,7 @@ from bench.runner import (
     _Tally,
     resolve_device,
 )
+from lsrs.timing import Stopwatch
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 DEFAULT_SHARD_SIZE = 10
@@ -168,10 +169,13 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
     if key in _CERTIFIERS:
         _CERTIFIERS.move_to_end(key)
         return _CERTIFIERS[key]
-    model = Checkpoints(spec.checkpoints, spec.config.dataset, device, spec.config.allow_pickle).load(spec.entry)
+    with Stopwatch(device) as watch:
+        model, sha256 = Checkpoints(spec.checkpoints, spec.config.dataset, device,
+                                    spec.config.allow_pickle).load(spec.entry)
     record = _model_record(model, tuple(dataset[spec.indices[0]][0].shape))
     certifier = JobCertifier(spec.config, spec.job, model, dataset, spec.indices[0], device,
-                             batch_size=spec.batch_size, channels_last=spec.channels_last)
+                             batch_size=spec.batch_size, channels_last=spec.channels_last,
+                             checkpoint_sha256=sha256, load_s=watch.seconds)
     _CERTIFIERS[key] = (certifier, record)
     while len(_CERTIFIERS) > MODEL_CACHE:
         _CERTIFIERS.popitem(last=False)
@@ -189,6 +193,7 @@ def write_part_as(folder: Path, name: str, rows: list[dict], schema) -> Path:
 def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Dataset],
                   fault_hook: FaultHook | None = None) -> dict:
     """The Ray task: certify one shard of one job, store its rows, return a summary for the driver."""
+    started = time.time()  # wall clock, comparable between the tasks of one node
     torch.set_num_threads(spec.threads)
     torch.backends.cudnn.benchmark = True
     device = resolve_device(spec.config.device_type)
@@ -219,7 +224,9 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
         "batch_size": certifier.batch_size,
         "warmup_s": certifier.warmup_s,
         "lipschitz_executed": certifier.lipschitz_executed,
+        "setup_s": certifier.setup_s,
         "model": record,
+        "span": (started, time.time()),
     }
 
 
@@ -248,6 +255,9 @@ def cluster_record(ray: Any, options: RayOptions, num_gpus: float) -> dict:
         for n in ray.nodes()
         if n.get("Alive")
     ]
+    for node in nodes:
+        node.update(task_slots=task_slots(node["cpus"], node["gpus"], options.num_cpus, num_gpus), tasks=0,
+                    peak_concurrent_tasks=0)
     return {
         "ray": ray.__version__,
         "address": options.address,
@@ -258,6 +268,22 @@ def cluster_record(ray: Any, options: RayOptions, num_gpus: float) -> dict:
     }
 
 
+def task_slots(cpus: float, gpus: float, num_cpus: float, num_gpus: float) -> int:
+    """How many tasks asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs fit on a node at once."""
+    fits = int(cpus / num_cpus + 1e-9)
+    return min(fits, int(gpus / num_gpus + 1e-9)) if num_gpus > 0 else fits
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """Largest number of the (start, end) intervals that hold at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
 class RayGridRunner(GridRunner):
     """The grid of a :class:`RunConfig` as Ray tasks of (image shard × job); same store, same resume."""
 
@@ -265,6 +291,7 @@ class RayGridRunner(GridRunner):
         # The driver only plans and collects: it needs no accelerator (the workers resolve their device).
         super().__init__(config, options, device=torch.device("cpu"))
         self.ray_options = ray_options
+        self._spans: dict[str, list[tuple[float, float]]] = {}  # per node: (start, end) of its tasks
 
     def run_ray(self, dataset: torch.utils.data.Dataset, labels: list[int],
                 load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
@@ -361,7 +388,7 @@ class RayGridRunner(GridRunner):
             todo = plan.todo[job]
             if not todo:
                 continue
-            plan.manifest["checkpoints"][job.key] = plan.checkpoints.record(plan.entries[job])
+            plan.manifest["checkpoints"].setdefault(job.key, plan.checkpoints.record(plan.entries[job]))
             for start in range(0, len(todo), ray_opts.shard_size):
                 shard = tuple(todo[start:start + ray_opts.shard_size])
                 decided = frozenset(k for i in shard for k in decided_by_image.get((job.method, job.fors, job.sigma, i), ()))
@@ -372,11 +399,18 @@ class RayGridRunner(GridRunner):
                 ))
         return specs
 
-    @staticmethod
-    def _collect(manifest: dict, summary: dict, tally: _Tally) -> None:
+    def _collect(self, manifest: dict, summary: dict, tally: _Tally) -> None:
         for row in summary["rows"]:
             tally.add(row)
         manifest["models"].setdefault(str(summary["fors"]), summary["model"])
+        setup = manifest.setdefault("setup_s", {})
+        if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
+            setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
+        spans = self._spans.setdefault(str(summary["node_id"]), [])
+        spans.append(tuple(summary["span"]))
+        for node in manifest["cluster"]["nodes"]:
+            if str(node["node_id"]) == str(summary["node_id"]):
+                node.update(tasks=len(spans), peak_concurrent_tasks=peak_overlap(spans))
         if summary["batch_size"] is not None:
             manifest["batch_size"][summary["job"]] = summary["batch_size"]
             manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))

@@ -28,6 +28,7 @@ import pandas as pd
 
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
+from bench.report_notes import run_notes
 from bench.report_sequential import sequential_tables
 from bench.store import MANIFEST
 
@@ -664,7 +665,7 @@ def write_report(
         lines += ["", "## Figures", "", *figure_links]
     if result.missing:
         lines += ["", "## Missing or incomplete", "", *[f"- {m}" for m in result.missing]]
-    lines += ["", _DEFINITIONS]
+    lines += ["", _DEFINITIONS + "\n".join(run_notes(df, manifest, dataset)) + "\n"]
     index = out / "index.md"
     index.write_text("\n".join(lines), encoding="utf-8")
     result.paths.append(index)

@@ -211,15 +211,51 @@ class Checkpoints:
         self.allow_pickle = allow_pickle
         try:
             self.entries = checkpoint.read_index(self.root, dataset)
+            self.index_dir = checkpoint.index_folder(self.root, dataset)  # the root or the dataset folder
         except checkpoint.CheckpointError as exc:  # its message names the file and how to train the pairs
             raise BenchUsageError(str(exc)) from None
-        self.index_dir = self.root / dataset
 
-    def entry(self, fors: int, sigma: float, allow_sigma_mismatch: bool) -> dict:
-        found = self._ckpt.find_checkpoint(self.entries, fors, sigma)
+    def family(self, entry: dict) -> tuple:
+        """What a baseline and its twins must share: (dataset, arch, width, input size)."""
+        return (entry.get("dataset", self.dataset), entry["arch"], int(entry["width"]), int(entry["in_size"]))
+
+    def describe(self, entry: dict) -> str:
+        dataset, arch, width, in_size = self.family(entry)
+        return f"{self.index_dir / entry['path']} ({dataset}, {arch}, width {width}, input {in_size}px)"
+
+    def entries_for(self, jobs: list[Job], allow_sigma_mismatch: bool) -> dict[Job, dict]:
+        """Each job's index entry: the LS-RS twins first, then per σ the IS-RS baseline of the twins' dataset,
+        arch, width and input size; a baseline or twin that does not match is a usage error naming both."""
+        found = {job: self.entry(job.fors, job.sigma, allow_sigma_mismatch) for job in jobs if job.method == "ls"}
+        for job in jobs:
+            if job.method != "is":
+                continue
+            twins = [found[j] for j in jobs if j.method == "ls" and j.sigma == job.sigma]
+            found[job] = self.entry(0, job.sigma, allow_sigma_mismatch, like=twins[0] if twins else None)
+            for twin in twins:
+                if self.family(twin) != self.family(found[job]):
+                    raise self._mismatch(found[job], twin)
+        return {job: found[job] for job in jobs}
+
+    def _mismatch(self, baseline: dict, twin: dict) -> BenchUsageError:
+        return BenchUsageError(
+            f"the IS-RS baseline {self.describe(baseline)} does not match its LS-RS twin {self.describe(twin)}; "
+            f"train a matching baseline: bench train --dataset {self.dataset} --fors 0 --sigmas {float(twin['sigma']):g} "
+            f"--width {int(twin['width'])} --out {self.index_dir.parent}"
+        )
+
+    def entry(self, fors: int, sigma: float, allow_sigma_mismatch: bool, like: dict | None = None) -> dict:
+        """The index entry of FoR ``fors`` at ``sigma`` (of ``like``'s :meth:`family` when given)."""
+        pool = self.entries if like is None else [e for e in self.entries if self.family(e) == self.family(like)]
+        found = self._ckpt.find_checkpoint(pool, fors, sigma)
         if found is not None:
             return found
-        same_fors = [e for e in self.entries if int(e["fors"]) == fors]
+        same_fors = [e for e in pool if int(e["fors"]) == fors]
+        if like is not None:  # the index has this FoR (at σ, or at all) only for another model family
+            other = self._ckpt.find_checkpoint(self.entries, fors, sigma) or (
+                None if same_fors else next((e for e in self.entries if int(e["fors"]) == fors), None))
+            if other is not None:
+                raise self._mismatch(other, like)
         if not same_fors:
             have = sorted({int(e["fors"]) for e in self.entries})
             raise BenchUsageError(
@@ -234,6 +270,20 @@ class Checkpoints:
             )
         return min(same_fors, key=lambda e: abs(float(e["sigma"]) - sigma))
 
+    def changed(self, entry: dict, stored: set[str]) -> str | None:
+        """Why ``entry``'s checkpoint is not the one that produced ``stored`` (sha256 digests), or None."""
+        path = self.index_dir / entry["path"]
+        stored = {s for s in stored if s}
+        if not stored:
+            return None
+        if not path.is_file():  # loading it fails with its own message if images are left to certify
+            return None
+        now = self._ckpt.sha256_file(path)
+        if stored == {now}:
+            return None
+        was = ", ".join(sorted(s[:12] for s in stored))
+        return f"checkpoint {path} changed since the stored rows were certified (sha256 {now[:12]} now, {was} then)"
+
     def record(self, entry: dict) -> dict:
         """The manifest's record of a checkpoint: path, sha256 and the σ it was trained at."""
         return {
@@ -242,16 +292,17 @@ class Checkpoints:
             "sigma_train": float(entry["sigma"]),
         }
 
-    def load(self, entry: dict) -> torch.nn.Module:
+    def load(self, entry: dict) -> tuple[torch.nn.Module, str]:
+        """The model of ``entry`` in eval mode and the sha256 of the file it was read from."""
         path = self.index_dir / entry["path"]
         try:
-            model, _ = self._ckpt.load_checkpoint(
+            model, meta = self._ckpt.load_checkpoint(
                 path, expected_sha256=entry.get("sha256"), device=str(self.device), allow_pickle=self.allow_pickle,
                 expected={"fors": int(entry["fors"])},
             )
         except self._ckpt.CheckpointError as exc:
             raise BenchUsageError(str(exc)) from None
-        return model.eval()
+        return model.eval(), str(meta["sha256"])
 
 
 def _manifest(config: RunConfig, device: torch.device) -> dict:
@@ -290,7 +341,8 @@ class GridRunner:
         self.out = Path(options.out)
 
     # -------------------------------------------------------------- setup
-    def _open_store(self) -> dict:
+    def _open_store(self, checkpoints: Checkpoints | None = None, entries: dict[Job, dict] | None = None) -> dict:
+        """Open ``--out``: a new run, or the stored one to resume when its configuration and checkpoints match."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-probe"
@@ -309,10 +361,26 @@ class GridRunner:
             )
         if existing is None and store.part_files(self.out):
             raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
+        if existing is not None and checkpoints is not None and entries:
+            self._refuse_changed_checkpoints(existing, checkpoints, entries)
         manifest = existing or _manifest(self.config, self.device)
         manifest["finished"] = None
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
+
+    def _refuse_changed_checkpoints(self, manifest: dict, checkpoints: Checkpoints, entries: dict[Job, dict]) -> None:
+        """A resume must certify with the checkpoints that produced the stored rows (their sha256 in the rows
+        and in the manifest); otherwise one table would mix two models."""
+        rows = store.read_rows(self.out)
+        by_job: dict[str, set[str]] = {}
+        if "checkpoint_sha256" in rows:
+            for key, sha in zip(_job_keys(rows), rows["checkpoint_sha256"], strict=True):
+                by_job.setdefault(key, set()).add(sha)
+        for job, entry in entries.items():
+            stored = set(by_job.get(job.key, ())) | {manifest.get("checkpoints", {}).get(job.key, {}).get("sha256")}
+            why = checkpoints.changed(entry, {s for s in stored if isinstance(s, str)})
+            if why:
+                raise BenchUsageError(f"{why}; pass --fresh to discard {self.out}, or use another --out")
 
     def _done_keys(self, folder: Path, radius: bool = False) -> set[tuple]:
         """Keys (method, fors, sigma, idx[, radius]) of the rows already stored in ``folder``."""
@@ -333,11 +401,11 @@ class GridRunner:
         if not jobs:
             raise BenchUsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
         checkpoints = Checkpoints(config.checkpoints, config.dataset, self.device, config.allow_pickle)
-        entries = {job: checkpoints.entry(job.fors, job.sigma, config.allow_sigma_mismatch) for job in jobs}
+        entries = checkpoints.entries_for(jobs, config.allow_sigma_mismatch)
         indices = select_indices(labels, config.skip, config.max_images, config.per_class)
         if not indices:
             raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
-        manifest = self._open_store()
+        manifest = self._open_store(checkpoints, entries)
         done = self._done_keys(self.out)
         decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
         todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, i) not in done] for job in jobs}
@@ -372,16 +440,18 @@ class GridRunner:
             for job in jobs:
                 if not todo[job]:
                     continue
-                model = checkpoints.load(entries[job])
+                with Stopwatch(self.device) as load_watch:
+                    model, sha256 = checkpoints.load(entries[job])
                 sample_shape = tuple(dataset[todo[job][0]][0].shape)
-                manifest["checkpoints"][job.key] = checkpoints.record(entries[job])
+                manifest["checkpoints"].setdefault(job.key, checkpoints.record(entries[job]))  # checked on resume
                 manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
                 rows: list[dict] = []
                 decisions: list[dict] = []
                 tally = _Tally()
                 last_flush = time.monotonic()
                 try:
-                    for row, decided in self._certify_job(job, model, dataset, todo[job], manifest):
+                    certify = self._certify_job(job, model, dataset, todo[job], manifest, sha256, load_watch.seconds)
+                    for row, decided in certify:
                         rows.append(row)
                         decisions.extend(decided)
                         certified += 1
@@ -407,12 +477,15 @@ class GridRunner:
             store.write_part(self.out, rows, job.key)
 
     def _certify_job(
-        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict
+        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict,
+        checkpoint_sha256: str, load_s: float,
     ) -> Iterator[tuple[dict, list[dict]]]:
         certifier = JobCertifier(
             self.config, job, model, dataset, indices[0], self.device, batch_size=self.options.batch_size,
             channels_last=self.options.channels_last, device_label=manifest["device"],
+            checkpoint_sha256=checkpoint_sha256, load_s=load_s,
         )
+        manifest.setdefault("setup_s", {})[job.key] = certifier.setup_s
         if certifier.batch_size is not None:
             manifest["batch_size"][job.key] = certifier.batch_size
             manifest["warmup_s"][job.key] = certifier.warmup_s
@@ -424,7 +497,10 @@ class JobCertifier:
     """Certifies images for one job with its loaded model: the unit of work of the local loop and of Ray tasks.
 
     Built once per (process, job): it wraps the model in the smoother, picks the batch size and runs the
-    warm-up (excluded from timing, kept in ``warmup_s``); ``iter_rows`` / ``certify`` then take any list of
+    warm-up (excluded from timing, kept in ``warmup_s``). ``setup_s`` has the seconds of each untimed set-up
+    stage: ``load`` (given by the caller), ``fold_bn`` (BatchNorm folding, channels_last), ``first_encode`` (builds
+    the LS encoder's Cayley operator cache), ``batch_probe``, ``warmup`` (with torch.compile) and ``total``.
+    Every row carries ``checkpoint_sha256``. ``iter_rows`` / ``certify`` then take any list of
     image indices. Each image's noise is seeded from (run seed, idx, method, FoR, σ), so the rows do not
     depend on which process certifies which images, or in what order.
     """
@@ -432,13 +508,16 @@ class JobCertifier:
     def __init__(
         self, config: RunConfig, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, first_idx: int,
         device: torch.device, *, batch_size: int | None = None, channels_last: bool = True,
-        device_label: str | None = None,
+        device_label: str | None = None, checkpoint_sha256: str | None = None, load_s: float = 0.0,
     ) -> None:
         self.config, self.job, self.device = config, job, device
-        if config.fold_bn:
-            model = fold_batchnorm(model)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        self.setup_s: dict[str, float] = {"load": load_s}  # per-model set-up seconds, none of it in the timings
+        with Stopwatch(device) as watch:
+            if config.fold_bn:
+                model = fold_batchnorm(model)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        self.setup_s["fold_bn"] = watch.seconds
         self.model = model
         sample_shape = tuple(dataset[first_idx][0].shape)
         num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, sample_shape, device))
@@ -453,22 +532,35 @@ class JobCertifier:
             "alpha": config.alpha,
             "precision": config.precision,
             "device": device_label if device_label is not None else device_name(device),
+            "checkpoint_sha256": checkpoint_sha256,
         }
         self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
         self.warmup_s = 0.0
         self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
-        if job.sigma == 0:
-            return
-        self.smoother: LatentSmooth = smooth_model(
-            model, num_classes, job.sigma, device=device, precision=config.precision, channels_last=channels_last,
-        )
-        latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
-        batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
+        if job.sigma != 0:
+            self._set_up_smoother(model, num_classes, dataset[first_idx][0], batch_size, channels_last)
+        self.setup_s["total"] = sum(self.setup_s.values())
+
+    def _set_up_smoother(self, model: torch.nn.Module, num_classes: int, x: torch.Tensor, batch_size: int | None,
+                         channels_last: bool) -> None:
+        """Smoother, first encode (builds the LS encoder's operator cache), batch size, compile and warm-up."""
+        config, device = self.config, self.device
+        with Stopwatch(device) as watch:
+            self.smoother: LatentSmooth = smooth_model(
+                model, num_classes, self.job.sigma, device=device, precision=config.precision,
+                channels_last=channels_last,
+            )
+            latent_shape = tuple(self.smoother.encode(x).shape[1:])
+        self.setup_s["first_encode"] = watch.seconds
+        with Stopwatch(device) as watch:
+            batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
+        self.setup_s["batch_probe"] = watch.seconds
         self.batch_size = batch
         if config.compile != "off":
             self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
-        self.warmup_s = warm_up(self.smoother, dataset[first_idx][0], config.n0, config.n, batch)
-        self.lipschitz_executed = self.smoother.executed_bound(sample_shape).lipschitz
+        self.warmup_s = warm_up(self.smoother, x, config.n0, config.n, batch)
+        self.setup_s["warmup"] = self.warmup_s
+        self.lipschitz_executed = self.smoother.executed_bound(tuple(x.shape)).lipschitz
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
@@ -575,6 +667,12 @@ class JobCertifier:
                 "batch_size": 1,
                 "seed": 0,
             }
+
+
+def _job_keys(rows) -> list[str]:
+    """:attr:`Job.key` of every stored row."""
+    cols = (rows["method"], rows["fors"], rows["sigma"])
+    return [Job(str(m), int(f), float(s)).key for m, f, s in zip(*cols, strict=True)]
 
 
 class _StopRequested(Exception):

@@ -29,7 +29,7 @@ ROW_SCHEMA = pa.schema(
         ("samples_used", pa.int64()), ("alpha", pa.float64()), ("sampler", pa.string()),
         ("certificate", pa.string()), ("encode_s", pa.float64()), ("sample_s", pa.float64()),
         ("total_s", pa.float64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("precision", pa.string()),
-        ("device", pa.string()),
+        ("device", pa.string()), ("checkpoint_sha256", pa.string()),
     ]
 )
 """Columns of a certification row (docs/results-schema.md); every part is written with this schema."""

@@ -421,6 +421,12 @@ def _locate_index(root: str | os.PathLike, dataset: str) -> Path:
     )
 
 
+def index_folder(root: str | os.PathLike, dataset: str) -> Path:
+    """The folder of the index that :func:`read_index` reads (entry paths are relative to it): ``root`` may be
+    the checkpoint root holding ``<dataset>/index.json``, the dataset folder, or the index file itself."""
+    return _locate_index(root, dataset).parent
+
+
 def _load_index_file(path: Path) -> dict:
     data = _read_json(path, "the index")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
@@ -512,6 +518,7 @@ __all__ = [
     "CheckpointError",
     "find_checkpoint",
     "index_entry",
+    "index_folder",
     "index_path",
     "load_checkpoint",
     "read_index",

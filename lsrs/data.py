@@ -82,6 +82,16 @@ DIGITS_SOURCE_SIZE = 8
 DIGITS_SIZE = 16
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
+DIGITS_UPSAMPLING_NORM = 2.0
+"""l2 operator norm of the bilinear 8x8 -> 16x16 upsampling ``U`` used for digits (``align_corners=False``).
+
+Digits radii live in the 16x16 space; since ``||U d|| <= 2 ||d||`` (and the clamp to [0, 1] is a projection,
+1-Lipschitz), a radius r there covers every perturbation of norm < r / 2 of the original 8x8 scan.
+Proof: ``U = A (x) A`` (separable), so ``||U|| = ||A||^2`` with ``A`` the 16x8 1-D upsampling. Each row of
+``A`` holds weights (1) or (0.75, 0.25) summing to 1 and each column's weights sum to 2, so by the Schur test
+``||A||^2 <= ||A||_1 ||A||_inf = 2``; the constant vector attains it (``||A 1|| = 4 = sqrt(2) ||1||``), hence
+``||U|| = 2`` exactly.
+"""
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(

@@ -6,6 +6,7 @@ Tiny untrained width-4 digits models and small n keep this short; Ray starts onc
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from tiny_checkpoints import write_tiny_checkpoints
+from tiny_checkpoints import retrain, write_tiny_checkpoints
 
 from bench import store
 from bench.cli import cli
@@ -122,6 +123,11 @@ def test_ray_run_equals_single_process_run(ray_cluster, checkpoints, reference, 
     assert {d["device"] for d in cluster["devices"]} == set(pd.read_parquet(out)["device"])
     if num_cpus == 1:  # two tasks at a time on the 2-CPU cluster
         assert len({d["pid"] for d in cluster["devices"]}) == 2
+    [node] = cluster["nodes"]
+    assert node["task_slots"] == 2 // num_cpus and node["tasks"] == jobs * shards
+    assert 1 <= node["peak_concurrent_tasks"] <= node["task_slots"]
+    assert set(manifest["setup_s"]) == set(expected["setup_s"])
+    assert all(s["total"] >= s["load"] > 0 for s in manifest["setup_s"].values())
 
 
 @pytest.mark.parametrize("stage", ["image", "written"])
@@ -162,6 +168,25 @@ def test_rerun_resumes_from_stored_parts(ray_cluster, checkpoints, reference, tm
     again = CliRunner().invoke(cli, _args(checkpoints, out, "--ray", "auto"))
     assert again.exit_code == 0, again.output
     assert {p.name: p.stat().st_mtime_ns for p in store.part_files(out)} == before
+
+
+def test_ray_resume_with_a_retrained_checkpoint_is_refused_unless_fresh(ray_cluster, checkpoints, tmp_path):
+    """A crashed run whose FoR 1 twin is retrained before the --ray resume: refused, then redone with --fresh."""
+    root = Path(shutil.copytree(checkpoints, tmp_path / "ckpt"))
+    out = tmp_path / "run"
+    run_grid(_config(root), RunOptions(out=out, quiet=True, stop_after=7), _test_set)  # 1 of 6 FoR 1 rows stored
+    changed = retrain(root, 1, 0.0)
+    refused = CliRunner().invoke(cli, _args(root, out, "--ray", "auto"))
+    assert refused.exit_code == 2, refused.output
+    [line] = refused.output.strip().splitlines()
+    assert str(changed) in line and "--fresh" in line and "Traceback" not in refused.output
+    assert len(pd.read_parquet(out)) == 7
+    fresh = CliRunner().invoke(cli, _args(root, out, "--ray", "auto", "--ray-shard-size", "6", "--fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    frame = pd.read_parquet(out)
+    assert len(frame) == IMAGES * len(SIGMAS) * (1 + len(FORS))
+    sha = hashlib.sha256(changed.read_bytes()).hexdigest()
+    assert set(frame.loc[(frame["fors"] == 1) & (frame["sigma"] == 0), "checkpoint_sha256"]) == {sha}
 
 
 def test_error_in_a_worker_exits_2_with_its_message(ray_cluster, checkpoints, tmp_path):

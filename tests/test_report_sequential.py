@@ -16,11 +16,12 @@ def _cert_row(idx: int, method: str, fors: int, sigma: float, *, correct: bool, 
     return {
         "run": "h", "dataset": "digits", "arch": "resnet18", "idx": idx, "label": 1, "method": method,
         "fors": fors, "fors_total": 18, "sigma": sigma, "prediction": 1 if correct else 2, "correct": correct,
-        "radius": radius, "radius_latent": radius, "lipschitz": 1.0, "p_a_lower": 0.9, "p_b_upper": 0.1,
+        "radius": radius, "radius_latent": radius, "lipschitz": 1.0, "lipschitz_declared": 1.0, "latent_error": 0.0,
+        "p_a_lower": 0.9, "p_b_upper": 0.1,
         "counts_selection": [0, 10], "counts_estimation": [0, 100], "n0": 10, "n": 100, "samples_used": used,
         "alpha": 0.001, "sampler": sampler, "certificate": "binary", "encode_s": 0.0, "sample_s": 0.1,
         "total_s": 0.2 if method == "is" else 0.1, "batch_size": 8, "seed": idx, "precision": "fp32",
-        "device": "cpu",
+        "device": "cpu", "checkpoint_sha256": "0" * 64,
     }
 
 
