@@ -81,11 +81,17 @@ def _key_bytes(key: NoiseKey, nbytes: int) -> bytes:
     return hashlib.shake_256(repr(("lsrs.noise", key)).encode()).digest(nbytes)
 
 
+def _cpu_seed(key: NoiseKey) -> tuple[np.ndarray, int]:
+    """(624-word mt19937 state, 64-bit seed) of ``key``'s stream from one SHAKE-256 output."""
+    digest = bytearray(_key_bytes(key, 4 * MT_WORDS))
+    seed64 = int.from_bytes(digest[:8], "little")
+    digest[3] |= 0x80  # top bit of little-endian word 0
+    return np.frombuffer(digest, dtype="<u4"), seed64
+
+
 def mt19937_words(key: NoiseKey) -> np.ndarray:
     """The 624-word mt19937 state of ``key``'s CPU stream (uint32; top bit of word 0 set)."""
-    words = np.frombuffer(_key_bytes(key, 4 * MT_WORDS), dtype="<u4").copy()
-    words[0] |= np.uint32(0x80000000)
-    return words
+    return _cpu_seed(key)[0].copy()
 
 
 def device_seed(key: NoiseKey) -> int:
@@ -154,7 +160,7 @@ def stream_generator(key: NoiseKey, device: torch.device | str = "cpu") -> torch
     """The generator of ``key``'s stream on ``device``, seeded once (full mt19937 state on CPU)."""
     device = torch.device(device)
     if device.type == "cpu":
-        return _loaded(_cpu_state_template(), mt19937_words(key), device_seed(key))
+        return _loaded(_cpu_state_template(), *_cpu_seed(key))
     return torch.Generator(device=device).manual_seed(device_seed(key))
 
 
