@@ -15,8 +15,9 @@ see identical values.
 Seeding. The key (an int, or a tuple of ints and strings) is hashed with SHAKE-256 (FIPS 202):
 ``X = SHAKE256(repr(("lsrs.noise", key)))``.
 
-* CPU: the first 2,496 bytes of ``X`` are the 624 32-bit words of the mt19937 state (the top bit of word 0
-  set, as in Matsumoto and Nishimura's ``init_by_array``, so the state is never the zero state), loaded
+* CPU: the first 2,496 bytes of ``X`` are the 624 32-bit words of the mt19937 state (of word 0 only the top
+  bit is state; it is set to 1, as Matsumoto and Nishimura's ``init_by_array`` does, so the state is never
+  zero), loaded
   into torch's CPU generator with ``set_state``. ``manual_seed`` is not used: it keeps only the low 32 bits
   of a seed, so seeds equal in those bits would give identical streams.
 * CUDA (and other devices): ``manual_seed`` with the first 64 bits of ``X``, the full Philox4x32-10 key.

@@ -71,7 +71,8 @@ def test_bad_std_raises() -> None:
 
 
 def test_blocks_are_distinct_and_uncorrelated() -> None:
-    """Consecutive blocks come from different seeds: no two blocks are equal and neighbours are uncorrelated."""
+    """Consecutive blocks come from successive states of one generator: no two blocks are equal and
+    neighbours are uncorrelated."""
     stream = NoiseStream((16,), seed=3)
     x = _draw(stream, [DEFAULT_BLOCK * 40]).reshape(40, -1).numpy().astype(np.float64)
     assert len({row.tobytes() for row in x}) == 40
