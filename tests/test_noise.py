@@ -203,7 +203,9 @@ def test_cuda_stream_blocks_distinct_and_batch_size_independent() -> None:
     assert torch.equal(one, many)
     stream = NoiseStream((4,), seed=900, device="cuda")
     assert stream._gen.initial_seed() == device_seed(900)
-    rows = torch.cat([_draw(stream, [100]), (stream.finish_block(), _draw(stream, [100_000]))[1]]).cpu()
+    selection = _draw(stream, [100])
+    stream.finish_block()
+    rows = torch.cat([selection, _draw(stream, [100_000])]).cpu()
     assert len(np.unique(rows.numpy(), axis=0)) == 100_100
 
 
