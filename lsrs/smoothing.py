@@ -23,7 +23,7 @@ from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import ExecutedBound, encode_executed, executed_bound, operators_key
-from lsrs.noise import DEFAULT_BLOCK, NoiseStream, derive_seed, seed_from
+from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,
@@ -165,15 +165,17 @@ class LatentSmooth:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if certificate not in CERTIFICATES:
             raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
-        base = seed_from(generator)
+        key = (seed_from(generator), "certify")
         with Stopwatch(self.device) as total:
             with Stopwatch(self.device) as enc:
                 z, bound, (err_a, err_b) = self._encode_bounded(x)
             with Stopwatch(self.device) as smp:
-                counts0 = self.sample_counts(z, n0, batch_size, derive_seed(base, "selection"))
+                stream = self.noise_stream(z, key)
+                counts0 = self.sample_counts(z, n0, batch_size, stream)
                 c_a = int(counts0.argmax().item())
+                stream.finish_block()  # estimation starts at a fresh block: disjoint from selection
                 drawn, counts = 0, None
-                for drawn, counts in self._cumulative_counts(z, n, batch_size, derive_seed(base, "estimation")):
+                for drawn, counts in self._cumulative_counts(z, n, batch_size, stream):
                     if sampler == "curtail" and drawn < n and self._abstain_is_certain(counts, c_a, drawn, n, alpha,
                                                                                         certificate):
                         break
@@ -257,16 +259,16 @@ class LatentSmooth:
         check_alpha(alpha)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
-        base = seed_from(generator)
+        key = (seed_from(generator), "certify")
         answer: bool | None = None
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
             z, bound, (err_a, err_b) = self._encode_bounded(x)
             p_required = required_probability(bound.latent_radius_needed(radius, err_a, err_b), self.sigma)
-            c_a = int(self.sample_counts(z, n0, batch_size, derive_seed(base, "selection")).argmax().item())
-            for drawn, counts in self._cumulative_counts(
-                z, max_n, batch_size, derive_seed(base, "estimation"), stops=looks
-            ):
+            stream = self.noise_stream(z, key)
+            c_a = int(self.sample_counts(z, n0, batch_size, stream).argmax().item())
+            stream.finish_block()
+            for drawn, counts in self._cumulative_counts(z, max_n, batch_size, stream, stops=looks):
                 if drawn in looks:
                     answer, lower, upper = sequential_look(int(counts[c_a].item()), drawn, p_required, alpha_look)
                     if answer is not None:
@@ -298,7 +300,7 @@ class LatentSmooth:
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
         z = self.encode(x)
-        counts = self.sample_counts(z, n, batch_size, derive_seed(seed_from(generator), "predict"))
+        counts = self.sample_counts(z, n, batch_size, (seed_from(generator), "predict"))
         top2 = counts.topk(min(2, self.num_classes))
         n_a = int(top2.values[0].item())
         n_b = int(top2.values[1].item()) if self.num_classes > 1 else 0
@@ -346,22 +348,29 @@ class LatentSmooth:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def sample_counts(self, z: torch.Tensor, num: int, batch_size: int, seed: int) -> torch.Tensor:
-        """Class counts (on the device) of ``classifier(z + sigma * noise)`` over ``num`` noise samples."""
-        _, counts = deque(self._cumulative_counts(z, num, batch_size, seed), maxlen=1)[0]
+    def noise_stream(self, z: torch.Tensor, key: NoiseKey) -> NoiseStream:
+        """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once)."""
+        return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
+                           std=self.sigma)
+
+    def sample_counts(
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey
+    ) -> torch.Tensor:
+        """Class counts (on the device) of ``classifier(z + sigma * noise)`` over the next ``num`` samples of
+        ``noise`` (a stream, or the key of a fresh one)."""
+        _, counts = deque(self._cumulative_counts(z, num, batch_size, noise), maxlen=1)[0]
         return counts
 
     @torch.inference_mode()
     def _cumulative_counts(
-        self, z: torch.Tensor, num: int, batch_size: int, seed: int, stops: Sequence[int] = ()
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey, stops: Sequence[int] = ()
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(samples drawn so far, counts so far)`` after each batch; batches also end at ``stops``.
 
         The counts tensor lives on the device and is updated in place; reading it costs a host sync, so
         only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
         """
-        stream = NoiseStream(z.shape[1:], seed, device=self.device, dtype=z.dtype, block=self.noise_block,
-                             std=self.sigma)
+        stream = noise if isinstance(noise, NoiseStream) else self.noise_stream(z, noise)
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         pending_stops = sorted(s for s in set(stops) if 0 < s < num)

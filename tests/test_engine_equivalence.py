@@ -1,12 +1,13 @@
 """The optimized fp32 engine and a plain loop give identical counts for the same seed (CPU).
 
-The plain loop is written from the definition of the canonical noise (lsrs.noise): block ``b`` of a stream
-is ``normal_`` from a generator seeded ``derive_seed(seed, b)``, drawn in (H, W, C) order. It makes each batch
+The plain loop is written from the definition of the canonical noise (lsrs.noise): a stream is a sequence of
+``normal_`` blocks of 64 samples drawn in order from one generator, ``stream_generator(key)``, in (H, W, C)
+order. It makes each batch
 a contiguous NCHW tensor ``noise * sigma + z``, runs a separate contiguous copy of the classifier under
 ``torch.no_grad`` and counts predictions one by one on the host. The engine draws into a reused
 channels_last buffer, adds in place, runs a channels_last classifier under ``inference_mode`` and counts
-with ``bincount`` on the device. CERTIFY's selection and estimation counts must match the plain loop's for
-the seeds CERTIFY derives.
+with ``bincount`` on the device. CERTIFY's selection and estimation counts must match the plain loop's on
+the first ``n0`` samples of the key ``(seed, "certify")`` and on the ``n`` samples from the next block on.
 """
 
 from __future__ import annotations
@@ -19,24 +20,23 @@ import torch
 
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
-from lsrs.noise import DEFAULT_BLOCK, derive_seed, seed_from
+from lsrs.noise import DEFAULT_BLOCK, seed_from, stream_generator
 from lsrs.smoothing import LatentSmooth, Smooth
 
 SIGMA = 0.5
 NUM_CLASSES = 10
 
 
-def plain_counts(classifier: torch.nn.Module, z: torch.Tensor, num: int, batch_size: int, seed: int,
-                 sigma: float = SIGMA, block: int = DEFAULT_BLOCK) -> list[int]:
-    """Counts of ``classifier(z + sigma * noise)`` over ``num`` canonical noise samples, the plain way."""
+def plain_counts(classifier: torch.nn.Module, z: torch.Tensor, num: int, batch_size: int, key: object,
+                 sigma: float = SIGMA, block: int = DEFAULT_BLOCK, skip_blocks: int = 0) -> list[int]:
+    """Counts of ``classifier(z + sigma * noise)`` over ``num`` canonical noise samples of stream ``key``,
+    starting at block ``skip_blocks``, the plain way."""
     shape = tuple(z.shape[1:])
     draw_shape = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
-    gen = torch.Generator()
-    blocks = []
-    for b in range(math.ceil(num / block)):
-        gen.manual_seed(derive_seed(seed, b))
-        blocks.append(torch.empty((block, *draw_shape)).normal_(generator=gen))
-    noise = torch.cat(blocks)[:num]
+    gen = stream_generator(key)
+    blocks = [torch.empty((block, *draw_shape)).normal_(generator=gen)
+              for _ in range(skip_blocks + math.ceil(num / block))]
+    noise = torch.cat(blocks[skip_blocks:])[:num]
     if len(shape) == 3:
         noise = noise.permute(0, 3, 1, 2)
     noise = noise.contiguous()
@@ -90,6 +90,7 @@ def test_certify_counts_equal_plain_loop(fors: int) -> None:
     with torch.no_grad():
         z = plain.encoder(x.unsqueeze(0))
     cert = smoother.certify(x, 100, 500, 0.001, 128, generator=2024)
-    base = seed_from(2024)
-    assert list(cert.counts_selection) == plain_counts(plain.classifier, z, 100, 64, derive_seed(base, "selection"))
-    assert list(cert.counts_estimation) == plain_counts(plain.classifier, z, 500, 64, derive_seed(base, "estimation"))
+    key = (seed_from(2024), "certify")
+    assert list(cert.counts_selection) == plain_counts(plain.classifier, z, 100, 64, key)
+    # selection used blocks 0 and 1 (100 of 128 samples): estimation starts at block 2
+    assert list(cert.counts_estimation) == plain_counts(plain.classifier, z, 500, 64, key, skip_blocks=2)

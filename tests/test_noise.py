@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,19 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from lsrs.noise import DEFAULT_BLOCK, NoiseStream, as_nchw, derive_seed, seed_from
+import lsrs.noise as noise_mod
+from lsrs.noise import (
+    DEFAULT_BLOCK,
+    MT_WORDS,
+    NoiseStream,
+    as_nchw,
+    derive_seed,
+    device_seed,
+    mt19937_words,
+    raw_words,
+    seed_from,
+    stream_generator,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, derandomize=True)
 
@@ -56,7 +71,8 @@ def test_bad_std_raises() -> None:
 
 
 def test_blocks_are_distinct_and_uncorrelated() -> None:
-    """Consecutive blocks come from different seeds: no two blocks are equal and neighbours are uncorrelated."""
+    """Consecutive blocks come from successive states of one generator: no two blocks are equal and
+    neighbours are uncorrelated."""
     stream = NoiseStream((16,), seed=3)
     x = _draw(stream, [DEFAULT_BLOCK * 40]).reshape(40, -1).numpy().astype(np.float64)
     assert len({row.tobytes() for row in x}) == 40
@@ -64,15 +80,133 @@ def test_blocks_are_distinct_and_uncorrelated() -> None:
     assert abs(r) < 5 / np.sqrt(x[:-1].size)
 
 
-def test_sample_j_comes_from_block_seed() -> None:
-    """Documented contract: sample j is element j % block of a draw seeded with derive_seed(seed, j // block)."""
+def test_sample_j_comes_from_block_j_div_block_of_one_generator() -> None:
+    """Documented contract: sample j is element j % block of the (j // block)-th ``normal_`` block drawn, in
+    order, from the one generator ``stream_generator(seed)``."""
     seed, block, shape = 99, 8, (2, 3, 4)  # (C, H, W) -> drawn as (H, W, C)
     stream = NoiseStream(shape, seed=seed, block=block)
     got = _draw(stream, [5, 13, 1, 20])  # 39 samples, chunks straddle block edges
-    for j in range(got.shape[0]):
-        g = torch.Generator().manual_seed(derive_seed(seed, j // block))
-        ref = torch.empty((block, 3, 4, 2)).normal_(generator=g)
-        assert torch.equal(got[j], ref[j % block])
+    g = stream_generator(seed)
+    ref = torch.cat([torch.empty((block, 3, 4, 2)).normal_(generator=g) for _ in range(5)])
+    assert torch.equal(got, ref[:39])
+    assert stream.blocks_drawn == 5
+
+
+def test_finish_block_starts_the_next_block() -> None:
+    """After ``finish_block`` the next sample is the first of the next block; the rest of the block is dropped."""
+    block = 8
+    stream = NoiseStream((3,), seed=5, block=block)
+    first = _draw(stream, [11])  # blocks 0 and 1 (3 samples of block 1 used)
+    stream.finish_block()
+    after = _draw(stream, [10])  # blocks 2 and 3
+    g = stream_generator(5)
+    ref = torch.cat([torch.empty((block, 3)).normal_(generator=g) for _ in range(4)])
+    assert torch.equal(first, ref[:11]) and torch.equal(after, ref[16:26])
+    stream.finish_block()  # drops the 6 unused samples of block 3: block 4 comes next
+    assert torch.equal(_draw(stream, [1]), torch.empty((block, 3)).normal_(generator=g)[:1])
+
+
+# ---------------------------------------------------------------- independence within and across streams
+def test_seeds_equal_in_the_low_32_bits_give_different_noise() -> None:
+    """Regression: torch's CPU generator keeps only the low 32 bits of ``manual_seed``. Streams 56800 and
+    192027 used to seed their block 0 with derive_seed(seed, 0), equal in those bits, hence an identical
+    block; now each stream loads a full mt19937 state and their noise differs."""
+    a, b = 56_800, 192_027
+    assert derive_seed(a, 0) != derive_seed(b, 0)
+    assert derive_seed(a, 0) % 2**32 == derive_seed(b, 0) % 2**32
+    assert not torch.isclose(_draw(NoiseStream((10,), a), [64]), _draw(NoiseStream((10,), b), [64])).any()
+    for s in (7, 2**40 + 3):
+        x = _draw(NoiseStream((10,), s), [64])
+        for other in (s + 2**32, s + 2**63, s + 2**64):
+            assert not torch.isclose(x, _draw(NoiseStream((10,), other), [64])).any()
+            assert device_seed(s) != device_seed(other)  # the 64-bit keys of non-CPU devices differ too
+
+
+def test_every_block_of_a_certificate_stream_is_distinct() -> None:
+    """One certificate's stream (n0 = 100 selection samples, then n = 100,000 estimation samples from the next
+    block on) of a 4-float latent: all 100,100 samples pairwise different, hence every one of its 1,565
+    blocks too (also checked by hashing each block's bytes). Seed 900 used to reseed its blocks 409 and 450
+    with derive_seed values equal in the low 32 bits: 64 repeated samples."""
+    stream = NoiseStream((4,), seed=900)
+    selection = _draw(stream, [100])
+    stream.finish_block()
+    estimation = _draw(stream, [4096] * 24 + [1696])
+    assert stream.blocks_drawn == 2 + 1563
+    rows = torch.cat([selection, estimation]).numpy()
+    assert rows.shape == (100_100, 4)
+    assert len(np.unique(rows, axis=0)) == 100_100
+    blocks = [selection[:64], selection[64:], *estimation.split(DEFAULT_BLOCK)]
+    assert len({hashlib.sha256(blk.numpy().tobytes()).digest() for blk in blocks}) == len(blocks) == 1565
+
+
+@pytest.mark.parametrize("key", [0, 12345, 2**64 + 1, -3, (2**62, "certify"), (7, "predict")])
+def test_loaded_cpu_state_reproduces_numpys_mt19937(key: object) -> None:
+    """Oracle: the CPU generator's raw 32-bit outputs (int64 ``random_(-2**63, None)`` = two words, high
+    first) equal numpy's ``MT19937.random_raw`` from the same 624-word state, across several twists."""
+    words = mt19937_words(key)
+    assert words.dtype == np.uint32 and words.shape == (MT_WORDS,) and words[0] >> 31 == 1
+    bg = np.random.MT19937()
+    bg.state = {"bit_generator": "MT19937", "state": {"key": words, "pos": MT_WORDS}}
+    got = torch.empty(1500, dtype=torch.int64).random_(-(2**63), None, generator=stream_generator(key))
+    np.testing.assert_array_equal(raw_words(got), bg.random_raw(3000))
+
+
+def test_raw_words_read_torchs_mt19937_outputs() -> None:
+    """The word order of :func:`raw_words` on stock torch: ``manual_seed(s)`` is mt19937's ``init_genrand(s)``
+    (numpy's legacy seeding), and its raw outputs match numpy's."""
+    bg = np.random.MT19937()
+    bg._legacy_seeding(2024)
+    got = torch.empty(700, dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(2024))
+    np.testing.assert_array_equal(raw_words(got), bg.random_raw(1400))
+
+
+def test_mt19937_words_are_the_documented_shake256_output() -> None:
+    digest = hashlib.shake_256(repr(("lsrs.noise", (5, "certify"))).encode()).digest(8 * MT_WORDS)
+    words = np.frombuffer(digest[: 4 * MT_WORDS], dtype="<u4").copy()
+    words[0] |= 0x80000000
+    np.testing.assert_array_equal(mt19937_words((5, "certify")), words)
+    assert device_seed((5, "certify")) == int.from_bytes(digest[:8], "little")
+    assert stream_generator((5, "certify")).initial_seed() == device_seed((5, "certify"))
+
+
+@pytest.fixture
+def fresh_layout_check():
+    noise_mod._cpu_state_template.cache_clear()
+    yield
+    noise_mod._cpu_state_template.cache_clear()
+
+
+_PACK = noise_mod._pack
+
+
+@pytest.mark.parametrize(
+    "attr,value",
+    [
+        ("_STATE_BYTES", 5064),  # the state grew
+        ("_HEADER", struct.Struct("<QQQ")),  # other header fields
+        ("_pack", lambda template, words, seed: _PACK(template, words[::-1].copy(), seed)),  # words misplaced
+    ],
+)
+def test_an_unexpected_state_layout_fails_loudly(fresh_layout_check, monkeypatch, attr: str, value) -> None:
+    """If torch's generator state is not laid out as expected, seeding raises instead of drawing other noise."""
+    monkeypatch.setattr(noise_mod, attr, value)
+    with pytest.raises(RuntimeError, match="state layout changed"):
+        NoiseStream((3,), seed=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_stream_blocks_distinct_and_batch_size_independent() -> None:
+    """CUDA: one Philox generator keyed with the full 64-bit device_seed; fixed blocks make the values
+    independent of the chunking, and every block of a certificate-sized stream is distinct."""
+    one = _draw(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1000])
+    many = _draw(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1, 63, 64, 65, 7, 800])
+    assert torch.equal(one, many)
+    stream = NoiseStream((4,), seed=900, device="cuda")
+    assert stream._gen.initial_seed() == device_seed(900)
+    selection = _draw(stream, [100])
+    stream.finish_block()
+    rows = torch.cat([selection, _draw(stream, [100_000])]).cpu()
+    assert len(np.unique(rows.numpy(), axis=0)) == 100_100
 
 
 # ---------------------------------------------------------------- chunking independence

@@ -510,6 +510,18 @@ def test_selection_estimation_and_predict_noise_are_independent() -> None:
     assert not torch.isclose(rec.batches[1] - x, est).any()
 
 
+def test_every_noise_sample_of_a_certificate_is_distinct() -> None:
+    """n0 = 100, n = 100,000 on a 4-float input: the 100,100 noisy inputs the classifier sees are pairwise
+    different, so no 64-sample noise block repeats and selection and estimation share none. Seed 1158 used
+    to draw estimation blocks 494 and 589 from generators seeded equal in the low 32 bits (64 repeats)."""
+    x = torch.tensor([0.2, -0.1, 0.4, 0.0])
+    rec = Recorder(LinearTwoClass(np.array([1.0, 0.0, 0.0, 0.0]), 0.0))
+    cert = Smooth(rec, num_classes=2, sigma=0.5).certify(x, 100, 100_000, 0.01, 10_000, generator=1158)
+    rows = rec.rows().numpy()
+    assert cert.samples_used == rows.shape[0] == 100_100
+    assert len(np.unique(rows, axis=0)) == 100_100
+
+
 def test_torch_generator_is_reproducible() -> None:
     smoother = Smooth(LinearTwoClass(np.array([1.0, -1.0]), 0.1), num_classes=2, sigma=0.5)
     a = smoother.certify(torch.zeros(2), 20, 500, 0.01, 64, generator=torch.Generator().manual_seed(8))
