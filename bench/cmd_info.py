@@ -32,6 +32,7 @@ def model_config(
     in_size: int | None,
     in_channels: int | None,
     num_classes: int | None,
+    stem_stride: int | None = None,
 ) -> dict:
     """Builder keyword arguments from the command's options (dataset preset, then explicit overrides)."""
     from lsrs.models import valid_fors
@@ -44,14 +45,15 @@ def model_config(
         num_classes=num_classes or classes, fors=fors, in_size=in_size or size, in_channels=in_channels or channels
     )
     if arch == "resnet18":
-        if widen is not None or base_width is not None:
-            raise BenchUsageError("--widen/--base-width apply to wide_resnet34; resnet18 takes --width")
+        if widen is not None or base_width is not None or stem_stride is not None:
+            raise BenchUsageError("--widen/--base-width/--stem-stride apply to wide_resnet34; resnet18 takes --width")
         config["width"] = width or 64
     else:
         if width is not None:
             raise BenchUsageError("--width applies to resnet18; wide_resnet34 takes --widen and --base-width")
         config["widen"] = widen or 10
         config["base_width"] = base_width or 16
+        config["stem_stride"] = stem_stride or 1
     return config
 
 
@@ -136,6 +138,9 @@ def render(info: dict, console: Console) -> None:
 @click.option("--widen", type=click.IntRange(min=1), default=None, help="wide_resnet34 widening factor [default: 10].")
 @click.option("--base-width", type=click.IntRange(min=2), default=None, help="wide_resnet34 stem width [default: 16].")
 @click.option("--in-size", type=click.IntRange(min=1), default=None, help="Input height = width (overrides --dataset).")
+@click.option("--stem-stride", type=click.Choice(["1", "2", "4"]), default=None,
+              help="wide_resnet34: pixel-unshuffle at the stem (full-resolution ImageNet: --in-size 224 "
+                   "--stem-stride 4) [default: 1].")
 @click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels (overrides --dataset).")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes (overrides --dataset).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -145,8 +150,8 @@ def render(info: dict, console: Console) -> None:
               help="Gradient-ascent steps of the pair search (0 skips it).")
 @click.option("--no-empirical", is_flag=True, help="Skip the empirical estimates (exact bounds only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def command(arch, fors, dataset, width, widen, base_width, in_size, in_channels, num_classes, checkpoint, iters,
-            steps, no_empirical, as_json) -> None:
+def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride, in_channels, num_classes, checkpoint,
+            iters, steps, no_empirical, as_json) -> None:
     """Latent shape, parameter counts, Lipschitz audit and FLOP split of one model.
 
     The audit multiplies exact per-layer bounds of the encoder (largest singular value of every Cayley
@@ -157,6 +162,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, in_channels,
     Example:
       bench info --model resnet18 --fors 9
       bench info --dataset digits --width 16 --fors 13 --json
+      bench info --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical
     """
     from lsrs.models import build_model
 
@@ -169,7 +175,8 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, in_channels,
             raise BenchUsageError(str(exc)) from None
         cfg = model.config
     else:
-        cfg = model_config(arch, fors, dataset, width, widen, base_width, in_size, in_channels, num_classes)
+        cfg = model_config(arch, fors, dataset, width, widen, base_width, in_size, in_channels, num_classes,
+                           int(stem_stride) if stem_stride else None)
         try:
             model = build_model(arch, **cfg)
         except ValueError as exc:
