@@ -23,9 +23,10 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def benchmark(session: nox.Session) -> None:
     """Certification-speed benchmarks: pytest-benchmark cases, the engine-equivalence test and the same-run
-    ratio guard, with more rounds than CI, printing the ratio table for every FoR (tests/benchmarks/README.md)."""
+    ratio guard, with more rounds than CI, printing the ratio table for every FoR (tests/benchmarks/README.md).
+    Without xdist (``-n 0``): pytest-benchmark times nothing on xdist workers."""
     session.env.update({"LSRS_BENCH_ROUNDS": "3", "LSRS_SPEED_ROUNDS": "9", "LSRS_SPEED_ALL": "1"})
     session.run(
-        "python", "-m", "pytest", "tests/benchmarks", "tests/test_engine_equivalence.py", "-q",
+        "python", "-m", "pytest", "tests/benchmarks", "tests/test_engine_equivalence.py", "-q", "-n", "0",
         "--benchmark-timer=time.process_time", "--benchmark-columns=min,median,max,rounds", *session.posargs,
     )

@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report import VARIANT_KEYS, config_label, format_sigma
+from bench.labels import VARIANT_KEYS, config_label, format_sigma, variant_keys
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
@@ -69,10 +69,6 @@ def _variant_suffix(rec: pd.Series | dict, variants: list[str]) -> str:
     return "".join(f" [{rec[v]}]" for v in variants)
 
 
-def _df_variants(df: pd.DataFrame) -> list[str]:
-    return [k for k in VARIANT_KEYS if k in df.columns and df[k].nunique(dropna=False) > 1]
-
-
 def _config_palette(labels: list[str]) -> dict[str, object]:
     ls = [lab for lab in labels if not lab.startswith("IS-RS")]
     colors = sns.color_palette("viridis", max(len(ls), 1))
@@ -97,7 +93,7 @@ def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
     data = df[df["sigma"] > 0]
     if data.empty:
         raise NothingToPlot("no sigma > 0 rows to plot")
-    variants = _df_variants(df)
+    variants = variant_keys(df)
     sigmas = sorted(data["sigma"].round(6).unique())
     ncols = 1 if len(sigmas) == 1 else 2
     nrows = math.ceil(len(sigmas) / ncols)

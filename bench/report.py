@@ -26,19 +26,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.labels import DEFENSES, VARIANT_KEYS, config_label, format_sigma, fors_label, variant_keys
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
 from bench.report_notes import run_notes
 from bench.report_sequential import sequential_tables
 from bench.store import MANIFEST
+from lsrs.smoothing import ABSTAIN
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
-VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate")
 FORS_TOTAL_BY_ARCH: dict[str, int] = {"resnet18": 18, "wide_resnet34": 34}
-DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS"}
-ABSTAIN = -1
 _SIGMA_DECIMALS = 6
 MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 
@@ -119,11 +118,6 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 # ------------------------------------------------------------------------------------------ aggregates
 
 
-def _variant_keys(df: pd.DataFrame) -> list[str]:
-    """Extra grouping columns (dataset, arch, sampler, certificate) that take several values in ``df``."""
-    return [k for k in VARIANT_KEYS if k in df.columns and df[k].nunique(dropna=False) > 1]
-
-
 def _fors_total_default(df: pd.DataFrame, manifest: dict) -> float:
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     arch = None
@@ -159,7 +153,7 @@ def summary_columns(variants: Iterable[str] = ()) -> list[str]:
 def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     """One row per (method, fors, sigma) -- and per sampler etc. where a run mixes several -- with the
     paper's metrics (see the module docstring). Percentages are in [0, 100]; times are NaN at sigma = 0."""
-    variants = _variant_keys(df)
+    variants = variant_keys(df)
     keys = ["method", "fors", "sigma", *variants]
     if df.empty:
         return pd.DataFrame(columns=summary_columns(variants))
@@ -247,22 +241,6 @@ class ReportResult:
     tables: list[Table] = field(default_factory=list)
 
 
-def _fors_label(fors: int, total: float) -> str:
-    return f"{int(fors)}/{int(total)}" if total == total and not math.isinf(total) else str(int(fors))
-
-
-def config_label(method: str, fors: int, fors_total: float) -> str:
-    """``IS-RS`` or ``LS-RS 9/18``."""
-    defense = DEFENSES.get(method, str(method).upper())
-    return defense if method == "is" else f"{defense} {_fors_label(fors, fors_total)}"
-
-
-def format_sigma(sigma: float) -> str:
-    """sigma with 2 decimals as in the paper, more only where needed (0.125)."""
-    text = f"{sigma:.2f}"
-    return text if abs(float(text) - sigma) < 1e-9 else f"{sigma:g}"
-
-
 _METRIC_FORMATS: dict[str, str | Callable[[float], str]] = {
     "σ": format_sigma,
     "ACR": "{:.3f}",
@@ -278,7 +256,7 @@ def _base_display(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     data = {
         "Defense": rows["defense"].tolist(),
         "σ": rows["sigma"].tolist(),
-        "FoR": [_fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
+        "FoR": [fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
     }
     for v in variants:
         data[v.capitalize()] = rows[v].astype(str).tolist()
@@ -381,7 +359,7 @@ def build_tables(
     )
     if len(main_rows):
         fors_txt = (
-            "" if main_fors is None else f" at FoR {_fors_label(main_fors, ls_rows['fors_total'].max())}"
+            "" if main_fors is None else f" at FoR {fors_label(main_fors, ls_rows['fors_total'].max())}"
         )
         caption = f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt} (layout of the paper's Table {main_no})."
         data = _main_display(main_rows, variants, paper_main)

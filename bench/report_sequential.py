@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
+from bench.labels import DEFENSES
 
-DEFENSES = {"is": "IS-RS", "ls": "LS-RS"}
 KEYS = ["method", "fors", "sigma"]
 
 

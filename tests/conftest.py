@@ -19,3 +19,13 @@ def _one_torch_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """The speed guard's ratio table (tests/benchmarks/test_speed_guard.py), also from an xdist worker: it
+    travels as the test report's ``speed_table`` property."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for name, table in getattr(report, "user_properties", ()):
+            if name == "speed_table":
+                terminalreporter.write_sep("-", "certification speed: same-run ratios (bench/speed.py)")
+                terminalreporter.write_line(table)

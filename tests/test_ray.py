@@ -25,7 +25,7 @@ from bench.cli import cli
 from bench.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one worker, one local Ray for the module
 
 FORS = (1, 9)
 SIGMAS = (0.0, 0.25)

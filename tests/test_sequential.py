@@ -132,16 +132,21 @@ def test_naive_fixed_n_bound_at_a_stopping_time_exceeds_alpha() -> None:
 
 
 def _three_class_probs(W: np.ndarray, b: np.ndarray, x: np.ndarray, sigma: float) -> np.ndarray:
-    """Exact P(argmax(W(x + xi) + b) = c), xi ~ N(0, sigma^2 I_2), via bivariate normal orthant probabilities."""
+    """Exact P(argmax(W(x + xi) + b) = c), xi ~ N(0, sigma^2 I_2), via bivariate normal orthant probabilities.
+
+    ``x`` is one point (2,) -> probabilities (3,), or many points (m, 2) -> (m, 3): the covariance depends on
+    the class only, so scipy evaluates each class's orthant probability at all points in one call."""
+    points = np.atleast_2d(x)
     probs = []
     for c in range(3):
         others = [j for j in range(3) if j != c]
         D = np.stack([W[c] - W[j] for j in others])  # class c wins iff D(x + xi) + e > 0
         e = np.array([b[c] - b[j] for j in others])
-        upper = D @ x + e  # -D xi < upper
+        upper = points @ D.T + e  # -D xi < upper
         cov = sigma**2 * D @ D.T
-        probs.append(multivariate_normal(mean=np.zeros(2), cov=cov).cdf(upper))
-    return np.array(probs)
+        probs.append(np.atleast_1d(multivariate_normal(mean=np.zeros(2), cov=cov).cdf(upper)))
+    out = np.stack(probs, axis=-1)
+    return out[0] if np.ndim(x) == 1 else out
 
 
 def test_multiclass_certificates_wrong_at_most_alpha_on_three_class_oracle() -> None:
@@ -155,17 +160,20 @@ def test_multiclass_certificates_wrong_at_most_alpha_on_three_class_oracle() -> 
     sigma = 0.5
     smooth = Smooth(lin, 3, sigma)
     rng = np.random.default_rng(3)
-    wrong = certified = 0
     trials = TRIALS
-    for t in range(trials):
+    points = []
+    for _ in range(trials):  # the same points, drawn in the same order as one per trial
         r, phi = rng.uniform(0.0, 0.8), rng.uniform(0, 2 * np.pi)
-        x = np.array([r * np.cos(phi), r * np.sin(phi)])
-        cert = smooth.certify(torch.tensor(x, dtype=torch.float32), 10, 100, ALPHA, 128, generator=t,
-                              certificate="multiclass")
+        points.append([r * np.cos(phi), r * np.sin(phi)])
+    xs = np.array(points)
+    certs = [smooth.certify(torch.tensor(x, dtype=torch.float32), 10, 100, ALPHA, 128, generator=t,
+                            certificate="multiclass") for t, x in enumerate(xs)]
+    probs = np.clip(_three_class_probs(W, b, xs, sigma), 1e-12, 1 - 1e-12)  # (trials, 3), one scipy call a class
+    wrong = certified = 0
+    for cert, p in zip(certs, probs, strict=True):
         if cert.prediction == ABSTAIN:
             continue
         certified += 1
-        p = np.clip(_three_class_probs(W, b, x, sigma), 1e-12, 1 - 1e-12)
         p_a = p[cert.prediction]
         p_b = max(p[j] for j in range(3) if j != cert.prediction)
         true_bound = sigma / 2 * (norm.ppf(p_a) - norm.ppf(p_b))
@@ -180,6 +188,11 @@ def test_three_class_oracle_probabilities_sum_to_one() -> None:
     W = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     p = _three_class_probs(W, np.array([0.1, -0.2, 0.0]), np.array([0.2, -0.1]), 0.7)
     assert math.isclose(p.sum(), 1.0, abs_tol=1e-4)
+    xs = np.array([[0.2, -0.1], [0.0, 0.0], [-0.5, 0.3]])
+    many = _three_class_probs(W, np.array([0.1, -0.2, 0.0]), xs, 0.7)
+    assert many.shape == (3, 3)
+    for x, row in zip(xs, many, strict=True):  # the one-call evaluation equals the point-by-point one
+        np.testing.assert_allclose(row, _three_class_probs(W, np.array([0.1, -0.2, 0.0]), x, 0.7), atol=1e-6)
 
 
 def test_bad_sampler_and_certificate_raise(linear_setup) -> None:

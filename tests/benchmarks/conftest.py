@@ -1,8 +1,9 @@
 """Fixtures of the certification-speed benchmarks (how they work: README.md in this folder).
 
 One :class:`bench.speed.SpeedSuite` (models, inputs, smoothers) is built per package and shared by the
-pytest-benchmark cases (``test_speed.py``) and the same-run ratio guard (``test_speed_guard.py``). Torch runs
-with ``SpeedConfig.threads`` threads inside this package and is restored afterwards.
+pytest-benchmark cases (``test_speed.py``) and the same-run ratio guard (``test_speed_guard.py``), which run on
+one xdist worker (group "speed"). Torch runs with ``SpeedConfig.threads`` threads inside this package and is
+restored afterwards. The guard's ratio table is printed at the end of the session by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from bench.speed import SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, t
 #: pytest-benchmark rounds per case (after one warm-up round); CI default 1, ``nox -s benchmark`` more.
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
 
-_REPORT = pytest.StashKey[dict]()
-
 
 @pytest.fixture(scope="package")
 def speed_suite():
@@ -30,16 +29,3 @@ def speed_suite():
 @pytest.fixture(scope="session")
 def bench_rounds() -> int:
     return max(1, int(os.environ.get(BENCH_ROUNDS_ENV, "1")))
-
-
-@pytest.fixture(scope="session")
-def speed_report(pytestconfig: pytest.Config) -> dict:
-    """Where the guard leaves its ratio table for the terminal summary."""
-    return pytestconfig.stash.setdefault(_REPORT, {})
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
-    table = config.stash.get(_REPORT, {}).get("table")
-    if table:
-        terminalreporter.write_sep("-", "certification speed: same-run ratios (bench/speed.py)")
-        terminalreporter.write_line(table)

@@ -1,0 +1,77 @@
+"""One place per name, no import cycles: read from the source of ``bench`` and ``lsrs`` (``ast``, nothing imported)."""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("bench", "lsrs")
+
+
+@cache
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            out[name] = ast.parse(path.read_text(encoding="utf-8"))
+    return out
+
+
+def _import_graph(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """Module -> the modules it imports anywhere (top level or inside a function)."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _module_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_no_import_cycles() -> None:
+    try:
+        order = list(TopologicalSorter(_import_graph(_modules())).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+    assert {"bench.labels", "bench.plots", "bench.report", "lsrs.smoothing"} <= set(order)
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("ABSTAIN", "lsrs.smoothing"),
+        ("VARIANT_KEYS", "bench.labels"),
+        ("DEFENSES", "bench.labels"),
+        ("config_label", "bench.labels"),
+        ("fors_label", "bench.labels"),
+        ("format_sigma", "bench.labels"),
+        ("variant_keys", "bench.labels"),
+    ],
+)
+def test_shared_name_is_defined_once(name: str, home: str) -> None:
+    """The report, its figures and the library share these names; each is defined in one module only."""
+    modules = _modules()
+    defined = sorted(m for m, tree in modules.items() if name in _module_level_names(tree))
+    assert defined == [home]
