@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 
-__all__ = ["ExecutedBound", "encode_executed", "executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
+__all__ = ["ExecutedBound", "encode_executed", "executed_bound", "has_executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -244,6 +244,12 @@ def input_shapes(module: nn.Module, x: Tensor) -> dict[nn.Module, tuple[int, ...
     return shapes
 
 
+def has_executed_bound(module: nn.Module) -> bool:
+    """Whether every submodule of ``module`` is an atom :func:`executed_bound` can analyse."""
+    known = (nn.Sequential, ConvexResidual, MeanShift, CayleyConv2d, *_EXACT)
+    return all(isinstance(m, known) for m in module.modules())
+
+
 def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu"
                    ) -> ExecutedBound | None:
     """The as-executed bound of ``encoder`` (in ``eval()``) on inputs of shape ``input_shape``, or None.
@@ -254,8 +260,7 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     """
     if isinstance(encoder, nn.Identity):
         return ExecutedBound(1.0, 1.0, (), ())
-    known = (nn.Sequential, ConvexResidual, MeanShift, CayleyConv2d, *_EXACT)
-    if not all(isinstance(m, known) for m in encoder.modules()):
+    if not has_executed_bound(encoder):
         return None
     if any(m.training for m in encoder.modules()):
         raise ValueError("the encoder is in training mode: call .eval() on it before certifying "
