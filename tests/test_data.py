@@ -157,6 +157,6 @@ def test_missing_imagenet_and_unknown_dataset(tmp_path: Path) -> None:
     with pytest.raises(DatasetMissingError, match="ImageFolder layout"):
         load_dataset("imagenet", "train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset"):
-        load_dataset("mnist", "train")
+        load_dataset("svhn", "train")
     with pytest.raises(ValueError, match="split"):
         load_dataset("digits", "val")
