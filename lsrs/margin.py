@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -47,7 +48,7 @@ def _stages(model: nn.Module) -> nn.Sequential:
     encoder, classifier = getattr(model, "encoder", None), getattr(model, "classifier", None)
     if isinstance(model, nn.Sequential):
         return model
-    wrapper = nn.Sequential(encoder, classifier) if (
+    wrapper = nn.Sequential(OrderedDict(encoder=encoder, classifier=classifier)) if (
         isinstance(encoder, nn.Module) and isinstance(classifier, nn.Module)) else nn.Sequential(model)
     wrapper.training = model.training  # proven_bound restores this mode on every module it wraps
     return wrapper
@@ -136,7 +137,7 @@ class LipschitzCertifier:
         self.dtype = dtype
         self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.lipschitz = network_lipschitz(self.model, self.input_shape)
-        if not (math.isfinite(self.lipschitz) and self.lipschitz > 0):
+        if not (math.isfinite(self.lipschitz) and self.lipschitz >= 0):
             bad = ", ".join(_unbounded_layers(self.model, self.input_shape)) or "unknown layer"
             raise ValueError(
                 f"cannot certify by Lipschitz margin: no proven Lipschitz bound for {bad} "
@@ -196,16 +197,21 @@ class LipschitzCertifier:
         return 4 * self._ops * self._gamma * p * (activation_norm + p * radius)
 
     @torch.no_grad()
-    def certify(self, x: Tensor) -> LipschitzCertificates:
-        """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
-        if x.dim() == len(self.input_shape):
-            x = x.unsqueeze(0)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of the batch ``x`` as executed, and each image's largest stage activation norm ``A``."""
         h = x.to(device=self.device, dtype=self.dtype)
         norm = h.flatten(1).norm(dim=1)
         for stage in self._stages:
             h = stage(h)
             norm = torch.maximum(norm, h.flatten(1).norm(dim=1))
-        logits = h
+        return h, norm
+
+    @torch.no_grad()
+    def certify(self, x: Tensor) -> LipschitzCertificates:
+        """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
+        if x.dim() == len(self.input_shape):
+            x = x.unsqueeze(0)
+        logits, norm = self.forward(x)
         if logits.dim() != 2 or logits.shape[1] < 2:
             raise ValueError(f"expected logits of shape (batch, classes >= 2), got {tuple(logits.shape)}")
         prediction = logits.argmax(1)
@@ -214,7 +220,8 @@ class LipschitzCertifier:
         margin = top - others.amax(1)
         scale = SQRT2 * self.lipschitz
         delta = self.rounding_bound(norm, margin / scale)
-        radius = (margin - 2 * SQRT2 * delta).clamp_min(0.0) / scale
+        kept = margin - 2 * SQRT2 * delta
+        radius = torch.where(kept > 0, kept / scale, torch.zeros_like(kept))  # ties (and L = 0) certify 0
         return LipschitzCertificates(prediction, radius, margin, self.lipschitz)
 
 
@@ -240,13 +247,13 @@ def _leaf_input_sizes(model: nn.Module, input_shape: tuple[int, ...], dtype: tor
 
 
 def lipschitz_certify(model: nn.Module, x: Tensor, *, dtype: torch.dtype = torch.float64) -> LipschitzCertificates:
-    """Certify the batch ``x`` with ``model``'s logit margins: see :class:`LipschitzCertifier` (the proof).
+    """Certify the batch ``x`` (``B x ...``) with ``model``'s logit margins: see :class:`LipschitzCertifier` (the proof).
 
     Returns ``(prediction, radius, margin, lipschitz)``; radius 0 where the top two logits tie. Raises
     ``ValueError`` when a layer of ``model`` has no proven Lipschitz bound. For many calls, build one
     :class:`LipschitzCertifier` (it copies the model and computes ``L`` once).
     """
-    shape = tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)
+    shape = tuple(x.shape[1:])
     return LipschitzCertifier(model, shape, dtype=dtype, device=x.device).certify(x)
 
 
