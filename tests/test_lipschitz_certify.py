@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -336,3 +337,20 @@ def test_bench_run_refuses_lip_on_a_model_without_a_bound(tmp_path):
     bad = resnet18(fors=9, width=4, in_size=16, in_channels=1).eval()
     with pytest.raises(BenchUsageError, match="no proven Lipschitz bound"):
         JobCertifier(config, Job("lip", 18, 0.0), bad, load_dataset("digits", "test"), 0, torch.device("cpu"))
+
+
+def test_bench_train_fors_18_trains_one_margin_model_at_sigma_zero(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import cli
+    from lsrs.checkpoint import read_index
+
+    args = ["train", "--dataset", "digits", "--fors", "18", "--sigmas", "0.25,0.5", "--epochs", "1", "--width", "4",
+            "--margin-eps", "0.3", "--threads", "1", "--out", str(tmp_path), "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (entry,) = read_index(tmp_path, "digits")
+    assert (entry["fors"], entry["sigma"], entry["noise"]) == (18, 0.0, "none")
+    meta = json.loads((tmp_path / "digits" / entry["path"].replace(".safetensors", ".json")).read_text())
+    assert (meta["loss"], meta["margin_eps"], meta["temperature"]) == ("margin", 0.3, 0.25)
+    assert meta["history"][0]["loss"] > 0
