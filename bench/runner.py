@@ -618,7 +618,7 @@ class JobCertifier:
                 "prediction": prediction,
                 "correct": prediction == int(label),
                 "radius": radius,
-                "radius_latent": radius,
+                "radius_latent": radius * cert.lipschitz,  # in logit space, so radius = radius_latent / L
                 "lipschitz": cert.lipschitz,
                 "p_a_lower": float("nan"),
                 "p_b_upper": float("nan"),

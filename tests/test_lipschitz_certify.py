@@ -315,6 +315,7 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
     assert lip["prediction"].tolist() == cert.prediction.tolist()
     assert lip["radius"].tolist() == pytest.approx(cert.radius.tolist(), rel=1e-12, abs=1e-15)
     assert (lip["correct"] == (lip["prediction"] == lip["label"])).all()
+    assert lip["radius"].tolist() == pytest.approx((lip["radius_latent"] / lip["lipschitz"]).tolist(), rel=1e-15)
 
     report = write_report(out, tmp_path / "report", fmt="markdown")
     summary = report.summary.set_index("method")
