@@ -326,6 +326,7 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
     assert "Lipschitz" in table1 and "IS-RS" in table1 and "LS-RS" in table1
     assert "Lipschitz" in (tmp_path / "report" / "certified_accuracy.md").read_text()
     assert (tmp_path / "report" / "certified_accuracy.png").is_file()
+    assert not [m for m in report.missing if "no rows at sigma = 0" in m]  # lip's σ = 0 is not a clean row
 
 
 def test_bench_run_refuses_lip_on_a_model_without_a_bound(tmp_path):
