@@ -21,7 +21,9 @@ def command(results: Path, reports: Path, device: str, quiet: bool) -> None:
 
     Trains (or reuses) a ResNet18 baseline and its orthogonal twins at FoR 1, 5, 9, 13 of 18 for
     σ = 0, 0.25, 0.5, certifies 60 test images with IS-RS and LS-RS using n0 = 64 and n = 1,000 noise
-    samples (Cohen et al. use 100,000; reduced so the demo takes minutes), and writes the report.
+    samples (Cohen et al. use 100,000; reduced so the demo takes minutes), certifies the same images with the
+    fully orthogonal Lipschitz twin (FoR 18, one forward pass, radius = logit margin / (√2 L)), and writes
+    the report.
     Re-running reuses what is already trained and certified.
     """
     from bench.console import summary_table
