@@ -10,7 +10,7 @@ from rich.console import Console
 from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError, CommaList
 from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
-METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is' and 'ls'")
+METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is', 'ls' and 'lip'")
 
 
 def _radius_ok(r: object) -> str | None:
@@ -45,7 +45,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="FoR k of the LS-RS twins (k of 18 for ResNet18: 1,3,...,17).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
               help="Noise levels; 0 adds the clean-accuracy rows.")
-@click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS.")
+@click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS, lip = Lipschitz-margin certificate of the FoR 18 twin "
+                   "(trained by bench train --fors 18).")
 @click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection samples.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Estimation samples.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,

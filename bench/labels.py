@@ -12,7 +12,8 @@ import pandas as pd
 
 #: Extra grouping columns of a run's rows besides (method, fors, sigma).
 VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate")
-DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS"}
+DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS", "lip": "Lipschitz"}
+LIP = "lip"  #: the deterministic Lipschitz-margin certificate: no sigma, certified at sigma 0
 
 
 def variant_keys(df: pd.DataFrame) -> list[str]:

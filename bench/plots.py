@@ -19,11 +19,12 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.labels import VARIANT_KEYS, config_label, format_sigma, variant_keys
+from bench.labels import DEFENSES, LIP, VARIANT_KEYS, config_label, format_sigma, variant_keys
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
 IS_COLOR = "black"
+LIP_COLOR = "tab:red"
 
 RADIUS_LABEL = "radius (l2)"
 CERT_ACC_LABEL = "certified accuracy (%)"
@@ -70,9 +71,10 @@ def _variant_suffix(rec: pd.Series | dict, variants: list[str]) -> str:
 
 
 def _config_palette(labels: list[str]) -> dict[str, object]:
-    ls = [lab for lab in labels if not lab.startswith("IS-RS")]
+    fixed = {"IS-RS": IS_COLOR, DEFENSES[LIP]: LIP_COLOR}
+    ls = [lab for lab in labels if not lab.startswith(tuple(fixed))]
     colors = sns.color_palette("viridis", max(len(ls), 1))
-    out: dict[str, object] = {lab: IS_COLOR for lab in labels if lab.startswith("IS-RS")}
+    out: dict[str, object] = {lab: c for lab in labels for pre, c in fixed.items() if lab.startswith(pre)}
     out.update(zip(ls, colors, strict=False))
     return out
 
@@ -89,28 +91,33 @@ def certified_accuracy_curve(radius: np.ndarray, correct: np.ndarray, grid: np.n
 
 
 def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
-    """Certified accuracy vs radius: one panel per sigma > 0, IS-RS against each LS-RS FoR."""
-    data = df[df["sigma"] > 0]
-    if data.empty:
+    """Certified accuracy vs radius: one panel per sigma > 0, IS-RS against each LS-RS FoR; the
+    Lipschitz-margin twin (method ``lip``, no noise, stored at sigma 0) is drawn dotted in every panel."""
+    is_lip = df["method"] == LIP
+    lip = df[is_lip]
+    data = df[(df["sigma"] > 0) & ~is_lip]
+    if data.empty and lip.empty:
         raise NothingToPlot("no sigma > 0 rows to plot")
     variants = variant_keys(df)
-    sigmas = sorted(data["sigma"].round(6).unique())
+    sigmas = sorted(data["sigma"].round(6).unique()) or [0.0]
     ncols = 1 if len(sigmas) == 1 else 2
     nrows = math.ceil(len(sigmas) / ncols)
     keys = ["method", "fors", *variants]
-    groups = sorted(data.groupby(keys, sort=False).groups, key=lambda g: (g[0] != "is", g[1]))
-    total = data["fors_total"].max() if "fors_total" in data else float("nan")
+    both = pd.concat([data, lip])
+    groups = sorted(both.groupby(keys, sort=False).groups, key=lambda g: ({"is": 0, LIP: 2}.get(g[0], 1), g[1]))
+    total = both["fors_total"].max() if "fors_total" in both else float("nan")
     labels = [
         config_label(g[0], g[1], total) + _variant_suffix(dict(zip(keys, g, strict=True)), variants)
         for g in groups
     ]
     palette = _config_palette(labels)
+    styles = {lab: "--" if g[0] == "is" else ":" if g[0] == LIP else "-" for g, lab in zip(groups, labels, strict=True)}
     with theme():
         fig = Figure(figsize=(COLUMN_WIDTH_IN, 0.55 + 1.55 * nrows), layout="constrained")
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
         for i, (ax, sigma) in enumerate(zip(axes, sigmas, strict=False)):
-            at_sigma = data[data["sigma"].round(6) == sigma]
-            rmax = max(float(at_sigma["radius"].max()), 4 * sigma) * 1.02
+            at_sigma = pd.concat([data[data["sigma"].round(6) == sigma], lip])
+            rmax = max(float(at_sigma["radius"].max()), 4 * sigma) * 1.02 or 1.0
             grid = np.linspace(0.0, rmax, 200)
             for g, label in zip(groups, labels, strict=True):
                 sel = at_sigma
@@ -123,17 +130,15 @@ def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
                     correct = correct & (sel["prediction"].to_numpy() != -1)
                 curve = certified_accuracy_curve(sel["radius"].fillna(0.0).to_numpy(float), correct, grid)
                 ax.plot(grid, curve, drawstyle="steps-post", color=palette[label], lw=1.1,
-                        ls="--" if g[0] == "is" else "-", label=label)  # fmt: skip
-            ax.set_title(_sigma_text(sigma))
+                        ls=styles[label], label=label)  # fmt: skip
+            ax.set_title(_sigma_text(sigma) if sigma > 0 else "Lipschitz margin")
             ax.set_xlabel(RADIUS_LABEL)
             ax.set_ylabel(CERT_ACC_LABEL if i % ncols == 0 else "")
             ax.set_xlim(0, rmax)
             ax.set_ylim(0, 100)
         for ax in axes[len(sigmas) :]:
             ax.set_axis_off()
-        handles = [
-            Line2D([], [], color=palette[lab], ls="--" if lab.startswith("IS-RS") else "-") for lab in labels
-        ]
+        handles = [Line2D([], [], color=palette[lab], ls=styles[lab]) for lab in labels]
         fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
     return fig
 
@@ -272,7 +277,7 @@ def write_figures(
     """Build and save every figure the data allows (all FoRs each); notes say which were left out and why."""
     out_dir = Path(out_dir)
     specs = [
-        ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR.",
+        ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR, and the Lipschitz-margin twin (dotted, the same in every panel).",
          lambda: certified_accuracy_figure(df)),
         ("ablation_accuracy", "FoR ablation: ACR and accuracy vs FoR per σ; IS-RS dashed in the σ's colour.",
          lambda: ablation_accuracy_figure(summary)),

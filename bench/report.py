@@ -9,7 +9,10 @@ Metrics, per configuration (method, FoR, sigma), over every image of the run (pa
 - **Certified accuracy at r (%)**: share of images predicted correctly with ``radius >= r`` (Cohen et al.
   2019); not defined at sigma = 0 (no certificate), shown as "-".
 - **time (s/example)**: mean ``total_s`` per image; not reported at sigma = 0 (shown as "-", as in the paper).
-- **Speedup**: time of IS-RS at the same sigma divided by the row's time (1 for IS-RS rows).
+- **Speedup**: time of IS-RS at the same sigma divided by the row's time (1 for IS-RS rows). The
+  Lipschitz-margin rows (method ``lip``, one forward pass, stored at sigma 0 since no noise is involved)
+  are divided into the mean IS-RS time over the run's sigma > 0, and keep their certified accuracies and
+  times although their sigma is 0.
 - **FLOP-ideal**: FLOPs per sample of what IS-RS runs (the baseline, ``manifest["models"]["0"]``, else the
   LS model's ``flops_baseline``, else its ``flops_total``) / ``flops_classifier`` of the LS model,
   the speedup if time were proportional to the FLOPs spent per noise sample.
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.labels import DEFENSES, VARIANT_KEYS, config_label, format_sigma, fors_label, variant_keys
+from bench.labels import DEFENSES, LIP, VARIANT_KEYS, config_label, format_sigma, fors_label, variant_keys
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
 from bench.report_notes import run_notes
@@ -185,7 +188,7 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     }
     out = work.groupby(keys, sort=False, dropna=False).agg(**agg).reset_index()
     out["accuracy"] *= 100.0
-    clean = out["sigma"] == 0
+    clean = (out["sigma"] == 0) & (out["method"] != LIP)
     for r in RADII:
         col = cert_acc_column(r)
         out[col] *= 100.0
@@ -203,15 +206,31 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     )
     out = out.merge(is_time, on=match, how="left")
     out["speedup"] = out["_is_time"] / out["time_s"]
+    out = _lip_speedup(out, variants)
     models = manifest.get("models") or {}
     out["flop_ideal"] = [
         _flop_ideal(m, int(k), models) for m, k in zip(out["method"], out["fors"], strict=True)
     ]
 
-    out["_m"] = out["method"].map({"is": 0, "ls": 1}).fillna(2)
+    out["_m"] = out["method"].map({"is": 0, "ls": 1, LIP: 2}).fillna(3)
     out = out.sort_values(["_m", "fors", *variants, "sigma"], kind="stable").drop(columns="_m")
     out["images"] = out["images"].astype(int)
     return out[summary_columns(variants)].reset_index(drop=True)
+
+
+def _lip_speedup(out: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """Speedup of the ``lip`` rows: mean IS-RS time over sigma > 0 (same variant) / the row's time."""
+    lip = out["method"] == LIP
+    if not lip.any():
+        return out
+    is_rows = out[(out["method"] == "is") & (out["sigma"] > 0)]
+    if variants:
+        mean = is_rows.groupby(variants, dropna=False)["time_s"].mean().rename("_is_mean").reset_index()
+        is_mean = out[variants].merge(mean, on=variants, how="left")["_is_mean"].to_numpy()
+    else:
+        is_mean = np.full(len(out), is_rows["time_s"].mean())
+    out.loc[lip, "speedup"] = is_mean[lip.to_numpy()] / out.loc[lip, "time_s"]
+    return out
 
 
 # ------------------------------------------------------------------------------------- table building
@@ -255,7 +274,7 @@ PAPER_SUFFIX = " (paper)"
 def _base_display(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     data = {
         "Defense": rows["defense"].tolist(),
-        "σ": rows["sigma"].tolist(),
+        "σ": rows["sigma"].where(rows["method"] != LIP).tolist(),  # no noise: "-"
         "FoR": [fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
     }
     for v in variants:
@@ -354,14 +373,19 @@ def build_tables(
     tables: list[Table] = []
     is_rows = summary[summary["method"] == "is"]
     ls_rows = summary[summary["method"] == "ls"]
-    main_rows = (
-        pd.concat([is_rows, ls_rows[ls_rows["fors"] == main_fors]]) if main_fors is not None else is_rows
+    lip_rows = summary[summary["method"] == LIP]
+    main_rows = pd.concat(
+        [is_rows, ls_rows[ls_rows["fors"] == main_fors] if main_fors is not None else ls_rows.iloc[:0], lip_rows]
     )
     if len(main_rows):
         fors_txt = (
             "" if main_fors is None else f" at FoR {fors_label(main_fors, ls_rows['fors_total'].max())}"
         )
-        caption = f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt} (layout of the paper's Table {main_no})."
+        lip_txt = ", and the Lipschitz-margin twin (FoR 18, one forward pass)" if len(lip_rows) else ""
+        caption = (
+            f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt}{lip_txt} "
+            f"(layout of the paper's Table {main_no})."
+        )
         data = _main_display(main_rows, variants, paper_main)
         tables.append(Table(f"table{main_no}", caption + main_note, data, _formats_for(data.columns)))
 
@@ -372,7 +396,7 @@ def build_tables(
     else:
         notes.append("no LS-RS rows: the FoR ablation table (Table 2) is not written")
 
-    certified = summary[summary["sigma"] > 0]
+    certified = summary[(summary["sigma"] > 0) | (summary["method"] == LIP)]
     if len(certified):
         data = _base_display(certified, variants)
         for r in RADII:
@@ -495,7 +519,7 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
         ls_fors |= {k for k in cfg_fors if k > 0}
     total = summary["fors_total"].max()
 
-    has_clean = bool((summary["sigma"] == 0).any())
+    has_clean = bool(((summary["sigma"] == 0) & (summary["method"] != LIP)).any())
     if not has_clean:
         notes.append("no sigma = 0 rows: clean accuracy is not reported")
     if not (summary["method"] == "is").any():
@@ -565,7 +589,7 @@ _DEFINITIONS = """\
 - **Accuracy (%)**: certified accuracy at radius 0 (share of correct predictions); at σ = 0, the clean accuracy of the base network.
 - **Certified accuracy at r (%)**: share of images predicted correctly with radius ≥ r (Cohen et al. 2019); "-" at σ = 0.
 - **time (s/example)**: mean total certification seconds per image; "-" at σ = 0, as in the paper.
-- **Speedup**: IS-RS time at the same σ divided by the row's time.
+- **Speedup**: IS-RS time at the same σ divided by the row's time; for the Lipschitz-margin twin (σ "-": no noise, one forward pass, radius = logit margin / (√2 L)), the mean IS-RS time over σ > 0 divided by its time.
 - **FLOP-ideal**: FLOPs of the baseline network (what IS-RS runs per noise sample) / FLOPs of the LS model's classifier fc, the speedup if time followed the FLOPs per noise sample.
 - **Radii on MNIST**: the 28×28 scans are zero-padded to 32×32; padding is an isometry (l2 distances unchanged), so every radius is an l2 radius around the original 28×28 image.
 """

@@ -1,4 +1,5 @@
-"""The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images.
+"""The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images;
+with method ``lip``, also the fully orthogonal twin certified by its logit margin (:mod:`lsrs.margin`).
 
 One row per (image, method, FoR, σ) goes to the run store (:mod:`bench.store`). Noise is seeded per
 (run seed, image, method, FoR, σ), so the radii do not depend on batch size or on where a run was resumed.
@@ -31,11 +32,15 @@ from bench import devices, store
 from bench.devices import device_name
 from bench.params import BenchUsageError
 from lsrs.inference import fold_batchnorm
+from lsrs.margin import LipschitzCertifier
+from lsrs.models import LIPSCHITZ_FORS
 from lsrs.noise import derive_seed
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
-METHODS = ("is", "ls")
+METHODS = ("is", "ls", "lip")
+DEFAULT_METHODS = ("is", "ls")
+LIP_FORS = LIPSCHITZ_FORS["resnet18"]  # bench run certifies ResNet18 grids
 FLUSH_SECONDS = 10.0
 FLUSH_ROWS = 64
 
@@ -47,7 +52,7 @@ class RunConfig:
     dataset: str
     fors: tuple[int, ...]
     sigmas: tuple[float, ...]
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
@@ -106,6 +111,8 @@ class Job:
 
     @property
     def label(self) -> str:
+        if self.method == "lip":
+            return f"Lipschitz margin FoR {self.fors}"
         name = "IS-RS" if self.method == "is" else "LS-RS"
         return f"{name} FoR {self.fors} σ={self.sigma:g}"
 
@@ -124,13 +131,16 @@ class RunPlan:
 
 
 def grid_jobs(config: RunConfig) -> list[Job]:
-    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR."""
+    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR; then, once, the Lipschitz twin
+    (``lip``, FoR 18, σ = 0: it is trained and certified without noise)."""
     jobs = []
     for sigma in config.sigmas:
         if "is" in config.methods:
             jobs.append(Job("is", 0, sigma))
         if "ls" in config.methods:
             jobs.extend(Job("ls", k, sigma) for k in config.fors if k > 0)
+    if "lip" in config.methods:
+        jobs.append(Job("lip", LIP_FORS, 0.0))
     return jobs
 
 
@@ -537,7 +547,9 @@ class JobCertifier:
         self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
         self.warmup_s = 0.0
         self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
-        if job.sigma != 0:
+        if job.method == "lip":
+            self._init_lipschitz(dataset[first_idx][0])
+        elif job.sigma != 0:
             self._set_up_smoother(model, num_classes, dataset[first_idx][0], batch_size, channels_last)
         self.setup_s["total"] = sum(self.setup_s.values())
 
@@ -578,6 +590,10 @@ class JobCertifier:
     ) -> Iterator[tuple[dict, list[dict]]]:
         """Per image: its certification row and its decision rows (keys in ``decided`` are skipped)."""
         config, job, common = self.config, self.job, self.common
+        if job.method == "lip":
+            for row in self._lipschitz_rows(dataset, indices):
+                yield row, []
+            return
         if job.sigma == 0:
             for row in self._clean_rows(dataset, indices):
                 yield row, []
@@ -663,6 +679,61 @@ class JobCertifier:
                 "samples_used": 0,
                 "encode_s": 0.0,
                 "sample_s": 0.0,
+                "total_s": sw.seconds,
+                "batch_size": 1,
+                "seed": 0,
+            }
+
+
+    def _init_lipschitz(self, x: torch.Tensor) -> None:
+        """Copy the model to float64 and prove its bound L (:class:`lsrs.margin.LipschitzCertifier`), then
+        one untimed certification (builds the operator caches); a model without a bound is a usage error."""
+        started = time.perf_counter()
+        try:
+            self.lipschitz = LipschitzCertifier(self.model, tuple(x.shape), device=self.device)
+        except ValueError as exc:
+            raise BenchUsageError(f"{self.job.label}: {exc}") from None
+        self.lipschitz.certify(x)
+        self.batch_size = 1
+        self.warmup_s = time.perf_counter() - started
+        self.setup_s["warmup"] = self.warmup_s
+        self.lipschitz_executed = self.lipschitz.lipschitz
+
+    def _lipschitz_rows(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> Iterator[dict]:
+        """One forward pass per image: prediction and radius = margin / (sqrt(2) L), ``samples_used`` = 1.
+
+        Smoothing fields are empty (NaN probabilities, no counts); ``sampler`` / ``certificate`` repeat the
+        run's so that reports do not split the run into variants; ``precision`` is the float64 of the pass.
+        """
+        certifier = self.lipschitz
+        for i in indices:
+            x, label = dataset[i]
+            with Stopwatch(self.device) as sw:
+                cert = certifier.certify(x.to(self.device))
+            prediction, radius = int(cert.prediction[0]), float(cert.radius[0])
+            yield {
+                **self.common,
+                "precision": "fp64",
+                "idx": i,
+                "label": int(label),
+                "prediction": prediction,
+                "correct": prediction == int(label),
+                "radius": radius,
+                "radius_latent": radius * cert.lipschitz,  # in logit space, so radius = radius_latent / L
+                "lipschitz": cert.lipschitz,
+                "lipschitz_declared": cert.lipschitz,
+                "latent_error": 0.0,
+                "p_a_lower": float("nan"),
+                "p_b_upper": float("nan"),
+                "sampler": self.config.sampler,
+                "certificate": self.config.certificate,
+                "counts_selection": [],
+                "counts_estimation": [],
+                "n0": 0,
+                "n": 0,
+                "samples_used": 1,
+                "encode_s": 0.0,
+                "sample_s": sw.seconds,
                 "total_s": sw.seconds,
                 "batch_size": 1,
                 "seed": 0,

@@ -3,8 +3,10 @@
 For each FoR ``k`` in ``fors`` and each sigma in ``sigmas`` one model is trained with the same recipe
 (paper, Appendix B): FoR 0 is the plain baseline trained with input noise (IS-RS), FoR ``k > 0`` the twin
 whose first ``k`` layers form the orthogonal encoder, trained with latent noise (LS-RS); sigma 0 gives the
-clean-accuracy rows of the paper's tables. Checkpoints go to ``<out>/<dataset>/`` with an ``index.json``
-that ``bench run`` reads.
+clean-accuracy rows of the paper's tables. The fully orthogonal Lipschitz twin (ResNet18 FoR 18/18) is
+trained once, without noise and with the margin loss (:func:`lsrs.margin.margin_loss`, target radius
+``margin_eps``, ``temperature``), and indexed at sigma 0 whatever ``sigmas`` holds: its certificate does not
+depend on a noise level. Checkpoints go to ``<out>/<dataset>/`` with an ``index.json`` that ``bench run`` reads.
 
 Re-running is cheap: a finished checkpoint whose recipe hash matches is reused (after verifying its sha256),
 a half-trained one resumes from its last finished epoch (the state file written after every epoch).
@@ -31,8 +33,25 @@ from rich.progress import (
 from bench.devices import device_name, resolve_device
 from lsrs import checkpoint as ckpt
 from lsrs.data import DatasetInfo, dataset_info, load_dataset
+from lsrs.models import LIPSCHITZ_FORS
 from lsrs.noise import derive_seed
 from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta
+
+MARGIN_EPS = 0.5
+"""Default target l2 radius of the Lipschitz twin's margin loss (the offset is sqrt(2) * MARGIN_EPS)."""
+MARGIN_TEMPERATURE = 0.25
+"""Default temperature of the margin loss (Prach & Lampert 2022 offset cross-entropy)."""
+
+
+def grid_pairs(arch: str, fors: Sequence[int], sigmas: Sequence[float]) -> list[tuple[int, float]]:
+    """The (FoR, sigma) models to train: every pair, except that the Lipschitz twin is trained once at sigma 0."""
+    lip = LIPSCHITZ_FORS.get(arch)
+    pairs: list[tuple[int, float]] = []
+    for k in fors:
+        for s in [0.0] if k == lip else sigmas:
+            if (k, s) not in pairs:
+                pairs.append((k, s))
+    return pairs
 
 
 class GridConfigError(ValueError):
@@ -131,6 +150,8 @@ def train_grid(
     threads: int | None = None,
     console: Console | None = None,
     on_epoch: Callable[[dict, int], None] | None = None,
+    margin_eps: float = MARGIN_EPS,
+    temperature: float = MARGIN_TEMPERATURE,
 ) -> list[dict]:
     """Train (or reuse, or resume) every (FoR, sigma) model of the grid; returns their index entries.
 
@@ -149,7 +170,7 @@ def train_grid(
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
             width=width, data_dir=data_dir, quiet=quiet, workers=workers, download=download, arch=arch,
             lr_step=lr_step, momentum=momentum, weight_decay=weight_decay, retrain=retrain, console=console,
-            on_epoch=on_epoch,
+            on_epoch=on_epoch, margin_eps=margin_eps, temperature=temperature,
         )
     finally:
         torch.set_num_threads(before)
@@ -178,6 +199,8 @@ def _train_grid(
     retrain: bool,
     console: Console | None,
     on_epoch: Callable[[dict, int], None] | None,
+    margin_eps: float,
+    temperature: float,
 ) -> list[dict]:
     try:
         info = dataset_info(dataset)
@@ -209,7 +232,7 @@ def _train_grid(
         raise GridConfigError(f"cannot build {arch} (width {width}): {exc}") from None
 
     entries: list[dict] = []
-    grid = [(k, s) for k in fors for s in sigmas]
+    grid = grid_pairs(arch, fors, sigmas)
     progress = _progress(console)
     with progress:
         overall = progress.add_task(f"{dataset}: {len(grid)} models", total=len(grid))
@@ -218,9 +241,10 @@ def _train_grid(
             torch.manual_seed(derive_seed(seed, "init", arch, k))
             model = build_model(arch, **model_config)
             noise = noise_location(model)
+            margin = {"loss": "margin", "margin_eps": margin_eps, "temperature": temperature} if noise == "none" else {}
             config = TrainConfig(
                 sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size, noise=noise, momentum=momentum,
-                weight_decay=weight_decay, lr_step=lr_step, seed=seed,
+                weight_decay=weight_decay, lr_step=lr_step, seed=seed, **margin,
             )
             run_hash = config_hash({
                 "dataset": dataset, "preprocessing": info.preprocessing, "arch": arch,
@@ -280,6 +304,7 @@ def _train_grid(
                     "weight_decay": weight_decay,
                     "batch_size": batch_size,
                     "seed": seed,
+                    **margin,
                     "train_hash": run_hash,
                     "clean_acc": result.clean_acc,
                     "noisy_acc": result.noisy_acc,
@@ -307,4 +332,7 @@ def _train_grid(
     return entries
 
 
-__all__ = ["GridConfigError", "check_device", "checkpoint_name", "model_config_for", "train_grid"]
+__all__ = [
+    "MARGIN_EPS", "MARGIN_TEMPERATURE", "GridConfigError", "check_device", "checkpoint_name", "grid_pairs",
+    "model_config_for", "train_grid",
+]

@@ -13,6 +13,11 @@ FoR counting:
 
 * ResNet18 (CIFAR variant): 18 = stem + 16 block convs + linear. ``fors = 1 + 2K`` for the first
   ``K = 0..8`` blocks: 1, 3, ..., 17; the paper's 1/18, 5/18, 9/18, 13/18 are K = 0, 2, 4, 6.
+  ``fors = 18`` is the fully orthogonal *Lipschitz twin*: stem, all 8 blocks, a 1-Lipschitz global pool
+  (:class:`~lsrs.lipschitz_layers.NormPool`) and a semi-orthogonal head
+  (:class:`~lsrs.lipschitz_layers.OrthogonalLinear`); the encoder is the whole network (the logits are
+  1-Lipschitz in the input), the classifier the identity. It is certified deterministically from its
+  logit margin (:func:`lsrs.margin.lipschitz_certify`), not by smoothing.
 * WRN-34 (Zagoruyko & Komodakis 2016, pre-activation, depth 6N+4 with N = 5): 34 = stem + 30 block convs
   + the 2 stride-2 projection shortcuts + linear (the naming convention of WRN-d-k; the width-changing
   1x1 shortcut of group 1 is not counted). A block adds 2, or 3 when it carries a stride-2 projection, so
@@ -30,12 +35,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ConvexResidual, MaxMin, MeanShift
+from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 
 __all__ = [
     "ARCHS",
+    "LIPSCHITZ_FORS",
     "Split",
     "build_model",
     "fors_total",
+    "is_lipschitz_twin",
     "resnet18",
     "valid_fors",
     "wide_resnet34",
@@ -44,6 +52,9 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("resnet18", "wide_resnet34")
 
 _WRN_DEPTH_BLOCKS = 5  # (34 - 4) / 6
+
+LIPSCHITZ_FORS: dict[str, int] = {"resnet18": 18}
+"""The FoR of each architecture's fully orthogonal (Lipschitz-margin) twin: every layer, the head included."""
 
 
 class Split(nn.Module):
@@ -233,7 +244,8 @@ def resnet18(
 
     ``fors=0``: the standard network, encoder = identity. ``fors = 1 + 2K``: orthogonal stem and first
     ``K`` blocks in the encoder. Latent at 32x32 and width 64: FoR 1, 3, 5 -> 64x32x32; 7, 9 -> 128x16x16;
-    11, 13 -> 256x8x8; 15, 17 -> 512x4x4. ``in_size`` must be divisible by 8.
+    11, 13 -> 256x8x8; 15, 17 -> 512x4x4. ``fors=18``: every layer orthogonal (:func:`_lipschitz_resnet18`).
+    ``in_size`` must be divisible by 8.
     """
     mean = _check_common(num_classes, in_channels, in_size, mean)
     _check_width("width", width)
@@ -243,6 +255,8 @@ def resnet18(
     config = dict(num_classes=num_classes, fors=fors, width=width, in_size=in_size, in_channels=in_channels, mean=mean)
 
     plan = _resnet18_plan(width)
+    if fors == LIPSCHITZ_FORS["resnet18"]:
+        return _lipschitz_resnet18(plan, config)
     base_stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     k = (fors - 1) // 2 if fors else 0
     blocks = []
@@ -262,6 +276,28 @@ def resnet18(
     return _assemble(
         "resnet18", fors, 18, k, shift, (base_stem, ortho_stem), blocks, head, shapes,
         (in_channels, in_size, in_size), config,
+    )
+
+
+def _lipschitz_resnet18(plan: list[tuple[int, int, int]], config: dict[str, Any]) -> Split:
+    """FoR 18/18: MeanShift? -> OrthogonalStem -> 8 OrthogonalBlocks -> NormPool -> OrthogonalLinear.
+
+    Every stage is 1-Lipschitz (translation, Cayley convs + MaxMin, convex residuals, Cauchy-Schwarz for
+    the pool, orthonormal rows for the head), so the whole network is: ``encoder_lipschitz = 1`` bounds the
+    logits' Lipschitz constant, and :func:`lsrs.lipschitz.proven_bound` recomputes it from the operators.
+    """
+    width, in_channels = config["width"], config["in_channels"]
+    parts: OrderedDict[str, nn.Module] = OrderedDict()
+    if config["mean"] is not None:
+        parts["shift"] = MeanShift(config["mean"])
+    parts["stem"] = OrthogonalStem(in_channels, width)
+    for i, (ci, co, s) in enumerate(plan, 1):
+        parts[f"block{i}"] = OrthogonalBlock(ci, co, s)
+    parts["pool"] = NormPool()
+    parts["head"] = OrthogonalLinear(plan[-1][1], config["num_classes"])
+    return Split(
+        nn.Sequential(parts), nn.Identity(), arch="resnet18", fors=18, fors_total=18, encoder_lipschitz=1.0,
+        latent_shape=(config["num_classes"],), config=config,
     )
 
 
@@ -371,10 +407,16 @@ _BUILDERS = {"resnet18": resnet18, "wide_resnet34": wide_resnet34}
 def valid_fors(arch: str) -> tuple[int, ...]:
     """The FoR values ``k`` (of ``k/fors_total``) a builder accepts, 0 (the baseline) first."""
     if arch == "resnet18":
-        return (0, *range(1, 18, 2))
+        return (0, *range(1, 18, 2), LIPSCHITZ_FORS["resnet18"])
     if arch == "wide_resnet34":
         return (0, *_wrn_cumulative_fors())
     raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+
+
+def is_lipschitz_twin(model: nn.Module) -> bool:
+    """True for the fully orthogonal twin (``fors == LIPSCHITZ_FORS[arch]``), certified by its margin."""
+    arch = getattr(model, "arch", None)
+    return arch in LIPSCHITZ_FORS and int(getattr(model, "fors", -1)) == LIPSCHITZ_FORS[arch]
 
 
 def build_model(arch: str, **config: Any) -> Split:

@@ -6,6 +6,8 @@ smoothed with, so each model is trained on noisy inputs at the sigma it will be 
 * IS-RS (FoR 0, ``noise="input"``): the whole network sees ``x + N(0, sigma^2 I)``;
 * LS-RS (FoR k > 0, ``noise="latent"``): the classifier sees ``z + N(0, sigma^2 I)`` with ``z = fe(x)``,
   the latent that LS-RS smooths over (Eq. 4-5); the orthogonal encoder is trained through ``z``.
+* the fully orthogonal Lipschitz twin (FoR 18/18, ``noise="none"``, sigma 0): no noise; it is certified by
+  its logit margin, so it is trained with the margin loss (``loss="margin"``, :func:`lsrs.margin.margin_loss`).
 
 The recipe defaults to the paper's (Appendix B): SGD with momentum 0.9, learning rate divided by 10 every
 30 epochs; CIFAR-10 100 epochs at lr 0.01, ImageNet 90 epochs at lr 0.1. Weight decay is not given in the
@@ -32,9 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsrs.checkpoint import CheckpointError, save_tensors_atomic, state_tensors
 from lsrs.data import TensorImageDataset
+from lsrs.margin import margin_loss
+from lsrs.models import is_lipschitz_twin
 from lsrs.noise import derive_seed
 
-NOISE_LOCATIONS = ("input", "latent")
+NOISE_LOCATIONS = ("input", "latent", "none")
+LOSSES = ("ce", "margin")
 STATE_FORMAT = "lsrs-train-state/1"
 
 
@@ -53,10 +58,19 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
     seed: int = 0
+    loss: str = "ce"
+    margin_eps: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.noise not in NOISE_LOCATIONS:
             raise ValueError(f"noise must be one of {NOISE_LOCATIONS}, got {self.noise!r}")
+        if self.noise == "none" and self.sigma != 0:
+            raise ValueError(f"noise='none' trains without noise: sigma must be 0, got {self.sigma!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not (self.margin_eps >= 0 and self.temperature > 0):
+            raise ValueError(f"need margin_eps >= 0 and temperature > 0, got {self.margin_eps!r}, {self.temperature!r}")
         if not (math.isfinite(self.sigma) and self.sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
         for name in ("epochs", "batch_size", "lr_step"):
@@ -79,7 +93,18 @@ class TrainConfig:
         return lr
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The recipe; the margin-loss fields only when ``loss != "ce"`` (older cross-entropy hashes hold)."""
+        out = asdict(self)
+        if self.loss == "ce":
+            for key in ("loss", "margin_eps", "temperature"):
+                del out[key]
+        return out
+
+    def objective(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or the Lipschitz-margin loss of :func:`lsrs.margin.margin_loss` (L = 1)."""
+        if self.loss == "margin":
+            return margin_loss(logits, target, self.margin_eps, self.temperature)
+        return nn.functional.cross_entropy(logits, target)
 
 
 @dataclass
@@ -113,7 +138,10 @@ class TrainResult:
 
 
 def noise_location(model: nn.Module) -> str:
-    """``"input"`` for the IS-RS baseline (FoR 0), ``"latent"`` for an LS-RS twin (FoR > 0)."""
+    """``"input"`` for the IS-RS baseline (FoR 0), ``"latent"`` for an LS-RS twin (FoR > 0), ``"none"`` for
+    the fully orthogonal Lipschitz twin (:func:`lsrs.models.is_lipschitz_twin`)."""
+    if is_lipschitz_twin(model):
+        return "none"
     return "latent" if int(getattr(model, "fors", 0)) > 0 else "input"
 
 
@@ -127,7 +155,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def noisy_logits(
     model: nn.Module, x: torch.Tensor, sigma: float, noise: str, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Logits of ``model`` with N(0, sigma^2 I) added at the input (IS) or at the latent z = fe(x) (LS)."""
+    """Logits of ``model`` with N(0, sigma^2 I) added at the input (IS) or at the latent z = fe(x) (LS);
+    ``noise="none"``: the plain logits."""
+    if noise == "none":
+        return model(x)
     if noise == "input":
         if sigma > 0:
             x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -215,7 +246,7 @@ def train_epoch(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(epoch, i / n_batches)
         logits = noisy_logits(model, x, config.sigma, config.noise, noise_gen)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = config.objective(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -400,6 +431,7 @@ def fit(
 
 __all__ = [
     "EpochStats",
+    "LOSSES",
     "NOISE_LOCATIONS",
     "TrainConfig",
     "TrainResult",

@@ -11,6 +11,7 @@ from torch import nn
 
 from lsrs.flops import count_flops, flop_split
 from lsrs.layers import CayleyConv2d, MeanShift
+from lsrs.lipschitz_layers import OrthogonalLinear
 from lsrs.models import ARCHS, Split, build_model, fors_total, resnet18, valid_fors, wide_resnet34
 
 
@@ -19,7 +20,7 @@ def _cayley_convs(module: nn.Module) -> list[CayleyConv2d]:
 
 
 def test_valid_fors():
-    assert valid_fors("resnet18") == (0, 1, 3, 5, 7, 9, 11, 13, 15, 17)
+    assert valid_fors("resnet18") == (0, 1, 3, 5, 7, 9, 11, 13, 15, 17, 18)
     wrn = valid_fors("wide_resnet34")
     assert wrn[0] == 0 and 1 in wrn and 16 in wrn and wrn[-1] == 33
     assert (fors_total("resnet18"), fors_total("wide_resnet34")) == (18, 34)
@@ -55,16 +56,19 @@ def test_twins_accept_the_same_inputs(in_channels):
 
 
 def test_fors_counts_the_orthogonal_layers():
-    """FoR k = number of orthogonal 3x3 layers in the encoder (stem + 2 per block); none in the classifier."""
+    """FoR k = number of orthogonal 3x3 layers in the encoder (stem + 2 per block), plus the orthogonal head
+    at FoR 18 (the Lipschitz twin); none in the classifier."""
     for fors in valid_fors("resnet18")[1:]:
         m = resnet18(fors=fors, width=4, in_size=8, in_channels=1)
         convs = _cayley_convs(m.encoder)
-        assert sum(c.kernel_size == 3 for c in convs) == fors
+        heads = sum(isinstance(mod, OrthogonalLinear) for mod in m.encoder.modules())
+        assert sum(c.kernel_size == 3 for c in convs) + heads == fors
+        assert heads == (fors == 18)
         assert not _cayley_convs(m.classifier)
         banned = (nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.Linear)
         assert not [mod for mod in m.encoder.modules() if isinstance(mod, banned)]
         # the classifier is the baseline's tail: standard convs with BatchNorm
-        assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.classifier.modules()) or fors == 17
+        assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.classifier.modules()) or fors >= 17
 
 
 def test_baseline_is_a_standard_resnet18():
