@@ -236,7 +236,7 @@ class Checkpoints:
     def entries_for(self, jobs: list[Job], allow_sigma_mismatch: bool) -> dict[Job, dict]:
         """Each job's index entry: the LS-RS twins first, then per σ the IS-RS baseline of the twins' dataset,
         arch, width and input size; a baseline or twin that does not match is a usage error naming both."""
-        found = {job: self.entry(job.fors, job.sigma, allow_sigma_mismatch) for job in jobs if job.method == "ls"}
+        found = {job: self.entry(job.fors, job.sigma, allow_sigma_mismatch) for job in jobs if job.method != "is"}
         for job in jobs:
             if job.method != "is":
                 continue

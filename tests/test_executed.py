@@ -61,7 +61,7 @@ def _perturb(model: Split, steps: int = 3) -> None:
         opt.step()
 
 
-@pytest.mark.parametrize("fors", [f for f in valid_fors("resnet18") if f])
+@pytest.mark.parametrize("fors", [f for f in valid_fors("resnet18") if 0 < f < 18])  # 18: lsrs.margin
 def test_executed_bound_is_above_power_iteration_on_the_float32_encoder(fors):
     """For every FoR after training steps: power iteration in float64 on the encoder with its float32
     cached operators (a lower bound on the executed map's constant) never exceeds the as-executed L."""
