@@ -30,7 +30,7 @@ import lsrs
 from bench import devices, store
 from bench.devices import device_name
 from bench.params import BenchUsageError
-from lsrs.inference import fold_batchnorm
+from lsrs.inference import inference_copy
 from lsrs.noise import derive_seed
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
@@ -433,10 +433,6 @@ class JobCertifier:
         device_label: str | None = None,
     ) -> None:
         self.config, self.job, self.device = config, job, device
-        if config.fold_bn:
-            model = fold_batchnorm(model)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
         self.model = model
         sample_shape = tuple(dataset[first_idx][0].shape)
         num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, sample_shape, device))
@@ -454,10 +450,12 @@ class JobCertifier:
         }
         self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
         self.warmup_s = 0.0
-        if job.sigma == 0:
+        if job.sigma == 0:  # plain forwards, with the engine's rewrites (the smoother applies them for σ > 0)
+            self.model = inference_copy(model, fold_bn=config.fold_bn, channels_last=channels_last)
             return
         self.smoother: LatentSmooth = smooth_model(
-            model, num_classes, job.sigma, device=device, precision=config.precision, channels_last=channels_last,
+            model, num_classes, job.sigma, device=device, precision=config.precision, fold_bn=config.fold_bn,
+            channels_last=channels_last,
         )
         latent_shape = tuple(self.smoother.encode(dataset[first_idx][0]).shape[1:])
         batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)

@@ -7,7 +7,10 @@ radius ``Rz`` into the certified input radius ``Rz / L`` for an ``L``-Lipschitz 
 case of the identity encoder with ``L = 1``.
 
 The sampling engine draws noise straight into a preallocated buffer from a batch-size-independent stream
-(:mod:`lsrs.noise`), adds it in place, and keeps the class counts on the device until the image is done.
+(:mod:`lsrs.noise`), adds it in place, and keeps the class counts on the device until the image is done. By
+default it evaluates a private BatchNorm-folded, ``channels_last`` copy of the classifier
+(:func:`lsrs.inference.inference_copy`, the same function up to rounding); ``fold_bn=False`` and
+``channels_last=False`` turn each rewrite off.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
+from lsrs.inference import inference_copy
 from lsrs.noise import DEFAULT_BLOCK, NoiseStream, derive_seed, seed_from
 from lsrs.sequential import (
     CERTIFICATES,
@@ -87,6 +91,11 @@ class LatentSmooth:
 
     ``lipschitz`` must be a proven upper bound on the l2 Lipschitz constant of ``encoder`` (including any
     preprocessing it applies); the certified input radius is ``radius_latent / lipschitz`` (Theorem 1).
+
+    ``self.classifier`` is the module actually evaluated: ``inference_copy(classifier, fold_bn=...,
+    channels_last=...)``, made once here, so later changes to ``classifier``'s weights are not seen (build a
+    new smoother). The certificate holds for that module, which computes ``classifier``'s eval-mode function
+    up to floating-point rounding.
     """
 
     def __init__(
@@ -99,7 +108,8 @@ class LatentSmooth:
         *,
         device: torch.device | str | None = None,
         precision: str = "fp32",
-        channels_last: bool = False,
+        fold_bn: bool = True,
+        channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
     ) -> None:
         _check_positive_int("num_classes", num_classes)
@@ -109,7 +119,8 @@ class LatentSmooth:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.encoder = encoder
-        self.classifier = classifier
+        self.classifier = inference_copy(classifier, fold_bn=fold_bn, channels_last=channels_last)
+        self.fold_bn = fold_bn
         self.num_classes = num_classes
         self.sigma = float(sigma)
         self.lipschitz = float(lipschitz)
@@ -322,6 +333,8 @@ class LatentSmooth:
                              std=self.sigma)
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        if z.dim() == 4:  # the buffer is channels_last: adding a z of the same layout is one contiguous pass
+            z = z.contiguous(memory_format=torch.channels_last)
         pending_stops = sorted(s for s in set(stops) if 0 < s < num)
         drawn = 0
         while drawn < num:
