@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from bench.speed import SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
+from bench.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
 
 #: pytest-benchmark rounds per case (after one warm-up round); CI default 1, ``nox -s benchmark`` more.
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
@@ -27,6 +27,13 @@ def speed_suite():
         yield SpeedSuite(cfg, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
 
 
+@pytest.fixture(scope="package")
+def paper_suite():
+    """The paper's width-64 ResNet18 at the guard's size (``PRESETS["paper-guard"]``), torch's default threads,
+    smoothed by the README call with no options; ``LSRS_SPEED_SLOWDOWN`` applies here too."""
+    return SpeedSuite(PRESETS["paper-guard"], slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+
+
 @pytest.fixture(scope="session")
 def bench_rounds() -> int:
     return max(1, int(os.environ.get(BENCH_ROUNDS_ENV, "1")))
@@ -39,7 +46,6 @@ def speed_report(pytestconfig: pytest.Config) -> dict:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
-    table = config.stash.get(_REPORT, {}).get("table")
-    if table:
-        terminalreporter.write_sep("-", "certification speed: same-run ratios (bench/speed.py)")
+    for name, table in config.stash.get(_REPORT, {}).items():
+        terminalreporter.write_sep("-", f"certification speed, {name}: same-run ratios (bench/speed.py)")
         terminalreporter.write_line(table)

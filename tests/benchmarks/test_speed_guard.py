@@ -20,14 +20,17 @@ from torch import nn
 
 from bench.speed import (
     FLOORS_COMMAND,
-    FLOORS_PATH,
+    FLOORS_PATHS,
     GUARD_METHODS,
     GUARDED,
+    PRESETS,
     ReferenceSmooth,
     Slowed,
     SpeedConfig,
     SpeedResult,
+    SpeedSuite,
     check_floors,
+    floors_command,
     floors_from,
     format_table,
     load_floors,
@@ -39,25 +42,63 @@ from bench.speed import (
 GUARD_ROUNDS = 5
 
 
-@pytest.mark.benchmark_guard
-def test_speed_ratios_hold_their_floors(speed_suite, speed_report) -> None:
-    floors = load_floors()
-    if floors["config"] != speed_suite.cfg.as_json():
-        pytest.fail(f"{FLOORS_PATH} was recorded for another benchmark config; regenerate: {floors['command']}")
-    methods = None if os.environ.get("LSRS_SPEED_ALL") else GUARD_METHODS
-    result = run_speed(speed_suite, rounds_from_env(GUARD_ROUNDS), methods=methods)
+def _guard(suite, preset: str, speed_report: dict | None = None, methods: list[str] | None = None) -> tuple:
+    """Measure ``suite`` and compare with ``preset``'s floors: (guard lines, table, floors)."""
+    path = FLOORS_PATHS[preset]
+    if not path.exists():
+        pytest.fail(f"no speed floors for preset {preset!r} ({path.name}); record them on the CI machine type: "
+                    f"{floors_command(preset)}")
+    floors = load_floors(path)
+    if floors["config"] != suite.cfg.as_json():
+        pytest.fail(f"{path} was recorded for another benchmark config; regenerate: {floors['command']}")
+    if methods is None:
+        methods = None if os.environ.get("LSRS_SPEED_ALL") else GUARD_METHODS
+    result = run_speed(suite, rounds_from_env(GUARD_ROUNDS), methods=methods)
     lines = check_floors(result, floors)
     table = format_table(result, lines)
-    speed_report["table"] = table
+    if speed_report is not None:
+        speed_report[preset] = table
     if out := os.environ.get("LSRS_SPEED_JSON"):
-        Path(out).write_text(json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
-    assert {g.name for g in lines} == set(GUARDED), "every guarded ratio needs a stored floor"
+        Path(out).with_suffix(f".{preset}.json").write_text(
+            json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
+    return lines, table, floors
+
+
+def _assert_no_regression(lines: list, table: str, floors: dict) -> None:
+    assert {g.name for g in lines} == set(floors["ratios"]), "every guarded ratio needs a stored floor"
     regressions = [g for g in lines if not g.ok]
     assert not regressions, (
         "certification speed regressed: "
         + ", ".join(f"{g.name} = {g.measured:.3f} < {g.allowed:.3f} (floor {g.floor:.3f})" for g in regressions)
         + f"\n{table}\nIf the change is deliberate, regenerate the floors: {floors['command']}"
     )
+
+
+@pytest.mark.benchmark_guard
+def test_speed_ratios_hold_their_floors(speed_suite, speed_report) -> None:
+    """Width 24, one thread, the engine as ``bench run`` configures it."""
+    _assert_no_regression(*_guard(speed_suite, "bench", speed_report))
+
+
+@pytest.mark.benchmark_guard
+def test_paper_size_default_path_holds_its_floors(paper_suite, speed_report) -> None:
+    """Width 64, batch 200, torch's default threads, the README call with no options (``PRESETS["paper-guard"]``);
+    the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last)."""
+    _assert_no_regression(*_guard(paper_suite, "paper-guard", speed_report))
+
+
+@pytest.mark.benchmark_guard
+def test_guard_fails_when_the_default_path_stops_folding(monkeypatch) -> None:
+    """A deliberate slowdown of the default path: ``Smooth(model, 10, sigma)`` evaluating the caller's module
+    as it is (no BatchNorm folding, NCHW) instead of the engine's rewrite. The paper-size guard must report it
+    (efficiency of IS-RS below its floor's allowance), with the floors that pass the unmodified default."""
+    import lsrs.smoothing
+
+    monkeypatch.setattr(lsrs.smoothing, "inference_copy", lambda module, **_: module)
+    suite = SpeedSuite(PRESETS["paper-guard"])
+    assert any(isinstance(m, nn.BatchNorm2d) for m in suite.smoothers[("is", "fp32")].classifier.modules())
+    lines, table, _ = _guard(suite, "paper-guard", methods=["is"])
+    assert "efficiency[is]" in {g.name for g in lines if not g.ok}, table
 
 
 # ---------------------------------------------------------------------------- the guard's logic (untimed)
