@@ -21,6 +21,7 @@ from torch import nn
 from bench.speed import (
     FLOORS_COMMAND,
     FLOORS_PATHS,
+    FORWARD_VARIANTS,
     GUARD_METHODS,
     GUARDED,
     PRESETS,
@@ -37,6 +38,7 @@ from bench.speed import (
     parse_slowdown,
     rounds_from_env,
     run_speed,
+    with_fastest_forward,
 )
 
 GUARD_ROUNDS = 5
@@ -197,3 +199,33 @@ def test_measure_interleaves_abba_and_reports_every_call() -> None:
     assert ran == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert reported == ran
     assert len(timings) == 3 and all(set(t) == set(cases) and min(t.values()) >= 0 for t in timings)
+
+
+def test_fastest_forward_is_the_minimum_over_variants_per_round() -> None:
+    t = {"forward/is/fp32/folded/channels_last": 2.0, "forward/is/fp32/bn/contiguous": 3.0,
+         "forward/ls9/fp32/folded/channels_last": 1.5, "forward/ls9/fp32/folded/contiguous": 1.0,
+         "certify/is/fp32": 2.5}
+    out = with_fastest_forward(t)
+    assert out["forward/is/fp32"] == 2.0 and out["forward/ls9/fp32"] == 1.0
+    assert all(out[k] == v for k, v in t.items())
+
+
+def test_paper_preset_uses_the_plain_call_and_every_variant() -> None:
+    """The paper preset: smoothers built with no options (the library's folded channels_last copy of the
+    unmodified models), one forward case per variant, and a table from a tiny real measurement."""
+    paper = PRESETS["paper"]
+    assert (paper.width, paper.batch_size, paper.threads, paper.plain_api) == (64, 200, None, True)
+    assert set(paper.floor_variants) == set(FORWARD_VARIANTS)
+    assert set(PRESETS["paper-guard"].floor_variants) <= set(FORWARD_VARIANTS)
+    cfg = replace(paper, width=2, in_size=8, n0=4, n=8, batch_size=4, matmul_size=8)
+    suite = SpeedSuite(cfg)
+    sm = suite.smoothers[("is", "fp32")]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sm.classifier.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in suite.models[0].modules()), "the models stay unfolded"
+    assert {k for k in suite.cases() if k.startswith("forward/is/")} == {
+        f"forward/is/fp32/{v}" for v in FORWARD_VARIANTS}
+    result = run_speed(suite, rounds=1, warmup=0)
+    t = result.rounds[0]
+    assert t["forward/is/fp32"] == min(t[f"forward/is/fp32/{v}"] for v in FORWARD_VARIANTS)
+    text = format_table(result)
+    assert "README call with no options" in text and "pure forward = the fastest" in text
