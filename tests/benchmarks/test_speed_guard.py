@@ -92,12 +92,14 @@ def test_paper_size_default_path_holds_its_floors(paper_suite, speed_report) -> 
 
 @pytest.mark.benchmark_guard
 def test_guard_fails_when_the_default_path_stops_folding(monkeypatch) -> None:
-    """A deliberate slowdown of the default path: ``Smooth(model, 10, sigma)`` evaluating the caller's module
-    as it is (no BatchNorm folding, NCHW) instead of the engine's rewrite. The paper-size guard must report it
-    (efficiency of IS-RS below its floor's allowance), with the floors that pass the unmodified default."""
-    import lsrs.smoothing
+    """A deliberate slowdown of the default path: the library's defaults turned back to ``fold_bn=False,
+    channels_last=False``, so ``Smooth(model, 10, sigma)`` evaluates the caller's unfolded module on NCHW
+    batches. The paper-size guard must report it (efficiency of IS-RS below its floor's allowance), with the
+    floors that pass the unmodified default."""
+    from lsrs.smoothing import LatentSmooth
 
-    monkeypatch.setattr(lsrs.smoothing, "inference_copy", lambda module, **_: module)
+    slow = {**LatentSmooth.__init__.__kwdefaults__, "fold_bn": False, "channels_last": False}
+    monkeypatch.setattr(LatentSmooth.__init__, "__kwdefaults__", slow)
     suite = SpeedSuite(PRESETS["paper-guard"])
     assert any(isinstance(m, nn.BatchNorm2d) for m in suite.smoothers[("is", "fp32")].classifier.modules())
     lines, table, _ = _guard(suite, "paper-guard", methods=["is"], rounds=3)  # a ~30 % drop: 3 rounds suffice
