@@ -181,3 +181,23 @@ def test_default_path_counts_match_the_unfolded_path(fors: int) -> None:
     assert sum(c > 0 for c in b.counts_estimation) >= 2, "a degenerate classifier would make the check vacuous"
     assert (a.counts_selection, a.counts_estimation) == (b.counts_selection, b.counts_estimation)
     assert (a.prediction, a.radius) == (b.prediction, b.radius)
+
+
+def test_encode_runs_on_one_cpu_thread_and_restores_the_count() -> None:
+    """The one-image encoder runs with one torch thread on CPU; the caller's thread count comes back."""
+    seen: list[int] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x.flatten(1)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        smoother = LatentSmooth(Probe(), torch.nn.Linear(12, NUM_CLASSES), NUM_CLASSES, SIGMA, 1.0)
+        z = smoother.encode(torch.rand(3, 2, 2))
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert z.shape == (1, 12)
+    finally:
+        torch.set_num_threads(old)
