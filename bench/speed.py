@@ -24,9 +24,17 @@ summarised by its median, so a shared, noisy machine slows numerator and denomin
 * ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
 * ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
 
+Configurations (``PRESETS``, ``--preset``): ``bench`` (the default) is the engine as ``bench run`` configures
+it at width 24 with one thread; ``paper`` is the paper's CIFAR ResNet18 (width 64, batch 200) with torch's
+default threads, smoothed by the README's plain call (``Smooth(model, 10, sigma)``, ``LatentSmooth(...)``,
+no options), its overhead floor being the *fastest* pure forward of the same function (BatchNorm folded or
+not, NCHW or channels_last: ``floor_variants``, timed every round, the minimum per round); ``paper-guard`` is
+``paper`` at n = 200 and the folded variants only, the size the CI guard affords.
+
 The regression guard (``tests/benchmarks/test_speed_guard.py``) compares the guarded ratios with the floors
-stored in ``bench/data/speed_floors.json``; regenerate them deliberately with
-``python -m bench.speed --write-floors`` (see ``tests/benchmarks/README.md``).
+stored per guarded preset (``FLOORS_PATHS``); regenerate them deliberately with
+``python -m bench.speed [--preset paper-guard] --write-floors --sessions 3 --rounds 9`` (see
+``tests/benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -60,6 +68,13 @@ from lsrs.timing import Stopwatch
 
 FLOORS_PATH = Path(__file__).parent / "data" / "speed_floors.json"
 FLOORS_COMMAND = "python -m bench.speed --write-floors --sessions 3 --rounds 9"
+#: Forward variants of the overhead floor: (BatchNorm folded, channels_last memory).
+FORWARD_VARIANTS: dict[str, tuple[bool, bool]] = {
+    "folded/channels_last": (True, True),
+    "folded/contiguous": (True, False),
+    "bn/channels_last": (False, True),
+    "bn/contiguous": (False, False),
+}
 DEFAULT_MARGIN = 0.15
 SLOWDOWN_ENV = "LSRS_SPEED_SLOWDOWN"
 ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
@@ -70,8 +85,12 @@ ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
 class SpeedConfig:
     """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples.
 
-    ``threads`` torch threads and the ``clock`` (``cpu``: process CPU time, ``wall``) are part of the
-    measurement: one thread's CPU time is what stays stable on a machine shared with other jobs.
+    ``threads`` torch threads (``None``: torch's default) and the ``clock`` (``cpu``: process CPU time,
+    ``wall``) are part of the measurement: one thread's CPU time is what stays stable on a machine shared with
+    other jobs. ``fold_bn`` / ``channels_last`` are the options the engine gets, unless ``plain_api``: then the
+    smoothers are built with no options from the unmodified models (the library's defaults decide).
+    ``floor_variants`` (keys of ``FORWARD_VARIANTS``): time the pure forward in each variant and take the
+    fastest per round as the floor; empty: one forward in the engine's own configuration.
     """
 
     width: int = 24
@@ -88,9 +107,11 @@ class SpeedConfig:
     channels_last: bool = True
     precisions: tuple[str, ...] = ("fp32", "bf16")
     matmul_size: int = 1024
-    threads: int = 1
+    threads: int | None = 1
     clock: str = "cpu"
     fold_bn: bool = True
+    plain_api: bool = False
+    floor_variants: tuple[str, ...] = ()
 
     def methods(self) -> list[str]:
         return ["is", *(f"ls{k}" for k in self.fors)]
@@ -98,6 +119,25 @@ class SpeedConfig:
     def as_json(self) -> dict:
         """The config as stored in JSON (tuples become lists), for comparing with a stored one."""
         return json.loads(json.dumps(asdict(self)))
+
+
+#: Named configurations (see the module docstring); ``bench`` is the default and the CI guard's first case.
+PRESETS: dict[str, SpeedConfig] = {
+    "bench": SpeedConfig(),
+    "paper": SpeedConfig(width=64, fors=(9, 13), batch_size=200, precisions=("fp32",), threads=None,
+                         fold_bn=False, channels_last=False, plain_api=True, floor_variants=tuple(FORWARD_VARIANTS)),
+    "paper-guard": SpeedConfig(width=64, fors=(9, 13), n=200, batch_size=200, precisions=("fp32",), threads=None,
+                               fold_bn=False, channels_last=False, plain_api=True,
+                               floor_variants=("folded/channels_last", "folded/contiguous")),
+}
+
+#: Where each guarded preset's floors live, and the command that records them.
+FLOORS_PATHS: dict[str, Path] = {"bench": FLOORS_PATH,
+                                 "paper-guard": FLOORS_PATH.with_name("speed_floors_paper.json")}
+
+
+def floors_command(preset: str) -> str:
+    return FLOORS_COMMAND if preset == "bench" else FLOORS_COMMAND.replace(" --write", f" --preset {preset} --write")
 
 
 def _fors_of(method: str) -> int:
@@ -189,6 +229,27 @@ def build_models(cfg: SpeedConfig, device: torch.device | str = "cpu") -> dict[i
     return models
 
 
+def _forward_variant(classifier: nn.Module, inp: torch.Tensor, fold: bool, channels_last: bool,
+                     ) -> tuple[nn.Module, torch.Tensor]:
+    """A private copy of ``classifier`` (BatchNorm folded or not, in the given memory format) and its input."""
+    module = fold_batchnorm(classifier) if fold else copy.deepcopy(classifier).eval()
+    if inp.dim() != 4:
+        return module, inp
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return module.to(memory_format=fmt), inp.contiguous(memory_format=fmt)
+
+
+def with_fastest_forward(t: dict[str, float]) -> dict[str, float]:
+    """One round's times with ``forward/<m>/<p>`` set to the fastest of its ``forward/<m>/<p>/<variant>`` cases."""
+    out = dict(t)
+    for key, value in t.items():
+        parts = key.split("/", 3)
+        if parts[0] == "forward" and len(parts) == 4:
+            base = "/".join(parts[:3])
+            out[base] = min(out.get(base, math.inf), value)
+    return out
+
+
 class Slowed(nn.Module):
     """Fault injection: runs ``inner``, then busy-waits ``factor - 1`` times the CPU time it took.
 
@@ -251,6 +312,7 @@ class SpeedSuite:
         self.latent_shape: dict[str, tuple[int, ...]] = {}
         self.forward_input: dict[str, torch.Tensor] = {}
         self.base: dict[str, nn.Module] = {}
+        self.variants: dict[tuple[str, str], tuple[nn.Module, torch.Tensor]] = {}
         self.smoothers: dict[tuple[str, str], LatentSmooth] = {}
         gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, "speed-forward") % 2**31)
         for method in cfg.methods():
@@ -259,16 +321,25 @@ class SpeedSuite:
                 z = model.encoder(self.image.unsqueeze(0)).float()
             self.latent_shape[method] = tuple(z.shape[1:])
             self.flops[method] = count_flops(model.classifier, z)
-            classifier = model.classifier.to(memory_format=fmt) if z.dim() == 4 else model.classifier
-            self.base[method] = classifier
             noise = torch.randn((cfg.batch_size, *z.shape[1:]), generator=gen).to(self.device)
             fwd = z + cfg.sigma * noise
-            self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
+            for variant in cfg.floor_variants:
+                self.variants[(method, variant)] = _forward_variant(model.classifier, fwd, *FORWARD_VARIANTS[variant])
+            classifier = (model if method == "is" else model.classifier) if cfg.plain_api else (
+                model.classifier.to(memory_format=fmt) if z.dim() == 4 else model.classifier)
+            if not cfg.floor_variants:
+                self.base[method] = classifier
+                self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
             engine_cls: nn.Module = classifier
             factor = self.slowdown.get("is" if method == "is" else "ls")
             if factor:
                 engine_cls = Slowed(classifier, factor)
             for precision in cfg.precisions:
+                if cfg.plain_api:  # the README call: no options, the library's defaults decide
+                    self.smoothers[(method, precision)] = (
+                        Smooth(engine_cls, cfg.num_classes, cfg.sigma) if method == "is" else
+                        LatentSmooth(model.encoder, engine_cls, cfg.num_classes, cfg.sigma, model.encoder_lipschitz))
+                    continue
                 if method == "is":
                     sm: LatentSmooth = Smooth(engine_cls, cfg.num_classes, cfg.sigma, device=self.device,
                                               precision=precision, channels_last=cfg.channels_last)
@@ -288,9 +359,12 @@ class SpeedSuite:
         b = self.cfg.batch_size
         return [min(b, num - done) for num in (self.cfg.n0, self.cfg.n) for done in range(0, num, b)]
 
-    def forward_fn(self, method: str, precision: str) -> Callable[[], object]:
-        """The pure forwards of one CERTIFY (:meth:`batches`) on fixed inputs; returns the last logits."""
-        module, inp, batches = self.base[method], self.forward_input[method], self.batches()
+    def forward_fn(self, method: str, precision: str, variant: str | None = None) -> Callable[[], object]:
+        """The pure forwards of one CERTIFY (:meth:`batches`) on fixed inputs; returns the last logits.
+
+        ``variant`` (one of ``cfg.floor_variants``): that rewrite of the classifier; None: the engine's own."""
+        module, inp = self.variants[(method, variant)] if variant else (self.base[method], self.forward_input[method])
+        batches = self.batches()
         dtype = PRECISIONS[precision]
         autocast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(device_type=self.device.type, dtype=dtype))
@@ -329,7 +403,10 @@ class SpeedSuite:
         for p in self.cfg.precisions:
             out[f"matmul/-/{p}"] = self.matmul_fn(p)
         for m in methods:
-            out[f"forward/{m}/fp32"] = self.forward_fn(m, "fp32")
+            for v in self.cfg.floor_variants:
+                out[f"forward/{m}/fp32/{v}"] = self.forward_fn(m, "fp32", v)
+            if not self.cfg.floor_variants:
+                out[f"forward/{m}/fp32"] = self.forward_fn(m, "fp32")
             out[f"certify/{m}/fp32"] = self.certify_fn(m, "fp32")
         for p in self.cfg.precisions:
             if p != "fp32":
@@ -494,7 +571,8 @@ def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str
            if show_progress else contextlib.nullcontext(None))
     with torch_threads(cfg.threads), bar as progress:
         timings = measure(cases, rounds, suite.device, warmup=warmup, clock=cfg.clock, progress=progress)
-        machine = machine_signature()
+        timings = [with_fastest_forward(t) for t in timings]
+        machine = {**machine_signature(), "torch_threads": torch.get_num_threads()}
     per_round = [round_ratios(t, suite) for t in timings]
     spread = {k: _quartiles([r[k] for r in per_round]) for k in per_round[0]}
     if stat == "min":
@@ -582,7 +660,7 @@ def check_floors(result: SpeedResult, floors: dict) -> list[GuardLine]:
     return lines
 
 
-def floors_from(results: list[SpeedResult]) -> dict:
+def floors_from(results: list[SpeedResult], command: str = FLOORS_COMMAND) -> dict:
     """Floors = the minimum of each guarded ratio over ``results`` (several sessions of the same command)."""
     first = results[0]
     return {
@@ -590,7 +668,7 @@ def floors_from(results: list[SpeedResult]) -> dict:
                  "tests/benchmarks/test_speed_guard.py fails when a ratio drops below floor * (1 - margin). "
                  "Regenerate deliberately with the command below and commit the file with the change that "
                  "moved them (see tests/benchmarks/README.md).",
-        "command": FLOORS_COMMAND,
+        "command": command,
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": first.machine,
         "config": first.cfg.as_json(),
@@ -615,8 +693,11 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
     q = result.spread
     lines = [
         f"ResNet18 width {cfg.width}, input {cfg.in_channels}x{cfg.in_size}x{cfg.in_size}, random weights; CERTIFY "
-        f"n0={cfg.n0} n={cfg.n}, batch {cfg.batch_size}, channels_last={cfg.channels_last}",
-        f"{result.machine['cpu']} ({result.machine['cpus']} CPUs), {cfg.threads} torch thread(s), {cfg.clock} clock; "
+        f"n0={cfg.n0} n={cfg.n}, batch {cfg.batch_size}, "
+        + ("README call with no options (library defaults)" if cfg.plain_api else
+           f"fold_bn={cfg.fold_bn} channels_last={cfg.channels_last}"),
+        f"{result.machine['cpu']} ({result.machine['cpus']} CPUs), "
+        f"{result.machine.get('torch_threads', cfg.threads)} torch thread(s), {cfg.clock} clock; "
         + (f"medians of {len(result.rounds)} interleaved rounds (ratios per round, then the median)"
            if result.stat == "median" else
            f"minimum time of each case over {len(result.rounds)} interleaved rounds, ratios of those"),
@@ -651,8 +732,12 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
         f"{cfg.batch_size}, on fixed inputs); over n samples alone it would be {samples / cfg.n:.3f}x larger",
         "t-ideal = forward(baseline) / forward(fc) per sample; F-ideal = FLOPs(baseline) / FLOPs(fc); "
         "vs ref = reference loop fp32 / engine",
+        *([f"pure forward = the fastest per round of: {', '.join(cfg.floor_variants)}; median us/sample: "
+           + "; ".join(f"{m} " + " ".join(f"{v} {t[f'forward/{m}/fp32/{v}'] / samples * 1e6:.0f}"
+                                          for v in cfg.floor_variants) for m in measured_methods(t))]
+          if cfg.floor_variants else []),
         "",
-        "targets (issue 9):",
+        "targets (issues 9, 15):",
     ]
     for name, (bound, op) in TARGETS.items():
         if name in r:
@@ -677,10 +762,13 @@ def rounds_from_env(default: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="bench",
+                        help="bench: width 24, 1 thread, engine options [default]; paper: width 64, batch 200, "
+                             "default threads, README call; paper-guard: paper at the CI guard's size")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per session [9]")
     parser.add_argument("--sessions", type=int, default=1, help="independent sessions; floors take the minimum [1]")
     parser.add_argument("--all", action="store_true", help="every FoR of the config, not only the guarded ones")
-    parser.add_argument("--threads", type=int, help=f"torch threads [{SpeedConfig.threads}]")
+    parser.add_argument("--threads", type=int, help="torch threads, 0 = torch's default [of the preset]")
     parser.add_argument("--width", type=int, help=f"ResNet18 base width [{SpeedConfig.width}]")
     parser.add_argument("--in-size", type=int, help=f"input side [{SpeedConfig.in_size}]")
     parser.add_argument("--n", type=int, help=f"estimation samples [{SpeedConfig.n}]")
@@ -693,10 +781,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("threads", "clock", "width", "in_size", "n")
                  if getattr(args, k) is not None}
-    cfg = SpeedConfig(**overrides)
+    if args.threads == 0:
+        overrides["threads"] = None  # torch's default
+    base = PRESETS[args.preset]
+    cfg = replace(base, **overrides)
+    floors_path = FLOORS_PATHS.get(args.preset)
     suite = SpeedSuite(cfg, device=args.device, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
     methods = None if args.all else GUARD_METHODS
-    floors = load_floors() if FLOORS_PATH.exists() else None
+    floors = load_floors(floors_path) if floors_path and floors_path.exists() else None
     results = []
     for s in range(args.sessions):
         results.append(run_speed(suite, args.rounds, methods=methods, stat=args.stat, show_progress=True))
@@ -706,10 +798,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results[-1].to_json(), indent=2) + "\n")
     if args.write_floors:
-        if args.stat != "median" or cfg != SpeedConfig():
-            parser.error("--write-floors records the guard's measurement: default config, --stat median")
-        FLOORS_PATH.write_text(json.dumps(floors_from(results), indent=2) + "\n")
-        print(f"wrote {FLOORS_PATH}")
+        if args.stat != "median" or cfg != base or floors_path is None:
+            parser.error(f"--write-floors records a guard's measurement: preset {' or '.join(FLOORS_PATHS)} "
+                         "without overrides, --stat median")
+        floors_path.write_text(json.dumps(floors_from(results, floors_command(args.preset)), indent=2) + "\n")
+        print(f"wrote {floors_path}")
     return 0
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsrs.threads import one_cpu_thread
+
 __all__ = [
     "CayleyConv2d",
     "ChannelPad",
@@ -52,27 +54,12 @@ def cayley(w: Tensor) -> Tensor:
     u, v = w[..., :q, :], w[..., q:, :]
     eye = torch.eye(q, dtype=w.dtype, device=w.device)
     a = u - u.mH + v.mH @ v
-    inv = _batched_inverse(eye + a)
+    with one_cpu_thread(w.device):  # batched LAPACK inverse: one thread was 5x faster here (lsrs.threads)
+        inv = torch.linalg.inv(eye + a)
     top = 2.0 * inv - eye
     if p == q:
         return top
     return torch.cat([top, -2.0 * (v @ inv)], dim=-2)
-
-
-def _batched_inverse(m: Tensor) -> Tensor:
-    """``torch.linalg.inv`` of a batch of small matrices; on the CPU with one intra-op thread.
-
-    The batched LAPACK inverse of one matrix per frequency ran 5-8x slower with two threads than with one on the
-    2-core CPUs measured here (e.g. 406 complex 160x160 matrices: 20 s against 3.9 s), so it gets one.
-    """
-    if m.device.type != "cpu" or torch.get_num_threads() == 1:
-        return torch.linalg.inv(m)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.inv(m)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def circular_kernel(weight: Tensor, size: tuple[int, int], center: bool = True) -> Tensor:

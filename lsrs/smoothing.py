@@ -7,7 +7,10 @@ radius ``Rz`` into the certified input radius ``Rz / L`` for an ``L``-Lipschitz 
 case of the identity encoder with ``L = 1``.
 
 The sampling engine draws noise straight into a preallocated buffer from a batch-size-independent stream
-(:mod:`lsrs.noise`), adds it in place, and keeps the class counts on the device until the image is done.
+(:mod:`lsrs.noise`), adds it in place, and keeps the class counts on the device until the image is done. By
+default it evaluates a private BatchNorm-folded, ``channels_last`` copy of the classifier
+(:func:`lsrs.inference.inference_copy`, the same function up to rounding); ``fold_bn=False`` and
+``channels_last=False`` turn each rewrite off.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import ExecutedBound, encode_executed, executed_bound, operators_key
+from lsrs.inference import inference_copy
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
 from lsrs.sequential import (
     CERTIFICATES,
@@ -34,6 +38,7 @@ from lsrs.sequential import (
     required_probability,
     sequential_look,
 )
+from lsrs.threads import one_cpu_thread
 from lsrs.timing import Stopwatch
 
 ABSTAIN = -1
@@ -96,6 +101,11 @@ class LatentSmooth:
     radius is ``(radius_latent - 2 delta) / L`` with ``delta`` bounding the rounding of the computed latent
     (Theorem 1 applied to the executed map). For any other encoder the declared bound is trusted and the
     radius is ``radius_latent / lipschitz``.
+
+    ``self.classifier`` is the module actually evaluated: ``inference_copy(classifier, fold_bn=...,
+    channels_last=...)``, made once here, so later changes to ``classifier``'s weights are not seen (build a
+    new smoother). The certificate holds for that module, which computes ``classifier``'s eval-mode function
+    up to floating-point rounding.
     """
 
     def __init__(
@@ -108,7 +118,8 @@ class LatentSmooth:
         *,
         device: torch.device | str | None = None,
         precision: str = "fp32",
-        channels_last: bool = False,
+        fold_bn: bool = True,
+        channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
     ) -> None:
         _check_positive_int("num_classes", num_classes)
@@ -118,7 +129,8 @@ class LatentSmooth:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.encoder = encoder
-        self.classifier = classifier
+        self.classifier = inference_copy(classifier, fold_bn=fold_bn, channels_last=channels_last)
+        self.fold_bn = fold_bn
         self.num_classes = num_classes
         self.sigma = float(sigma)
         self.lipschitz = float(lipschitz)
@@ -338,7 +350,8 @@ class LatentSmooth:
             return self.encoder(x).float(), bound, (0.0, 0.0)
         if not bound.terms:  # the identity: no arithmetic at all
             return self.encoder(x).float(), bound, (0.0, 0.0)
-        z64, norms = encode_executed(self.encoder, x, bound)
+        with one_cpu_thread(self.device):  # one image: too small to share; 2 threads cost 6-12x the CPU here
+            z64, norms = encode_executed(self.encoder, x, bound)
         z = z64.float()
         return z, bound, bound.latent_error(norms, float(z64.norm()), z64.numel())
 
@@ -373,6 +386,8 @@ class LatentSmooth:
         stream = noise if isinstance(noise, NoiseStream) else self.noise_stream(z, noise)
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        if z.dim() == 4:  # the buffer is channels_last: adding a z of the same layout is one contiguous pass
+            z = z.contiguous(memory_format=torch.channels_last)
         pending_stops = sorted(s for s in set(stops) if 0 < s < num)
         drawn = 0
         while drawn < num:

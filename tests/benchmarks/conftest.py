@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.speed import SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
+from bench.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
 
 #: pytest-benchmark rounds per case (after one warm-up round); CI default 1, ``nox -s benchmark`` more.
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
@@ -24,6 +24,13 @@ def speed_suite():
     cfg = SpeedConfig()
     with torch_threads(cfg.threads):
         yield SpeedSuite(cfg, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+
+
+@pytest.fixture(scope="package")
+def paper_suite():
+    """The paper's width-64 ResNet18 at the guard's size (``PRESETS["paper-guard"]``), torch's default threads,
+    smoothed by the README call with no options; ``LSRS_SPEED_SLOWDOWN`` applies here too."""
+    return SpeedSuite(PRESETS["paper-guard"], slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
 
 
 @pytest.fixture(scope="session")

@@ -67,3 +67,14 @@ def test_reference_loop(benchmark, speed_suite, bench_rounds) -> None:
     benchmark.extra_info["implementation"] = "reference core.py loop"
     prediction, radius = benchmark.pedantic(speed_suite.reference_fn(), rounds=bench_rounds, warmup_rounds=1)
     assert radius >= 0.0 and -1 <= prediction < cfg.num_classes
+
+
+@pytest.mark.parametrize("method", ["is", "ls9", "ls13"])
+def test_certify_paper_size_plain_call(benchmark, paper_suite, bench_rounds, method: str) -> None:
+    """One CERTIFY at the paper's width 64 and batch 200 (``PRESETS["paper-guard"]``), torch's default threads,
+    through the README call with no options."""
+    cfg = paper_suite.cfg
+    benchmark.group = "certify fp32, width 64, README call (one image)"
+    _info(benchmark, paper_suite, method, "fp32", cfg.n0 + cfg.n)
+    cert = benchmark.pedantic(paper_suite.certify_fn(method, "fp32"), rounds=bench_rounds, warmup_rounds=1)
+    assert sum(cert.counts_estimation) == cfg.n and sum(cert.counts_selection) == cfg.n0

@@ -21,15 +21,18 @@ from torch import nn
 
 from bench.speed import (
     FLOORS_COMMAND,
-    FLOORS_PATH,
+    FLOORS_PATHS,
+    FORWARD_VARIANTS,
     GUARD_METHODS,
     GUARDED,
+    PRESETS,
     ReferenceSmooth,
     Slowed,
     SpeedConfig,
     SpeedResult,
     SpeedSuite,
     check_floors,
+    floors_command,
     floors_from,
     format_table,
     load_floors,
@@ -38,9 +41,10 @@ from bench.speed import (
     rounds_from_env,
     run_speed,
     same_machine,
+    with_fastest_forward,
 )
 
-pytestmark = pytest.mark.xdist_group("speed")  # under xdist: one worker builds the suite and times it
+pytestmark = pytest.mark.xdist_group("speed")  # under xdist: one worker builds the suites and times them
 
 GUARD_ROUNDS = 5
 
@@ -52,33 +56,77 @@ def _fp32_only(suite: SpeedSuite) -> SpeedSuite:
     return view
 
 
-@pytest.mark.benchmark_guard
-def test_speed_ratios_hold_their_floors(speed_suite, record_property) -> None:
-    floors = load_floors()
-    if floors["config"] != speed_suite.cfg.as_json():
-        pytest.fail(f"{FLOORS_PATH} was recorded for another benchmark config; regenerate: {floors['command']}")
+def _guard(suite, preset: str, record_property=None, methods: list[str] | None = None,
+           rounds: int = GUARD_ROUNDS) -> tuple:
+    """Measure ``suite`` and compare with ``preset``'s floors: (guard lines, table, floors, untimed ratios).
+
+    Reduced precision is timed where its ratio is enforced (the floors' machine, e.g. with AVX-512 BF16), or
+    on request (``LSRS_SPEED_ALL``). Elsewhere its ratios are not enforced, and without native bf16 its cases
+    take minutes (a bf16 IS-RS CERTIFY here: 26 s of CPU, against 1 s in fp32).
+    """
+    path = FLOORS_PATHS[preset]
+    if not path.exists():
+        pytest.fail(f"no speed floors for preset {preset!r} ({path.name}); record them on the CI machine type: "
+                    f"{floors_command(preset)}")
+    floors = load_floors(path)
+    if floors["config"] != suite.cfg.as_json():
+        pytest.fail(f"{path} was recorded for another benchmark config; regenerate: {floors['command']}")
     everything = bool(os.environ.get("LSRS_SPEED_ALL"))
-    methods = None if everything else GUARD_METHODS
-    # Reduced precision is timed where its ratio is enforced (the floors' machine, e.g. with AVX-512 BF16),
-    # or on request. Elsewhere "vs_reference[bf16]" is not enforced, and without native bf16 its cases take
-    # minutes (a bf16 IS-RS CERTIFY here: 26 s of CPU, against 1 s in fp32).
+    if methods is None:
+        methods = None if everything else GUARD_METHODS
     same = same_machine(machine_signature(), floors["machine"])
-    suite = speed_suite if everything or same else _fp32_only(speed_suite)
-    result = run_speed(suite, rounds_from_env(GUARD_ROUNDS), methods=methods)
+    if not (everything or same):
+        suite = _fp32_only(suite)
+    result = run_speed(suite, rounds_from_env(rounds), methods=methods)
     lines = check_floors(result, floors)
     table = format_table(result, lines)
-    record_property("speed_table", table)  # printed at the end of the session (tests/conftest.py)
+    if record_property is not None:
+        record_property("speed_table", table)  # printed at the end of the session (tests/conftest.py)
     if out := os.environ.get("LSRS_SPEED_JSON"):
-        Path(out).write_text(json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
-    unmeasured = {name for name in GUARDED if name not in result.ratios}
-    assert not {name for name in unmeasured if same or GUARDED[name].portable}, "an enforced ratio was not timed"
-    assert {g.name for g in lines} | unmeasured == set(GUARDED), "every guarded ratio needs a stored floor"
+        Path(out).with_suffix(f".{preset}.json").write_text(
+            json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
+    untimed = {name for name in floors["ratios"] if name not in result.ratios}
+    assert not {n for n in untimed if same or floors["ratios"][n]["portable"]}, "an enforced ratio was not timed"
+    return lines, table, floors, untimed
+
+
+def _assert_no_regression(lines: list, table: str, floors: dict, untimed: set) -> None:
+    assert {g.name for g in lines} | untimed == set(floors["ratios"]), "every guarded ratio needs a stored floor"
     regressions = [g for g in lines if not g.ok]
     assert not regressions, (
         "certification speed regressed: "
         + ", ".join(f"{g.name} = {g.measured:.3f} < {g.allowed:.3f} (floor {g.floor:.3f})" for g in regressions)
         + f"\n{table}\nIf the change is deliberate, regenerate the floors: {floors['command']}"
     )
+
+
+@pytest.mark.benchmark_guard
+def test_speed_ratios_hold_their_floors(speed_suite, record_property) -> None:
+    """Width 24, one thread, the engine as ``bench run`` configures it."""
+    _assert_no_regression(*_guard(speed_suite, "bench", record_property))
+
+
+@pytest.mark.benchmark_guard
+def test_paper_size_default_path_holds_its_floors(paper_suite, record_property) -> None:
+    """Width 64, batch 200, torch's default threads, the README call with no options (``PRESETS["paper-guard"]``);
+    the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last)."""
+    _assert_no_regression(*_guard(paper_suite, "paper-guard", record_property))
+
+
+@pytest.mark.benchmark_guard
+def test_guard_fails_when_the_default_path_stops_folding(monkeypatch) -> None:
+    """A deliberate slowdown of the default path: the library's defaults turned back to ``fold_bn=False,
+    channels_last=False``, so ``Smooth(model, 10, sigma)`` evaluates the caller's unfolded module on NCHW
+    batches. The paper-size guard must report it (efficiency of IS-RS below its floor's allowance), with the
+    floors that pass the unmodified default."""
+    from lsrs.smoothing import LatentSmooth
+
+    slow = {**LatentSmooth.__init__.__kwdefaults__, "fold_bn": False, "channels_last": False}
+    monkeypatch.setattr(LatentSmooth.__init__, "__kwdefaults__", slow)
+    suite = SpeedSuite(PRESETS["paper-guard"])
+    assert any(isinstance(m, nn.BatchNorm2d) for m in suite.smoothers[("is", "fp32")].classifier.modules())
+    lines, table, _, _ = _guard(suite, "paper-guard", methods=["is"], rounds=3)  # a ~30 % drop: 3 rounds suffice
+    assert "efficiency[is]" in {g.name for g in lines if not g.ok}, table
 
 
 # ---------------------------------------------------------------------------- the guard's logic (untimed)
@@ -157,6 +205,8 @@ def test_reference_loop_counts_like_core_py() -> None:
 
 def test_table_lists_targets_and_guard_lines() -> None:
     """The table renders from a tiny real measurement (no assertion on its numbers)."""
+    from bench.speed import SpeedSuite
+
     cfg = replace(SpeedConfig(), width=2, in_size=8, fors=(9,), n0=4, n=8, batch_size=4, matmul_size=8)
     result = run_speed(SpeedSuite(cfg), rounds=1, warmup=0)
     text = format_table(result, check_floors(result, load_floors()))
@@ -175,3 +225,33 @@ def test_measure_interleaves_abba_and_reports_every_call() -> None:
     assert ran == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert reported == ran
     assert len(timings) == 3 and all(set(t) == set(cases) and min(t.values()) >= 0 for t in timings)
+
+
+def test_fastest_forward_is_the_minimum_over_variants_per_round() -> None:
+    t = {"forward/is/fp32/folded/channels_last": 2.0, "forward/is/fp32/bn/contiguous": 3.0,
+         "forward/ls9/fp32/folded/channels_last": 1.5, "forward/ls9/fp32/folded/contiguous": 1.0,
+         "certify/is/fp32": 2.5}
+    out = with_fastest_forward(t)
+    assert out["forward/is/fp32"] == 2.0 and out["forward/ls9/fp32"] == 1.0
+    assert all(out[k] == v for k, v in t.items())
+
+
+def test_paper_preset_uses_the_plain_call_and_every_variant() -> None:
+    """The paper preset: smoothers built with no options (the library's folded channels_last copy of the
+    unmodified models), one forward case per variant, and a table from a tiny real measurement."""
+    paper = PRESETS["paper"]
+    assert (paper.width, paper.batch_size, paper.threads, paper.plain_api) == (64, 200, None, True)
+    assert set(paper.floor_variants) == set(FORWARD_VARIANTS)
+    assert set(PRESETS["paper-guard"].floor_variants) <= set(FORWARD_VARIANTS)
+    cfg = replace(paper, width=2, in_size=8, n0=4, n=8, batch_size=4, matmul_size=8)
+    suite = SpeedSuite(cfg)
+    sm = suite.smoothers[("is", "fp32")]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sm.classifier.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in suite.models[0].modules()), "the models stay unfolded"
+    assert {k for k in suite.cases() if k.startswith("forward/is/")} == {
+        f"forward/is/fp32/{v}" for v in FORWARD_VARIANTS}
+    result = run_speed(suite, rounds=1, warmup=0)
+    t = result.rounds[0]
+    assert t["forward/is/fp32"] == min(t[f"forward/is/fp32/{v}"] for v in FORWARD_VARIANTS)
+    text = format_table(result)
+    assert "README call with no options" in text and "pure forward = the fastest" in text
