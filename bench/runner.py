@@ -89,6 +89,7 @@ class RunOptions:
     fresh: bool = False
     quiet: bool = False
     stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
+    precision: dict | None = None  # requested / resolved precision and why (bench.devices.resolve_precision)
     console: Console = field(default_factory=Console)
 
 
@@ -310,6 +311,8 @@ class GridRunner:
             raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
         manifest = existing or _manifest(self.config, self.device)
         manifest["finished"] = None
+        if self.options.precision is not None:
+            manifest["precision"] = self.options.precision
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 
