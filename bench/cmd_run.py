@@ -114,7 +114,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
       bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
       bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
     """
-    from bench.console import summary_table
+    from bench.console import print_table, summary_table
     from bench.report import summarize
     from lsrs.models import valid_fors
 
@@ -158,7 +158,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         from bench.report import load_run
 
         frame, manifest = load_run(out)
-        console.print(summary_table(summarize(frame, manifest)))
+        print_table(console, summary_table(summarize(frame, manifest)))
         console.print(f"results: {out}  (pandas.read_parquet('{out}'))")
 
 
