@@ -203,17 +203,8 @@ def train_grid(
     try:
         with view.progress:
             view.start_grid(f"{recipe.dataset}: {len(grid)} models", len(grid))
-            entries = {}
-            todo = []
-            for k, sigma in grid:
-                plan = _plan_model(recipe, folder, k, sigma)
-                entry = None if retrain else _reused_entry(plan)
-                if entry is None:
-                    todo.append((k, sigma))
-                else:
-                    view.handle(("print", f"[dim]reused[/] {plan.label}: clean {entry['clean_acc']:.1%}, "
-                                          f"noisy {entry['noisy_acc']:.1%} ({plan.weights.name})"))
-                    entries[k, sigma] = _indexed(Path(out), recipe.dataset, entry, view)
+            entries = {} if retrain else _reused(recipe, Path(out), grid, view)
+            todo = [key for key in grid if key not in entries]
             if processes > 1 and len(todo) > 1:
                 trained = _train_parallel(recipe, folder, todo, retrain, processes, threads or 1, view)
             else:
@@ -277,6 +268,19 @@ def _reused_entry(plan: ModelPlan) -> dict | None:
     if meta is None:
         return None
     return {**ckpt.index_entry(meta, plan.weights.name, meta["sha256"]), "status": "reused"}
+
+
+def _reused(recipe: GridRecipe, out: Path, grid: list[tuple[int, float]], view: _GridView) -> dict:
+    """Steps 2-3 for the whole grid: the (FoR, σ) models already trained with this recipe, indexed."""
+    entries = {}
+    for k, sigma in grid:
+        plan = _plan_model(recipe, out / recipe.dataset, k, sigma)
+        entry = _reused_entry(plan)
+        if entry is not None:
+            view.handle(("print", f"[dim]reused[/] {plan.label}: clean {entry['clean_acc']:.1%}, "
+                                  f"noisy {entry['noisy_acc']:.1%} ({plan.weights.name})"))
+            entries[k, sigma] = _indexed(out, recipe.dataset, entry, view)
+    return entries
 
 
 _DATA: dict[tuple, tuple] = {}
