@@ -22,8 +22,12 @@ DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.demo.PRESETS (checked b
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where tables and figures go [default: reports/demo, reports/demo-mnist for mnist].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Models trained (and shards certified) side by side [default: one per CPU core on a CPU, "
+                   "1 on a GPU]; the results do not depend on it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
-def command(dataset: str, results: Path | None, reports: Path | None, device: str, quiet: bool) -> None:
+def command(dataset: str, results: Path | None, reports: Path | None, device: str, processes: int | None,
+            quiet: bool) -> None:
     """Run the whole pipeline on an embedded dataset: train, certify, report.
 
     Trains (or reuses) a ResNet18 baseline and its orthogonal twins at FoR 1, 5, 9, 13 of 18 for
@@ -33,7 +37,7 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     forward pass, radius = logit margin / (√2 L)), and writes the report. Re-running reuses what is already
     trained and certified.
     """
-    from bench.console import summary_table
+    from bench.console import print_table, summary_table
     from bench.demo import PRESETS, run_demo
     from bench.report import load_run, summarize
     from lsrs.data import DatasetMissingError
@@ -45,12 +49,12 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     console = Console(quiet=quiet)
     start = time.perf_counter()
     try:
-        out = run_demo(results, reports, device, console, quiet=quiet, preset=preset)
+        out = run_demo(results, reports, device, console, quiet=quiet, preset=preset, processes=processes)
     except DatasetMissingError as exc:
         raise BenchUsageError(str(exc)) from None
     frame, manifest = load_run(out["run"])
     title = f"Demo: {dataset}, ResNet18 (width {preset.width}), n = {preset.n:,}"
-    console.print(summary_table(summarize(frame, manifest), title=title))
+    print_table(console, summary_table(summarize(frame, manifest), title=title))
     report = out["report"]
     console.print(f"checkpoints: {out['checkpoints']}")
     console.print(f"run:         {out['run']}  (pandas.read_parquet('{out['run']}'))")

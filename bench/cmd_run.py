@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from bench.devices import PRECISION_CHOICES, resolve_precision
 from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError, CommaList
 from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
@@ -58,9 +59,10 @@ def default_out(dataset: str, config_hash: str) -> Path:
 @click.option("--per-class", type=click.IntRange(min=1), default=None,
               help="Only the first k images of each class (the paper uses 1 on ImageNet).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(list(PRECISION_CHOICES)), default="auto", show_default=True,
               help="Autocast precision of the base classifier (a reduced-precision classifier is still a valid "
-                   "base classifier).")
+                   "base classifier). auto: bf16 where the device computes it natively (CUDA compute capability "
+                   ">= 8.0, CPUs with AVX-512 BF16 or AMX), else fp32.")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="channels_last memory format for the noisy batches.")
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True,
@@ -112,7 +114,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
       bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
       bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
     """
-    from bench.console import summary_table
+    from bench.console import print_table, summary_table
     from bench.report import summarize
     from lsrs.models import valid_fors
 
@@ -130,10 +132,13 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         device_type = distributed.cluster_device_type(device)
     else:
         device_type = resolve_device(device).type
+    choice = resolve_precision(precision, device_type)
+    if choice.warning:
+        click.echo(f"warning: {choice.warning}", err=True)
     config = RunConfig(
         dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
-        device_type=device_type, precision=precision, fold_bn=fold_bn, checkpoints=str(checkpoints),
+        device_type=device_type, precision=choice.resolved, fold_bn=fold_bn, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,
         certificate=certificate,
         decide_radii=tuple(decide_radii or ()), max_n=max_n, compile=compile_mode,
@@ -141,7 +146,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     out = out or default_out(dataset, config.config_hash())
     console = Console(quiet=quiet)
     options = RunOptions(out=out, batch_size=batch_size, channels_last=channels_last, fresh=fresh, quiet=quiet,
-                         console=console)
+                         console=console, precision=choice.record())
     if ray_options is None:
         manifest = run_grid(config, options, lambda: _load_test(dataset, data_dir))
     else:
@@ -153,7 +158,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         from bench.report import load_run
 
         frame, manifest = load_run(out)
-        console.print(summary_table(summarize(frame, manifest)))
+        print_table(console, summary_table(summarize(frame, manifest)))
         console.print(f"results: {out}  (pandas.read_parquet('{out}'))")
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+
+UNBOUNDED = 100_000  # columns offered to a table that is measured for a file or a log
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -31,3 +35,15 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
             _fmt(row.flop_ideal if row.method == "ls" else float("nan"), ".2f"),
         )
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print ``table`` on ``console``; off a terminal (CI logs, redirected output) at its full natural width
+    rather than cut to the 80 columns rich assumes there."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update_width(UNBOUNDED), table).maximum
+    wide = Console(file=console.file, width=max(natural, console.width), color_system=console.color_system,
+                   quiet=console.quiet, force_terminal=False)
+    wide.print(table)

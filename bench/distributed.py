@@ -239,6 +239,31 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
+def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, threads: int) -> list[ShardSpec]:
+    """What ``plan`` leaves to certify as shards of at most ``shard_size`` images, in grid order (job-major, so
+    a worker tends to reuse the model it has loaded); records each job's checkpoint in the plan's manifest."""
+    out = str(Path(options.out).resolve())
+    root = str(plan.checkpoints.root.resolve())
+    decided_by_image: dict[tuple, list[tuple]] = {}
+    for key in plan.decided:
+        decided_by_image.setdefault(tuple(key[:4]), []).append(key)
+    specs = []
+    for job in plan.jobs:
+        todo = plan.todo[job]
+        if not todo:
+            continue
+        plan.manifest["checkpoints"].setdefault(job.key, plan.checkpoints.record(plan.entries[job]))
+        for start in range(0, len(todo), shard_size):
+            shard = tuple(todo[start:start + shard_size])
+            decided = frozenset(k for i in shard for k in decided_by_image.get((job.method, job.fors, job.sigma, i), ()))
+            specs.append(ShardSpec(
+                config=config, job=job, indices=shard, decided=decided, out=out, checkpoints=root,
+                entry=dict(plan.entries[job]), batch_size=options.batch_size, channels_last=options.channels_last,
+                threads=threads,
+            ))
+    return specs
+
+
 # --------------------------------------------------------------------------------------------- the driver
 
 
@@ -363,7 +388,7 @@ class RayGridRunner(GridRunner):
                 raise
             finally:
                 store.write_json(self.out / store.MANIFEST, manifest)
-        _clear_staging(self.out)
+        clear_staging(self.out)
         if usage_error is not None:
             raise BenchUsageError(usage_error)
         if failures:
@@ -377,27 +402,8 @@ class RayGridRunner(GridRunner):
 
     def _shards(self, plan) -> list[ShardSpec]:
         """Tasks in grid order (job-major, so a worker tends to reuse the model it has loaded)."""
-        config, opts, ray_opts = self.config, self.options, self.ray_options
-        out = str(self.out.resolve())
-        root = str(plan.checkpoints.root.resolve())
-        decided_by_image: dict[tuple, list[tuple]] = {}
-        for key in plan.decided:
-            decided_by_image.setdefault(tuple(key[:4]), []).append(key)
-        specs = []
-        for job in plan.jobs:
-            todo = plan.todo[job]
-            if not todo:
-                continue
-            plan.manifest["checkpoints"].setdefault(job.key, plan.checkpoints.record(plan.entries[job]))
-            for start in range(0, len(todo), ray_opts.shard_size):
-                shard = tuple(todo[start:start + ray_opts.shard_size])
-                decided = frozenset(k for i in shard for k in decided_by_image.get((job.method, job.fors, job.sigma, i), ()))
-                specs.append(ShardSpec(
-                    config=config, job=job, indices=shard, decided=decided, out=out, checkpoints=root,
-                    entry=dict(plan.entries[job]), batch_size=opts.batch_size, channels_last=opts.channels_last,
-                    threads=max(1, int(ray_opts.num_cpus)),
-                ))
-        return specs
+        return shard_specs(self.config, self.options, plan, self.ray_options.shard_size,
+                           threads=max(1, int(self.ray_options.num_cpus)))
 
     def _collect(self, manifest: dict, summary: dict, tally: _Tally) -> None:
         for row in summary["rows"]:
@@ -438,7 +444,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _clear_staging(out: Path) -> None:
+def clear_staging(out: Path) -> None:
     """Remove what tasks killed between writing and renaming a part left in the staging folders."""
     for folder in (out / STAGING_DIR, out / store.DECISIONS_DIR / STAGING_DIR):
         if folder.is_dir():
@@ -467,6 +473,6 @@ def run_grid_ray(config: RunConfig, options: RunOptions, ray_options: RayOptions
 
 
 __all__ = [
-    "INSTALL_HINT", "RayGridRunner", "RayOptions", "ShardSpec", "certify_shard", "cluster_device_type", "connect",
-    "import_ray", "run_grid_ray",
+    "INSTALL_HINT", "RayGridRunner", "RayOptions", "ShardSpec", "certify_shard", "clear_staging",
+    "cluster_device_type", "connect", "import_ray", "run_grid_ray", "shard_specs",
 ]

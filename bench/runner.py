@@ -94,6 +94,7 @@ class RunOptions:
     fresh: bool = False
     quiet: bool = False
     stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
+    precision: dict | None = None  # requested / resolved precision and why (bench.devices.resolve_precision)
     console: Console = field(default_factory=Console)
 
 
@@ -375,6 +376,8 @@ class GridRunner:
             self._refuse_changed_checkpoints(existing, checkpoints, entries)
         manifest = existing or _manifest(self.config, self.device)
         manifest["finished"] = None
+        if self.options.precision is not None:
+            manifest["precision"] = self.options.precision
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 

@@ -15,9 +15,14 @@ a half-trained one resumes from its last finished epoch (the state file written 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -49,8 +54,8 @@ def grid_pairs(arch: str, fors: Sequence[int], sigmas: Sequence[float]) -> list[
     pairs: list[tuple[int, float]] = []
     for k in fors:
         for s in [0.0] if k == lip else sigmas:
-            if (k, s) not in pairs:
-                pairs.append((k, s))
+            if (int(k), float(s)) not in pairs:
+                pairs.append((int(k), float(s)))
     return pairs
 
 
@@ -126,6 +131,48 @@ def _reusable(weights: Path, run_hash: str) -> dict | None:
     return meta
 
 
+@dataclass(frozen=True)
+class GridRecipe:
+    """The settings shared by every model of one grid, defaults filled in (picklable: sent to workers)."""
+
+    dataset: str
+    info: DatasetInfo
+    arch: str
+    width: int
+    epochs: int
+    lr: float
+    lr_step: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    seed: int
+    device: str
+    data_dir: str | None
+    download: bool
+    workers: int
+    margin_eps: float = MARGIN_EPS
+    temperature: float = MARGIN_TEMPERATURE
+
+
+@dataclass
+class ModelPlan:
+    """One (FoR, σ) model of the grid: its freshly initialised network, recipe hash and files."""
+
+    fors: int
+    sigma: float
+    model: torch.nn.Module
+    config: TrainConfig
+    run_hash: str
+    weights: Path
+    state: Path
+    label: str
+
+
+Event = tuple
+"""A progress event: ``("start", name, label, total, done)``, ``("batch", name, completed, description)``,
+``("end", name)``, ``("epoch", fors, sigma, epoch)`` or ``("print", text)``; :class:`_GridView` shows them."""
+
+
 def train_grid(
     dataset: str,
     fors: Sequence[int],
@@ -148,6 +195,7 @@ def train_grid(
     weight_decay: float = 1e-4,
     retrain: bool = False,
     threads: int | None = None,
+    processes: int = 1,
     console: Console | None = None,
     on_epoch: Callable[[dict, int], None] | None = None,
     margin_eps: float = MARGIN_EPS,
@@ -159,177 +207,282 @@ def train_grid(
     Raises :class:`GridConfigError` for a bad request and :class:`lsrs.data.DatasetMissingError` when the
     data is absent. ``on_epoch(entry_so_far, epoch)`` is called after every epoch (tests use it).
     ``threads`` sets torch's intra-op CPU threads for the call (1 is fastest on a busy, shared CPU).
+    ``processes > 1`` trains that many models side by side in spawned worker processes (``threads`` each,
+    default 1); every model is seeded on its own, so the weights are those of a one-process run.
     """
     if threads is not None and threads < 1:
         raise GridConfigError(f"threads must be >= 1, got {threads}")
+    if processes < 1:
+        raise GridConfigError(f"processes must be >= 1, got {processes}")
+    recipe = _recipe(dataset, fors, sigmas, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
+                     width=width, data_dir=data_dir, download=download, workers=workers, arch=arch,
+                     lr_step=lr_step, momentum=momentum, weight_decay=weight_decay, margin_eps=margin_eps,
+                     temperature=temperature)
+    folder = Path(out) / recipe.dataset
+    view = _GridView(console or Console(stderr=True, quiet=quiet), on_epoch)
+    grid = grid_pairs(recipe.arch, fors, sigmas)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train_grid(
-            dataset, fors, sigmas, out, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
-            width=width, data_dir=data_dir, quiet=quiet, workers=workers, download=download, arch=arch,
-            lr_step=lr_step, momentum=momentum, weight_decay=weight_decay, retrain=retrain, console=console,
-            on_epoch=on_epoch, margin_eps=margin_eps, temperature=temperature,
-        )
+        with view.progress:
+            view.start_grid(f"{recipe.dataset}: {len(grid)} models", len(grid))
+            entries = {} if retrain else _reused(recipe, Path(out), grid, view)
+            todo = [key for key in grid if key not in entries]
+            if processes > 1 and len(todo) > 1:
+                trained = _train_parallel(recipe, folder, todo, retrain, processes, threads or 1, view)
+            else:
+                trained = _train_sequential(recipe, folder, todo, retrain, view)
+            for key, entry in trained:
+                entries[key] = _indexed(Path(out), recipe.dataset, entry, view)
     finally:
         torch.set_num_threads(before)
+    return [entries[key] for key in grid]
 
 
-def _train_grid(
-    dataset: str,
-    fors: Sequence[int],
-    sigmas: Sequence[float],
-    out: str | Path,
-    *,
-    epochs: int | None,
-    lr: float | None,
-    batch_size: int | None,
-    device: str | torch.device,
-    seed: int,
-    width: int | None,
-    data_dir: str | Path | None,
-    quiet: bool,
-    workers: int,
-    download: bool,
-    arch: str | None,
-    lr_step: int | None,
-    momentum: float,
-    weight_decay: float,
-    retrain: bool,
-    console: Console | None,
-    on_epoch: Callable[[dict, int], None] | None,
-    margin_eps: float,
-    temperature: float,
-) -> list[dict]:
+def _recipe(dataset: str, fors: Sequence[int], sigmas: Sequence[float], *, epochs, lr, batch_size, device, seed,
+            width, data_dir, download, workers, arch, lr_step, momentum, weight_decay, margin_eps,
+            temperature) -> GridRecipe:
+    """Step 1: fill the dataset's defaults in and refuse a bad request before anything is trained."""
     try:
         info = dataset_info(dataset)
     except ValueError as exc:
         raise GridConfigError(str(exc)) from None
     arch = arch or info.default_arch
     width = int(width or info.default_width)
-    fors = [int(k) for k in fors]
-    sigmas = [float(s) for s in sigmas]
-    _validate(info, arch, fors, sigmas)
-    dev = check_device(device)
-    epochs = int(epochs or info.epochs)
-    lr = float(lr or info.lr)
-    batch_size = int(batch_size or info.batch_size)
-    lr_step = int(lr_step or info.lr_step)
-    console = console or Console(stderr=True, quiet=quiet)
-    out = Path(out)
-    folder = out / dataset
-
-    train_set = load_dataset(dataset, "train", data_dir=data_dir, download=download)
-    test_set = load_dataset(dataset, "test", data_dir=data_dir, download=download)
-    n_batches = math.ceil(len(train_set) / batch_size)
-
+    _validate(info, arch, [int(k) for k in fors], [float(s) for s in sigmas])
+    check_device(device)
     from lsrs.models import build_model
 
     try:  # bad widths etc. fail here, before anything is trained
-        build_model(arch, **model_config_for(arch, info, fors[0], width))
+        build_model(arch, **model_config_for(arch, info, int(fors[0]), width))
     except (TypeError, ValueError) as exc:
         raise GridConfigError(f"cannot build {arch} (width {width}): {exc}") from None
+    return GridRecipe(
+        dataset=dataset, info=info, arch=arch, width=width, epochs=int(epochs or info.epochs),
+        lr=float(lr or info.lr), lr_step=int(lr_step or info.lr_step), batch_size=int(batch_size or info.batch_size),
+        momentum=momentum, weight_decay=weight_decay, seed=seed, device=str(device),
+        data_dir=None if data_dir is None else str(data_dir), download=download, workers=workers,
+        margin_eps=float(margin_eps), temperature=float(temperature),
+    )
 
-    entries: list[dict] = []
-    grid = grid_pairs(arch, fors, sigmas)
-    progress = _progress(console)
-    with progress:
-        overall = progress.add_task(f"{dataset}: {len(grid)} models", total=len(grid))
-        for k, sigma in grid:
-            model_config = model_config_for(arch, info, k, width)
-            torch.manual_seed(derive_seed(seed, "init", arch, k))
-            model = build_model(arch, **model_config)
-            noise = noise_location(model)
-            margin = {"loss": "margin", "margin_eps": margin_eps, "temperature": temperature} if noise == "none" else {}
-            config = TrainConfig(
-                sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size, noise=noise, momentum=momentum,
-                weight_decay=weight_decay, lr_step=lr_step, seed=seed, **margin,
-            )
-            run_hash = config_hash({
-                "dataset": dataset, "preprocessing": info.preprocessing, "arch": arch,
-                "model": dict(model.config), "train": config.as_dict(),
-            })
-            name = checkpoint_name(arch, width, k, sigma)
-            weights = folder / f"{name}.safetensors"
-            state = folder / f"{name}.state.safetensors"
-            label = f"FoR {k:>2}/{model.fors_total} σ={sigma:<4g} {noise:>6}"
 
-            meta = None if retrain else _reusable(weights, run_hash)
-            if meta is not None:
-                entry = ckpt.index_entry(meta, weights.name, meta["sha256"])
-                entry["status"] = "reused"
-                progress.console.print(
-                    f"[dim]reused[/] {label}: clean {meta['clean_acc']:.1%}, noisy {meta['noisy_acc']:.1%} "
-                    f"({weights.name})"
-                )
-            else:
-                if retrain:
-                    state.unlink(missing_ok=True)
-                saved = read_state_meta(state)
-                done = int(saved["epochs_done"]) if saved and saved.get("run_hash") == run_hash else 0
-                task = progress.add_task(label, total=epochs * n_batches, completed=min(done, epochs) * n_batches)
-                epoch_no = [done]
+def _plan_model(recipe: GridRecipe, folder: Path, k: int, sigma: float) -> ModelPlan:
+    """Step 2: the model's seeded initialisation, training config, recipe hash and checkpoint paths."""
+    from lsrs.models import build_model
 
-                def on_batch(i: int, n: int, loss: float, acc: float, *, _task=task, _label=label,
-                             _epoch=epoch_no) -> None:
-                    progress.update(
-                        _task, completed=_epoch[0] * n_batches + i,
-                        description=f"{_label} · epoch {_epoch[0] + 1}/{epochs} · loss {loss:.3f} · acc {acc:.1%}",
-                    )
+    torch.manual_seed(derive_seed(recipe.seed, "init", recipe.arch, k))
+    model = build_model(recipe.arch, **model_config_for(recipe.arch, recipe.info, k, recipe.width))
+    noise = noise_location(model)
+    config = TrainConfig(
+        sigma=sigma, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, noise=noise,
+        momentum=recipe.momentum, weight_decay=recipe.weight_decay, lr_step=recipe.lr_step, seed=recipe.seed,
+        **_margin(recipe, noise),
+    )
+    run_hash = config_hash({
+        "dataset": recipe.dataset, "preprocessing": recipe.info.preprocessing, "arch": recipe.arch,
+        "model": dict(model.config), "train": config.as_dict(),
+    })
+    name = checkpoint_name(recipe.arch, recipe.width, k, sigma)
+    label = f"FoR {k:>2}/{model.fors_total} σ={sigma:<4g} {noise:>6}"
+    return ModelPlan(k, sigma, model, config, run_hash, folder / f"{name}.safetensors",
+                     folder / f"{name}.state.safetensors", label)
 
-                def after_epoch(stats, *, _epoch=epoch_no, _k=k, _sigma=sigma) -> None:
-                    _epoch[0] = stats.epoch + 1
-                    if on_epoch is not None:
-                        on_epoch({"fors": _k, "sigma": _sigma}, stats.epoch)
 
-                started = time.perf_counter()
-                result = fit(
-                    model, train_set, test_set, config, device=dev, workers=workers, state_path=state,
-                    run_hash=run_hash, on_batch=on_batch, on_epoch=after_epoch,
-                )
-                if result.resumed_from:
-                    progress.console.print(f"[dim]resumed[/] {label} from epoch {result.resumed_from}/{epochs}")
-                progress.update(task, completed=epochs * n_batches)
-                meta = {
-                    "dataset": dataset,
-                    "preprocessing": info.as_dict(),
-                    "sigma": sigma,
-                    "noise": noise,
-                    "epochs": epochs,
-                    "lr": lr,
-                    "lr_step": lr_step,
-                    "lr_gamma": config.lr_gamma,
-                    "momentum": momentum,
-                    "weight_decay": weight_decay,
-                    "batch_size": batch_size,
-                    "seed": seed,
-                    **margin,
-                    "train_hash": run_hash,
-                    "clean_acc": result.clean_acc,
-                    "noisy_acc": result.noisy_acc,
-                    "train_loss": result.final_loss,
-                    "train_acc": result.final_acc,
-                    "train_seconds": round(result.train_seconds, 3),
-                    "history": [
-                        {"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "lr": h.lr, "seconds": round(h.seconds, 3)}
-                        for h in result.history
-                    ],
-                    "device": device_name(dev),
-                }
-                digest = ckpt.save_checkpoint(weights, model.to("cpu"), meta)
-                state.unlink(missing_ok=True)
-                entry = ckpt.index_entry(ckpt.read_meta(weights), weights.name, digest)
-                entry["status"] = "resumed" if result.resumed_from else "trained"
-                progress.console.print(
-                    f"[green]trained[/] {label}: clean {result.clean_acc:.1%}, noisy {result.noisy_acc:.1%}, "
-                    f"{result.train_seconds:.1f} s ({time.perf_counter() - started:.1f} s wall)"
-                )
-                progress.remove_task(task)
-            ckpt.update_index(out, dataset, [{k2: v for k2, v in entry.items() if k2 != "status"}])
-            entries.append(entry)
-            progress.advance(overall)
+def _margin(recipe: GridRecipe, noise: str) -> dict:
+    """The margin-loss settings of the Lipschitz twin (trained without noise); nothing for the others."""
+    if noise != "none":
+        return {}
+    return {"loss": "margin", "margin_eps": recipe.margin_eps, "temperature": recipe.temperature}
+
+
+def _reused_entry(plan: ModelPlan) -> dict | None:
+    """Step 3: the index entry of a finished checkpoint with the same recipe, else None (train it)."""
+    meta = _reusable(plan.weights, plan.run_hash)
+    if meta is None:
+        return None
+    return {**ckpt.index_entry(meta, plan.weights.name, meta["sha256"]), "status": "reused"}
+
+
+def _reused(recipe: GridRecipe, out: Path, grid: list[tuple[int, float]], view: _GridView) -> dict:
+    """Steps 2-3 for the whole grid: the (FoR, σ) models already trained with this recipe, indexed."""
+    entries = {}
+    for k, sigma in grid:
+        plan = _plan_model(recipe, out / recipe.dataset, k, sigma)
+        entry = _reused_entry(plan)
+        if entry is not None:
+            view.handle(("print", f"[dim]reused[/] {plan.label}: clean {entry['clean_acc']:.1%}, "
+                                  f"noisy {entry['noisy_acc']:.1%} ({plan.weights.name})"))
+            entries[k, sigma] = _indexed(out, recipe.dataset, entry, view)
     return entries
+
+
+_DATA: dict[tuple, tuple] = {}
+
+
+def _train_test(recipe: GridRecipe) -> tuple:
+    """The train and test splits, loaded once per process."""
+    key = (recipe.dataset, recipe.data_dir, recipe.download)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = tuple(load_dataset(recipe.dataset, split, data_dir=recipe.data_dir, download=recipe.download)
+                           for split in ("train", "test"))
+    return _DATA[key]
+
+
+def _train_model(recipe: GridRecipe, plan: ModelPlan, retrain: bool, report: Callable[[Event], None]) -> dict:
+    """Step 4: fit one model (resuming its state file), save the checkpoint; returns its index entry."""
+    train_set, test_set = _train_test(recipe)
+    dev = check_device(recipe.device)
+    n_batches = math.ceil(len(train_set) / recipe.batch_size)
+    if retrain:
+        plan.state.unlink(missing_ok=True)
+    saved = read_state_meta(plan.state)
+    done = int(saved["epochs_done"]) if saved and saved.get("run_hash") == plan.run_hash else 0
+    name, epochs = plan.weights.name, recipe.epochs
+    report(("start", name, plan.label, epochs * n_batches, min(done, epochs) * n_batches))
+    epoch_no = [done]
+
+    def on_batch(i: int, n: int, loss: float, acc: float) -> None:
+        report(("batch", name, epoch_no[0] * n_batches + i,
+                f"{plan.label} · epoch {epoch_no[0] + 1}/{epochs} · loss {loss:.3f} · acc {acc:.1%}"))
+
+    def after_epoch(stats) -> None:
+        epoch_no[0] = stats.epoch + 1
+        report(("epoch", plan.fors, plan.sigma, stats.epoch))
+
+    started = time.perf_counter()
+    result = fit(plan.model, train_set, test_set, plan.config, device=dev, workers=recipe.workers,
+                 state_path=plan.state, run_hash=plan.run_hash, on_batch=on_batch, on_epoch=after_epoch)
+    if result.resumed_from:
+        report(("print", f"[dim]resumed[/] {plan.label} from epoch {result.resumed_from}/{epochs}"))
+    digest = ckpt.save_checkpoint(plan.weights, plan.model.to("cpu"), _checkpoint_meta(recipe, plan, result, dev))
+    plan.state.unlink(missing_ok=True)
+    report(("print", f"[green]trained[/] {plan.label}: clean {result.clean_acc:.1%}, noisy {result.noisy_acc:.1%}, "
+                     f"{result.train_seconds:.1f} s ({time.perf_counter() - started:.1f} s wall)"))
+    report(("end", name))
+    entry = ckpt.index_entry(ckpt.read_meta(plan.weights), plan.weights.name, digest)
+    return {**entry, "status": "resumed" if result.resumed_from else "trained"}
+
+
+def _checkpoint_meta(recipe: GridRecipe, plan: ModelPlan, result, dev: torch.device) -> dict:
+    """The metadata stored beside the weights: recipe, accuracies, history, device."""
+    return {
+        "dataset": recipe.dataset,
+        "preprocessing": recipe.info.as_dict(),
+        "sigma": plan.sigma,
+        "noise": plan.config.noise,
+        "epochs": recipe.epochs,
+        "lr": recipe.lr,
+        "lr_step": recipe.lr_step,
+        "lr_gamma": plan.config.lr_gamma,
+        "momentum": recipe.momentum,
+        "weight_decay": recipe.weight_decay,
+        "batch_size": recipe.batch_size,
+        "seed": recipe.seed,
+        **_margin(recipe, plan.config.noise),
+        "train_hash": plan.run_hash,
+        "clean_acc": result.clean_acc,
+        "noisy_acc": result.noisy_acc,
+        "train_loss": result.final_loss,
+        "train_acc": result.final_acc,
+        "train_seconds": round(result.train_seconds, 3),
+        "history": [
+            {"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "lr": h.lr, "seconds": round(h.seconds, 3)}
+            for h in result.history
+        ],
+        "device": device_name(dev),
+    }
+
+
+def _indexed(out: Path, dataset: str, entry: dict, view: _GridView) -> dict:
+    """Step 5: add a finished model to ``index.json`` (at once, so an interrupted grid keeps it) and count it."""
+    ckpt.update_index(out, dataset, [{k: v for k, v in entry.items() if k != "status"}])
+    view.advance_grid()
+    return entry
+
+
+def _train_sequential(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], retrain: bool,
+                      view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
+    """Train the models one after the other in this process."""
+    for k, sigma in todo:
+        yield (k, sigma), _train_model(recipe, _plan_model(recipe, folder, k, sigma), retrain, view.handle)
+
+
+_EVENTS: Any = None  # a worker's queue to the parent's progress display
+
+
+def _init_worker(events: Any, threads: int) -> None:
+    global _EVENTS
+    _EVENTS = events
+    torch.set_num_threads(threads)
+
+
+def _train_in_worker(recipe: GridRecipe, folder: Path, k: int, sigma: float, retrain: bool) -> dict:
+    return _train_model(recipe, _plan_model(recipe, folder, k, sigma), retrain, _EVENTS.put)
+
+
+def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], retrain: bool, processes: int,
+                    threads: int, view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
+    """Train the models in ``processes`` spawned workers; yields each model as it finishes.
+
+    A model's weights depend only on its own seeds, never on which process trains it or on what it trained
+    before, so they equal those of :func:`_train_sequential` (with the same ``threads``).
+    """
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=ctx,
+                               initializer=_init_worker, initargs=(events, threads))
+    try:
+        pending = {pool.submit(_train_in_worker, recipe, folder, k, sigma, retrain): (k, sigma) for k, sigma in todo}
+        while pending:
+            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            _drain(events, view)
+            for future in done:
+                yield pending.pop(future), future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    _drain(events, view)
+
+
+def _drain(events: Any, view: _GridView) -> None:
+    while True:
+        try:
+            view.handle(events.get_nowait())
+        except queue.Empty:
+            return
+
+
+class _GridView:
+    """The one progress display of a grid (in the parent): an overall bar and one bar per model in training."""
+
+    def __init__(self, console: Console, on_epoch: Callable[[dict, int], None] | None) -> None:
+        self.progress = _progress(console)
+        self.on_epoch = on_epoch
+        self.tasks: dict[str, Any] = {}
+        self.overall: Any = None
+
+    def start_grid(self, description: str, total: int) -> None:
+        self.overall = self.progress.add_task(description, total=total)
+
+    def advance_grid(self) -> None:
+        self.progress.advance(self.overall)
+
+    def handle(self, event: Event) -> None:
+        kind = event[0]
+        if kind == "start":
+            _, name, label, total, done = event
+            self.tasks[name] = self.progress.add_task(label, total=total, completed=done)
+        elif kind == "batch" and event[1] in self.tasks:
+            self.progress.update(self.tasks[event[1]], completed=event[2], description=event[3])
+        elif kind == "end" and event[1] in self.tasks:
+            self.progress.remove_task(self.tasks.pop(event[1]))
+        elif kind == "epoch" and self.on_epoch is not None:
+            self.on_epoch({"fors": event[1], "sigma": event[2]}, event[3])
+        elif kind == "print":
+            self.progress.console.print(event[1])
 
 
 __all__ = [

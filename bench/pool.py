@@ -1,0 +1,116 @@
+"""The certification grid over local worker processes: every core of one machine, the same rows.
+
+The parent plans the run like a one-process run (:meth:`bench.runner.GridRunner.plan`: same images, same
+resume), splits what is left into shards of (job × images) and certifies them in spawned worker processes
+with :func:`bench.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
+one parquet part in a single atomic replace. Each image's noise is seeded from (run seed, image, method, FoR,
+σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
+keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from datetime import datetime, timezone
+
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bench import store
+from bench.distributed import certify_shard, clear_staging, shard_specs
+from bench.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
+
+SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class PoolGridRunner(GridRunner):
+    """The grid of a :class:`RunConfig` in ``processes`` local worker processes; same store, same resume."""
+
+    def run_pool(self, labels: list[int], load_test: Callable[[], torch.utils.data.Dataset], processes: int,
+                 threads: int = 1, shard_size: int = SHARD_SIZE) -> dict:
+        """Certify what is left of the grid; ``load_test`` must be picklable (a module-level function or a
+        ``functools.partial`` of one). Returns the final manifest."""
+        opts = self.options
+        plan = self.plan(labels)
+        manifest = plan.manifest
+        specs = shard_specs(self.config, opts, plan, shard_size, threads)
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=opts.console, disable=opts.quiet,
+        )
+        total = len(plan.indices)
+        tallies = {job.key: _Tally() for job in plan.jobs}
+        with progress:
+            bars = {job.key: progress.add_task(job.label, total=total, completed=total - len(plan.todo[job]),
+                                               summary="") for job in plan.jobs}
+            try:
+                for spec, summary in self._certify(specs, load_test, processes, threads):
+                    _collect(manifest, summary, tallies[spec.job.key])
+                    progress.update(bars[spec.job.key], advance=len(spec.indices),
+                                    summary=tallies[spec.job.key].summary())
+                    store.write_json(self.out / store.MANIFEST, manifest)
+            finally:
+                store.write_json(self.out / store.MANIFEST, manifest)
+                clear_staging(self.out)
+        manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        store.write_json(self.out / store.MANIFEST, manifest)
+        return manifest
+
+    @staticmethod
+    def _certify(specs, load_test, processes: int, threads: int):
+        """Yield (spec, summary) as shards finish; a failing shard stops the others and raises its error."""
+        if not specs:
+            return
+        ctx = mp.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=min(processes, len(specs)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(threads,))
+        try:
+            pending = {pool.submit(certify_shard, spec, load_test): spec for spec in specs}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield pending.pop(future), future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _collect(manifest: dict, summary: dict, tally: _Tally) -> None:
+    """Fold one shard's summary into the manifest (model record, batch size, warm-up, set-up, as-executed L)
+    and the job's tally."""
+    for row in summary["rows"]:
+        tally.add(row)
+    manifest["models"].setdefault(str(summary["fors"]), summary["model"])
+    setup = manifest.setdefault("setup_s", {})
+    if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
+        setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
+    if summary["batch_size"] is not None:
+        manifest["batch_size"][summary["job"]] = summary["batch_size"]
+        manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
+        manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
+
+
+def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset],
+                  processes: int, threads: int = 1) -> dict:
+    """:func:`bench.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
+    dataset = load_test()
+    labels = _labels(dataset) if config.per_class else [0] * len(dataset)
+    return PoolGridRunner(config, options).run_pool(labels, load_test, processes, threads)
+
+
+__all__ = ["PoolGridRunner", "run_grid_pool"]

@@ -1,0 +1,55 @@
+"""``bench.pool``: the grid certified by local worker processes equals the one-process run, and resumes it."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pandas as pd
+from tiny_checkpoints import write_tiny_checkpoints
+
+from bench import store
+from bench.pool import PoolGridRunner, run_grid_pool
+from bench.runner import RunConfig, RunOptions, run_grid
+from lsrs.data import load_dataset
+
+TIMING = ["encode_s", "sample_s", "total_s"]
+KEY = ["sigma", "method", "fors", "idx"]
+_test_set = functools.partial(load_dataset, "digits", "test")  # picklable: the workers load it
+
+
+def _config(checkpoints: Path) -> RunConfig:
+    return RunConfig(dataset="digits", fors=(1, 9), sigmas=(0.0, 0.25), n0=16, n=96, skip=7, max_images=5,
+                     checkpoints=str(checkpoints), decide_radii=(0.1,), max_n=200)
+
+
+def _table(folder: Path, drop: list[str]) -> pd.DataFrame:
+    frame = pd.read_parquet(folder)
+    return frame.sort_values([*KEY, *(["radius"] if "certified" in frame else [])]).reset_index(drop=True).drop(
+        columns=drop)
+
+
+def test_pool_run_equals_the_one_process_run_and_resumes_it(tmp_path: Path) -> None:
+    checkpoints = write_tiny_checkpoints(tmp_path / "ckpt", (1, 9), (0.0, 0.25))
+    config = _config(checkpoints)
+    reference = tmp_path / "reference"
+    expected = run_grid(config, RunOptions(out=reference, quiet=True), _test_set)
+
+    out = tmp_path / "pool"
+    run_grid(config, RunOptions(out=out, quiet=True, stop_after=4), _test_set)  # an interrupted run to resume
+    stored = len(pd.read_parquet(out))
+    labels = [0] * len(_test_set())
+    manifest = PoolGridRunner(config, RunOptions(out=out, quiet=True)).run_pool(labels, _test_set, processes=2,
+                                                                                shard_size=2)
+    assert stored == 4 and len(store.part_files(out)) > 3  # the stored rows plus the workers' shards
+    pd.testing.assert_frame_equal(_table(out, TIMING), _table(reference, TIMING))
+    pd.testing.assert_frame_equal(_table(out / store.DECISIONS_DIR, ["total_s"]),
+                                  _table(reference / store.DECISIONS_DIR, ["total_s"]))
+    assert manifest["finished"] and manifest["config_hash"] == expected["config_hash"]
+    for key in ("checkpoints", "models", "batch_size"):
+        assert manifest[key] == expected[key], key
+    assert set(manifest["warmup_s"]) == set(expected["warmup_s"])
+    assert not (out / ".staging").exists()
+
+    again = run_grid_pool(config, RunOptions(out=out, quiet=True), _test_set, processes=2)  # nothing left to do
+    assert again["finished"] and len(pd.read_parquet(out)) == len(pd.read_parquet(reference))
