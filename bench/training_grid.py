@@ -429,6 +429,7 @@ def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, floa
     A model's weights depend only on its own seeds, never on which process trains it or on what it trained
     before, so they equal those of :func:`_train_sequential` (with the same ``threads``).
     """
+    _train_test(recipe)  # the data must load here first: a missing dataset is the parent's one-line error
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=ctx,

@@ -87,7 +87,7 @@ def test_grid_validation_errors() -> None:
     with pytest.raises(GridConfigError, match="FoR 2 not available for resnet18"):
         train_grid("digits", [0, 2], [0.25], Path("unused"), quiet=True)
     with pytest.raises(GridConfigError, match="unknown dataset"):
-        train_grid("mnist", [0], [0.25], Path("unused"), quiet=True)
+        train_grid("svhn", [0], [0.25], Path("unused"), quiet=True)
     with pytest.raises(GridConfigError, match="unknown architecture"):
         train_grid("digits", [0], [0.25], Path("unused"), arch="vgg", quiet=True)
 
