@@ -123,6 +123,7 @@ class CayleyConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.cache = True
         self._cache: dict[tuple[int, int], Tensor] = {}
+        self._cache64: dict[tuple[int, int], tuple[tuple, Tensor]] = {}
         self._cache_key: tuple | None = None
         self.reset_parameters()
 
@@ -133,7 +134,7 @@ class CayleyConv2d(nn.Module):
             self.scale.copy_(self.weight.norm())
             if self.bias is not None:
                 self.bias.zero_()
-        self._cache = {}
+        self._cache, self._cache64 = {}, {}
 
     def extra_repr(self) -> str:
         return (
@@ -176,7 +177,7 @@ class CayleyConv2d(nn.Module):
     def _cached_operator(self, size: tuple[int, int]) -> Tensor:
         key = self._param_key()
         if key != self._cache_key:
-            self._cache, self._cache_key = {}, key
+            self._cache, self._cache64, self._cache_key = {}, {}, key
         op = self._cache.get(size)
         if op is None:
             # A plain (non-inference) constant, usable both under inference_mode and by autograd w.r.t. x.
@@ -192,14 +193,24 @@ class CayleyConv2d(nn.Module):
         return not needs_param_grad
 
     def train(self, mode: bool = True) -> CayleyConv2d:
-        self._cache, self._cache_key = {}, None
+        self._cache, self._cache64, self._cache_key = {}, {}, None
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
-        self._cache, self._cache_key = {}, None
+        self._cache, self._cache64, self._cache_key = {}, {}, None
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ forward
+    def _widened(self, op: Tensor, size: tuple[int, int]) -> Tensor:
+        """The cached operator upcast exactly to float64 / complex128, itself cached until the operator changes
+        (its storage or version: an in-place edit of the cached operator is seen)."""
+        key = (op.data_ptr(), op._version)
+        hit = self._cache64.get(size)
+        if hit is None or hit[0] != key:
+            hit = (key, op.to(torch.complex128 if op.is_complex() else torch.float64))
+            self._cache64[size] = hit
+        return hit[1]
+
     def executed_operator(self, size: tuple[int, int]) -> Tensor:
         """The operator ``forward`` applies in ``eval()`` at conv size ``size``: the cached one (as computed in
         the parameters' dtype), which :mod:`lsrs.executed` bounds."""
@@ -219,7 +230,7 @@ class CayleyConv2d(nn.Module):
             op = self._cached_operator(size) if self._use_cache() else self._operator(size)
             bias = self.bias
             if widen:
-                op = op.to(torch.complex128 if op.is_complex() else torch.float64)
+                op = self._widened(op, size)
                 bias = None if bias is None else bias.double()
             if self.kernel_size == 1:
                 return F.conv2d(x, op[:, :, None, None], bias)
