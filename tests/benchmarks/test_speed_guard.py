@@ -57,7 +57,7 @@ def _fp32_only(suite: SpeedSuite) -> SpeedSuite:
 
 
 def _guard(suite, preset: str, record_property=None, methods: list[str] | None = None,
-           rounds: int = GUARD_ROUNDS) -> tuple:
+           rounds: int = GUARD_ROUNDS, every_enforced: bool = True) -> tuple:
     """Measure ``suite`` and compare with ``preset``'s floors: (guard lines, table, floors, untimed ratios).
 
     Reduced precision is timed where its ratio is enforced (the floors' machine, e.g. with AVX-512 BF16), or
@@ -86,7 +86,8 @@ def _guard(suite, preset: str, record_property=None, methods: list[str] | None =
         Path(out).with_suffix(f".{preset}.json").write_text(
             json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
     untimed = {name for name in floors["ratios"] if name not in result.ratios}
-    assert not {n for n in untimed if same or floors["ratios"][n]["portable"]}, "an enforced ratio was not timed"
+    if every_enforced:  # (the deliberate-slowdown check times IS-RS alone)
+        assert not {n for n in untimed if same or floors["ratios"][n]["portable"]}, "an enforced ratio was not timed"
     return lines, table, floors, untimed
 
 
@@ -125,7 +126,7 @@ def test_guard_fails_when_the_default_path_stops_folding(monkeypatch) -> None:
     monkeypatch.setattr(LatentSmooth.__init__, "__kwdefaults__", slow)
     suite = SpeedSuite(PRESETS["paper-guard"])
     assert any(isinstance(m, nn.BatchNorm2d) for m in suite.smoothers[("is", "fp32")].classifier.modules())
-    lines, table, _, _ = _guard(suite, "paper-guard", methods=["is"], rounds=3)  # a ~30 % drop: 3 rounds suffice
+    lines, table, _, _ = _guard(suite, "paper-guard", methods=["is"], rounds=3, every_enforced=False)  # a ~30 % drop: 3 rounds suffice
     assert "efficiency[is]" in {g.name for g in lines if not g.ok}, table
 
 
