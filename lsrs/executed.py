@@ -109,14 +109,12 @@ class ExecutedBound:
 
     ``lipschitz`` is ``L``; ``lipschitz_plus`` (``>= 1``) bounds the Lipschitz constant of every partial
     composition of the encoder (a product of ``max(1, L_atom)``), used to carry each layer's rounding error to
-    the latent. ``key`` identifies the operators bounded (storage and version), so a smoother can notice when
-    they change.
+    the latent. (:func:`operators_key` tells a smoother when the cached operators change.)
     """
 
     lipschitz: float
     lipschitz_plus: float
     terms: tuple[_Term, ...]
-    key: tuple
     trusted: bool = False  # True: a declared bound taken on trust (no as-executed analysis was possible)
 
     @property
@@ -157,7 +155,6 @@ class _Walker:
     def __init__(self, shapes: dict[nn.Module, tuple[int, ...]]) -> None:
         self.shapes = shapes
         self.terms: list[_Term] = []
-        self.key: list[tuple] = []
 
     def bound(self, module: nn.Module) -> tuple[float, float]:
         if isinstance(module, nn.Sequential):
@@ -192,7 +189,6 @@ class _Walker:
         shape = self.shapes[layer]
         size = layer.conv_size(shape)
         op = layer.executed_operator(size)
-        self.key.append((op.data_ptr(), op._version, tuple(op.shape)))
         lip = operator_norm_bound(op)
         c_in, c_out = op.shape[-2], op.shape[-1]
         if layer.kernel_size == 1:  # a (c_out, c_in) real matrix; F.conv2d is an inner product per pixel
@@ -259,7 +255,7 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     with no rounding at all (IS-RS). Builds the cached operators if needed (it runs one forward pass).
     """
     if isinstance(encoder, nn.Identity):
-        return ExecutedBound(1.0, 1.0, (), ())
+        return ExecutedBound(1.0, 1.0, ())
     if not has_executed_bound(encoder):
         return None
     if any(m.training for m in encoder.modules()):
@@ -273,13 +269,13 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
         lip, plus = walker.bound(encoder)
     except _Unsupported:
         return None
-    bound = ExecutedBound(lip, plus, tuple(walker.terms), tuple(walker.key))
+    bound = ExecutedBound(lip, plus, tuple(walker.terms))
     if bound.rel_total * plus > _MAX_EPS:
         raise ValueError(f"rounding analysis out of its first-order range (relative error {bound.rel_total:.2e})")
     return bound
 
 
-def operators_key(encoder: nn.Module, shapes: dict[nn.Module, tuple[int, ...]] | None = None) -> tuple:
+def operators_key(encoder: nn.Module) -> tuple:
     """Storage and version of every cached Cayley operator of ``encoder`` (changes when one is modified)."""
     out = []
     for m in encoder.modules():

@@ -86,13 +86,18 @@ def proven_bound(module: nn.Module, input_shape: Sequence[int]) -> float:
     1 for MaxMin / padding / unshuffle / mean shift) multiplied through sequences, ``alpha``-combined through
     convex residuals. Anything without a known bound (BatchNorm, a std division, ...) gives ``inf``.
     """
+    return _module_bound(module, input_shape, cayley_exact=False)
+
+
+def _module_bound(module: nn.Module, input_shape: Sequence[int], cayley_exact: bool) -> float:
+    """:func:`_bound` of ``module`` in eval mode, at the shapes of one forward pass of zeros."""
     p = next(iter(module.parameters()), None)
     x = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32,
                     device=p.device if p is not None else "cpu")
     was_training = module.training
     module.eval()
     try:
-        return _bound(module, input_shapes(module, x))
+        return _bound(module, input_shapes(module, x), cayley_exact)
     finally:
         module.train(was_training)
 
@@ -187,15 +192,7 @@ def exact_arithmetic_bound(module: nn.Module, input_shape: Sequence[int]) -> flo
     """The bound of the proof on paper: :func:`proven_bound` with every Cayley convolution counted as exactly
     (semi-)orthogonal, i.e. Lipschitz 1 (the Cayley transform of a skew-Hermitian matrix is unitary, paper
     Eq. 10; Trockman & Kolter 2021). No operator is built, so it is instant at any size."""
-    p = next(iter(module.parameters()), None)
-    x = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
-    was_training = module.training
-    module.eval()
-    try:
-        return _bound(module, input_shapes(module, x), cayley_exact=True)
-    finally:
-        module.train(was_training)
+    return _module_bound(module, input_shape, cayley_exact=True)
 
 
 def audit(

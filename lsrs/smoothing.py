@@ -334,7 +334,7 @@ class LatentSmooth:
             with torch.inference_mode(False):
                 bound = executed_bound(self.encoder, tuple(input_shape), self.device)
             if bound is None:
-                bound = ExecutedBound(self.lipschitz, self.lipschitz, (), (), trusted=True)
+                bound = ExecutedBound(self.lipschitz, self.lipschitz, (), trusted=True)
             elif bound.lipschitz < self.lipschitz:
                 bound.lipschitz = self.lipschitz
             self._executed = bound

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from test_lipschitz import _perturb  # a few large SGD steps off the init, as for the declared bound
 from torch import nn
 
 from lsrs.executed import encode_executed, executed_bound, operator_norm_bound
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz import jacobian_spectral_norm
-from lsrs.models import Split, resnet18, valid_fors
+from lsrs.models import resnet18, valid_fors
 from lsrs.smoothing import smooth_model
 
 
@@ -47,20 +47,6 @@ def test_operator_norm_bound_of_a_real_matrix():
 
 
 # ---------------------------------------------------------------------------- L of the encoder as executed
-def _perturb(model: Split, steps: int = 3) -> None:
-    """A few large SGD steps so that alphas and weights are no longer at their init."""
-    gen = torch.Generator().manual_seed(0)
-    shape = (int(model.config["in_channels"]), model.config["in_size"], model.config["in_size"])
-    x = torch.rand(8, *shape, generator=gen)
-    y = torch.randint(0, model.config["num_classes"], (8,), generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-
 @pytest.mark.parametrize("fors", [f for f in valid_fors("resnet18") if 0 < f < 18])  # 18: lsrs.margin
 def test_executed_bound_is_above_power_iteration_on_the_float32_encoder(fors):
     """For every FoR after training steps: power iteration in float64 on the encoder with its float32
