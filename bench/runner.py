@@ -660,33 +660,42 @@ class JobCertifier:
             x, label = dataset[i]
             with Stopwatch(self.device) as sw, torch.inference_mode():
                 prediction = int(model(x.to(self.device).unsqueeze(0)).argmax(1).item())
-            yield {
-                **self.common,
-                "idx": i,
-                "label": int(label),
-                "prediction": prediction,
-                "correct": prediction == int(label),
-                "radius": 0.0,
-                "radius_latent": 0.0,
-                "lipschitz": float(getattr(model, "encoder_lipschitz", 1.0)),
-                "lipschitz_declared": float(getattr(model, "encoder_lipschitz", 1.0)),
-                "latent_error": 0.0,
-                "p_a_lower": float("nan"),
-                "p_b_upper": float("nan"),
-                "sampler": self.config.sampler,
-                "certificate": self.config.certificate,
-                "counts_selection": [],
-                "counts_estimation": [],
-                "n0": 0,
-                "n": 0,
-                "samples_used": 0,
-                "encode_s": 0.0,
-                "sample_s": 0.0,
-                "total_s": sw.seconds,
-                "batch_size": 1,
-                "seed": 0,
-            }
+            lipschitz = float(getattr(model, "encoder_lipschitz", 1.0))
+            yield self._one_pass_row(i, int(label), prediction, 0.0, 0.0, lipschitz, samples_used=0,
+                                     sample_s=0.0, total_s=sw.seconds)
 
+
+    def _one_pass_row(self, idx: int, label: int, prediction: int, radius: float, radius_latent: float,
+                      lipschitz: float, *, samples_used: int, sample_s: float, total_s: float, **common) -> dict:
+        """A row of a certificate without sampling (σ = 0 clean accuracy, or the Lipschitz margin): no counts,
+        NaN probabilities, no rounding term, ``sampler`` / ``certificate`` repeating the run's."""
+        return {
+            **self.common,
+            **common,
+            "idx": idx,
+            "label": label,
+            "prediction": prediction,
+            "correct": prediction == label,
+            "radius": radius,
+            "radius_latent": radius_latent,
+            "lipschitz": lipschitz,
+            "lipschitz_declared": lipschitz,
+            "latent_error": 0.0,
+            "p_a_lower": float("nan"),
+            "p_b_upper": float("nan"),
+            "sampler": self.config.sampler,
+            "certificate": self.config.certificate,
+            "counts_selection": [],
+            "counts_estimation": [],
+            "n0": 0,
+            "n": 0,
+            "samples_used": samples_used,
+            "encode_s": 0.0,
+            "sample_s": sample_s,
+            "total_s": total_s,
+            "batch_size": 1,
+            "seed": 0,
+        }
 
     def _init_lipschitz(self, x: torch.Tensor) -> None:
         """Copy the model to float64 and prove its bound L (:class:`lsrs.margin.LipschitzCertifier`), then
@@ -714,33 +723,9 @@ class JobCertifier:
             with Stopwatch(self.device) as sw:
                 cert = certifier.certify(x.to(self.device))
             prediction, radius = int(cert.prediction[0]), float(cert.radius[0])
-            yield {
-                **self.common,
-                "precision": "fp64",
-                "idx": i,
-                "label": int(label),
-                "prediction": prediction,
-                "correct": prediction == int(label),
-                "radius": radius,
-                "radius_latent": radius * cert.lipschitz,  # in logit space, so radius = radius_latent / L
-                "lipschitz": cert.lipschitz,
-                "lipschitz_declared": cert.lipschitz,
-                "latent_error": 0.0,
-                "p_a_lower": float("nan"),
-                "p_b_upper": float("nan"),
-                "sampler": self.config.sampler,
-                "certificate": self.config.certificate,
-                "counts_selection": [],
-                "counts_estimation": [],
-                "n0": 0,
-                "n": 0,
-                "samples_used": 1,
-                "encode_s": 0.0,
-                "sample_s": sw.seconds,
-                "total_s": sw.seconds,
-                "batch_size": 1,
-                "seed": 0,
-            }
+            # radius_latent is in logit space, so radius = radius_latent / L as for the smoothers
+            yield self._one_pass_row(i, int(label), prediction, radius, radius * cert.lipschitz, cert.lipschitz,
+                                     samples_used=1, sample_s=sw.seconds, total_s=sw.seconds, precision="fp64")
 
 
 def _job_keys(rows) -> list[str]:
