@@ -58,15 +58,23 @@ def model_config(
 
 
 def model_info(model, input_shape: tuple[int, int, int], *, iters: int, steps: int, empirical: bool,
-               progress=None) -> dict:
-    """Everything ``bench info`` prints, as plain data (the audit table as records)."""
+               progress=None, cache=None) -> dict:
+    """Everything ``bench info`` prints, as plain data (the audit table as records).
+
+    ``model`` is put in ``eval()`` with frozen parameters and audited in place, so the FLOP count and the
+    audit share one build of the cached operators; ``cache`` reuses proven operator-norm bounds."""
     from lsrs.flops import flop_split
     from lsrs.lipschitz import audit
 
     def count(m) -> int:
         return sum(p.numel() for p in m.parameters())
 
-    table = audit(model, input_shape, iters=iters, steps=steps, empirical=empirical, progress=progress)
+    model.eval().requires_grad_(False)
+    if progress is not None:
+        progress("FLOP count, building the Cayley operators")
+    flops = flop_split(model, input_shape)
+    table = audit(model, input_shape, iters=iters, steps=steps, empirical=empirical, progress=progress,
+                  cache=cache, in_place=True)
     return {
         "arch": model.arch,
         "fors": model.fors,
@@ -78,7 +86,7 @@ def model_info(model, input_shape: tuple[int, int, int], *, iters: int, steps: i
         "params": {"encoder": count(model.encoder), "classifier": count(model.classifier), "total": count(model)},
         "lipschitz": {k: table.attrs[k] for k in ("declared", "proven", "executed", "empirical", "sound")},
         "audit": table.to_dict(orient="records"),
-        "flops": flop_split(model, input_shape),
+        "flops": flops,
     }
 
 
@@ -154,9 +162,11 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
             iters, steps, no_empirical, as_json) -> None:
     """Latent shape, parameter counts, Lipschitz audit and FLOP split of one model.
 
-    The audit multiplies exact per-layer bounds of the encoder (largest singular value of every Cayley
-    convolution at its spatial size, via the FFT) and compares them with a power-iteration / pair-search
-    estimate; the FLOP-ideal speedup is total FLOPs / classifier FLOPs.
+    The audit shows, per encoder stage, the bound of the proof in exact arithmetic (a Cayley convolution
+    counts 1) beside the bound as executed (rigorous float64 bounds on the float32 operators the encoder
+    applies), and compares them with a power-iteration / pair-search estimate; the FLOP-ideal speedup is
+    total FLOPs / classifier FLOPs. With --checkpoint, the as-executed operator bounds are kept beside it
+    (<checkpoint>.bounds.json, keyed by each operator's SHA-256) and reused when the same operators return.
 
     \b
     Example:
@@ -164,6 +174,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
       bench info --dataset digits --width 16 --fors 13 --json
       bench info --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical
     """
+    from lsrs.executed import BoundCache
     from lsrs.models import build_model
 
     if checkpoint is not None:
@@ -183,7 +194,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
             raise BenchUsageError(str(exc)) from None
     input_shape = (int(cfg["in_channels"]), int(cfg["in_size"]), int(cfg["in_size"]))
     console = Console(stderr=True)
-    stages = len(list(model.encoder.children())) + 1
+    stages = len(list(model.encoder.children())) + 2  # the FLOP count, each stage, the whole encoder
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("Lipschitz audit", total=stages)
@@ -192,7 +203,15 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
             done = bar.tasks[0].completed
             bar.update(task, description=f"Lipschitz audit: {name}", completed=min(done + 1, stages))
 
-        info = model_info(model, input_shape, iters=iters, steps=steps, empirical=not no_empirical, progress=step)
+        cache = BoundCache.beside(checkpoint) if checkpoint is not None else None
+        info = model_info(model, input_shape, iters=iters, steps=steps, empirical=not no_empirical, progress=step,
+                          cache=cache)
+    if cache is not None:
+        cache.save()
+        info["bound_cache"] = {"path": str(cache.path), "reused": cache.hits, "computed": cache.misses}
+        if not as_json:
+            console.print(f"as-executed operator bounds: {cache.hits} reused, {cache.misses} computed "
+                          f"(kept in {cache.path})")
     if as_json:
         click.echo(json.dumps(info, default=float))
     else:

@@ -29,7 +29,8 @@ it at width 24 with one thread; ``paper`` is the paper's CIFAR ResNet18 (width 6
 default threads, smoothed by the README's plain call (``Smooth(model, 10, sigma)``, ``LatentSmooth(...)``,
 no options), its overhead floor being the *fastest* pure forward of the same function (BatchNorm folded or
 not, NCHW or channels_last: ``floor_variants``, timed every round, the minimum per round); ``paper-guard`` is
-``paper`` at n = 200 and the folded variants only, the size the CI guard affords.
+``paper`` at n = 200 with the folded channels_last forward only (never beaten here by a folded NCHW one:
+16.8 against 21.6 ms per sample for IS), the size the CI guard affords.
 
 The regression guard (``tests/benchmarks/test_speed_guard.py``) compares the guarded ratios with the floors
 stored per guarded preset (``FLOORS_PATHS``); regenerate them deliberately with
@@ -128,7 +129,7 @@ PRESETS: dict[str, SpeedConfig] = {
                          fold_bn=False, channels_last=False, plain_api=True, floor_variants=tuple(FORWARD_VARIANTS)),
     "paper-guard": SpeedConfig(width=64, fors=(9, 13), n=200, batch_size=200, precisions=("fp32",), threads=None,
                                fold_bn=False, channels_last=False, plain_api=True,
-                               floor_variants=("folded/channels_last", "folded/contiguous")),
+                               floor_variants=("folded/channels_last",)),
 }
 
 #: Where each guarded preset's floors live, and the command that records them.
@@ -260,6 +261,7 @@ class Slowed(nn.Module):
         super().__init__()
         self.inner = inner
         self.factor = float(factor)
+        self.train(inner.training)  # an eval-mode classifier stays one (the library folds only eval modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.process_time()
@@ -314,6 +316,7 @@ class SpeedSuite:
         self.base: dict[str, nn.Module] = {}
         self.variants: dict[tuple[str, str], tuple[nn.Module, torch.Tensor]] = {}
         self.smoothers: dict[tuple[str, str], LatentSmooth] = {}
+        self.classifiers: dict[str, nn.Module] = {}
         gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, "speed-forward") % 2**31)
         for method in cfg.methods():
             model = self.models[_fors_of(method)]
@@ -330,28 +333,30 @@ class SpeedSuite:
             if not cfg.floor_variants:
                 self.base[method] = classifier
                 self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
-            engine_cls: nn.Module = classifier
+            self.classifiers[method] = classifier
             factor = self.slowdown.get("is" if method == "is" else "ls")
-            if factor:
-                engine_cls = Slowed(classifier, factor)
             for precision in cfg.precisions:
-                if cfg.plain_api:  # the README call: no options, the library's defaults decide
-                    self.smoothers[(method, precision)] = (
-                        Smooth(engine_cls, cfg.num_classes, cfg.sigma) if method == "is" else
-                        LatentSmooth(model.encoder, engine_cls, cfg.num_classes, cfg.sigma, model.encoder_lipschitz))
-                    continue
-                if method == "is":
-                    sm: LatentSmooth = Smooth(engine_cls, cfg.num_classes, cfg.sigma, device=self.device,
-                                              precision=precision, channels_last=cfg.channels_last)
-                else:
-                    sm = LatentSmooth(model.encoder, engine_cls, cfg.num_classes, cfg.sigma,
-                                      model.encoder_lipschitz, device=self.device, precision=precision,
-                                      channels_last=cfg.channels_last)
-                self.smoothers[(method, precision)] = sm
+                self.smoothers[(method, precision)] = self.smoother(method, precision, factor)
         n = cfg.matmul_size
         self._mm = {p: (torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32),
                         torch.randn(n, n, generator=gen).to(self.device, PRECISIONS[p] or torch.float32))
                     for p in cfg.precisions}
+
+    def smoother(self, method: str, precision: str, slowdown: float | None = None) -> LatentSmooth:
+        """The smoother of ``method`` as this config builds it; ``slowdown``: its classifier wrapped in
+        :class:`Slowed` (a deliberate regression)."""
+        cfg, model = self.cfg, self.models[_fors_of(method)]
+        classifier = self.classifiers[method]
+        if slowdown:
+            classifier = Slowed(classifier, slowdown)
+        if cfg.plain_api:  # the README call: no options, the library's defaults decide
+            if method == "is":
+                return Smooth(classifier, cfg.num_classes, cfg.sigma)
+            return LatentSmooth(model.encoder, classifier, cfg.num_classes, cfg.sigma, model.encoder_lipschitz)
+        options = dict(device=self.device, precision=precision, channels_last=cfg.channels_last)
+        if method == "is":
+            return Smooth(classifier, cfg.num_classes, cfg.sigma, **options)
+        return LatentSmooth(model.encoder, classifier, cfg.num_classes, cfg.sigma, model.encoder_lipschitz, **options)
 
     # ---------------------------------------------------------------- the callables
     def batches(self) -> list[int]:
@@ -377,8 +382,9 @@ class SpeedSuite:
 
         return run
 
-    def certify_fn(self, method: str, precision: str) -> Callable[[], object]:
-        sm, cfg, x = self.smoothers[(method, precision)], self.cfg, self.image
+    def certify_fn(self, method: str, precision: str, smoother: LatentSmooth | None = None) -> Callable[[], object]:
+        """One CERTIFY of the suite's image by ``method``'s smoother (or by ``smoother``, with the same seed)."""
+        sm, cfg, x = smoother or self.smoothers[(method, precision)], self.cfg, self.image
         seed = derive_seed(cfg.seed, "speed-certify", method)
         return lambda: sm.certify(x, cfg.n0, cfg.n, cfg.alpha, cfg.batch_size, generator=seed)
 
@@ -556,23 +562,37 @@ STATS = ("median", "min")
 
 
 def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str] | None = None,
-              stat: str = "median", show_progress: bool = False) -> SpeedResult:
+              stat: str = "median", show_progress: bool = False,
+              extra_cases: dict[str, Callable[[], object]] | None = None) -> SpeedResult:
     """Measure ``suite`` for ``rounds`` interleaved rounds (with ``cfg.threads`` torch threads and ``cfg.clock``).
 
     ``stat="median"`` (the guard's): every ratio is computed per round, then the median over rounds.
     ``stat="min"``: ratios of the per-case minimum times, an estimate of the uncontended machine when other
     jobs share it and the wall clock must be used (e.g. several torch threads); quartiles stay per round.
+    ``extra_cases`` are timed in the same rounds (kept in ``rounds``, read back by :func:`substituted`).
     """
     if stat not in STATS:
         raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
     cfg = suite.cfg
-    cases = suite.cases(methods)
+    cases = {**suite.cases(methods), **(extra_cases or {})}
     bar = (progress_bar(len(cases) * (rounds + warmup), f"timing {len(cases)} cases x {rounds} rounds")
            if show_progress else contextlib.nullcontext(None))
     with torch_threads(cfg.threads), bar as progress:
         timings = measure(cases, rounds, suite.device, warmup=warmup, clock=cfg.clock, progress=progress)
         timings = [with_fastest_forward(t) for t in timings]
         machine = {**machine_signature(), "torch_threads": torch.get_num_threads()}
+    return summarise(timings, suite, machine, stat)
+
+
+def substituted(result: SpeedResult, suite: SpeedSuite, case: str, by: str) -> SpeedResult:
+    """``result`` recomputed from its own rounds with the time of ``case`` replaced by that of ``by`` (a case
+    timed in the same rounds): what the guard would have measured had ``by`` been the code under test."""
+    timings = [{**t, case: t[by]} for t in result.rounds]
+    return summarise(timings, suite, result.machine, result.stat)
+
+
+def summarise(timings: list[dict[str, float]], suite: SpeedSuite, machine: dict, stat: str) -> SpeedResult:
+    """Per-case times and ratios (the median over rounds of per-round ratios, or of the minimum times)."""
     per_round = [round_ratios(t, suite) for t in timings]
     spread = {k: _quartiles([r[k] for r in per_round]) for k in per_round[0]}
     if stat == "min":
@@ -581,7 +601,7 @@ def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str
     else:
         times = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
         ratios = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
-    return SpeedResult(cfg, times, ratios, spread, timings, dict(suite.flops), machine, stat)
+    return SpeedResult(suite.cfg, times, ratios, spread, timings, dict(suite.flops), machine, stat)
 
 
 # ====================================================================== the guard

@@ -26,16 +26,20 @@ which is therefore a sound input radius; it is never larger than ``R / L``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 
-__all__ = ["ExecutedBound", "encode_executed", "executed_bound", "has_executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
+__all__ = ["BoundCache", "ExecutedBound", "encode_executed", "executed_bound", "has_executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -92,6 +96,61 @@ def operator_norm_bound(op: Tensor, chunk: int = 256) -> float:
         gram = torch.linalg.matrix_norm(g, ord="fro") + slack
         worst = max(worst, float(torch.minimum(1.0 + dev, gram).max()))
     return math.sqrt(worst * (1.0 + 1e-12)) * (1.0 + 1e-12)
+
+
+class BoundCache:
+    """Results of :func:`operator_norm_bound`, keyed by the SHA-256 of the operator's bytes (with its dtype and
+    shape), optionally kept in a JSON file (e.g. beside a checkpoint: :meth:`beside`).
+
+    A stored bound is reused only for an operator whose bytes hash to its key, i.e. for exactly the operator
+    it was proven for, whatever checkpoint, torch build or device produced it; an operator computed
+    differently (another BLAS rounding, changed weights) misses and is bounded afresh. The file is trusted
+    like the checkpoint beside it: whoever can edit one can edit the other.
+    """
+
+    SUFFIX = ".bounds.json"
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.bounds: dict[str, float] = {}
+        self.hits = self.misses = 0
+        if path is not None and path.exists():
+            try:
+                self.bounds = {str(k): float(v) for k, v in json.loads(path.read_text())["bounds"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self.bounds = {}  # unreadable: recompute (and rewrite) rather than trust it
+
+    @classmethod
+    def beside(cls, checkpoint: str | Path) -> BoundCache:
+        """The cache file next to ``checkpoint`` (``<name>.bounds.json``)."""
+        checkpoint = Path(checkpoint)
+        return cls(checkpoint.with_name(checkpoint.name + cls.SUFFIX))
+
+    @staticmethod
+    def key(op: Tensor) -> str:
+        data = op.detach().cpu().resolve_conj().resolve_neg().contiguous()  # the values the operator stands for
+        raw = torch.view_as_real(data) if data.is_complex() else data
+        digest = hashlib.sha256(memoryview(raw.numpy()).cast("B")).hexdigest()
+        return f"{str(data.dtype).removeprefix('torch.')}:{'x'.join(map(str, data.shape))}:{digest}"
+
+    def norm_bound(self, op: Tensor) -> float:
+        """:func:`operator_norm_bound` of ``op``, from the cache when this exact operator was bounded before."""
+        key = self.key(op)
+        if key in self.bounds:
+            self.hits += 1
+            return self.bounds[key]
+        self.misses += 1
+        value = self.bounds[key] = operator_norm_bound(op)
+        return value
+
+    def save(self) -> None:
+        """Write the file (atomically) if there is one and something new was bounded."""
+        if self.path is None or not self.misses:
+            return
+        about = "as-executed operator-norm bounds (lsrs.executed.BoundCache), keyed by dtype:shape:sha256"
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"about": about, "bounds": self.bounds}, indent=1) + "\n")
+        os.replace(tmp, self.path)
 
 
 @dataclass(frozen=True)
@@ -152,9 +211,10 @@ class ExecutedBound:
 class _Walker:
     """Recursive ``(L, L+)`` of a module tree, collecting the rounding term of every atom."""
 
-    def __init__(self, shapes: dict[nn.Module, tuple[int, ...]]) -> None:
+    def __init__(self, shapes: dict[nn.Module, tuple[int, ...]], cache: BoundCache | None = None) -> None:
         self.shapes = shapes
         self.terms: list[_Term] = []
+        self.norm_bound = cache.norm_bound if cache is not None else operator_norm_bound
 
     def bound(self, module: nn.Module) -> tuple[float, float]:
         if isinstance(module, nn.Sequential):
@@ -189,7 +249,7 @@ class _Walker:
         shape = self.shapes[layer]
         size = layer.conv_size(shape)
         op = layer.executed_operator(size)
-        lip = operator_norm_bound(op)
+        lip = self.norm_bound(op)
         c_in, c_out = op.shape[-2], op.shape[-1]
         if layer.kernel_size == 1:  # a (c_out, c_in) real matrix; F.conv2d is an inner product per pixel
             mm = gamma(op.shape[-1] + 1) * float(op.double().norm())
@@ -246,9 +306,11 @@ def has_executed_bound(module: nn.Module) -> bool:
     return all(isinstance(m, known) for m in module.modules())
 
 
-def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu"
-                   ) -> ExecutedBound | None:
+def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu",
+                   cache: BoundCache | None = None) -> ExecutedBound | None:
     """The as-executed bound of ``encoder`` (in ``eval()``) on inputs of shape ``input_shape``, or None.
+
+    ``cache`` reuses the operator-norm bounds of operators bounded before (:class:`BoundCache`).
 
     None when the encoder contains a module without an as-executed analysis (e.g. ``nn.Linear``, BatchNorm,
     any custom module): the caller then has only a declared bound to go on. ``nn.Identity`` gives ``L = 1``
@@ -264,7 +326,7 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     param = next(iter(encoder.parameters()), None)
     dtype = param.dtype if param is not None else torch.float32
     x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
-    walker = _Walker(input_shapes(encoder, x))
+    walker = _Walker(input_shapes(encoder, x), cache)
     try:
         lip, plus = walker.bound(encoder)
     except _Unsupported:

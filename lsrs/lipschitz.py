@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from lsrs.executed import U64, executed_bound, has_executed_bound, input_shapes
+from lsrs.executed import U64, BoundCache, executed_bound, has_executed_bound, input_shapes
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift, circular_kernel
 
 __all__ = [
@@ -205,6 +205,8 @@ def audit(
     empirical: bool = True,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    cache: BoundCache | None = None,
+    in_place: bool = False,
 ) -> pd.DataFrame:
     """Per-layer Lipschitz audit of ``model.encoder`` (a :class:`lsrs.models.Split`), exact and as executed.
 
@@ -217,6 +219,9 @@ def audit(
     ``df.attrs`` carries ``declared`` (``model.encoder_lipschitz``), ``proven`` (exact arithmetic),
     ``executed`` and ``empirical``, and ``sound`` (``empirical <= executed``, ``proven <= declared``).
     ``progress`` is called with each stage's name before it is bounded (large encoders take seconds per stage).
+    ``cache`` reuses operator-norm bounds proven before (:class:`lsrs.executed.BoundCache`). ``in_place``
+    audits ``model.encoder`` itself, which must then be in ``eval()`` with frozen float parameters (its cached
+    operators are reused, e.g. those :func:`lsrs.flops.flop_split` built), instead of a frozen copy.
     """
     if input_shape is None:
         cfg = getattr(model, "config", {})
@@ -224,7 +229,12 @@ def audit(
     input_shape = tuple(int(s) for s in input_shape)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
-    encoder = _frozen_copy(model.encoder, param.dtype if param is not None else torch.float32)
+    if in_place:
+        if any(m.training for m in model.encoder.modules()) or any(p.requires_grad for p in model.parameters()):
+            raise ValueError("in_place=True audits the encoder as it is: call model.eval().requires_grad_(False)")
+        encoder = model.encoder
+    else:
+        encoder = _frozen_copy(model.encoder, param.dtype if param is not None else torch.float32)
     as_executed = has_executed_bound(encoder)
     if not as_executed:  # the float64 forward needs the library's atoms; otherwise measure a float64 copy
         encoder = _frozen_copy(model.encoder, torch.float64)
@@ -241,7 +251,7 @@ def audit(
             progress(name)
         in_shape = tuple(h.shape[1:])
         bound = exact_arithmetic_bound(stage, in_shape)
-        executed = executed_bound(stage, in_shape, device) if as_executed else None
+        executed = executed_bound(stage, in_shape, device, cache) if as_executed else None
         executed_l = executed.lipschitz if executed is not None else math.inf
         emp = jacobian_spectral_norm(stage, h, iters=iters, generator=gen) if empirical else math.nan
         with torch.no_grad():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from tiny_checkpoints import tiny_checkpoint
 
 from bench.cli import cli
 
@@ -69,3 +70,22 @@ def test_info_bad_input_exits_2_with_one_line(args, message):
     assert [line for line in res.output.splitlines() if line.startswith("Error")] and len(
         [line for line in res.output.splitlines() if line.startswith("Error")]
     ) == 1
+
+
+def test_info_keeps_the_operator_bounds_beside_the_checkpoint_and_reuses_them(tmp_path):
+    """--checkpoint: the first audit proves every operator's bound and writes <checkpoint>.bounds.json; the
+    second reuses all of them (same operators, same SHA-256) and prints the same as-executed figures; a
+    retrained checkpoint's operators miss and are proven afresh."""
+    ckpt = tmp_path / "digits" / tiny_checkpoint(tmp_path, 9, 0.25)["path"]
+    first = json.loads(invoke("--checkpoint", str(ckpt), "--no-empirical", "--json").output)
+    assert first["bound_cache"]["reused"] == 0 and first["bound_cache"]["computed"] > 0
+    assert (tmp_path / "digits" / (ckpt.name + ".bounds.json")).exists()
+    second = json.loads(invoke("--checkpoint", str(ckpt), "--no-empirical", "--json").output)
+    assert second["bound_cache"] == {**first["bound_cache"], "reused": first["bound_cache"]["computed"],
+                                     "computed": 0}
+    assert second["lipschitz"] == first["lipschitz"]
+    assert [r["executed"] for r in second["audit"]] == [r["executed"] for r in first["audit"]]
+    other = tmp_path / "digits" / tiny_checkpoint(tmp_path, 9, 0.25, seed=77)["path"]
+    assert other == ckpt  # the same file, other weights (as a retraining writes it)
+    third = json.loads(invoke("--checkpoint", str(ckpt), "--no-empirical", "--json").output)
+    assert third["bound_cache"]["reused"] == 0 and third["bound_cache"]["computed"] > 0

@@ -197,3 +197,25 @@ def test_convex_residual_alpha_and_bound():
         assert proven_bound(res, (3,)) == pytest.approx(a * 3.0 + (1 - a) * 1.0)
         x = torch.randn(4, 3)
         assert torch.allclose(res(x), a * main(x) + (1 - a) * x)
+
+
+def test_batched_inverse_on_every_core_equals_one_call_bit_for_bit():
+    """The Cayley operators' batched inverse split over the cores (lsrs.threads.on_every_core) returns exactly
+    the one-thread LAPACK result, leaves the thread setting as it was, and keeps autograd working."""
+    from lsrs.threads import on_every_core, one_cpu_thread
+
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(37, 24, 24, dtype=torch.complex64, generator=gen) / 5
+    m = torch.eye(24, dtype=torch.complex64) + (w - w.mH)
+    before = torch.get_num_threads()
+    with one_cpu_thread(m.device):
+        ref = torch.linalg.inv(m)
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(on_every_core(torch.linalg.inv, m), ref)
+        assert torch.get_num_threads() == 2
+        leaf = m.clone().requires_grad_(True)
+        on_every_core(torch.linalg.inv, leaf).real.sum().backward()
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    finally:
+        torch.set_num_threads(before)

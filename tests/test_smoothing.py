@@ -22,7 +22,7 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from lsrs.smoothing import ABSTAIN, Certificate, LatentSmooth, Smooth
+from lsrs.smoothing import ABSTAIN, PRECISIONS, Certificate, LatentSmooth, Smooth
 
 HSETTINGS = settings(max_examples=12, deadline=None, database=None, derandomize=True)
 
@@ -527,6 +527,39 @@ def test_torch_generator_is_reproducible() -> None:
     a = smoother.certify(torch.zeros(2), 20, 500, 0.01, 64, generator=torch.Generator().manual_seed(8))
     b = smoother.certify(torch.zeros(2), 20, 500, 0.01, 64, generator=torch.Generator().manual_seed(8))
     assert (a.counts_selection, a.counts_estimation) == (b.counts_selection, b.counts_estimation)
+
+
+# ====================================================================== reduced precision
+class TinyConvNet(nn.Module):
+    """conv -> ReLU -> mean -> linear: the layers autocast runs in reduced precision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_certify_counts_every_sample_and_agrees_with_fp32(precision: str) -> None:
+    """CERTIFY with an autocast base classifier: every sample is counted once, its logits really are reduced
+    precision, and the certificate's class and radius agree with fp32 on the same noise (to the tolerance of
+    a few flipped votes)."""
+    model = TinyConvNet().eval()
+    x = torch.rand(3, 8, 8)
+    dtypes = []
+    model.fc.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    low = Smooth(model, 3, 0.25, precision=precision).certify(x, 50, 2000, 0.001, 128, generator=11)
+    assert dtypes and set(dtypes) == {PRECISIONS[precision]}
+    dtypes.clear()
+    ref = Smooth(model, 3, 0.25).certify(x, 50, 2000, 0.001, 128, generator=11)
+    assert set(dtypes) == {torch.float32}
+    assert sum(low.counts_selection) == 50 and sum(low.counts_estimation) == 2000
+    assert low.prediction == ref.prediction
+    flipped = np.abs(np.subtract(low.counts_estimation, ref.counts_estimation)).sum() / 2
+    assert flipped <= 0.05 * 2000, (low.counts_estimation, ref.counts_estimation)
 
 
 # ====================================================================== bad arguments

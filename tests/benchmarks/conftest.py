@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from bench.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
 
@@ -18,12 +19,30 @@ from bench.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_sl
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
 
 
+#: torch's default number of threads in this process (before any test changed it).
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _suite_threads(request):
+    """Each test runs with its suite's threads: ``SpeedConfig.threads`` for ``speed_suite``, torch's default
+    for ``paper_suite`` (a package-scoped fixture must not hold a thread setting for the tests after it)."""
+    if "speed_suite" in request.fixturenames:
+        threads = SpeedConfig().threads
+    elif "paper_suite" in request.fixturenames:
+        threads = PRESETS["paper-guard"].threads or DEFAULT_THREADS
+    else:
+        threads = None
+    with torch_threads(threads):
+        yield
+
+
 @pytest.fixture(scope="package")
 def speed_suite():
     """The fixed benchmark problem, built once; ``LSRS_SPEED_SLOWDOWN`` injects a deliberate regression."""
     cfg = SpeedConfig()
     with torch_threads(cfg.threads):
-        yield SpeedSuite(cfg, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+        return SpeedSuite(cfg, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
 
 
 @pytest.fixture(scope="package")

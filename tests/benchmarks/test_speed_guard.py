@@ -41,12 +41,16 @@ from bench.speed import (
     rounds_from_env,
     run_speed,
     same_machine,
+    substituted,
     with_fastest_forward,
 )
 
 pytestmark = pytest.mark.xdist_group("speed")  # under xdist: one worker builds the suites and times them
 
-GUARD_ROUNDS = 5
+GUARD_ROUNDS = 3
+PAPER_GUARD_ROUNDS = 3  # each round of the width-64 guard times about 40 s of CPU work
+SLOWDOWN = 1.5  # the deliberate regression of the paper-size guard: a 33 % efficiency drop, twice its margin
+SLOWED_CASE = "slowed/is/fp32"
 
 
 def _fp32_only(suite: SpeedSuite) -> SpeedSuite:
@@ -56,9 +60,10 @@ def _fp32_only(suite: SpeedSuite) -> SpeedSuite:
     return view
 
 
-def _guard(suite, preset: str, record_property=None, methods: list[str] | None = None,
-           rounds: int = GUARD_ROUNDS, every_enforced: bool = True) -> tuple:
-    """Measure ``suite`` and compare with ``preset``'s floors: (guard lines, table, floors, untimed ratios).
+def _guard(suite, preset: str, record_property=None, rounds: int = GUARD_ROUNDS,
+           extra_cases: dict | None = None) -> tuple:
+    """Measure ``suite`` and compare with ``preset``'s floors: (guard lines, table, floors, untimed ratios,
+    the measurement). ``extra_cases`` are timed in the same rounds.
 
     Reduced precision is timed where its ratio is enforced (the floors' machine, e.g. with AVX-512 BF16), or
     on request (``LSRS_SPEED_ALL``). Elsewhere its ratios are not enforced, and without native bf16 its cases
@@ -72,12 +77,11 @@ def _guard(suite, preset: str, record_property=None, methods: list[str] | None =
     if floors["config"] != suite.cfg.as_json():
         pytest.fail(f"{path} was recorded for another benchmark config; regenerate: {floors['command']}")
     everything = bool(os.environ.get("LSRS_SPEED_ALL"))
-    if methods is None:
-        methods = None if everything else GUARD_METHODS
+    methods = None if everything else GUARD_METHODS
     same = same_machine(machine_signature(), floors["machine"])
     if not (everything or same):
         suite = _fp32_only(suite)
-    result = run_speed(suite, rounds_from_env(rounds), methods=methods)
+    result = run_speed(suite, rounds_from_env(rounds), methods=methods, extra_cases=extra_cases)
     lines = check_floors(result, floors)
     table = format_table(result, lines)
     if record_property is not None:
@@ -86,9 +90,8 @@ def _guard(suite, preset: str, record_property=None, methods: list[str] | None =
         Path(out).with_suffix(f".{preset}.json").write_text(
             json.dumps({**result.to_json(), "table": table}, indent=2) + "\n")
     untimed = {name for name in floors["ratios"] if name not in result.ratios}
-    if every_enforced:  # (the deliberate-slowdown check times IS-RS alone)
-        assert not {n for n in untimed if same or floors["ratios"][n]["portable"]}, "an enforced ratio was not timed"
-    return lines, table, floors, untimed
+    assert not {n for n in untimed if same or floors["ratios"][n]["portable"]}, "an enforced ratio was not timed"
+    return lines, table, floors, untimed, result
 
 
 def _assert_no_regression(lines: list, table: str, floors: dict, untimed: set) -> None:
@@ -104,30 +107,25 @@ def _assert_no_regression(lines: list, table: str, floors: dict, untimed: set) -
 @pytest.mark.benchmark_guard
 def test_speed_ratios_hold_their_floors(speed_suite, record_property) -> None:
     """Width 24, one thread, the engine as ``bench run`` configures it."""
-    _assert_no_regression(*_guard(speed_suite, "bench", record_property))
+    _assert_no_regression(*_guard(speed_suite, "bench", record_property)[:4])
 
 
 @pytest.mark.benchmark_guard
-def test_paper_size_default_path_holds_its_floors(paper_suite, record_property) -> None:
+def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_suite, record_property) -> None:
     """Width 64, batch 200, torch's default threads, the README call with no options (``PRESETS["paper-guard"]``);
-    the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last)."""
-    _assert_no_regression(*_guard(paper_suite, "paper-guard", record_property))
+    the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last).
 
-
-@pytest.mark.benchmark_guard
-def test_guard_fails_when_the_default_path_stops_folding(monkeypatch) -> None:
-    """A deliberate slowdown of the default path: the library's defaults turned back to ``fold_bn=False,
-    channels_last=False``, so ``Smooth(model, 10, sigma)`` evaluates the caller's unfolded module on NCHW
-    batches. The paper-size guard must report it (efficiency of IS-RS below its floor's allowance), with the
-    floors that pass the unmodified default."""
-    from lsrs.smoothing import LatentSmooth
-
-    slow = {**LatentSmooth.__init__.__kwdefaults__, "fold_bn": False, "channels_last": False}
-    monkeypatch.setattr(LatentSmooth.__init__, "__kwdefaults__", slow)
-    suite = SpeedSuite(PRESETS["paper-guard"])
-    assert any(isinstance(m, nn.BatchNorm2d) for m in suite.smoothers[("is", "fp32")].classifier.modules())
-    lines, table, _, _ = _guard(suite, "paper-guard", methods=["is"], rounds=3, every_enforced=False)  # a ~30 % drop: 3 rounds suffice
-    assert "efficiency[is]" in {g.name for g in lines if not g.ok}, table
+    A deliberate slowdown of that default path, timed in the same rounds: the README call on a classifier
+    that busy-waits half as long again after every batch (:class:`bench.speed.Slowed`, 1.5x). With its time
+    in place of the default's, the guard must report ``efficiency[is]``, with the floors the default passes.
+    """
+    slowed = paper_suite.certify_fn("is", "fp32", paper_suite.smoother("is", "fp32", slowdown=SLOWDOWN))
+    lines, table, floors, untimed, result = _guard(
+        paper_suite, "paper-guard", record_property, rounds=PAPER_GUARD_ROUNDS, extra_cases={SLOWED_CASE: slowed})
+    _assert_no_regression(lines, table, floors, untimed)
+    slow = substituted(result, paper_suite, "certify/is/fp32", SLOWED_CASE)
+    failed = {g.name for g in check_floors(slow, floors) if not g.ok}
+    assert "efficiency[is]" in failed, format_table(slow, check_floors(slow, floors))
 
 
 # ---------------------------------------------------------------------------- the guard's logic (untimed)
@@ -256,3 +254,19 @@ def test_paper_preset_uses_the_plain_call_and_every_variant() -> None:
     assert t["forward/is/fp32"] == min(t[f"forward/is/fp32/{v}"] for v in FORWARD_VARIANTS)
     text = format_table(result)
     assert "README call with no options" in text and "pure forward = the fastest" in text
+
+
+def test_substituted_recomputes_every_ratio_from_the_same_rounds() -> None:
+    """The deliberate-slowdown check: one case's time replaced by another's in every round, all ratios
+    recomputed; a case 1.5x slower than the certify it replaces divides that method's efficiency by 1.5."""
+    from bench.speed import SpeedSuite, summarise
+
+    cfg = replace(SpeedConfig(), width=2, in_size=8, fors=(9,), n0=4, n=8, batch_size=4, matmul_size=8,
+                  precisions=("fp32",))
+    suite = SpeedSuite(cfg)
+    rounds = [{**t, SLOWED_CASE: 1.5 * t["certify/is/fp32"]} for t in run_speed(suite, rounds=3, warmup=0).rounds]
+    result = summarise(rounds, suite, {}, "median")
+    slow = substituted(result, suite, "certify/is/fp32", SLOWED_CASE)
+    assert slow.ratios["efficiency[is]"] == pytest.approx(result.ratios["efficiency[is]"] / 1.5)
+    assert slow.ratios["efficiency[ls9]"] == result.ratios["efficiency[ls9]"]
+    assert [t["certify/is/fp32"] for t in slow.rounds] == [t[SLOWED_CASE] for t in result.rounds]
