@@ -174,8 +174,11 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
       bench info --dataset digits --width 16 --fors 13 --json
       bench info --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical
     """
+    from bench.allocator import keep_freed_memory
     from lsrs.executed import BoundCache
     from lsrs.models import build_model
+
+    keep_freed_memory()  # operator-sized blocks are built and freed over and over at ImageNet size
 
     if checkpoint is not None:
         from lsrs.checkpoint import CheckpointError, load_checkpoint

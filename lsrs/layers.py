@@ -32,6 +32,7 @@ __all__ = [
     "MeanShift",
     "cayley",
     "circular_kernel",
+    "kernel_spectrum",
 ]
 
 
@@ -52,15 +53,21 @@ def cayley(w: Tensor) -> Tensor:
     if p < q:
         return cayley(w.mH).mH
     u, v = w[..., :q, :], w[..., q:, :]
-    eye = torch.eye(q, dtype=w.dtype, device=w.device)
-    a = u - u.mH + v.mH @ v
-    m = eye + a
+    m = u - u.mH
+    if p > q:
+        m = m + v.mH @ v
+    m = m.reshape(-1, q, q)
+    m.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + A, in place (a fresh tensor)
     # the batched LAPACK inverse, one slice per core on one intra-op thread each (lsrs.threads)
-    inv = on_every_core(torch.linalg.inv, m.reshape(-1, q, q)).reshape(m.shape)
-    top = 2.0 * inv - eye
-    if p == q:
-        return top
-    return torch.cat([top, -2.0 * (v @ inv)], dim=-2)
+    inv = on_every_core(torch.linalg.inv, m).reshape(*w.shape[:-2], q, q)
+    del m
+    lower = -2.0 * (v @ inv) if p > q else None
+    if torch.is_grad_enabled() and inv.requires_grad:
+        top = 2.0 * inv - torch.eye(q, dtype=w.dtype, device=w.device)
+    else:  # no autograd: 2 inv - I in place, sparing one operator-sized allocation
+        top = inv.mul_(2.0)
+        top.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    return top if lower is None else torch.cat([top, lower], dim=-2)
 
 
 def circular_kernel(weight: Tensor, size: tuple[int, int], center: bool = True) -> Tensor:
@@ -82,6 +89,31 @@ def circular_kernel(weight: Tensor, size: tuple[int, int], center: bool = True) 
     return out.reshape(*weight.shape[:-2], h, w)
 
 
+def kernel_spectrum(weight: Tensor, size: tuple[int, int]) -> Tensor:
+    """``rfft2`` of the centred circular kernel (:func:`circular_kernel`), laid out ``(h, w//2+1, c_out, c_in)``.
+
+    A ``k x k`` kernel has ``k^2`` taps, so the spectrum is one ``(h(w//2+1), k^2) @ (k^2, c_out c_in)``
+    product with the taps' phase factors ``exp(-2 pi i (a u / h + b v / w))`` (taps at the same torus position
+    simply add): the layout :func:`cayley` needs, without the ``c_out c_in`` FFTs of the ``h x w`` torus and the
+    copies that transpose their result. The phases are computed in float64 from exact integer products.
+    """
+    h, w = size
+    kh, kw = weight.shape[-2:]
+    dev = weight.device
+    rows = (torch.arange(kh, device=dev) - kh // 2) % h
+    cols = (torch.arange(kw, device=dev) - kw // 2) % w
+    fu, fv = torch.arange(h, device=dev), torch.arange(w // 2 + 1, device=dev)
+    turn_r = (rows[:, None] * fu[None, :] % h).double() / h  # (kh, h), in turns
+    turn_c = (cols[:, None] * fv[None, :] % w).double() / w  # (kw, w//2+1)
+    turns = turn_r[:, None, :, None] + turn_c[None, :, None, :]  # (kh, kw, h, w//2+1)
+    phase = torch.polar(torch.ones_like(turns), -2.0 * math.pi * turns)
+    complex_dtype = torch.complex64 if weight.dtype != torch.float64 else torch.complex128
+    phase = phase.reshape(kh * kw, -1).to(complex_dtype)
+    taps = weight.reshape(-1, kh * kw).to(complex_dtype)  # (c_out c_in, k^2)
+    spectrum = phase.mT @ taps.mT  # (h (w//2+1), c_out c_in)
+    return spectrum.reshape(h, w // 2 + 1, *weight.shape[:2])
+
+
 class CayleyConv2d(nn.Module):
     """Orthogonal circular convolution via a per-frequency Cayley transform (Trockman & Kolter 2021).
 
@@ -100,7 +132,7 @@ class CayleyConv2d(nn.Module):
     A 1x1 kernel has a frequency-independent ``Q`` and runs as a plain 1x1 convolution.
 
     In ``eval()`` the transformed operator is computed once per spatial size and cached (the cache is
-    dropped by ``train()`` and whenever a parameter is modified or moved); the uncached, differentiable
+    dropped by ``train()`` (``eval()`` keeps it) and whenever a parameter is modified or moved); the uncached, differentiable
     path is used whenever autograd needs parameter gradients.
     """
 
@@ -152,7 +184,10 @@ class CayleyConv2d(nn.Module):
 
         ``size`` is the spatial size at which the convolution runs (after the unshuffle).
         """
-        kernel = circular_kernel(self._effective_weight(), size)
+        weight = self._effective_weight()
+        if onesided and not (torch.is_grad_enabled() and weight.requires_grad):
+            return cayley(kernel_spectrum(weight, size))  # the cached operators: no autograd
+        kernel = circular_kernel(weight, size)
         spectrum = torch.fft.rfft2(kernel) if onesided else torch.fft.fft2(kernel)
         return cayley(spectrum.permute(2, 3, 0, 1))
 
@@ -194,7 +229,8 @@ class CayleyConv2d(nn.Module):
         return not needs_param_grad
 
     def train(self, mode: bool = True) -> CayleyConv2d:
-        self._cache, self._cache64, self._cache_key = {}, {}, None
+        if mode:  # training changes the parameters (the keys would miss anyway): free the operators now;
+            self._cache, self._cache64, self._cache_key = {}, {}, None  # eval() keeps them, e.g. audit's
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]

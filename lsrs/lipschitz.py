@@ -239,7 +239,12 @@ def audit(
     if not as_executed:  # the float64 forward needs the library's atoms; otherwise measure a float64 copy
         encoder = _frozen_copy(model.encoder, torch.float64)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, *input_shape, generator=gen, dtype=torch.float64).to(device)
+    # the empirical estimates run in float64; without them one float32 image suffices to pass the shapes on
+    # (and spares the float64 copies of every operator, gigabytes at ImageNet size)
+    wide = empirical or not as_executed
+    x = torch.rand(batch if wide else 1, *input_shape, generator=gen, dtype=torch.float64).to(device)
+    if not wide:
+        x = x.to(param.dtype if param is not None else torch.float32)
 
     stages = list(encoder.named_children()) if isinstance(encoder, nn.Sequential) else [("encoder", encoder)]
     stages = stages or [("identity", encoder)]

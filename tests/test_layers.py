@@ -134,6 +134,8 @@ def test_eval_cache_is_bit_identical_and_invalidated():
         layer.cache = True
     assert not torch.equal(changed, cached)
     assert torch.equal(changed, fresh)
+    layer.eval()  # eval() on an eval layer (as the Lipschitz audit does per stage) keeps the operators
+    assert (8, 8) in layer._cache
     layer.train()
     assert not layer._cache
 

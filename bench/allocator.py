@@ -1,0 +1,31 @@
+"""Keep freed memory in the process for reuse (glibc ``mallopt``), for commands that allocate and free
+operator-sized blocks over and over.
+
+glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns it on
+``free``, so each new 300 MB complex operator of a WRN-34 at 224x224 is page-faulted in afresh. With
+``M_MMAP_MAX = 0`` and a huge ``M_TRIM_THRESHOLD`` freed blocks stay in the heap and are reused: ``bench info
+--model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical`` took 107 s instead of 146 s
+(system time 66 s instead of 109 s) on a 2-core AVX2 machine. The price: the process keeps its peak memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's allocator as described above; False where there is no glibc (nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
