@@ -435,7 +435,10 @@ def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, floa
     pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=ctx,
                                initializer=_init_worker, initargs=(events, threads))
     try:
-        pending = {pool.submit(_train_in_worker, recipe, folder, k, sigma, retrain): (k, sigma) for k, sigma in todo}
+        # Longest first (a deeper orthogonal part trains slower; the Lipschitz twin is the slowest), so that no
+        # long model starts last and runs alone; the weights do not depend on the order.
+        order = sorted(todo, key=lambda key: -key[0])
+        pending = {pool.submit(_train_in_worker, recipe, folder, k, sigma, retrain): (k, sigma) for k, sigma in order}
         while pending:
             done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             _drain(events, view)
