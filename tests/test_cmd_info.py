@@ -89,3 +89,33 @@ def test_info_keeps_the_operator_bounds_beside_the_checkpoint_and_reuses_them(tm
     assert other == ckpt  # the same file, other weights (as a retraining writes it)
     third = json.loads(invoke("--checkpoint", str(ckpt), "--no-empirical", "--json").output)
     assert third["bound_cache"]["reused"] == 0 and third["bound_cache"]["computed"] > 0
+
+
+def test_audit_in_place_refuses_a_model_in_training_mode():
+    from lsrs.lipschitz import audit
+    from lsrs.models import resnet18
+
+    model = resnet18(10, 9, 4, 16, 1)
+    with pytest.raises(ValueError, match="eval"):
+        audit(model, (1, 16, 16), empirical=False, in_place=True)
+
+
+def test_baseline_flops_counted_on_the_meta_device_equal_a_real_twin():
+    import torch
+
+    from lsrs.flops import count_flops, flop_split
+    from lsrs.models import wide_resnet34
+
+    model = wide_resnet34(10, 3, widen=1, in_size=32).eval()
+    twin = wide_resnet34(10, 0, widen=1, in_size=32).eval()
+    assert flop_split(model, (3, 32, 32))["flops_baseline"] == count_flops(twin, torch.zeros(1, 3, 32, 32))
+
+
+def test_keep_freed_memory_tunes_glibc_where_there_is_one():
+    """In a child process (the setting is process-wide): True on Linux (glibc accepted both options)."""
+    import subprocess
+    import sys
+
+    code = "from bench.allocator import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(sys.platform.startswith("linux"))

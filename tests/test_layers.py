@@ -221,3 +221,27 @@ def test_batched_inverse_on_every_core_equals_one_call_bit_for_bit():
         assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("c_out,c_in,k,h,w", [(5, 3, 3, 8, 8), (4, 4, 3, 2, 2), (6, 2, 1, 5, 7), (3, 3, 5, 3, 6)])
+def test_kernel_spectrum_equals_rfft2_of_the_circular_kernel(c_out, c_in, k, h, w):
+    """The eval-mode spectrum (one tap-phase product) against torch's rfft2 of the kernel placed on the torus,
+    in float64, kernels larger than the grid included (their wrapped taps add)."""
+    from lsrs.layers import circular_kernel, kernel_spectrum
+
+    weight = torch.randn(c_out, c_in, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k * h))
+    reference = torch.fft.rfft2(circular_kernel(weight, (h, w))).permute(2, 3, 0, 1)
+    spectrum = kernel_spectrum(weight, (h, w))
+    assert spectrum.is_contiguous() and spectrum.shape == reference.shape
+    torch.testing.assert_close(spectrum, reference, rtol=0, atol=1e-12)
+
+
+def test_cached_operator_matches_the_training_path_operator():
+    """The cached (eval, no autograd) operator and the differentiable training-path one are the same
+    semi-orthogonal matrices up to float32 rounding."""
+    torch.manual_seed(2)
+    layer = CayleyConv2d(6, 10, 3, stride=2).eval()
+    cached = layer.executed_operator((4, 4))
+    with torch.enable_grad():
+        trained = layer._operator((4, 4))
+    torch.testing.assert_close(cached, trained.detach(), rtol=0, atol=2e-6)
