@@ -320,10 +320,12 @@ def has_executed_bound(module: nn.Module) -> bool:
 
 
 def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu",
-                   cache: BoundCache | None = None) -> ExecutedBound | None:
+                   cache: BoundCache | None = None, shapes: dict[nn.Module, tuple[int, ...]] | None = None,
+                   ) -> ExecutedBound | None:
     """The as-executed bound of ``encoder`` (in ``eval()``) on inputs of shape ``input_shape``, or None.
 
-    ``cache`` reuses the operator-norm bounds of operators bounded before (:class:`BoundCache`).
+    ``cache`` reuses the operator-norm bounds of operators bounded before (:class:`BoundCache`); ``shapes``
+    (:func:`input_shapes` of a forward pass that included ``encoder`` at that input shape) spares the pass.
 
     None when the encoder contains a module without an as-executed analysis (e.g. ``nn.Linear``, BatchNorm,
     any custom module): the caller then has only a declared bound to go on. ``nn.Identity`` gives ``L = 1``
@@ -338,8 +340,9 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
                          "(its cached operators are what runs and what the bound covers)")
     param = next(iter(encoder.parameters()), None)
     dtype = param.dtype if param is not None else torch.float32
-    x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
-    walker = _Walker(input_shapes(encoder, x), cache)
+    if shapes is None:
+        shapes = input_shapes(encoder, torch.zeros(1, *input_shape, dtype=dtype, device=device))
+    walker = _Walker(shapes, cache)
     try:
         lip, plus = walker.bound(encoder)
     except _Unsupported:

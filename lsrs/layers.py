@@ -244,7 +244,8 @@ class CayleyConv2d(nn.Module):
         key = (op.data_ptr(), op._version)
         hit = self._cache64.get(size)
         if hit is None or hit[0] != key:
-            hit = (key, op.to(torch.complex128 if op.is_complex() else torch.float64))
+            with torch.inference_mode(False), torch.no_grad():  # a plain constant, as in _cached_operator
+                hit = (key, op.to(torch.complex128 if op.is_complex() else torch.float64))
             self._cache64[size] = hit
         return hit[1]
 

@@ -248,6 +248,7 @@ def audit(
 
     stages = list(encoder.named_children()) if isinstance(encoder, nn.Sequential) else [("encoder", encoder)]
     stages = stages or [("identity", encoder)]
+    shapes = input_shapes(encoder, x[:1])  # every submodule's input shape, from one pass (not two per stage)
     rows = []
     cumulative, cumulative_executed = 1.0, 1.0
     h = x
@@ -255,8 +256,8 @@ def audit(
         if progress is not None:
             progress(name)
         in_shape = tuple(h.shape[1:])
-        bound = exact_arithmetic_bound(stage, in_shape)
-        executed = executed_bound(stage, in_shape, device, cache) if as_executed else None
+        bound = _bound(stage, shapes, cayley_exact=True)  # = exact_arithmetic_bound(stage, in_shape)
+        executed = executed_bound(stage, in_shape, device, cache, shapes) if as_executed else None
         executed_l = executed.lipschitz if executed is not None else math.inf
         emp = jacobian_spectral_norm(stage, h, iters=iters, generator=gen) if empirical else math.nan
         with torch.no_grad():
