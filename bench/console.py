@@ -1,4 +1,4 @@
-"""Terminal tables (rich) for the end of ``bench run`` and ``bench demo``."""
+"""Terminal output (rich): the grid's progress display and the tables at the end of ``bench run`` and ``bench demo``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import math
 import pandas as pd
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 UNBOUNDED = 100_000  # columns offered to a table that is measured for a file or a log
@@ -35,6 +43,16 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
             _fmt(row.flop_ideal if row.method == "ls" else float("nan"), ".2f"),
         )
     return table
+
+
+def grid_progress(console: Console | None, quiet: bool) -> Progress:
+    """The progress display of a certification grid (one process, local workers or Ray): one bar per task with
+    its running summary."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet,
+    )
 
 
 def print_table(console: Console, table: Table) -> None:

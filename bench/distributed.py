@@ -32,16 +32,9 @@ from typing import Any
 
 import click
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from bench import store
+from bench.console import grid_progress
 from bench.params import BenchUsageError
 from bench.runner import (
     Checkpoints,
@@ -339,11 +332,7 @@ class RayGridRunner(GridRunner):
         )
         total = len(plan.jobs) * len(plan.indices)
         left = sum(len(v) for v in plan.todo.values())
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=opts.console, disable=opts.quiet,
-        )
+        progress = grid_progress(opts.console, opts.quiet)
         tally = _Tally()
         failures: list[str] = []
         usage_error: str | None = None

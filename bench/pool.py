@@ -16,16 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from bench import store
+from bench.console import grid_progress
 from bench.distributed import certify_shard, clear_staging, shard_specs
 from bench.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
 
@@ -47,11 +40,7 @@ class PoolGridRunner(GridRunner):
         plan = self.plan(labels)
         manifest = plan.manifest
         specs = shard_specs(self.config, opts, plan, shard_size, threads)
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=opts.console, disable=opts.quiet,
-        )
+        progress = grid_progress(opts.console, opts.quiet)
         total = len(plan.indices)
         tallies = {job.key: _Tally() for job in plan.jobs}
         with progress:

@@ -18,17 +18,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 import lsrs
 from bench import devices, store
+from bench.console import grid_progress
 from bench.devices import device_name
 from bench.params import BenchUsageError
 from lsrs.inference import inference_copy
@@ -435,16 +428,7 @@ class GridRunner:
         )
         self._decided = plan.decided
         certified = 0
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[summary]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=opts.console,
-            disable=opts.quiet,
-        )
+        progress = grid_progress(opts.console, opts.quiet)
         with progress:
             tasks = {
                 job: progress.add_task(job.label, total=len(indices), completed=len(indices) - len(todo[job]), summary="")
