@@ -188,10 +188,14 @@ def _frozen_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- audit
-def exact_arithmetic_bound(module: nn.Module, input_shape: Sequence[int]) -> float:
+def exact_arithmetic_bound(module: nn.Module, input_shape: Sequence[int],
+                           shapes: dict[nn.Module, tuple[int, ...]] | None = None) -> float:
     """The bound of the proof on paper: :func:`proven_bound` with every Cayley convolution counted as exactly
     (semi-)orthogonal, i.e. Lipschitz 1 (the Cayley transform of a skew-Hermitian matrix is unitary, paper
-    Eq. 10; Trockman & Kolter 2021). No operator is built, so it is instant at any size."""
+    Eq. 10; Trockman & Kolter 2021). No singular value is computed; the only work is one forward pass for the
+    shapes, spared by ``shapes`` (:func:`lsrs.executed.input_shapes` of a pass that included ``module``)."""
+    if shapes is not None:
+        return _bound(module, shapes, cayley_exact=True)
     return _module_bound(module, input_shape, cayley_exact=True)
 
 
@@ -256,7 +260,7 @@ def audit(
         if progress is not None:
             progress(name)
         in_shape = tuple(h.shape[1:])
-        bound = _bound(stage, shapes, cayley_exact=True)  # = exact_arithmetic_bound(stage, in_shape)
+        bound = exact_arithmetic_bound(stage, in_shape, shapes)
         executed = executed_bound(stage, in_shape, device, cache, shapes) if as_executed else None
         executed_l = executed.lipschitz if executed is not None else math.inf
         emp = jacobian_spectral_norm(stage, h, iters=iters, generator=gen) if empirical else math.nan
