@@ -32,8 +32,25 @@ __all__ = [
     "MeanShift",
     "cayley",
     "circular_kernel",
+    "init_scaled_weight",
     "kernel_spectrum",
+    "scaled_weight",
 ]
+
+
+def init_scaled_weight(weight: nn.Parameter, scale: nn.Parameter, bias: nn.Parameter | None) -> None:
+    """Weight normalisation with a learnable ``scale`` (the layer applies ``weight * scale / |weight|``):
+    ``nn.Conv2d``'s / ``nn.Linear``'s default init for the direction, ``scale`` at the weight's norm, bias 0."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    with torch.no_grad():
+        scale.copy_(weight.norm())
+        if bias is not None:
+            bias.zero_()
+
+
+def scaled_weight(weight: Tensor, scale: Tensor) -> Tensor:
+    """``weight * scale / |weight|``: the matrix the Cayley transform receives (see :func:`init_scaled_weight`)."""
+    return weight * (scale / weight.norm())
 
 
 def cayley(w: Tensor) -> Tensor:
@@ -161,12 +178,8 @@ class CayleyConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``nn.Conv2d``'s default init for the direction; ``scale`` starts at the weight's norm."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        with torch.no_grad():
-            self.scale.copy_(self.weight.norm())
-            if self.bias is not None:
-                self.bias.zero_()
+        """:func:`init_scaled_weight`; the cached operators are dropped."""
+        init_scaled_weight(self.weight, self.scale, self.bias)
         self._cache, self._cache64 = {}, {}
 
     def extra_repr(self) -> str:
@@ -177,7 +190,7 @@ class CayleyConv2d(nn.Module):
 
     # ------------------------------------------------------------------ operator
     def _effective_weight(self) -> Tensor:
-        return self.weight * (self.scale / self.weight.norm())
+        return scaled_weight(self.weight, self.scale)
 
     def fourier_matrices(self, size: tuple[int, int], onesided: bool = True) -> Tensor:
         """The per-frequency (semi-)orthogonal matrices ``Q``: ``(h, w or w//2+1, c_out, c_in*s^2)`` complex.

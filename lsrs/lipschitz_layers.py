@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.layers import cayley
+from lsrs.layers import cayley, init_scaled_weight, scaled_weight
 
 __all__ = ["NormPool", "OrthogonalLinear"]
 
@@ -60,18 +60,14 @@ class OrthogonalLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        with torch.no_grad():
-            self.scale.copy_(self.weight.norm())
-            if self.bias is not None:
-                self.bias.zero_()
+        init_scaled_weight(self.weight, self.scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def matrix(self) -> Tensor:
         """The (semi-)orthogonal ``out x in`` matrix the forward pass multiplies with."""
-        return cayley(self.weight * (self.scale / self.weight.norm()))
+        return cayley(scaled_weight(self.weight, self.scale))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x.to(self.weight.dtype), self.matrix(), self.bias)
