@@ -23,6 +23,11 @@ BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
 DEFAULT_THREADS = torch.get_num_threads()
 
 
+@pytest.fixture(scope="session")
+def default_threads() -> int:
+    return DEFAULT_THREADS
+
+
 @pytest.fixture(autouse=True)
 def _suite_threads(request):
     """Each test runs with its suite's threads: ``SpeedConfig.threads`` for ``speed_suite``, torch's default

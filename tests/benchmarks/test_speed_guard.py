@@ -111,7 +111,8 @@ def test_speed_ratios_hold_their_floors(speed_suite, record_property) -> None:
 
 
 @pytest.mark.benchmark_guard
-def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_suite, record_property) -> None:
+def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_suite, record_property,
+                                                                       default_threads) -> None:
     """Width 64, batch 200, torch's default threads, the README call with no options (``PRESETS["paper-guard"]``);
     the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last).
 
@@ -122,6 +123,7 @@ def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_s
     slowed = paper_suite.certify_fn("is", "fp32", paper_suite.smoother("is", "fp32", slowdown=SLOWDOWN))
     lines, table, floors, untimed, result = _guard(
         paper_suite, "paper-guard", record_property, rounds=PAPER_GUARD_ROUNDS, extra_cases={SLOWED_CASE: slowed})
+    assert result.machine["torch_threads"] == default_threads, "the README call runs with torch's default threads"
     _assert_no_regression(lines, table, floors, untimed)
     slow = substituted(result, paper_suite, "certify/is/fp32", SLOWED_CASE)
     failed = {g.name for g in check_floors(slow, floors) if not g.ok}
