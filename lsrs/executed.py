@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
+from lsrs.threads import map_chunks
 
 __all__ = ["BoundCache", "ExecutedBound", "encode_executed", "executed_bound", "has_executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
 
@@ -68,47 +69,69 @@ def fft_error(points: int, u: float = U64) -> float:
 
 
 @torch.no_grad()
-def operator_norm_bound(op: Tensor, chunk: int = 128) -> float:
+def operator_norm_bound(op: Tensor, chunk: int = 8) -> float:
     """A rigorous upper bound on ``max_f |op_f|_2`` for a stack ``(F, m, k)`` (or one ``(m, k)``) of matrices.
 
     With ``G = A^H A`` (the smaller Gram matrix), ``|A|_2^2 = |G|_2 <= 1 + |G - I|_2 <= 1 + |G - I|_F``, and
-    also ``<= |G|_F``. ``G`` is computed in float64 from the stored entries: each entry is an inner product of
-    ``p`` terms, so ``|fl(G) - G| <= sqrt2 gamma_{p+2} |A|^H |A|`` entrywise (Higham 2002, Section 3.6,
-    complex arithmetic), whose Frobenius norm is at most ``sqrt2 gamma_{p+2} |A|_F^2``; that term is added.
-    The remaining roundings (the subtraction of ``I`` and the norms) are relative errors of a few ``u``,
-    covered by a factor ``1 + 1e-12``. ``|G|_F`` (tighter only far from orthogonal, when ``1 + |G - I|_F > 2``)
-    is computed only then. Costs three quarters of a batched Gram product (``G11``, ``G12``, ``G22`` over the
-    column halves; ``G21 = G12^H``), ``chunk`` matrices upcast at a time, instead of an SVD per frequency.
+    also ``<= |G|_F``. ``G`` is computed in float64 from the stored entries, in real arithmetic: with
+    ``A = B + iC``, ``Re G = B^T B + C^T C`` and ``Im G = P - P^T`` for ``P = B^T C`` (``A^T`` replaces ``A``
+    when it gives the smaller Gram matrix: ``|A^T|_2 = |A|_2``, and no conjugate copy is made). Each entry of
+    ``Re G`` is two inner products of ``p`` terms and a sum, each of ``Im G`` the difference of two, so
+    ``|fl(G) - G| <= gamma_{p+1} (|B|^T |B| + |C|^T |C| + i (|B|^T |C| + |C|^T |B|))`` entrywise (Higham 2002,
+    Section 3.5), whose Frobenius norm is at most ``2 gamma_{p+1} |A|_F^2`` (``|X^T Y|_F <= |X|_F |Y|_F``);
+    ``2 gamma_{p+2} |A|_F^2`` is added. The squared norms are sums of ``N`` rounded squares, within
+    ``gamma_{N+1}`` relative, and the subtraction of ``I``, the square root and the final steps are within a few
+    ``u`` (the factors ``1 + gamma_{N+4}`` and ``1 + 1e-12``). ``|G|_F`` (tighter only far from orthogonal,
+    when ``1 + |G - I|_F > 2``) is computed only then.
+
+    Cost: two real products, ``Re G = R^T R`` for the stacked ``R = [B; C]`` and ``P``: ``3 p k^2`` real
+    multiply-adds per matrix (a complex Gram product is 4), ``chunk`` matrices at a time so that every
+    temporary is small and reused, the chunks spread over the cores (:func:`lsrs.threads.map_chunks`). A
+    non-finite entry gives ``inf``.
     """
     a = op.detach()
     if a.dim() == 2:
         a = a.unsqueeze(0)
     a = a.reshape(-1, *a.shape[-2:])
     if a.shape[-2] < a.shape[-1]:
-        a = a.mH  # make the Gram matrix the smaller one: |A|_2 = |A^H|_2
+        a = a.mT  # make the Gram matrix the smaller one
     p, k = a.shape[-2:]
-    half = max(k // 2, 1)
-    wide = torch.complex128 if a.is_complex() else torch.float64
-    worst = 0.0
-    for start in range(0, a.shape[0], chunk):
-        block = a[start : start + chunk].to(wide).resolve_conj()  # exact upcast of the stored entries
-        slack = math.sqrt(2.0) * gamma(p + 2) * _square_sum(block)
-        # G = [[G11, G12], [G12^H, G22]] over the column halves: |G - I|_F^2 from three of the four blocks
-        left, right = block[..., :half], block[..., half:]
-        g11, g12, g22 = left.mH @ left, left.mH @ right, right.mH @ right
-        g11.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        g22.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        bound = 1.0 + (_square_sum(g11) + 2.0 * _square_sum(g12) + _square_sum(g22)).sqrt() + slack
+    grow = 1.0 + gamma(2 * p * k + 4)  # rounding of the squared norms (at most 2 p k squares each)
+
+    def chunk_bound(lo: int, hi: int) -> float:
+        block = a[lo:hi].resolve_conj()
+        parts = (block.real, block.imag) if block.is_complex() else (block,)
+        parts = tuple(x.to(torch.float64) for x in parts)  # exact upcast of the stored entries
+        slack = 2.0 * gamma(p + 2) * sum(_square_sum(x) for x in parts) * grow  # from |A|_F^2
+        bound = 1.0 + (_gram_deviation_sq(parts) * grow).sqrt() + slack
+        if not bool(torch.isfinite(bound).all()):
+            return math.inf
         if float(bound.max()) > 2.0:  # far from orthogonal: |G|_F may be the tighter bound
-            bound = torch.minimum(bound, _square_sum(block.mH @ block).sqrt() + slack)
-        worst = max(worst, float(bound.max()))
+            bound = torch.minimum(bound, (_gram_deviation_sq(parts, shift=0.0) * grow).sqrt() + slack)
+        return float(bound.max())
+
+    worst = max(map_chunks(chunk_bound, a.shape[0], chunk, a.device))
     return math.sqrt(worst * (1.0 + 1e-12)) * (1.0 + 1e-12)
+
+
+def _gram_deviation_sq(parts: tuple[Tensor, ...], shift: float = 1.0) -> Tensor:
+    """Per matrix, ``|G - shift I|_F^2`` of ``G = A^H A`` with ``A = parts[0] + i parts[1]`` (real parts only when
+    ``A`` is real), from ``Re G = R^T R`` for the stacked ``R = [B; C]`` and ``Im G = P - P^T``
+    (:func:`operator_norm_bound`)."""
+    stacked = torch.cat(parts, dim=-2) if len(parts) == 2 else parts[0]
+    g = stacked.mT @ stacked
+    g.diagonal(dim1=-2, dim2=-1).sub_(shift)
+    total = _square_sum(g)
+    if len(parts) == 2:
+        prod = parts[0].mT @ parts[1]
+        total = total + _square_sum(prod - prod.mT)
+    return total
 
 
 def _square_sum(t: Tensor) -> Tensor:
     """Per leading index, the sum of squared moduli of the entries (the squared Frobenius norm)."""
     entries = torch.view_as_real(t) if t.is_complex() else t
-    return entries.square().sum(dim=tuple(range(1, entries.dim())))
+    return torch.linalg.vector_norm(entries, dim=tuple(range(1, entries.dim()))).square()
 
 
 class BoundCache:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.threads import on_every_core
+from lsrs.inverse import block_inverse
+from lsrs.threads import map_chunks, on_every_core
 
 __all__ = [
     "CayleyConv2d",
@@ -32,8 +33,10 @@ __all__ = [
     "MeanShift",
     "cayley",
     "circular_kernel",
+    "cayley_operator",
     "init_scaled_weight",
     "kernel_spectrum",
+    "tap_phases",
     "scaled_weight",
 ]
 
@@ -75,8 +78,10 @@ def cayley(w: Tensor) -> Tensor:
         m = m + v.mH @ v
     m = m.reshape(-1, q, q)
     m.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + A, in place (a fresh tensor)
-    # the batched LAPACK inverse, one slice per core on one intra-op thread each (lsrs.threads)
-    inv = on_every_core(torch.linalg.inv, m).reshape(*w.shape[:-2], q, q)
+    # one slice of the batch per core on one intra-op thread each (lsrs.threads); without autograd (the cached
+    # operators) by block elimination, mostly matrix products (lsrs.inverse); training keeps LAPACK's inverse
+    grad = torch.is_grad_enabled() and m.requires_grad
+    inv = on_every_core(torch.linalg.inv if grad else block_inverse, m).reshape(*w.shape[:-2], q, q)
     del m
     lower = -2.0 * (v @ inv) if p > q else None
     if torch.is_grad_enabled() and inv.requires_grad:
@@ -106,29 +111,63 @@ def circular_kernel(weight: Tensor, size: tuple[int, int], center: bool = True) 
     return out.reshape(*weight.shape[:-2], h, w)
 
 
-def kernel_spectrum(weight: Tensor, size: tuple[int, int]) -> Tensor:
-    """``rfft2`` of the centred circular kernel (:func:`circular_kernel`), laid out ``(h, w//2+1, c_out, c_in)``.
-
-    A ``k x k`` kernel has ``k^2`` taps, so the spectrum is one ``(h(w//2+1), k^2) @ (k^2, c_out c_in)``
-    product with the taps' phase factors ``exp(-2 pi i (a u / h + b v / w))`` (taps at the same torus position
-    simply add): the layout :func:`cayley` needs, without the ``c_out c_in`` FFTs of the ``h x w`` torus and the
-    copies that transpose their result. The phases are computed in float64 from exact integer products.
-    """
+def tap_phases(kernel: tuple[int, int], size: tuple[int, int], dtype: torch.dtype = torch.complex64,
+               device: torch.device | str | None = None) -> Tensor:
+    """The phase factors ``exp(-2 pi i (a u / h + b v / w))`` of the taps of a centred ``k_h x k_w`` kernel on
+    the ``h x w`` torus at the one-sided frequencies ``(u, v)``: ``(k_h k_w, h (w//2+1))``, computed in float64
+    from exact integer products (taps at the same torus position get the same phase, so they simply add)."""
     h, w = size
-    kh, kw = weight.shape[-2:]
-    dev = weight.device
-    rows = (torch.arange(kh, device=dev) - kh // 2) % h
-    cols = (torch.arange(kw, device=dev) - kw // 2) % w
-    fu, fv = torch.arange(h, device=dev), torch.arange(w // 2 + 1, device=dev)
+    kh, kw = kernel
+    rows = (torch.arange(kh, device=device) - kh // 2) % h
+    cols = (torch.arange(kw, device=device) - kw // 2) % w
+    fu, fv = torch.arange(h, device=device), torch.arange(w // 2 + 1, device=device)
     turn_r = (rows[:, None] * fu[None, :] % h).double() / h  # (kh, h), in turns
     turn_c = (cols[:, None] * fv[None, :] % w).double() / w  # (kw, w//2+1)
     turns = turn_r[:, None, :, None] + turn_c[None, :, None, :]  # (kh, kw, h, w//2+1)
     phase = torch.polar(torch.ones_like(turns), -2.0 * math.pi * turns)
-    complex_dtype = torch.complex64 if weight.dtype != torch.float64 else torch.complex128
-    phase = phase.reshape(kh * kw, -1).to(complex_dtype)
-    taps = weight.reshape(-1, kh * kw).to(complex_dtype)  # (c_out c_in, k^2)
+    return phase.reshape(kh * kw, -1).to(dtype)
+
+
+def _spectral_dtype(weight: Tensor) -> torch.dtype:
+    return torch.complex64 if weight.dtype != torch.float64 else torch.complex128
+
+
+def kernel_spectrum(weight: Tensor, size: tuple[int, int]) -> Tensor:
+    """``rfft2`` of the centred circular kernel (:func:`circular_kernel`), laid out ``(h, w//2+1, c_out, c_in)``.
+
+    A ``k x k`` kernel has ``k^2`` taps, so the spectrum is one ``(h(w//2+1), k^2) @ (k^2, c_out c_in)``
+    product with the taps' phase factors (:func:`tap_phases`): the layout :func:`cayley` needs, without the
+    ``c_out c_in`` FFTs of the ``h x w`` torus and the copies that transpose their result.
+    """
+    h, w = size
+    dtype = _spectral_dtype(weight)
+    phase = tap_phases(weight.shape[-2:], size, dtype, weight.device)
+    taps = weight.reshape(-1, phase.shape[0]).to(dtype)  # (c_out c_in, k^2)
     spectrum = phase.mT @ taps.mT  # (h (w//2+1), c_out c_in)
     return spectrum.reshape(h, w // 2 + 1, *weight.shape[:2])
+
+
+def cayley_operator(weight: Tensor, size: tuple[int, int], chunk: int = 128) -> Tensor:
+    """The cached operator of a Cayley convolution, without autograd: ``Q(u, v)^T`` for every one-sided frequency,
+    ``(h (w//2+1), c_in, c_out)``, built ``chunk`` frequencies at a time.
+
+    ``cayley(kernel_spectrum(weight, size))`` transposed, up to the rounding of the spectrum product (whose
+    blocking depends on the number of rows), but every temporary is chunk-sized and reused: built whole, each
+    330 MB operator of a WRN-34 at 224x224 left 1-2 GB of freshly page-faulted temporaries behind it (glibc
+    maps large blocks afresh), and building and bounding that encoder spent 14 % of its CPU time clearing new
+    pages. The chunks run on all cores (:func:`lsrs.threads.map_chunks`).
+    """
+    c_out, c_in = weight.shape[:2]
+    dtype = _spectral_dtype(weight)
+    phase = tap_phases(weight.shape[-2:], size, dtype, weight.device)
+    taps = weight.reshape(-1, phase.shape[0]).to(dtype).mT  # (k^2, c_out c_in)
+    out = torch.empty(phase.shape[1], c_in, c_out, dtype=dtype, device=weight.device)
+
+    def build(lo: int, hi: int) -> None:
+        out[lo:hi] = cayley((phase[:, lo:hi].mT @ taps).reshape(-1, c_out, c_in)).mT
+
+    map_chunks(build, phase.shape[1], chunk, weight.device)
+    return out
 
 
 class CayleyConv2d(nn.Module):
@@ -215,6 +254,9 @@ class CayleyConv2d(nn.Module):
         ``Q(u, v)^T`` stacked as ``(F, c_in*s^2, c_out)`` complex."""
         if self.kernel_size == 1:
             return self.matrix()
+        weight = self._effective_weight()
+        if not (torch.is_grad_enabled() and weight.requires_grad):
+            return cayley_operator(weight, size)
         q = self.fourier_matrices(size)
         return q.reshape(-1, *q.shape[-2:]).mT.contiguous()
 

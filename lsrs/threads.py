@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -42,3 +45,16 @@ def on_every_core(fn: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
             return fn(batch)
         with ThreadPoolExecutor(workers) as pool:
             return torch.cat(list(pool.map(fn, batch.tensor_split(workers))))
+
+
+def map_chunks(fn: Callable[[int, int], T], total: int, chunk: int, device: torch.device | str = "cpu") -> list[T]:
+    """``[fn(lo, hi) for each chunk [lo, hi) of range(total)]``, in order. On CPU the chunks are spread over one
+    Python thread per torch thread, each running whole chunks on one intra-op thread: every step of a chunk
+    (products, inverses, elementwise work) then runs on all cores, without a thread barrier per operation."""
+    bounds = [(lo, min(lo + chunk, total)) for lo in range(0, total, chunk)]
+    device = torch.device(device)
+    workers = min(torch.get_num_threads(), len(bounds)) if device.type == "cpu" else 1
+    if workers <= 1:
+        return [fn(lo, hi) for lo, hi in bounds]
+    with one_cpu_thread(device), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda b: fn(*b), bounds))

@@ -40,6 +40,16 @@ def test_operator_norm_bound_is_above_the_exact_svd(shape, noise):
         assert bound - exact <= 10 * k * (noise + 1e-7)
 
 
+def test_operator_norm_bound_of_a_non_finite_operator_is_infinite():
+    """A NaN or inf entry (e.g. a failed inverse) must not vanish in max(): the bound is inf."""
+    op = torch.linalg.qr(torch.randn(4, 6, 6, dtype=torch.complex128)).Q.to(torch.complex64)
+    for bad in (float("nan"), float("inf")):
+        broken = op.clone()
+        broken[2, 1, 3] = bad
+        assert operator_norm_bound(broken) == math.inf
+        assert operator_norm_bound(broken.real.contiguous()) == math.inf
+
+
 def test_operator_norm_bound_of_a_real_matrix():
     w = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
     assert operator_norm_bound(w) >= 3.0

@@ -245,3 +245,53 @@ def test_cached_operator_matches_the_training_path_operator():
     with torch.enable_grad():
         trained = layer._operator((4, 4))
     torch.testing.assert_close(cached, trained.detach(), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("n,leaf", [(160, 48), (57, 8), (33, 48), (9, 1)])
+def test_block_inverse_of_positive_real_matrices_against_lapack_in_float64(n, leaf):
+    """lsrs.inverse.block_inverse (no pivoting) against LAPACK's pivoted inverse in float64, for the Cayley
+    transform's I + U - U^H + V^H V (Hermitian part positive definite), odd sizes and several recursion depths."""
+    from lsrs.inverse import block_inverse
+
+    gen = torch.Generator().manual_seed(n + leaf)
+    u = torch.randn(3, n, n, dtype=torch.complex128, generator=gen) * 2
+    v = torch.randn(3, n // 2 + 1, n, dtype=torch.complex128, generator=gen)
+    m = torch.eye(n, dtype=torch.complex128) + u - u.mH + v.mH @ v
+    ref = torch.linalg.inv(m)
+    torch.testing.assert_close(block_inverse(m, leaf), ref, rtol=0, atol=1e-11 * float(ref.abs().max()))
+    real = torch.eye(n, dtype=torch.float64) + u.real - u.real.mT  # the real (1x1 kernel) case
+    torch.testing.assert_close(block_inverse(real, leaf), torch.linalg.inv(real), rtol=0, atol=1e-11)
+    assert float(torch.linalg.matrix_norm(block_inverse(m, leaf), 2).max()) <= 1.0 + 1e-12  # |M^-1| <= 1
+
+
+@pytest.mark.parametrize("c_out,c_in,size", [(16, 16, (8, 8)), (16, 32, (6, 10)), (8, 24, (5, 5))])
+def test_chunked_cayley_operator_is_the_whole_one_and_orthogonal(c_out, c_in, size):
+    """The cached operator built chunk by chunk on all cores equals the one built in one piece (same
+    frequencies, same transform) up to float32 rounding, and is (semi-)orthogonal at every frequency."""
+    from lsrs.layers import cayley, cayley_operator, kernel_spectrum
+    from lsrs.threads import one_cpu_thread
+
+    torch.manual_seed(c_in)
+    layer = CayleyConv2d(c_in, c_out).eval()
+    with torch.no_grad():
+        weight = layer._effective_weight()
+        with one_cpu_thread(torch.device("cpu")):
+            whole = cayley(kernel_spectrum(weight, size))
+        whole = whole.reshape(-1, c_out, c_in).mT
+        for chunk in (1, 7, 10_000):
+            op = cayley_operator(weight, size, chunk=chunk)
+            assert op.shape == whole.shape and op.is_contiguous()
+            torch.testing.assert_close(op, whole, rtol=0, atol=1e-6)
+        singular = torch.linalg.svdvals(op.to(torch.complex128))
+        assert float((singular - 1.0).abs().max()) < 1e-5
+
+
+def test_map_chunks_keeps_order_covers_every_chunk_and_restores_threads():
+    from lsrs.threads import map_chunks
+
+    before = torch.get_num_threads()
+    seen = map_chunks(lambda lo, hi: (lo, hi, torch.get_num_threads()), 23, 5)
+    assert [(lo, hi) for lo, hi, _ in seen] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert all(threads == 1 for *_, threads in seen) or before == 1  # one intra-op thread per worker
+    assert torch.get_num_threads() == before
+    assert map_chunks(lambda lo, hi: hi - lo, 0, 5) == []
