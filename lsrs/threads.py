@@ -5,7 +5,9 @@ one-image LS-RS encoder (6-12x the CPU time at width 64), and torch 2.14.1's bat
 with two OpenMP threads even failed (MKL: "Parameter 6 was incorrect on entry to CLASWP", then a lu_solve
 pivot error) where one thread inverted 406 complex 160x160 matrices in 0.8 s. :func:`on_every_core` runs such
 a batched call on slices of the batch, one Python thread per core, each call on one intra-op thread (ATen
-releases the GIL): 0.43 s for the same 406 inverses.
+releases the GIL): 0.43 s for the same 406 inverses. :func:`map_chunks` does the same for a whole pipeline
+of steps per chunk (the Cayley operators and their bounds at ImageNet size, :mod:`lsrs.layers`,
+:mod:`lsrs.executed`).
 """
 
 from __future__ import annotations
