@@ -5,10 +5,10 @@ glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh 
 ``free``, so each new 300 MB complex operator of a WRN-34 at 224x224 is page-faulted in afresh. With
 ``M_MMAP_MAX = 0`` and a huge ``M_TRIM_THRESHOLD`` freed blocks stay in the heap and are reused: ``bench info
 --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical`` took 107 s instead of 146 s
-(system time 66 s instead of 109 s) on a 2-core AVX2 machine. ``M_ARENA_MAX = 1`` sends the worker threads
-that build and bound operators chunk by chunk (:func:`lsrs.threads.map_chunks`) to the same heap, instead of
-per-thread arenas that hand their memory back to the system: system time 10-15 s instead of 17-18 s for the
-same command. The price: the process keeps its peak memory.
+(system time 66 s instead of 109 s) on a 2-core AVX2 machine. The price: the process keeps its peak memory.
+(One arena for all threads, ``M_ARENA_MAX = 1``, was tried and left out: it cut that command's system time
+a little but not its wall time, and made the default ``bench info``, whose empirical estimates run autograd
+on several threads, take 86 s instead of 40 s.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 
 
 def keep_freed_memory() -> bool:
@@ -32,5 +31,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1))
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
     return all([bool(mallopt(option, value)) for option, value in settings])
