@@ -84,7 +84,7 @@ def cayley(w: Tensor) -> Tensor:
     inv = on_every_core(torch.linalg.inv if grad else block_inverse, m).reshape(*w.shape[:-2], q, q)
     del m
     lower = -2.0 * (v @ inv) if p > q else None
-    if torch.is_grad_enabled() and inv.requires_grad:
+    if grad:
         top = 2.0 * inv - torch.eye(q, dtype=w.dtype, device=w.device)
     else:  # no autograd: 2 inv - I in place, sparing one operator-sized allocation
         top = inv.mul_(2.0)
@@ -241,10 +241,7 @@ class CayleyConv2d(nn.Module):
 
         ``size`` is the spatial size at which the convolution runs (after the unshuffle).
         """
-        weight = self._effective_weight()
-        if onesided and not (torch.is_grad_enabled() and weight.requires_grad):
-            return cayley(kernel_spectrum(weight, size))  # the cached operators: no autograd
-        kernel = circular_kernel(weight, size)
+        kernel = circular_kernel(self._effective_weight(), size)
         spectrum = torch.fft.rfft2(kernel) if onesided else torch.fft.fft2(kernel)
         return cayley(spectrum.permute(2, 3, 0, 1))
 

@@ -39,14 +39,15 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 def on_every_core(fn: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
     """``fn(batch)`` for a function that maps each item of the leading dimension on its own (e.g. a batched
-    inverse), computed on CPU as ``cat(fn(part))`` over one slice per torch thread, each slice in its own
-    Python thread on one intra-op thread. Elsewhere, or when autograd records ``fn``, one plain call."""
-    workers = min(torch.get_num_threads(), batch.shape[0]) if batch.device.type == "cpu" else 1
-    with one_cpu_thread(batch.device):
-        if workers <= 1 or (torch.is_grad_enabled() and batch.requires_grad):
+    inverse), computed on CPU as ``cat(fn(part))`` over one slice per torch thread (:func:`map_chunks`), each
+    slice in its own Python thread on one intra-op thread. Elsewhere, or when autograd records ``fn``, one
+    plain call (on one intra-op thread on CPU)."""
+    n = batch.shape[0]
+    workers = min(torch.get_num_threads(), n) if batch.device.type == "cpu" else 1
+    if workers <= 1 or (torch.is_grad_enabled() and batch.requires_grad):
+        with one_cpu_thread(batch.device):
             return fn(batch)
-        with ThreadPoolExecutor(workers) as pool:
-            return torch.cat(list(pool.map(fn, batch.tensor_split(workers))))
+    return torch.cat(map_chunks(lambda lo, hi: fn(batch[lo:hi]), n, -(-n // workers), batch.device))
 
 
 def map_chunks(fn: Callable[[int, int], T], total: int, chunk: int, device: torch.device | str = "cpu") -> list[T]:
