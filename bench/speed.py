@@ -28,7 +28,8 @@ Configurations (``PRESETS``, ``--preset``): ``bench`` (the default) is the engin
 it at width 24 with one thread; ``paper`` is the paper's CIFAR ResNet18 (width 64, batch 200) with torch's
 default threads, smoothed by the README's plain call (``Smooth(model, 10, sigma)``, ``LatentSmooth(...)``,
 no options), its overhead floor being the *fastest* pure forward of the same function (BatchNorm folded or
-not, NCHW or channels_last: ``floor_variants``, timed every round, the minimum per round); ``paper-guard`` is
+not, NCHW or channels_last: ``floor_variants``, all timed every round; the floor is the variant with the
+smallest median time, :func:`with_fastest_forward`); ``paper-guard`` is
 ``paper`` at n = 200 with the folded channels_last forward only (never beaten here by a folded NCHW one:
 16.8 against 21.6 ms per sample for IS), the size the CI guard affords.
 
@@ -91,7 +92,7 @@ class SpeedConfig:
     other jobs. ``fold_bn`` / ``channels_last`` are the options the engine gets, unless ``plain_api``: then the
     smoothers are built with no options from the unmodified models (the library's defaults decide).
     ``floor_variants`` (keys of ``FORWARD_VARIANTS``): time the pure forward in each variant and take the
-    fastest per round as the floor; empty: one forward in the engine's own configuration.
+    fastest (smallest median over rounds) as the floor; empty: one forward in the engine's own configuration.
     """
 
     width: int = 24
@@ -240,15 +241,24 @@ def _forward_variant(classifier: nn.Module, inp: torch.Tensor, fold: bool, chann
     return module.to(memory_format=fmt), inp.contiguous(memory_format=fmt)
 
 
-def with_fastest_forward(t: dict[str, float]) -> dict[str, float]:
-    """One round's times with ``forward/<m>/<p>`` set to the fastest of its ``forward/<m>/<p>/<variant>`` cases."""
-    out = dict(t)
-    for key, value in t.items():
+def with_fastest_forward(timings: list[dict[str, float]]) -> tuple[list[dict[str, float]], dict[str, str]]:
+    """Rounds with ``forward/<m>/<p>`` set to the times of its fastest variant, and the variant chosen per base.
+
+    The fastest variant of each ``forward/<m>/<p>/<variant>`` family is the one with the smallest median time
+    over all rounds; every round then uses that variant's own time. Taking instead the minimum over variants
+    in every round would bias the floor down whenever two variants are about as fast: the minimum of two
+    noisy, equally fast measurements is below either one's typical value (by ``sigma / sqrt(pi)`` for two
+    Gaussian measurements), and every overhead above it would grow by that amount.
+    """
+    families: dict[str, list[str]] = {}
+    for key in timings[0]:
         parts = key.split("/", 3)
         if parts[0] == "forward" and len(parts) == 4:
-            base = "/".join(parts[:3])
-            out[base] = min(out.get(base, math.inf), value)
-    return out
+            families.setdefault("/".join(parts[:3]), []).append(key)
+    chosen = {base: min(keys, key=lambda k: (statistics.median(t[k] for t in timings), k))
+              for base, keys in families.items()}
+    rounds = [{**t, **{base: t[key] for base, key in chosen.items()}} for t in timings]
+    return rounds, {base: key.split("/", 3)[3] for base, key in chosen.items()}
 
 
 class Slowed(nn.Module):
@@ -544,9 +554,11 @@ class SpeedResult:
     flops: dict[str, int]
     machine: dict
     stat: str = "median"
+    floor_variant: dict[str, str] = field(default_factory=dict)  # forward/<m>/<p> -> its fastest variant
 
     def to_json(self) -> dict:
         return {"config": self.cfg.as_json(), "machine": self.machine, "stat": self.stat, "times_s": self.times,
+                "floor_variant": self.floor_variant,
                 "ratios": self.ratios, "flops": self.flops,
                 "spread": {k: list(v) for k, v in self.spread.items()}}
 
@@ -579,16 +591,16 @@ def run_speed(suite: SpeedSuite, rounds: int, warmup: int = 1, methods: list[str
            if show_progress else contextlib.nullcontext(None))
     with torch_threads(cfg.threads), bar as progress:
         timings = measure(cases, rounds, suite.device, warmup=warmup, clock=cfg.clock, progress=progress)
-        timings = [with_fastest_forward(t) for t in timings]
+        timings, floor_variant = with_fastest_forward(timings)
         machine = {**machine_signature(), "torch_threads": torch.get_num_threads()}
-    return summarise(timings, suite, machine, stat)
+    return replace(summarise(timings, suite, machine, stat), floor_variant=floor_variant)
 
 
 def substituted(result: SpeedResult, suite: SpeedSuite, case: str, by: str) -> SpeedResult:
     """``result`` recomputed from its own rounds with the time of ``case`` replaced by that of ``by`` (a case
     timed in the same rounds): what the guard would have measured had ``by`` been the code under test."""
     timings = [{**t, case: t[by]} for t in result.rounds]
-    return summarise(timings, suite, result.machine, result.stat)
+    return replace(summarise(timings, suite, result.machine, result.stat), floor_variant=result.floor_variant)
 
 
 def summarise(timings: list[dict[str, float]], suite: SpeedSuite, machine: dict, stat: str) -> SpeedResult:
@@ -752,9 +764,11 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
         f"{cfg.batch_size}, on fixed inputs); over n samples alone it would be {samples / cfg.n:.3f}x larger",
         "t-ideal = forward(baseline) / forward(fc) per sample; F-ideal = FLOPs(baseline) / FLOPs(fc); "
         "vs ref = reference loop fp32 / engine",
-        *([f"pure forward = the fastest per round of: {', '.join(cfg.floor_variants)}; median us/sample: "
+        *([f"pure forward = the fastest by median time of: {', '.join(cfg.floor_variants)}; median us/sample: "
            + "; ".join(f"{m} " + " ".join(f"{v} {t[f'forward/{m}/fp32/{v}'] / samples * 1e6:.0f}"
-                                          for v in cfg.floor_variants) for m in measured_methods(t))]
+                                          for v in cfg.floor_variants) for m in measured_methods(t)),
+           "floor variant: " + "; ".join(f"{m} {result.floor_variant.get(f'forward/{m}/fp32', '?')}"
+                                         for m in measured_methods(t))]
           if cfg.floor_variants else []),
         "",
         "targets (issues 9, 15):",
