@@ -560,7 +560,7 @@ class SpeedResult:
         return {"config": self.cfg.as_json(), "machine": self.machine, "stat": self.stat, "times_s": self.times,
                 "floor_variant": self.floor_variant,
                 "ratios": self.ratios, "flops": self.flops,
-                "spread": {k: list(v) for k, v in self.spread.items()}}
+                "spread": {k: list(v) for k, v in self.spread.items()}, "rounds_s": self.rounds}
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:

@@ -25,7 +25,9 @@ from bench.cli import cli
 from bench.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one worker, one local Ray for the module
+# One local Ray for the module, on the worker that also runs the speed guards, one after the other: on 2 cores
+# the Ray tests took 145 s beside the width-64 guard and 45 s alone (tests/benchmarks/README.md).
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("exclusive")]
 
 FORS = (1, 9)
 SIGMAS = (0.0, 0.25)

@@ -15,7 +15,7 @@ from bench.speed import SpeedConfig
 
 # Under xdist one worker builds the suite; pytest-benchmark then runs each case once, untimed, and the
 # assertions still hold. `nox -s benchmark` runs these without xdist (-n 0) to record the times.
-pytestmark = pytest.mark.xdist_group("speed")
+pytestmark = pytest.mark.xdist_group("exclusive")
 
 CFG = SpeedConfig()
 METHODS = CFG.methods()
