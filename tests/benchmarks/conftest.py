@@ -2,8 +2,9 @@
 
 One :class:`bench.speed.SpeedSuite` (models, inputs, smoothers) is built per package and shared by the
 pytest-benchmark cases (``test_speed.py``) and the same-run ratio guard (``test_speed_guard.py``), which run on
-one xdist worker (group "exclusive", shared with the Ray tests, which then never run beside the guards). Torch runs with ``SpeedConfig.threads`` threads inside this package and is
-restored afterwards. The guard's ratio table is printed at the end of the session by ``tests/conftest.py``.
+one xdist worker (group "exclusive", shared with the Ray tests, which then never run beside the guards).
+Torch runs with ``SpeedConfig.threads`` threads inside this package and is restored afterwards. The guard's
+ratio table is printed at the end of the session by ``tests/conftest.py``.
 """
 
 from __future__ import annotations

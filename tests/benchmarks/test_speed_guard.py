@@ -50,7 +50,7 @@ from bench.speed import (
 pytestmark = pytest.mark.xdist_group("exclusive")  # under xdist: one worker builds the suites and times them
 
 GUARD_ROUNDS = 3
-PAPER_GUARD_ROUNDS = 3  # each round of the width-64 guard times about 40 s of CPU work
+PAPER_GUARD_ROUNDS = 3  # each round of the width-64 guard times about 25 s of CPU work
 SLOWDOWN = 1.5  # the deliberate regression of the paper-size guard: a 33 % efficiency drop, twice its margin
 SLOWED_METHOD = "ls13"  # the cheapest default path to time once more per round (a tenth of IS-RS's CPU time)
 SLOWED_CASE = f"slowed/{SLOWED_METHOD}/fp32"
