@@ -1,4 +1,4 @@
-"""The ``bench`` command line: train | run | report | demo | info.
+"""The ``bench`` command line: train | run | report | demo | info | import.
 
 Each command parses and validates its options, then calls one function of the harness or the library.
 """
@@ -23,10 +23,11 @@ def cli() -> None:
       bench run   --dataset digits --fors 1,5,9,13 --sigmas 0.25,0.5,1.0
       bench report results/<run> --format markdown
       bench info  --model resnet18 --fors 9          # Lipschitz audit and FLOP split
+      bench import certify-log LOG --dataset cifar10 --sigma 0.25 --out results/peer   # a published peer
     """
 
 
-COMMAND_MODULES = ("cmd_train", "cmd_run", "cmd_report", "cmd_demo", "cmd_info")
+COMMAND_MODULES = ("cmd_train", "cmd_run", "cmd_report", "cmd_demo", "cmd_info", "cmd_import")
 
 
 def _register() -> None:

@@ -261,6 +261,11 @@ class Checkpoints:
             if other is not None:
                 raise self._mismatch(other, like)
         if not same_fors:
+            baseline = self._ckpt.find_checkpoint(self.entries, 0, sigma) if fors > 0 else None
+            if baseline is not None and baseline.get("imported"):  # a peer's model: IS-RS only
+                from lsrs.cohen_models import NO_TWIN
+
+                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {NO_TWIN}")
             have = sorted({int(e["fors"]) for e in self.entries})
             raise BenchUsageError(
                 f"FoR {fors} is not in the checkpoint index {self.index_dir / 'index.json'} (it has FoR {have}); "

@@ -244,10 +244,12 @@ def _check_meta(meta: dict, where: Path) -> None:
 
 
 def _build(meta: dict, where: Path) -> nn.Module:
+    from lsrs.cohen_models import COHEN_ARCHS, build_cohen_model
     from lsrs.models import build_model
 
+    builder = build_cohen_model if meta["arch"] in COHEN_ARCHS else build_model  # imported peers' models
     try:
-        model = build_model(meta["arch"], **meta["config"])
+        model = builder(meta["arch"], **meta["config"])
     except Exception as exc:  # noqa: BLE001 - any builder failure is a bad checkpoint
         raise CheckpointError(
             f"{where}: cannot build {meta['arch']!r} with config {meta['config']} ({type(exc).__name__}: {exc})"
