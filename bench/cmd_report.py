@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from bench.params import BenchUsageError
 from bench.report import FORMATS, PAPER_SUFFIX, ReportResult, format_cell, write_report
 
 
@@ -36,7 +37,10 @@ def _print_result(result: ReportResult) -> None:
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", "names", multiple=True,
+              help="With several runs: the name of each run in the table and legend, once per run, in order "
+                   "[default: an imported run's name, else its folder's].")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="markdown", show_default=True,
               help="Format of the tables (figures are always PNG + PDF).")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -48,7 +52,8 @@ def _print_result(result: ReportResult) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths and notes as JSON.")
 def command(
-    run_dir: Path,
+    run_dirs: tuple[Path, ...],
+    names: tuple[str, ...],
     fmt: str,
     out_dir: Path | None,
     main_fors: int,
@@ -62,7 +67,23 @@ def command(
     \b
     Tables: the main table (paper Table 1, Table 3 for ImageNet), the FoR ablation (Table 2) and certified
     accuracy at radii 0-1; figures: certified accuracy vs radius, FoR ablations, time breakdown.
+
+    \b
+    Several RUN_DIRs (yours and imported peers', see `bench import`): one certified-accuracy table and one
+    figure with a curve per run and σ, e.g.
+      bench report results/demo results/cohen-s0.25 --name ours --name "Cohen et al."
     """
+    if len(run_dirs) > 1 or names:
+        from bench.report_compare import write_comparison
+
+        if compare_paper:
+            raise BenchUsageError("--compare-paper applies to the report of one run, not to a comparison")
+        out = out_dir or Path("reports") / "+".join(p.resolve().name for p in run_dirs)
+        result = write_comparison(list(run_dirs), names, out, fmt=fmt, figures=figures)
+        if not quiet:
+            _print_result(result)
+        return
+    run_dir = run_dirs[0]
     out = out_dir if out_dir is not None else Path("reports") / run_dir.resolve().name
     result = write_report(
         run_dir, out, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures

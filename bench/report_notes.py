@@ -66,6 +66,21 @@ def digits_note(dataset: str) -> list[str]:
     ]
 
 
+def imported_note(manifest: dict) -> list[str]:
+    """A run imported from a peer's file (``bench import``): its source and what the file does not say."""
+    imported = manifest.get("imported")
+    if not isinstance(imported, dict):
+        return []
+    unknown = ", ".join(imported.get("unknown_columns", ())) or "nothing"
+    return [
+        f"- **Imported**: rows read from {imported.get('source')} (sha256 {imported.get('source_sha256')}, format "
+        f"{imported.get('format')}), not certified here; unknown (null in the rows): {unknown}. `time` is the file's "
+        "own per-image time, measured on the peer's machine."
+    ]
+
+
 def run_notes(df: pd.DataFrame, manifest: dict, dataset: str) -> list[str]:
     """All notes of one run, in report order."""
+    if manifest.get("imported"):
+        return [*imported_note(manifest), *digits_note(dataset)]
     return [*setup_note(manifest), *ray_note(manifest), *digits_note(dataset)]

@@ -1,0 +1,217 @@
+"""Several runs side by side (``bench report RUN1 RUN2 ... [--name ...]``): one certified-accuracy table and
+one figure, one curve per (run, configuration, σ), the run names in the legend.
+
+Runs made here and runs imported from peers (:mod:`bench.importers`) are read alike (:func:`bench.report.load_run`)
+and aggregated by the same :func:`bench.report.summarize`, so a row of the table is the same number that
+``bench report RUN`` prints for that run. Certified accuracy at r is the share of a run's images predicted
+correctly with radius >= r (Cohen et al. 2019); the radius is an l2 radius in that run's own input space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from bench.labels import LIP, config_label, format_sigma, variant_keys
+from bench.params import BenchUsageError
+from bench.report import (
+    FORMATS,
+    RADII,
+    ReportResult,
+    Table,
+    _formats_for,
+    _latex_text,
+    cert_acc_column,
+    load_run,
+    render,
+    summarize,
+)
+
+FIGURE_NAME = "certified_accuracy_compare"
+TABLE_NAME = "certified_accuracy_compare"
+
+
+@dataclass
+class NamedRun:
+    """One run of a comparison: its name in the table and legend, its rows, manifest and summary."""
+
+    name: str
+    path: Path
+    frame: pd.DataFrame
+    manifest: dict
+    summary: pd.DataFrame
+
+    @property
+    def source(self) -> str:
+        """Where the rows come from: an imported file (name and sha256) or this project's ``bench run``."""
+        imported = self.manifest.get("imported")
+        if isinstance(imported, dict):
+            return f"imported {imported.get('format')} {imported.get('source')} (sha256 {str(imported.get('source_sha256'))[:12]})"
+        config_hash = self.manifest.get("config_hash")
+        return f"bench run (config {config_hash})" if config_hash else "bench run"
+
+
+def default_name(path: Path, manifest: dict) -> str:
+    """An imported run's declared name, else the run folder's name."""
+    imported = manifest.get("imported")
+    if isinstance(imported, dict) and imported.get("name"):
+        return str(imported["name"])
+    return Path(path).resolve().name
+
+
+def load_runs(paths: list[Path], names: list[str] | tuple[str, ...] = ()) -> list[NamedRun]:
+    """Read every run; ``names`` (one per run, in order) replace the default names; names must be distinct."""
+    if names and len(names) != len(paths):
+        raise BenchUsageError(f"--name was given {len(names)} times for {len(paths)} runs; give one per run, in order")
+    runs = []
+    for i, path in enumerate(paths):
+        frame, manifest = load_run(path)
+        name = names[i] if names else default_name(path, manifest)
+        runs.append(NamedRun(name, Path(path), frame, manifest, summarize(frame, manifest)))
+    seen = [r.name for r in runs]
+    repeated = sorted({n for n in seen if seen.count(n) > 1})
+    if repeated:
+        raise BenchUsageError(f"two runs are named {repeated[0]!r}; tell them apart with --name, once per run")
+    return runs
+
+
+def _certified(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[(summary["sigma"] > 0) | (summary["method"] == LIP)]
+
+
+def comparison_table(runs: list[NamedRun]) -> Table:
+    """ACR and certified accuracy (%) at :data:`bench.report.RADII`, one row per run and configuration (σ > 0)."""
+    records = []
+    for run in runs:
+        rows = _certified(run.summary)
+        dataset = run.frame["dataset"].dropna().astype(str).unique() if "dataset" in run.frame else []
+        for rec in rows.to_dict(orient="records"):
+            out = {
+                "Run": run.name,
+                "Dataset": ", ".join(dataset) or "-",
+                "Defense": config_label(rec["method"], rec["fors"], rec["fors_total"]),
+                "σ": rec["sigma"] if rec["method"] != LIP else float("nan"),
+                "images": float(rec["images"]),
+                "ACR": rec["acr"],
+            }
+            out.update({f"r = {r:.2f}": rec[cert_acc_column(r)] for r in RADII})
+            records.append(out)
+    data = pd.DataFrame(records)
+    formats = {**_formats_for(data.columns), "images": "{:.0f}"}
+    caption = ("Certified accuracy (%) at l2 radius r and ACR, run by run (Cohen et al. 2019); each radius is in its "
+               "run's own input space; r = 0 is the accuracy.")
+    return Table(TABLE_NAME, caption, data, formats, latex_caption=_latex_text(caption))
+
+
+def _curve(frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    from bench.plots import certified_accuracy_curve
+
+    correct = frame["correct"].to_numpy(bool)
+    if "prediction" in frame:
+        correct = correct & (frame["prediction"].to_numpy() != -1)
+    return certified_accuracy_curve(frame["radius"].fillna(0.0).to_numpy(float), correct, grid)
+
+
+def _groups(run: NamedRun) -> list[tuple[str, pd.DataFrame]]:
+    """(legend label, rows) per configuration and σ of one run, IS-RS first."""
+    df = run.frame
+    data = df[(df["sigma"] > 0) | (df["method"] == LIP)]
+    keys = ["method", "fors", "sigma", *variant_keys(data)]
+    total = float(pd.to_numeric(data.get("fors_total"), errors="coerce").max()) if "fors_total" in data else math.nan
+    out = []
+    for key, rows in sorted(data.groupby(keys, sort=False), key=lambda g: ({"is": 0, LIP: 2}.get(g[0][0], 1), g[0][1:])):
+        method, fors, sigma, *variant = key
+        sigma_text = "" if method == LIP else f", σ = {format_sigma(float(sigma))}"
+        extra = "".join(f" [{v}]" for v in variant)
+        out.append((f"{run.name}: {config_label(method, fors, total)}{sigma_text}{extra}", rows))
+    return out
+
+
+def comparison_figure(runs: list[NamedRun]) -> Figure:
+    """Certified accuracy vs radius, one curve per run, configuration and σ; colour per run, style per σ."""
+    import seaborn as sns
+
+    from bench.plots import CERT_ACC_LABEL, COLUMN_WIDTH_IN, RADIUS_LABEL, theme
+
+    curves = [(i, label, rows) for i, run in enumerate(runs) for label, rows in _groups(run)]
+    if not curves:
+        raise BenchUsageError("no run holds certified rows (σ > 0 or the Lipschitz twin): nothing to compare")
+    rmax = max(float(rows["radius"].max()) for _, _, rows in curves) * 1.02 or 1.0
+    grid = np.linspace(0.0, rmax, 300)
+    colours = sns.color_palette("colorblind", len(runs))
+    sigmas = sorted({round(float(rows["sigma"].iloc[0]), 6) for _, _, rows in curves})
+    styles = dict(zip(sigmas, ["-", "--", ":", "-."] * (len(sigmas) // 4 + 1), strict=False))
+    with theme():
+        fig = Figure(figsize=(1.6 * COLUMN_WIDTH_IN, 2.4 + 0.16 * len(curves)), layout="constrained")
+        ax = fig.subplots()
+        handles = []
+        for i, _, rows in curves:
+            style = styles[round(float(rows["sigma"].iloc[0]), 6)]
+            ax.plot(grid, _curve(rows, grid), drawstyle="steps-post", color=colours[i], ls=style, lw=1.1)
+            handles.append(Line2D([], [], color=colours[i], ls=style))
+        ax.set_xlabel(RADIUS_LABEL)
+        ax.set_ylabel(CERT_ACC_LABEL)
+        ax.set_xlim(0, rmax)
+        ax.set_ylim(0, 100)
+        fig.legend(handles, [c[1] for c in curves], loc="outside lower center", ncols=1, fontsize="small")
+    return fig
+
+
+def _notes(runs: list[NamedRun]) -> list[str]:
+    notes = []
+    datasets = {d for r in runs if "dataset" in r.frame for d in r.frame["dataset"].dropna().astype(str)}
+    if len(datasets) > 1:
+        notes.append(f"the runs certify different datasets ({', '.join(sorted(datasets))}): each radius is an l2 "
+                     "radius of its own dataset's input, so curves of different datasets do not compare like for like")
+    for r in runs:
+        imported = r.manifest.get("imported")
+        if isinstance(imported, dict) and imported.get("unknown_columns"):
+            notes.append(f"{r.name}: imported; not in its file (stored as unknown): "
+                         f"{', '.join(imported['unknown_columns'])}")
+    return notes
+
+
+def write_comparison(
+    paths: list[Path], names: list[str] | tuple[str, ...], out_dir: Path, fmt: str = "markdown", figures: bool = True
+) -> ReportResult:
+    """Write the comparison table (``fmt``), its figure (PNG + PDF) and an ``index.md`` naming every run's source."""
+    if fmt not in FORMATS:
+        raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    runs = load_runs(paths, names)
+    table = comparison_table(runs)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchUsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+    summary = pd.concat([r.summary.assign(run=r.name) for r in runs], ignore_index=True)
+    result = ReportResult(out_dir=out, missing=_notes(runs), summary=summary, tables=[table])
+    table_path = out / f"{table.name}{FORMATS[fmt]}"
+    table_path.write_text(render(table, fmt), encoding="utf-8")
+    summary_path = out / "summary.csv"
+    summary.to_csv(summary_path, index=False)
+    result.paths += [table_path, summary_path]
+    lines = ["# Report: " + " vs ".join(r.name for r in runs), "", "## Runs", ""]
+    lines += [f"- **{r.name}**: `{r.path}`, {r.source}, {len(r.frame)} rows" for r in runs]
+    lines += ["", "## Tables", "", f"- [{table_path.name}]({table_path.name}): {table.caption}",
+              f"- [{summary_path.name}]({summary_path.name}): every aggregate of every run, with a `run` column."]
+    if figures:
+        from bench.plots import save_figure
+
+        paths_fig = save_figure(comparison_figure(runs), out / FIGURE_NAME)
+        result.paths += paths_fig
+        lines += ["", "## Figures", "", f"- [{paths_fig[0].name}]({paths_fig[0].name}) ([PDF]({paths_fig[1].name})): "
+                  "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run; style: σ)."]
+    if result.missing:
+        lines += ["", "## Notes", "", *[f"- {m}" for m in result.missing]]
+    index = out / "index.md"
+    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result.paths.append(index)
+    result.index = index
+    return result
