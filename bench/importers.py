@@ -37,11 +37,11 @@ from bench import store
 from bench.params import BenchUsageError
 from lsrs import checkpoint as ckpt
 from lsrs.cohen_models import COHEN_ARCHS, build_cohen_model, cohen_to_local, local_to_cohen
+from lsrs.smoothing import ABSTAIN
 
 CHECKPOINT_FORMAT = "cohen2019-checkpoint"
 LOG_FORMAT = "cohen2019-certify-log"
 LOG_HEADER = ("idx", "label", "predict", "radius", "correct", "time")
-ABSTAIN = -1
 
 LOG_BY_DEFINITION: dict[str, object] = {
     "method": "is", "fors": 0, "lipschitz": 1.0, "lipschitz_declared": 1.0, "latent_error": 0.0, "encode_s": 0.0,
