@@ -36,8 +36,8 @@ def command() -> None:
     \b
     Examples:
       bench import cohen-model models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar \\
-        --dataset cifar10 --sigma 0.25 --out results/checkpoints
-      bench run --dataset cifar10 --methods is --sigmas 0.25 --checkpoints results/checkpoints
+        --dataset cifar10 --sigma 0.25 --out results/peer-checkpoints
+      bench run --dataset cifar10 --methods is --sigmas 0.25 --checkpoints results/peer-checkpoints
       bench import certify-log data/certify/cifar10/resnet110/noise_0.25/test/sigma_0.25 \\
         --dataset cifar10 --sigma 0.25 --n 100000 --alpha 0.001 --name cohen --out results/cohen-s0.25
       bench report results/cohen-s0.25 results/digits-run --name cohen --name ours
@@ -49,8 +49,9 @@ def command() -> None:
 @click.option("--dataset", type=click.Choice(COHEN_DATASETS), required=True,
               help="Dataset the model was trained on (sets its normalisation and input size).")
 @click.option("--sigma", type=Sigma(), required=True, help="Noise level the model was trained at (their noise_sd).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
-              show_default=True, help="Checkpoint root: writes OUT/<dataset>/<name>.safetensors and its index entry.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/peer-checkpoints"),
+              show_default=True, help="Checkpoint root: writes OUT/<dataset>/<name>.safetensors and its index entry "
+                                      "(a root of its own: bench run --methods is takes the newest FoR-0 model per σ).")
 @click.option("--name", default=None, help="File stem of the imported checkpoint [default: <arch>-cohen-s<sigma>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def cohen_model(checkpoint: Path, dataset: str, sigma: float, out: Path, name: str | None, quiet: bool) -> None:

@@ -173,8 +173,7 @@ def import_cohen_model(path: Path, dataset: str, sigma: float, out: Path, name: 
     stem = name or f"{source.arch}-cohen-s{sigma:g}"
     target = Path(out) / dataset / f"{stem}.safetensors"
     digest = ckpt.save_checkpoint(target, model, meta)
-    entry = {**ckpt.index_entry({**meta, "arch": source.arch, "fors": 0, "fors_total": model.fors_total},
-                                target.name, digest), "imported": imported}
+    entry = {**ckpt.index_entry(ckpt.read_meta(target), target.name, digest), "imported": imported}
     ckpt.update_index(out, dataset, [entry])
     return ImportedModel(target, digest, entry, model)
 
