@@ -50,6 +50,13 @@ def test_imported_logits_equal_the_original_modules(peer20, tmp_path: Path) -> N
     assert model.fors == 0 and isinstance(model.encoder, torch.nn.Identity)
     assert type(model.classifier[0]).__name__ == "NormalizeLayer"
     assert not any(k.startswith("classifier.normalize") for k in model.state_dict())
+    # the engine's fast path folds every BatchNorm of the imported network (same function up to rounding)
+    from lsrs.inference import inference_copy
+
+    fast = inference_copy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), want, rtol=0, atol=1e-4)
 
 
 def test_legacy_serialisation_and_torch_before_0_4_1_load(tmp_path: Path) -> None:
