@@ -118,8 +118,8 @@ def _curve(frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
     return certified_accuracy_curve(frame["radius"].fillna(0.0).to_numpy(float), correct, grid)
 
 
-def _groups(run: NamedRun) -> list[tuple[str, pd.DataFrame]]:
-    """(legend label, rows) per configuration and σ of one run, IS-RS first."""
+def _groups(run: NamedRun) -> list[tuple[str, str, pd.DataFrame]]:
+    """(configuration label, legend label, rows) per configuration and σ of one run, IS-RS first."""
     df = run.frame
     data = df[(df["sigma"] > 0) | (df["method"] == LIP)]
     keys = ["method", "fors", "sigma", *variant_keys(data)]
@@ -127,34 +127,37 @@ def _groups(run: NamedRun) -> list[tuple[str, pd.DataFrame]]:
     out = []
     for key, rows in sorted(data.groupby(keys, sort=False), key=lambda g: ({"is": 0, LIP: 2}.get(g[0][0], 1), g[0][1:])):
         method, fors, sigma, *variant = key
+        config = f"{run.name}: {config_label(method, fors, total)}{''.join(f' [{v}]' for v in variant)}"
         sigma_text = "" if method == LIP else f", σ = {format_sigma(float(sigma))}"
-        extra = "".join(f" [{v}]" for v in variant)
-        out.append((f"{run.name}: {config_label(method, fors, total)}{sigma_text}{extra}", rows))
+        out.append((config, config + sigma_text, rows))
     return out
 
 
 def comparison_figure(runs: list[NamedRun]) -> Figure:
-    """Certified accuracy vs radius, one curve per run, configuration and σ; colour per run, style per σ."""
+    """Certified accuracy vs radius, one curve per run, configuration and σ: a colour per run and configuration
+    (the runs in order), a line style per σ."""
     import seaborn as sns
 
     from bench.plots import CERT_ACC_LABEL, COLUMN_WIDTH_IN, RADIUS_LABEL, theme
 
-    curves = [(i, label, rows) for i, run in enumerate(runs) for label, rows in _groups(run)]
+    curves = [curve for run in runs for curve in _groups(run)]
     if not curves:
         raise BenchUsageError("no run holds certified rows (σ > 0 or the Lipschitz twin): nothing to compare")
     rmax = max(float(rows["radius"].max()) for _, _, rows in curves) * 1.02 or 1.0
     grid = np.linspace(0.0, rmax, 300)
-    colours = sns.color_palette("colorblind", len(runs))
+    configs = list(dict.fromkeys(c for c, _, _ in curves))
+    colours = dict(zip(configs, sns.color_palette("colorblind" if len(configs) <= 10 else "husl", len(configs)),
+                       strict=True))
     sigmas = sorted({round(float(rows["sigma"].iloc[0]), 6) for _, _, rows in curves})
     styles = dict(zip(sigmas, ["-", "--", ":", "-."] * (len(sigmas) // 4 + 1), strict=False))
     with theme():
         fig = Figure(figsize=(1.6 * COLUMN_WIDTH_IN, 2.4 + 0.16 * len(curves)), layout="constrained")
         ax = fig.subplots()
         handles = []
-        for i, _, rows in curves:
-            style = styles[round(float(rows["sigma"].iloc[0]), 6)]
-            ax.plot(grid, _curve(rows, grid), drawstyle="steps-post", color=colours[i], ls=style, lw=1.1)
-            handles.append(Line2D([], [], color=colours[i], ls=style))
+        for config, _, rows in curves:
+            style = dict(color=colours[config], ls=styles[round(float(rows["sigma"].iloc[0]), 6)], lw=1.1)
+            ax.plot(grid, _curve(rows, grid), drawstyle="steps-post", **style)
+            handles.append(Line2D([], [], **style))
         ax.set_xlabel(RADIUS_LABEL)
         ax.set_ylabel(CERT_ACC_LABEL)
         ax.set_xlim(0, rmax)
@@ -207,7 +210,7 @@ def write_comparison(
         paths_fig = save_figure(comparison_figure(runs), out / FIGURE_NAME)
         result.paths += paths_fig
         lines += ["", "## Figures", "", f"- [{paths_fig[0].name}]({paths_fig[0].name}) ([PDF]({paths_fig[1].name})): "
-                  "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run; style: σ)."]
+                  "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run and configuration; style: σ)."]
     if result.missing:
         lines += ["", "## Notes", "", *[f"- {m}" for m in result.missing]]
     index = out / "index.md"
