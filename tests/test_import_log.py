@@ -171,6 +171,11 @@ def test_side_by_side_report_of_a_native_run_and_an_imported_log(tmp_path: Path)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["ours: IS-RS, σ = 0.25", "ours: IS-RS, σ = 0.50", "ours: LS-RS 9/18, σ = 0.25",
                       "ours: LS-RS 9/18, σ = 0.50", "Cohen et al.: IS-RS, σ = 0.25"]
+    handles = fig.legends[0].legend_handles
+    colours = [h.get_color() for h in handles]
+    styles = [h.get_linestyle() for h in handles]
+    assert colours[0] == colours[1] != colours[2] == colours[3] != colours[4] != colours[0]  # run and configuration
+    assert styles[0] == styles[2] != styles[1] == styles[3]  # σ
 
 
 def test_comparison_names_must_match_the_runs(tmp_path: Path) -> None:
