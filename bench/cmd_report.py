@@ -37,14 +37,15 @@ def _print_result(result: ReportResult) -> None:
 
 
 @click.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
 @click.option("--name", "names", multiple=True,
               help="With several runs: the name of each run in the table and legend, once per run, in order "
                    "[default: an imported run's name, else its folder's].")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="markdown", show_default=True,
               help="Format of the tables (figures are always PNG + PDF).")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report folder  [default: reports/<run>]")  # fmt: skip
+              help="Report folder  [default: reports/<run>; with several runs reports/<run1>+<run2>...]")  # fmt: skip
 @click.option("--main-fors", type=click.IntRange(min=0), default=9, show_default=True,
               help="LS-RS FoR k of the main table (the middle available FoR if the run lacks it).")  # fmt: skip
 @click.option("--compare-paper", is_flag=True, help="Put the paper's published values beside ours.")
@@ -71,7 +72,7 @@ def command(
     \b
     Several RUN_DIRs (yours and imported peers', see `bench import`): one certified-accuracy table and one
     figure with a curve per run and σ, e.g.
-      bench report results/demo results/cohen-s0.25 --name ours --name "Cohen et al."
+      bench report results/demo/run results/cohen-s0.25 --name ours --name "Cohen et al."
     """
     if len(run_dirs) > 1 or names:
         from bench.report_compare import write_comparison
@@ -80,7 +81,10 @@ def command(
             raise BenchUsageError("--compare-paper applies to the report of one run, not to a comparison")
         out = out_dir or Path("reports") / "+".join(p.resolve().name for p in run_dirs)
         result = write_comparison(list(run_dirs), names, out, fmt=fmt, figures=figures)
-        if not quiet:
+        if as_json:
+            click.echo(json.dumps({"out_dir": str(result.out_dir), "index": str(result.index),
+                                   "paths": [str(p) for p in result.paths], "missing": result.missing}, indent=2))
+        elif not quiet:
             _print_result(result)
         return
     run_dir = run_dirs[0]
