@@ -160,6 +160,11 @@ def import_cohen_model(path: Path, dataset: str, sigma: float, out: Path, name: 
     from lsrs.data import DATASETS
 
     model, source, filled = convert_cohen_checkpoint(path, dataset)
+    if ckpt.index_path(out, dataset).is_file():  # an index that cannot take the entry: refuse before writing
+        try:
+            ckpt.read_index(out, dataset)
+        except ckpt.CheckpointError as exc:
+            raise ImportRefused(str(exc)) from None
     info = DATASETS[dataset]
     imported = {
         "format": CHECKPOINT_FORMAT, "source": source.path.name, "source_sha256": source.sha256,

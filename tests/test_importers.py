@@ -200,6 +200,16 @@ def test_bad_options_exit_2_and_write_nothing(peer20, args: list[str], expect: s
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_a_broken_index_is_refused_before_anything_is_written(peer20, tmp_path: Path) -> None:
+    _, path = peer20
+    index = tmp_path / "ckpt" / "cifar10" / "index.json"
+    index.parent.mkdir(parents=True)
+    index.write_text("{not json")
+    result = _import(path, tmp_path / "ckpt")
+    assert result.exit_code == 2 and "index.json" in result.output
+    assert sorted(p.name for p in index.parent.iterdir()) == ["index.json"]
+
+
 def test_missing_checkpoint_exits_2(tmp_path: Path) -> None:
     result = _import(tmp_path / "nope.pth.tar", tmp_path / "ckpt")
     assert result.exit_code == 2 and "does not exist" in result.output
