@@ -104,6 +104,11 @@ def read_cohen_checkpoint(path: Path) -> CohenCheckpoint:
     return CohenCheckpoint(path, _sha256(path), arch, epoch if isinstance(epoch, int) else None, dict(tensors))
 
 
+def _listed(what: str, keys: list[str]) -> str:
+    """``3 missing (a, b, c, ...)``: the count and the first three keys."""
+    return f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+
+
 def _match_keys(source: CohenCheckpoint, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """The state dict under this project's names; refuses (naming the keys) anything that does not fit.
 
@@ -119,13 +124,8 @@ def _match_keys(source: CohenCheckpoint, expected: dict[str, torch.Tensor]) -> t
         f"{k} {list(source.state_dict[k].shape)} (expected {list(expected[v].shape)})"
         for k, v in mapping.items() if v in expected and tuple(source.state_dict[k].shape) != tuple(expected[v].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
-    if shapes:
-        problems.append(f"{len(shapes)} of the wrong shape ({'; '.join(shapes[:3])})")
+    problems = [_listed(what, keys) for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", shapes)) if keys]
     if problems:
         raise ImportRefused(f"{source.path}: weights do not match {source.arch}: {'; '.join(problems)}")
     for k in filled:

@@ -158,7 +158,7 @@ def _state(**changes) -> dict:
         ({"arch": "cifar_resnet20", "state_dict": _state(**{"1.extra.weight": torch.zeros(1)})},
          "1 unexpected (1.extra.weight)"),
         ({"arch": "cifar_resnet20", "state_dict": _state(**{"1.fc.weight": torch.zeros(100, 64)})},
-         "1.fc.weight [100, 64] (expected [10, 64])"),
+         "1 of the wrong shape (1.fc.weight [100, 64] (expected [10, 64]))"),
         ({"arch": "cifar_resnet20", "state_dict": {"0.means": torch.zeros(3), **_state()}},
          "1 unexpected (0.means)"),
     ],
