@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,9 +110,14 @@ class Architecture:
         return model
 
     def latent_shape(self, fors: int, config: Mapping[str, Any]) -> tuple[int, ...] | None:
-        """The latent ``z``'s shape of FoR ``fors`` at ``config`` (None when the record does not say)."""
+        """The latent ``z``'s shape of FoR ``fors`` at ``config`` (the builder's defaults fill what it omits;
+        None when the record does not say)."""
         self.check_fors(fors)
-        return None if self.latent_shapes is None else tuple(self.latent_shapes(config)[fors])
+        if self.latent_shapes is None:
+            return None
+        params = inspect.signature(self.builder).parameters.values()
+        full = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        return tuple(self.latent_shapes({**full, **config})[fors])
 
 
 _REGISTRY: dict[str, Architecture] = {}

@@ -24,6 +24,9 @@ FoR counting:
   ``valid_fors("wide_resnet34") = 0, 1, 3, 5, 7, 9, 11, 14, 16, 18, 20, 22, 25, 27, 29, 31, 33``. The paper's
   ImageNet 16/34 is the stem, all of group 1 and the first two blocks of group 2 (latent
   ``2*base_width*widen x in_size/(2*stem_stride)``), the analogue of ResNet18's 9/18.
+
+Each builder is registered in :mod:`lsrs.architectures` with what the harness reads about it (valid FoRs,
+latent shapes, the Lipschitz twin's FoR, per-dataset defaults, foldable BatchNorm pairs).
 """
 
 from __future__ import annotations
@@ -231,10 +234,10 @@ def _resnet18_shapes(width: int, in_size: int) -> list[tuple[int, int, int]]:
 
 def _resnet18_latents(config: dict[str, Any]) -> dict[int, tuple[int, ...]]:
     """Latent shape per FoR: the input (0), after the stem and K blocks (1 + 2K), the logits (18)."""
-    shapes = _resnet18_shapes(int(config.get("width", 64)), int(config.get("in_size", 32)))
-    out: dict[int, tuple[int, ...]] = {0: (int(config.get("in_channels", 3)), *shapes[0][1:])}
+    shapes = _resnet18_shapes(int(config["width"]), int(config["in_size"]))
+    out: dict[int, tuple[int, ...]] = {0: (int(config["in_channels"]), *shapes[0][1:])}
     out.update({1 + 2 * k: shapes[k] for k in range(9)})
-    out[18] = (int(config.get("num_classes", 10)),)
+    out[18] = (int(config["num_classes"]),)
     return out
 
 
@@ -362,10 +365,9 @@ def _wrn_shapes(base_width: int, widen: int, in_size: int, stem_stride: int) -> 
 
 def _wrn_latents(config: dict[str, Any]) -> dict[int, tuple[int, ...]]:
     """Latent shape per FoR: the input (0), then after the stem and each block (:func:`_wrn_cumulative_fors`)."""
-    in_size = int(config.get("in_size", 64))
-    shapes = _wrn_shapes(int(config.get("base_width", 16)), int(config.get("widen", 10)), in_size,
-                         int(config.get("stem_stride", 1)))
-    out: dict[int, tuple[int, ...]] = {0: (int(config.get("in_channels", 3)), in_size, in_size)}
+    in_size = int(config["in_size"])
+    shapes = _wrn_shapes(int(config["base_width"]), int(config["widen"]), in_size, int(config["stem_stride"]))
+    out: dict[int, tuple[int, ...]] = {0: (int(config["in_channels"]), in_size, in_size)}
     out.update(zip(_wrn_cumulative_fors(), shapes, strict=True))
     return out
 
