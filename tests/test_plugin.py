@@ -121,6 +121,9 @@ def test_a_plugin_that_fails_to_load_is_named(monkeypatch) -> None:
         architectures.get_architecture("broken_net")
     result = CliRunner().invoke(cli, ["train", "--arch", "broken_net", "-q", "--out", "unused"])
     assert result.exit_code == 2 and "plugin 'broken_net'" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["train", "--arch", "vgg", "-q", "--out", "unused"])
+    assert result.exit_code == 2 and "unknown architecture 'vgg'; known: " in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
 
 
 def test_module_function_builder_trains_and_its_checkpoint_rebuilds_in_a_fresh_registry(tmp_path, monkeypatch):
