@@ -129,6 +129,9 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         names = ", ".join(r.name for r in archs)
         raise click.BadParameter(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}",
                                  param_hint="--fors")
+    if "lip" in methods and archs and all(r.lipschitz_fors is None for r in archs):
+        raise click.BadParameter(f"lip certifies a fully orthogonal twin, and {', '.join(r.name for r in archs)} "
+                                 "has none; use is,ls", param_hint="--methods")
     ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
     if ray_options is not None:
         from bench import distributed

@@ -87,3 +87,6 @@ def test_run_refuses_a_for_the_checkpoints_architecture_lacks(trained, tmp_path:
     result = CliRunner().invoke(cli, ["run", "--dataset", "imagenet", "--fors", "13", "--checkpoints", str(ckpt),
                                       "--data-dir", str(data), "--out", str(tmp_path / "r"), "-q"])
     assert result.exit_code == 2 and "invalid for wide_resnet34" in result.output and "16" in result.output
+    result = CliRunner().invoke(cli, ["run", "--dataset", "imagenet", "--methods", "is,lip", "--fors", "16",
+                                      "--checkpoints", str(ckpt), "--data-dir", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "wide_resnet34 has none" in result.output
