@@ -1,16 +1,59 @@
 """The ``bench`` command line: train | run | report | demo | info | import.
 
 Each command parses and validates its options, then calls one function of the harness or the library.
+Commands are imported on first use (:class:`LazyGroup`), so ``bench --help`` does not import torch.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+from pathlib import Path
+
 import click
+from click.utils import make_default_short_help
 
 from bench import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """The command group: ``bench CMD`` imports only ``bench.cmd_<CMD>``; ``bench --help`` imports none of them.
+
+    A command's name is its module's name without ``cmd_``; the one-line summaries of ``bench --help`` are
+    read from each module's source (the docstring of its ``command`` function, parsed, not run), so listing the
+    commands does not import torch.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *(m.removeprefix("cmd_") for m in _available())})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and f"cmd_{name}" in _available():
+            self.add_command(importlib.import_module(f"bench.cmd_{name}").command, name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = [(name, make_default_short_help(_summary(name), limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _available() -> list[str]:
+    """The command modules of :data:`COMMAND_MODULES` present in this checkout."""
+    return [m for m in COMMAND_MODULES if (_HERE / f"{m}.py").is_file()]
+
+
+def _summary(name: str) -> str:
+    """The docstring of ``command`` in ``bench/cmd_<name>.py``, read with :mod:`ast` (nothing imported)."""
+    tree = ast.parse((_HERE / f"cmd_{name}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "command":
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="bench")
 def cli() -> None:
     """Benchmark latent-space (LS-RS) against input-space (IS-RS) randomized smoothing.
@@ -23,28 +66,13 @@ def cli() -> None:
       bench run   --dataset digits --fors 1,5,9,13 --sigmas 0.25,0.5,1.0
       bench report results/<run> --format markdown
       bench info  --model resnet18 --fors 9          # Lipschitz audit and FLOP split
+      bench train --dataset imagenet --fors 0,16     # the paper's WRN-34-2 pair (--arch for your own model)
       bench import certify-log LOG --dataset cifar10 --sigma 0.25 --out results/peer   # a published peer
     """
 
 
 COMMAND_MODULES = ("cmd_train", "cmd_run", "cmd_report", "cmd_demo", "cmd_info", "cmd_import")
-
-
-def _register() -> None:
-    """Add each command module's ``command`` to the group."""
-    import importlib
-
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bench.{name}":
-                raise
-            continue
-        cli.add_command(module.command)
-
-
-_register()
+_HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:

@@ -12,14 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.params import BenchUsageError
+from bench.params import DATASET_CHOICES, BenchUsageError
 
-ARCH_CHOICES = ("resnet18", "wide_resnet34")
-
-# (in_channels, in_size, num_classes) of each dataset as the models see it.
-PRESETS = {"cifar10": (3, 32, 10), "digits": (1, 16, 10), "imagenet": (3, 64, 1000)}
-DEFAULT_PRESET = {"resnet18": "cifar10", "wide_resnet34": "imagenet"}
-DEFAULT_FORS = {"resnet18": 9, "wide_resnet34": 16}  # the paper's main settings
+BUILDER_OPTIONS = {"width": "--width", "widen": "--widen", "base_width": "--base-width", "stem_stride": "--stem-stride"}
+"""Builder keywords set by options of their own; each applies to the architectures whose builder takes it."""
 
 
 def model_config(
@@ -34,26 +30,34 @@ def model_config(
     num_classes: int | None,
     stem_stride: int | None = None,
 ) -> dict:
-    """Builder keyword arguments from the command's options (dataset preset, then explicit overrides)."""
-    from lsrs.models import valid_fors
+    """Builder keyword arguments from the command's options: what ``bench train`` builds for the dataset
+    (the architecture's paper dataset by default, its paper FoR), then the explicit overrides."""
+    import inspect
 
-    channels, size, classes = PRESETS[dataset or DEFAULT_PRESET[arch]]
-    fors = DEFAULT_FORS[arch] if fors is None else fors
-    if fors not in valid_fors(arch):
-        raise BenchUsageError(f"--fors {fors} is not valid for {arch}; valid: {','.join(map(str, valid_fors(arch)))}")
-    config = dict(
-        num_classes=num_classes or classes, fors=fors, in_size=in_size or size, in_channels=in_channels or channels
-    )
-    if arch == "resnet18":
-        if widen is not None or base_width is not None or stem_stride is not None:
-            raise BenchUsageError("--widen/--base-width/--stem-stride apply to wide_resnet34; resnet18 takes --width")
-        config["width"] = width or 64
-    else:
-        if width is not None:
-            raise BenchUsageError("--width applies to resnet18; wide_resnet34 takes --widen and --base-width")
-        config["widen"] = widen or 10
-        config["base_width"] = base_width or 16
-        config["stem_stride"] = stem_stride or 1
+    from lsrs.architectures import get_architecture
+    from lsrs.data import dataset_info
+
+    try:
+        record = get_architecture(arch)
+    except ValueError as exc:
+        raise BenchUsageError(f"--model: {exc}") from None
+    fors = record.paper_fors if fors is None else fors
+    try:
+        record.check_fors(fors)
+    except ValueError as exc:
+        raise BenchUsageError(f"--fors: {exc}") from None
+    config = record.config_for(dataset_info(dataset or record.paper_dataset or "cifar10"), fors)
+    config.update({k: v for k, v in (("in_size", in_size), ("in_channels", in_channels),
+                                     ("num_classes", num_classes)) if v is not None})
+    takes = inspect.signature(record.builder).parameters
+    given = {"width": width, "widen": widen, "base_width": base_width, "stem_stride": stem_stride}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in takes:
+            own = [BUILDER_OPTIONS[k] for k in BUILDER_OPTIONS if k in takes]
+            raise BenchUsageError(f"{BUILDER_OPTIONS[key]} does not apply to {arch}; it takes {', '.join(own) or 'none'}")
+        config[key] = value
     return config
 
 
@@ -136,19 +140,24 @@ def render(info: dict, console: Console) -> None:
 
 
 @click.command("info")
-@click.option("--model", "arch", type=click.Choice(ARCH_CHOICES), default="resnet18", show_default=True)
+@click.option("--model", "arch", metavar="NAME|MODULE:FUNCTION", default="resnet18", show_default=True,
+              help="A registered architecture (resnet18, wide_resnet34, an installed plugin) or a builder "
+                   "package.module:function.")
 @click.option("--fors", type=click.IntRange(min=0), default=None,
-              help="FoR k (of 18 for resnet18: 0,1,3,...,17; of 34 for wide_resnet34) [default: 9 / 16].")
-@click.option("--dataset", type=click.Choice(tuple(PRESETS)), default=None,
-              help="Input preset: cifar10 3x32x32, digits 1x16x16, imagenet 3x64x64 "
-                   "[default: cifar10 for resnet18, imagenet for wide_resnet34].")
-@click.option("--width", type=click.IntRange(min=2), default=None, help="resnet18 base width [default: 64].")
-@click.option("--widen", type=click.IntRange(min=1), default=None, help="wide_resnet34 widening factor [default: 10].")
+              help="FoR k (of 18 for resnet18: 0,1,3,...,17; of 34 for wide_resnet34) [default: the paper's, "
+                   "9 / 16].")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default=None,
+              help="Build the model bench train builds for this dataset (input shape, classes, default width; "
+                   "imagenet: WRN-34-2 at 3x224x224 with a stride-4 stem) [default: the architecture's paper "
+                   "dataset: cifar10 for resnet18, imagenet for wide_resnet34].")
+@click.option("--width", type=click.IntRange(min=2), default=None,
+              help="resnet18 base width [default: the dataset's, 64; digits 8].")
+@click.option("--widen", type=click.IntRange(min=1), default=None,
+              help="wide_resnet34 widening factor [default: imagenet 2, else 10].")
 @click.option("--base-width", type=click.IntRange(min=2), default=None, help="wide_resnet34 stem width [default: 16].")
 @click.option("--in-size", type=click.IntRange(min=1), default=None, help="Input height = width (overrides --dataset).")
 @click.option("--stem-stride", type=click.Choice(["1", "2", "4"]), default=None,
-              help="wide_resnet34: pixel-unshuffle at the stem (full-resolution ImageNet: --in-size 224 "
-                   "--stem-stride 4) [default: 1].")
+              help="wide_resnet34: pixel-unshuffle at the stem [default: imagenet 4, else 1].")
 @click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels (overrides --dataset).")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes (overrides --dataset).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -172,7 +181,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
     Example:
       bench info --model resnet18 --fors 9
       bench info --dataset digits --width 16 --fors 13 --json
-      bench info --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical
+      bench info --model wide_resnet34 --fors 16 --no-empirical    # the paper's ImageNet WRN-34-2
     """
     from bench.allocator import keep_freed_memory
     from lsrs.executed import BoundCache
@@ -193,7 +202,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
                            int(stem_stride) if stem_stride else None)
         try:
             model = build_model(arch, **cfg)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise BenchUsageError(str(exc)) from None
     input_shape = (int(cfg["in_channels"]), int(cfg["in_size"]), int(cfg["in_size"]))
     console = Console(stderr=True)

@@ -46,8 +46,9 @@ def _print_result(result: ReportResult) -> None:
               help="Format of the tables (figures are always PNG + PDF).")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder  [default: reports/<run>; with several runs reports/<run1>+<run2>...]")  # fmt: skip
-@click.option("--main-fors", type=click.IntRange(min=0), default=9, show_default=True,
-              help="LS-RS FoR k of the main table (the middle available FoR if the run lacks it).")  # fmt: skip
+@click.option("--main-fors", type=click.IntRange(min=0), default=None,
+              help="LS-RS FoR k of the main table (the middle available FoR if the run lacks it) [default: the "
+                   "paper's for the run's architecture: 9 for ResNet18, 16 for WRN-34].")  # fmt: skip
 @click.option("--compare-paper", is_flag=True, help="Put the paper's published values beside ours.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the figures.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -57,7 +58,7 @@ def command(
     names: tuple[str, ...],
     fmt: str,
     out_dir: Path | None,
-    main_fors: int,
+    main_fors: int | None,
     compare_paper: bool,
     figures: bool,
     quiet: bool,

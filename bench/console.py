@@ -47,12 +47,24 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
 
 def grid_progress(console: Console | None, quiet: bool) -> Progress:
     """The progress display of a certification grid (one process, local workers or Ray): one bar per task with
-    its running summary."""
+    its running summary; off a terminal (a log) at :data:`LOG_WIDTH` columns rather than cut to rich's 80."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet,
+        console=_log_wide(console), disable=quiet,
     )
+
+
+LOG_WIDTH = 160
+"""Columns of a progress line written to a file or log: room for the label, bar, summary and both times."""
+
+
+def _log_wide(console: Console | None) -> Console | None:
+    """``console`` on a terminal; off one, a console on the same file at least :data:`LOG_WIDTH` columns wide."""
+    if console is None or console.is_terminal or console.width >= LOG_WIDTH:
+        return console
+    return Console(file=console.file, width=LOG_WIDTH, color_system=console.color_system, quiet=console.quiet,
+                   force_terminal=False)
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 import click
 
-# the --dataset choices of bench train / run / demo (kept in step with lsrs.data.DATASETS by the tests)
-DATASET_CHOICES = ("digits", "mnist", "cifar10", "imagenet")
+from lsrs.datasets import list_datasets
+
+DATASET_CHOICES: tuple[str, ...] = tuple(list_datasets())
+"""The ``--dataset`` choices of bench train / run / info: the dataset registry's names (torch-free import)."""
 
 
 class BenchUsageError(click.ClickException):

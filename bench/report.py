@@ -35,12 +35,12 @@ from bench.params import BenchUsageError
 from bench.report_notes import run_notes
 from bench.report_sequential import sequential_tables
 from bench.store import MANIFEST
+from lsrs.architectures import get_architecture
 from lsrs.smoothing import ABSTAIN
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
-FORS_TOTAL_BY_ARCH: dict[str, int] = {"resnet18": 18, "wide_resnet34": 34}
 _SIGMA_DECIMALS = 6
 MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 
@@ -121,13 +121,22 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 # ------------------------------------------------------------------------------------------ aggregates
 
 
-def _fors_total_default(df: pd.DataFrame, manifest: dict) -> float:
+def _architecture_of(df: pd.DataFrame, manifest: dict):
+    """The registry record of the run's architecture, or None (none recorded, or a plugin not installed here)."""
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     arch = None
     if "arch" in df.columns and len(df):
         arch = str(df["arch"].iloc[0])
     arch = arch or config.get("arch")
-    return float(FORS_TOTAL_BY_ARCH.get(str(arch), np.nan))
+    try:
+        return get_architecture(str(arch))
+    except ValueError:
+        return None
+
+
+def _fors_total_default(df: pd.DataFrame, manifest: dict) -> float:
+    record = _architecture_of(df, manifest)
+    return np.nan if record is None else float(record.fors_total)
 
 
 def _flop_ideal(method: str, fors: int, models: dict) -> float:
@@ -599,17 +608,23 @@ def write_report(
     run_dir: str | Path,
     out_dir: str | Path,
     fmt: str = "markdown",
-    main_fors: int = 9,
+    main_fors: int | None = None,
     compare_paper: bool = False,
     figures: bool = True,
 ) -> ReportResult:
-    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF) and ``index.md`` to ``out_dir``."""
+    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF) and ``index.md`` to ``out_dir``.
+
+    ``main_fors`` (the FoR of the main table) defaults to the paper's for the run's architecture: 9 of 18 for
+    ResNet18, 16 of 34 for WRN-34."""
     if fmt not in FORMATS:
         raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     df, manifest = load_run(run_dir)
     summary = summarize(df, manifest)
     dataset = _dataset_of(df, manifest)
+    if main_fors is None:
+        record = _architecture_of(df, manifest)
+        main_fors = 9 if record is None else record.paper_fors  # 9: the CIFAR-10 ResNet18 setting
     chosen, fors_note = choose_main_fors(summary.loc[summary["method"] == "ls", "fors"], main_fors)
     missing = missing_configs(summary, manifest, df)
     if fors_note:

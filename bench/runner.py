@@ -24,16 +24,16 @@ from bench import devices, store
 from bench.console import grid_progress
 from bench.devices import device_name
 from bench.params import BenchUsageError
+from lsrs.architectures import get_architecture
 from lsrs.inference import inference_copy
 from lsrs.margin import LipschitzCertifier
-from lsrs.models import LIPSCHITZ_FORS
 from lsrs.noise import derive_seed
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
 METHODS = ("is", "ls", "lip")
 DEFAULT_METHODS = ("is", "ls")
-LIP_FORS = LIPSCHITZ_FORS["resnet18"]  # bench run certifies ResNet18 grids
+LIP_FORS = get_architecture("resnet18").lipschitz_fors  # the one architecture with a Lipschitz-margin twin
 FLUSH_SECONDS = 10.0
 FLUSH_ROWS = 64
 

@@ -37,8 +37,8 @@ from rich.progress import (
 
 from bench.devices import device_name, resolve_device
 from lsrs import checkpoint as ckpt
+from lsrs.architectures import get_architecture
 from lsrs.data import DatasetInfo, dataset_info, load_dataset
-from lsrs.models import LIPSCHITZ_FORS
 from lsrs.noise import derive_seed
 from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta
 
@@ -50,7 +50,7 @@ MARGIN_TEMPERATURE = 0.25
 
 def grid_pairs(arch: str, fors: Sequence[int], sigmas: Sequence[float]) -> list[tuple[int, float]]:
     """The (FoR, sigma) models to train: every pair, except that the Lipschitz twin is trained once at sigma 0."""
-    lip = LIPSCHITZ_FORS.get(arch)
+    lip = get_architecture(arch).lipschitz_fors
     pairs: list[tuple[int, float]] = []
     for k in fors:
         for s in [0.0] if k == lip else sigmas:
@@ -74,23 +74,16 @@ def check_device(device: str | torch.device | None) -> torch.device:
 
 
 def model_config_for(arch: str, info: DatasetInfo, fors: int, width: int) -> dict:
-    """Builder kwargs of one grid model (``width``: ResNet18's base width, WRN-34's widen factor)."""
-    common = {
-        "num_classes": info.num_classes, "fors": fors, "in_size": info.in_size,
-        "in_channels": info.in_channels, "mean": list(info.mean),
-    }
-    if arch == "wide_resnet34":
-        return {**common, "widen": width, "stem_stride": 4 if info.in_size >= 128 else 1}
-    return {**common, "width": width}
+    """Builder kwargs of one grid model (``width`` sets the architecture's ``width_param``: ResNet18's base
+    width, WRN-34's widen factor)."""
+    return get_architecture(arch).config_for(info, fors, width)
 
 
 def _validate(info: DatasetInfo, arch: str, fors: Sequence[int], sigmas: Sequence[float]) -> None:
-    from lsrs import models
-
     try:
-        valid = tuple(models.valid_fors(arch))
-    except Exception as exc:  # noqa: BLE001 - unknown architecture
-        raise GridConfigError(f"unknown architecture {arch!r} ({exc})") from None
+        valid = tuple(get_architecture(arch).fors)
+    except ValueError as exc:  # unknown architecture, or a plugin that fails to load
+        raise GridConfigError(str(exc)) from None
     bad = [k for k in fors if k not in valid]
     if bad:
         raise GridConfigError(
@@ -249,8 +242,13 @@ def _recipe(dataset: str, fors: Sequence[int], sigmas: Sequence[float], *, epoch
     except ValueError as exc:
         raise GridConfigError(str(exc)) from None
     arch = arch or info.default_arch
-    width = int(width or info.default_width)
     _validate(info, arch, [int(k) for k in fors], [float(s) for s in sigmas])
+    record = get_architecture(arch)
+    arch = record.name  # a package.module:function builder is stored under its registered name
+    width = width or record.default_width(dataset)
+    if width is None:
+        raise GridConfigError(f"{arch} has no default {record.width_param} for {dataset}: pass --width")
+    width = int(width)
     check_device(device)
     from lsrs.models import build_model
 

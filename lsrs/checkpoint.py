@@ -136,11 +136,20 @@ def _model_fields(model: nn.Module) -> dict:
         "encoder_lipschitz": float(model.encoder_lipschitz),
         "latent_shape": [int(s) for s in model.latent_shape],
     }
-    for key in ("width", "in_size", "num_classes", "in_channels"):
+    for key in ("in_size", "num_classes", "in_channels"):
         if key in model.config:
             fields[key] = model.config[key]
-    if "width" not in fields and "widen" in model.config:  # WRN-34: the widen factor plays the width's role
-        fields["width"] = model.config["widen"]
+    from lsrs.architectures import get_architecture
+
+    try:
+        record = get_architecture(model.arch)
+    except ValueError:  # a hand-made Split of no registered architecture: saved, but not rebuildable by name
+        record = None
+    width_param = record.width_param if record is not None else "width"
+    if width_param in model.config:  # WRN-34: the widen factor plays the width's role
+        fields["width"] = model.config[width_param]
+    if record is not None:
+        fields["arch_source"] = record.source
     return fields
 
 
@@ -244,12 +253,10 @@ def _check_meta(meta: dict, where: Path) -> None:
 
 
 def _build(meta: dict, where: Path) -> nn.Module:
-    from lsrs.cohen_models import COHEN_ARCHS, build_cohen_model
-    from lsrs.models import build_model
+    from lsrs.architectures import get_architecture
 
-    builder = build_cohen_model if meta["arch"] in COHEN_ARCHS else build_model  # imported peers' models
     try:
-        model = builder(meta["arch"], **meta["config"])
+        model = get_architecture(meta["arch"], source=meta.get("arch_source")).build(**meta["config"])
     except Exception as exc:  # noqa: BLE001 - any builder failure is a bad checkpoint
         raise CheckpointError(
             f"{where}: cannot build {meta['arch']!r} with config {meta['config']} ({type(exc).__name__}: {exc})"
@@ -487,13 +494,27 @@ def update_index(root: str | os.PathLike, dataset: str, new: Iterable[Mapping]) 
 def index_entry(meta: Mapping, path: str, sha256: str) -> dict:
     """The index entry of a checkpoint whose metadata is ``meta`` (``path`` relative to the index folder)."""
     keys = (
-        "arch", "fors", "fors_total", "sigma", "noise", "width", "in_size", "in_channels", "num_classes",
-        "dataset", "clean_acc", "noisy_acc", "train_loss", "train_acc", "epochs", "lr", "batch_size", "seed",
+        "arch", "arch_source", "fors", "fors_total", "sigma", "noise", "width", "in_size", "in_channels",
+        "num_classes", "dataset", "clean_acc", "noisy_acc", "train_loss", "train_acc", "epochs", "lr", "batch_size", "seed",
         "encoder_lipschitz", "train_seconds", "train_hash", "saved_at",
     )
     entry = {k: meta[k] for k in keys if k in meta}
     entry.update(path=path, sha256=sha256)
     return entry
+
+
+def index_architectures(root: str | os.PathLike, dataset: str) -> list:
+    """The registry records (:class:`lsrs.architectures.Architecture`) of the models in ``dataset``'s index, in
+    index order without repeats; ``[]`` when there is no readable index. A plugin architecture that is not
+    installed raises :class:`lsrs.architectures.ArchitectureError` naming it."""
+    from lsrs.architectures import get_architecture
+
+    try:
+        entries = read_index(root, dataset)
+    except CheckpointError:
+        return []
+    records = [get_architecture(e["arch"], source=e.get("arch_source")) for e in entries]
+    return list({r.name: r for r in records}.values())
 
 
 def find_checkpoint(
@@ -520,6 +541,7 @@ __all__ = [
     "CheckpointError",
     "find_checkpoint",
     "index_entry",
+    "index_architectures",
     "index_folder",
     "index_path",
     "load_checkpoint",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lsrs.architectures import register_architecture
 from lsrs.data import DATASETS
 from lsrs.models import BasicBlock, Split
 
@@ -126,16 +127,29 @@ def _cifar_resnet(arch: str, dataset: str) -> Split:
     return _split(arch, dataset, _cifar_net(depth, DATASETS[dataset].num_classes), depth)
 
 
+def _register(arch: str, layers: int, pairs: tuple[tuple[type, str, str], ...]):
+    """Register a peer's builder in :mod:`lsrs.architectures`: FoR 0 only (no LS-RS twin), its dataset's paper,
+    the (block, conv, BatchNorm) pairs its blocks feed directly (conv -> BN, folded by the inference copy)."""
+    return register_architecture(arch, fors=(0,), fors_total=layers, paper_fors=0,
+                                 paper_dataset=ARCH_DATASETS[arch][0], batchnorm_pairs=pairs)
+
+
+_BASIC_PAIRS = ((BasicBlock, "conv1", "bn1"), (BasicBlock, "conv2", "bn2"))
+
+
+@_register("cifar_resnet20", 20, _BASIC_PAIRS)
 def cifar_resnet20(dataset: str = "cifar10") -> Split:
     """Cohen et al.'s ``cifar_resnet20`` (n = 3 blocks per stage) behind the CIFAR-10 normalisation."""
     return _cifar_resnet("cifar_resnet20", dataset)
 
 
+@_register("cifar_resnet110", 110, _BASIC_PAIRS)
 def cifar_resnet110(dataset: str = "cifar10") -> Split:
     """Cohen et al.'s ``cifar_resnet110`` (n = 18 blocks per stage) behind the CIFAR-10 normalisation."""
     return _cifar_resnet("cifar_resnet110", dataset)
 
 
+@_register("resnet50", 50, ())  # torchvision stays unimported until built: its blocks are not folded
 def resnet50(dataset: str = "imagenet") -> Split:
     """torchvision's ResNet-50 (random weights) behind the ImageNet normalisation, as Cohen et al. use it."""
     from torchvision.models import resnet50 as tv_resnet50

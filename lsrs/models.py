@@ -24,6 +24,9 @@ FoR counting:
   ``valid_fors("wide_resnet34") = 0, 1, 3, 5, 7, 9, 11, 14, 16, 18, 20, 22, 25, 27, 29, 31, 33``. The paper's
   ImageNet 16/34 is the stem, all of group 1 and the first two blocks of group 2 (latent
   ``2*base_width*widen x in_size/(2*stem_stride)``), the analogue of ResNet18's 9/18.
+
+Each builder is registered in :mod:`lsrs.architectures` with what the harness reads about it (valid FoRs,
+latent shapes, the Lipschitz twin's FoR, per-dataset defaults, foldable BatchNorm pairs).
 """
 
 from __future__ import annotations
@@ -34,12 +37,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lsrs.architectures import ANY_DATASET, get_architecture, register_architecture
 from lsrs.layers import CayleyConv2d, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 
 __all__ = [
-    "ARCHS",
-    "LIPSCHITZ_FORS",
     "Split",
     "build_model",
     "fors_total",
@@ -49,12 +51,7 @@ __all__ = [
     "wide_resnet34",
 ]
 
-ARCHS: tuple[str, ...] = ("resnet18", "wide_resnet34")
-
 _WRN_DEPTH_BLOCKS = 5  # (34 - 4) / 6
-
-LIPSCHITZ_FORS: dict[str, int] = {"resnet18": 18}
-"""The FoR of each architecture's fully orthogonal (Lipschitz-margin) twin: every layer, the head included."""
 
 
 class Split(nn.Module):
@@ -151,12 +148,6 @@ def _check_width(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an even integer >= 2 (MaxMin pairs channels), got {value!r}")
 
 
-def _check_fors(arch: str, fors: int) -> None:
-    valid = valid_fors(arch)
-    if fors not in valid:
-        raise ValueError(f"fors={fors!r} is not valid for {arch}; valid: {', '.join(map(str, valid))}")
-
-
 def _assemble(
     arch: str,
     fors: int,
@@ -232,6 +223,31 @@ def _resnet18_plan(width: int) -> list[tuple[int, int, int]]:
     return plan
 
 
+def _resnet18_shapes(width: int, in_size: int) -> list[tuple[int, int, int]]:
+    """Shape after the stem and after each of the 8 blocks."""
+    shapes, n = [(width, in_size, in_size)], in_size
+    for _, co, s in _resnet18_plan(width):
+        n //= s
+        shapes.append((co, n, n))
+    return shapes
+
+
+def _resnet18_latents(config: dict[str, Any]) -> dict[int, tuple[int, ...]]:
+    """Latent shape per FoR: the input (0), after the stem and K blocks (1 + 2K), the logits (18)."""
+    shapes = _resnet18_shapes(int(config["width"]), int(config["in_size"]))
+    out: dict[int, tuple[int, ...]] = {0: (int(config["in_channels"]), *shapes[0][1:])}
+    out.update({1 + 2 * k: shapes[k] for k in range(9)})
+    out[18] = (int(config["num_classes"]),)
+    return out
+
+
+@register_architecture(
+    "resnet18", fors=(0, *range(1, 18, 2), 18), fors_total=18, lipschitz_fors=18, paper_fors=9,
+    paper_dataset="cifar10", width_param="width",
+    defaults={ANY_DATASET: {"width": 64}, "digits": {"width": 8}},
+    latent_shapes=_resnet18_latents,
+    batchnorm_pairs=((BasicBlock, "conv1", "bn1"), (BasicBlock, "conv2", "bn2")),
+)
 def resnet18(
     num_classes: int = 10,
     fors: int = 0,
@@ -249,13 +265,13 @@ def resnet18(
     """
     mean = _check_common(num_classes, in_channels, in_size, mean)
     _check_width("width", width)
-    _check_fors("resnet18", fors)
+    get_architecture("resnet18").check_fors(fors)
     if in_size % 8:
         raise ValueError(f"in_size must be divisible by 8 (three stride-2 stages), got {in_size}")
     config = dict(num_classes=num_classes, fors=fors, width=width, in_size=in_size, in_channels=in_channels, mean=mean)
 
     plan = _resnet18_plan(width)
-    if fors == LIPSCHITZ_FORS["resnet18"]:
+    if fors == get_architecture("resnet18").lipschitz_fors:
         return _lipschitz_resnet18(plan, config)
     base_stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     k = (fors - 1) // 2 if fors else 0
@@ -266,11 +282,7 @@ def resnet18(
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, num_classes))
     for m in (base_stem, head, *(b for b, _ in blocks)):
         _init_standard(m)
-    shapes = [(width, in_size, in_size)]
-    n = in_size
-    for _, co, s in plan:
-        n //= s
-        shapes.append((co, n, n))
+    shapes = _resnet18_shapes(width, in_size)
     shift = MeanShift(mean) if mean is not None else None
     ortho_stem = OrthogonalStem(in_channels, width) if fors else None
     return _assemble(
@@ -341,6 +353,34 @@ def _wrn_cumulative_fors() -> list[int]:
     return out
 
 
+def _wrn_shapes(base_width: int, widen: int, in_size: int, stem_stride: int) -> list[tuple[int, int, int]]:
+    """Shape after the stem and after each of the 15 blocks."""
+    n = in_size // stem_stride
+    shapes = [(base_width, n, n)]
+    for _, co, s in _wrn_plan(base_width, widen):
+        n //= s
+        shapes.append((co, n, n))
+    return shapes
+
+
+def _wrn_latents(config: dict[str, Any]) -> dict[int, tuple[int, ...]]:
+    """Latent shape per FoR: the input (0), then after the stem and each block (:func:`_wrn_cumulative_fors`)."""
+    in_size = int(config["in_size"])
+    shapes = _wrn_shapes(int(config["base_width"]), int(config["widen"]), in_size, int(config["stem_stride"]))
+    out: dict[int, tuple[int, ...]] = {0: (int(config["in_channels"]), in_size, in_size)}
+    out.update(zip(_wrn_cumulative_fors(), shapes, strict=True))
+    return out
+
+
+@register_architecture(
+    "wide_resnet34", fors=(0, *_wrn_cumulative_fors()), fors_total=34, paper_fors=16, paper_dataset="imagenet",
+    width_param="widen",
+    # WRN-34-2 on ImageNet at 224x224 with a pixel-unshuffle stem of stride 4 (paper, Appendix A: widen 2 for
+    # both twins); WRN-34-10 at the input's own resolution elsewhere
+    defaults={ANY_DATASET: {"widen": 10, "stem_stride": 1}, "imagenet": {"widen": 2, "stem_stride": 4}},
+    latent_shapes=_wrn_latents,
+    batchnorm_pairs=((WideBasic, "conv1", "bn2"),),  # pre-activation block: conv1 -> bn2 -> relu -> conv2
+)
 def wide_resnet34(
     num_classes: int = 1000,
     fors: int = 0,
@@ -364,7 +404,7 @@ def wide_resnet34(
         raise ValueError(f"widen must be an integer >= 1, got {widen!r}")
     if stem_stride not in (1, 2, 4):
         raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride!r}")
-    _check_fors("wide_resnet34", fors)
+    get_architecture("wide_resnet34").check_fors(fors)
     if in_size % (4 * stem_stride):
         raise ValueError(f"in_size must be divisible by {4 * stem_stride} (stem stride x two stride-2 groups)")
     config = dict(
@@ -387,11 +427,7 @@ def wide_resnet34(
     )
     for m in (base_stem, head, *(b for b, _ in blocks)):
         _init_standard(m)
-    n = in_size // stem_stride
-    shapes = [(base_width, n, n)]
-    for _, co, s in plan:
-        n //= s
-        shapes.append((co, n, n))
+    shapes = _wrn_shapes(base_width, widen, in_size, stem_stride)
     shift = MeanShift(mean) if mean is not None else None
     ortho_stem = OrthogonalStem(in_channels, base_width, stem_stride) if fors else None
     return _assemble(
@@ -400,34 +436,29 @@ def wide_resnet34(
     )
 
 
-# ---------------------------------------------------------------------------- registry
-_BUILDERS = {"resnet18": resnet18, "wide_resnet34": wide_resnet34}
-
-
+# ---------------------------------------------------------------------------- registry lookups
 def valid_fors(arch: str) -> tuple[int, ...]:
     """The FoR values ``k`` (of ``k/fors_total``) a builder accepts, 0 (the baseline) first."""
-    if arch == "resnet18":
-        return (0, *range(1, 18, 2), LIPSCHITZ_FORS["resnet18"])
-    if arch == "wide_resnet34":
-        return (0, *_wrn_cumulative_fors())
-    raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    return tuple(get_architecture(arch).fors)
 
 
 def is_lipschitz_twin(model: nn.Module) -> bool:
-    """True for the fully orthogonal twin (``fors == LIPSCHITZ_FORS[arch]``), certified by its margin."""
+    """True for a fully orthogonal twin (``fors`` = its architecture's ``lipschitz_fors``), certified by its margin."""
     arch = getattr(model, "arch", None)
-    return arch in LIPSCHITZ_FORS and int(getattr(model, "fors", -1)) == LIPSCHITZ_FORS[arch]
+    if not isinstance(arch, str):
+        return False
+    try:
+        lip = get_architecture(arch).lipschitz_fors
+    except ValueError:
+        return False
+    return lip is not None and int(getattr(model, "fors", -1)) == lip
 
 
 def build_model(arch: str, **config: Any) -> Split:
     """Build ``arch`` from keyword arguments, e.g. a :attr:`Split.config` read back from a checkpoint."""
-    if arch not in _BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    return _BUILDERS[arch](**config)
+    return get_architecture(arch).build(**config)
 
 
 def fors_total(arch: str) -> int:
     """The denominator of FoR for ``arch``: 18 for ResNet18, 34 for WRN-34."""
-    if arch not in _BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    return {"resnet18": 18, "wide_resnet34": 34}[arch]
+    return get_architecture(arch).fors_total

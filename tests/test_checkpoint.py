@@ -219,3 +219,20 @@ def test_index_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "digits" / "index.json").write_text(json.dumps({"entries": [{"arch": "resnet18"}]}))
     with pytest.raises(CheckpointError, match="entry 0 lacks fors"):
         ckpt.read_index(tmp_path, "digits")
+
+
+def test_checkpoint_written_before_the_registry_loads(tmp_path: Path) -> None:
+    """Checkpoints written before ``arch_source`` existed rebuild their built-in architecture by name."""
+    model = _model(9)
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(path, model, META)
+    meta = ckpt.read_meta(path)
+    assert meta["arch_source"] == "lsrs.models:resnet18"
+    old = {k: v for k, v in meta.items() if k not in ("arch_source", "sha256")}
+    ckpt.save_tensors_atomic(ckpt.state_tensors(model), path, {"format": ckpt.FORMAT, ckpt.META_KEY: json.dumps(old)})
+    ckpt.sidecar_path(path).unlink()
+    loaded, loaded_meta = load_checkpoint(path)
+    assert "arch_source" not in loaded_meta and loaded.arch == "resnet18" and loaded.fors == 9
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model.eval()(x))

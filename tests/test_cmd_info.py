@@ -45,7 +45,7 @@ def test_info_baseline_and_wide_resnet():
     info = json.loads(invoke(*SMALL, "--fors", "0", "--json").output)
     assert info["latent_shape"] == [1, 16, 16] and info["flops"]["ideal_speedup"] == 1.0
     res = invoke("--model", "wide_resnet34", "--widen", "1", "--base-width", "4", "--in-size", "16",
-                 "--num-classes", "10", "--fors", "16", "--iters", "3", "--steps", "0", "--json")
+                 "--stem-stride", "1", "--num-classes", "10", "--fors", "16", "--iters", "3", "--steps", "0", "--json")
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert info["fors_total"] == 34 and info["latent_shape"] == [8, 8, 8]

@@ -39,3 +39,14 @@ def test_summary_table_on_a_terminal_is_left_to_the_terminal_width() -> None:
     console = Console(file=buffer, force_terminal=True, width=60, color_system=None)
     print_table(console, summary_table(_summary()))
     assert max(len(line) for line in buffer.getvalue().splitlines()) <= 60
+
+
+def test_progress_lines_in_a_log_are_not_cut_at_80_columns() -> None:
+    from bench.console import grid_progress
+
+    log = io.StringIO()
+    with grid_progress(Console(file=log, width=80), quiet=False) as progress:
+        task = progress.add_task("LS-RS FoR 16 σ=0.25", total=45, summary="acc 100.0%  ACR 0.000  0.002 s/img")
+        progress.update(task, completed=45)
+    line = next(line for line in log.getvalue().splitlines() if "LS-RS FoR 16" in line)
+    assert "45/45" in line and "0.002 s/img" in line and "…" not in line

@@ -92,11 +92,13 @@ def test_pad_to_is_exact_and_refuses_asymmetric_padding() -> None:
 
 def test_cifar_resnet18_shapes_hold_on_mnist(splits) -> None:
     from bench.training_grid import model_config_for
+    from lsrs.architectures import get_architecture
     from lsrs.models import build_model
 
     info = DATASETS["mnist"]
-    assert (info.in_channels, info.in_size, info.default_width) == (1, 32, 64)
-    model = build_model("resnet18", **model_config_for("resnet18", info, 9, info.default_width)).eval()
+    width = get_architecture("resnet18").default_width("mnist")
+    assert (info.in_channels, info.in_size, width) == (1, 32, 64)
+    model = build_model("resnet18", **model_config_for("resnet18", info, 9, width)).eval()
     x = splits[1].images[:2]
     with torch.no_grad():
         z = model.encoder(x)

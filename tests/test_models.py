@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from lsrs.architectures import list_architectures
 from lsrs.flops import count_flops, flop_split
 from lsrs.layers import CayleyConv2d, MeanShift
 from lsrs.lipschitz_layers import OrthogonalLinear
-from lsrs.models import ARCHS, Split, build_model, fors_total, resnet18, valid_fors, wide_resnet34
+from lsrs.models import Split, build_model, fors_total, resnet18, valid_fors, wide_resnet34
 
 
 def _cayley_convs(module: nn.Module) -> list[CayleyConv2d]:
@@ -24,7 +25,7 @@ def test_valid_fors():
     wrn = valid_fors("wide_resnet34")
     assert wrn[0] == 0 and 1 in wrn and 16 in wrn and wrn[-1] == 33
     assert (fors_total("resnet18"), fors_total("wide_resnet34")) == (18, 34)
-    assert ARCHS == ("resnet18", "wide_resnet34")
+    assert {"resnet18", "wide_resnet34"} <= set(list_architectures())
     with pytest.raises(ValueError):
         valid_fors("vgg")
 
