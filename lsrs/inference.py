@@ -47,7 +47,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _is_training(model: nn.Module) -> bool:
+def is_training(model: nn.Module) -> bool:
     return any(m.training for m in model.modules())
 
 
@@ -69,7 +69,7 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
     would normalise each batch by its own statistics: that function is not the eval-mode one.
     """
     fold = fold_bn and _foldable(model)
-    if fold and _is_training(model):
+    if fold and is_training(model):
         warnings.warn("the classifier is in training mode: BatchNorm is not folded (call .eval() first for "
                       "the fast path and batch-independent predictions)", stacklevel=3)
         fold = False
