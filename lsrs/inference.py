@@ -44,7 +44,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             _fuse_pair(module, "conv2", "bn2")
         elif isinstance(module, WideBasic):
             _fuse_pair(module, "conv1", "bn2")  # pre-activation block: conv1 -> bn2 -> relu -> conv2
-    return folded
+    return folded.eval()  # the fused convs and the Identity placeholders too
 
 
 def is_training(model: nn.Module) -> bool:
