@@ -307,3 +307,37 @@ def test_every_proven_bound_covers_the_jacobian_and_every_refusal_refuses(stack_
         return
     assert math.isfinite(bound)
     assert bound >= _jacobian_norm(stack, x) * (1 - 1e-9)
+
+
+# ---------------------------------------------------------------------------- bench run: refusal and trust
+def test_bench_run_refuses_an_unproven_encoder_in_one_line_and_trusts_it_on_request(tmp_path, monkeypatch):
+    """An encoder with a module without a proof: exit 2 and one line naming it; with --trust-lipschitz the
+    run goes through and every LS row records lipschitz_source=trusted (IS rows: proven)."""
+    import pandas as pd
+    from click.testing import CliRunner
+    from tiny_checkpoints import write_tiny_checkpoints
+
+    import bench.runner
+    from bench.cli import cli
+
+    real = bench.runner.smooth_model
+
+    def with_unproven(model, *args, **kwargs):
+        if model.fors:
+            model.encoder = nn.Sequential(model.encoder, _Tripled())
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench.runner, "smooth_model", with_unproven)
+    ckpt = write_tiny_checkpoints(tmp_path / "ckpt", (1,), (0.25,))
+    args = ["run", "--dataset", "digits", "--fors", "1", "--sigmas", "0.25", "--n0", "8", "--n", "32",
+            "--max-images", "2", "--checkpoints", str(ckpt), "-q"]
+    refused = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and "no proven Lipschitz bound for encoder.1 (_Tripled)" in lines[0], refused.output
+    assert "--trust-lipschitz" in lines[0] and "Traceback" not in refused.output
+    trusted = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b"), "--trust-lipschitz"])
+    assert trusted.exit_code == 0, trusted.output
+    frame = pd.read_parquet(tmp_path / "b")
+    assert set(frame.loc[frame["method"] == "ls", "lipschitz_source"]) == {"trusted"}
+    assert set(frame.loc[frame["method"] == "is", "lipschitz_source"]) == {"proven"}
