@@ -40,6 +40,7 @@ from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanSh
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 
 __all__ = [
+    "U64",
     "LayerProof",
     "ProofContext",
     "UnprovenModule",
@@ -54,6 +55,7 @@ __all__ = [
     "proves",
     "spectral_norm_upper",
     "state_key",
+    "Term",
 ]
 
 _MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (first-order reasoning)

@@ -247,10 +247,10 @@ def test_hole_7_decide_validates_its_numeric_arguments(kwargs):
 
 # ---------------------------------------------------------------------------- the two constants
 def test_gram_slack_is_that_of_one_2p_term_product():
-    """An exactly orthogonal complex stack: the bound is 1 + the rounding slack, 2 gamma_{2p+2} |A|_F^2 per the
+    """An exactly orthogonal complex matrix: the bound is 1 + the rounding slack, 2 gamma_{2p+2} |A|_F^2 per the
     proof (Re G is one product of the stacked [B; C], 2p terms per entry), never the smaller gamma_{p+2}."""
-    p = 16
-    eye = torch.eye(p, dtype=torch.complex64).expand(3, p, p)
+    p = 512  # large enough that the slack (about 4 p^2 u) dominates the final (1 + 1e-12) factors
+    eye = torch.eye(p, dtype=torch.complex64)
     assert operator_norm_bound(eye) ** 2 >= 1 + 2 * gamma(2 * p + 2) * p
 
 
@@ -341,3 +341,33 @@ def test_bench_run_refuses_an_unproven_encoder_in_one_line_and_trusts_it_on_requ
     frame = pd.read_parquet(tmp_path / "b")
     assert set(frame.loc[frame["method"] == "ls", "lipschitz_source"]) == {"trusted"}
     assert set(frame.loc[frame["method"] == "is", "lipschitz_source"]) == {"proven"}
+
+
+def test_a_user_layer_proves_itself_by_method_or_registration():
+    """``lipschitz_proof`` on the class, or ``@proves(cls)``: the walker composes it like the library's own;
+    a subclass that overrides forward loses it."""
+
+    class Halve(nn.Module):
+        def forward(self, x):
+            return x / 2
+
+        def lipschitz_proof(self, ctx, path):
+            return proofs.LayerProof(0.5, 0.5, (proofs.Term((self,), proofs.U64, 0.0),))
+
+    class Double(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    @proofs.proves(Double)
+    def _double(module, ctx, path):
+        return proofs.LayerProof(2.0, 2.0)
+
+    class Quadruple(Double):
+        def forward(self, x):
+            return 4 * x
+
+    stack = nn.Sequential(Halve(), nn.Linear(3, 3), Double())
+    x = torch.rand(1, 3, dtype=torch.float64)
+    assert proven_bound(stack, (3,)) >= _jacobian_norm(stack.double(), x) * (1 - 1e-12)
+    assert proven_bound(stack, (3,)) == pytest.approx(_matrix_norm(_linear_part(stack[1]), (3,)), rel=1e-9)
+    assert proven_bound(nn.Sequential(Quadruple()), (3,)) == math.inf
