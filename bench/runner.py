@@ -26,9 +26,9 @@ from bench.devices import device_name
 from bench.params import BenchUsageError
 from lsrs.inference import inference_copy
 from lsrs.margin import LipschitzCertifier
-from lsrs.proofs import UnprovenModule
 from lsrs.models import LIPSCHITZ_FORS
 from lsrs.noise import derive_seed
+from lsrs.proofs import UnprovenModule
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 

@@ -25,8 +25,16 @@ from torch import Tensor, nn
 
 from lsrs.executed import U64, BoundCache, operator_norm_bound
 from lsrs.layers import circular_kernel
-from lsrs.proofs import (ProofContext, UnprovenModule, executable_copy, first_unproven, input_shapes, is_sequence,
-                         probe_dtype, prove)
+from lsrs.proofs import (
+    ProofContext,
+    UnprovenModule,
+    executable_copy,
+    first_unproven,
+    input_shapes,
+    is_sequence,
+    probe_dtype,
+    prove,
+)
 
 __all__ = [
     "audit",

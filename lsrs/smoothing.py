@@ -29,8 +29,8 @@ from torch import nn
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
-from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
+from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,

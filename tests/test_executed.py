@@ -11,10 +11,10 @@ from test_lipschitz import _perturb  # a few large SGD steps off the init, as fo
 from torch import nn
 
 from lsrs.executed import encode_executed, operator_norm_bound
-from lsrs.proofs import executed_bound
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz import jacobian_spectral_norm
 from lsrs.models import resnet18, valid_fors
+from lsrs.proofs import executed_bound
 from lsrs.smoothing import LatentSmooth, smooth_model
 
 
