@@ -240,6 +240,8 @@ def _leaky_relu(module: nn.LeakyReLU, ctx: ProofContext, path: str) -> LayerProo
     """``x`` or ``s x``: piecewise linear with slopes 1 and ``s``, Lipschitz ``max(1, |s|)``; ``s x`` rounds
     within ``u |s x|``."""
     s = abs(float(module.negative_slope))
+    if module.inplace and s > 1.0:  # it would also rescale the input a residual's other branch reads
+        raise UnprovenModule(path, module, "inplace=True with |negative_slope| > 1 changes its input")
     lip = max(1.0, s)
     return LayerProof(lip, lip, (Term((module,), U64 * s, 0.0),))
 
@@ -574,17 +576,27 @@ def _plain(v: object) -> bool:
 def state_key(module: nn.Module) -> tuple:
     """Everything the bound depends on: the module tree (identity, class, mode, hooks, plain attributes such as
     stride, padding or ``cache``), every parameter and buffer (storage and version: ``load_state_dict`` and
-    in-place edits change it) and every cached operator. Equal keys mean the same computation runs."""
+    in-place edits change it; and its float64 sum, which sees edits through ``.data``) and every cached
+    operator (storage and version). A change detector for what runs, about 4 ms per 4M parameters on one CPU
+    thread; not a cryptographic digest."""
     out: list[tuple] = []
+    tensors: list[Tensor] = []
     for name, m in module.named_modules():
         attrs = tuple((k, v) for k, v in vars(m).items() if not k.startswith("_") and _plain(v))
         hooks = len(m._forward_hooks) + len(m._forward_pre_hooks)
         out.append((name, id(m), type(m), m.training, hooks, attrs))
         out.extend((k, *_tensor_key(t)) for k, t in m._parameters.items())
         out.extend((k, *_tensor_key(t)) for k, t in m._buffers.items())
+        tensors.extend(t for t in (*m._parameters.values(), *m._buffers.values())
+                       if t is not None and (t.is_floating_point() or t.is_complex()))
         cache = getattr(m, "_cache", None)
         if isinstance(cache, dict):
             out.extend((str(k), *_tensor_key(v)) for k, v in cache.items() if isinstance(v, Tensor))
+    if tensors:  # edits through ``.data`` bypass the version counter: a float64 sum of each tensor sees them
+        with torch.no_grad():
+            out.append(tuple(torch.stack([t.detach().sum(dtype=torch.float64) if not t.is_complex()
+                                          else torch.view_as_real(t.detach()).sum(dtype=torch.float64)
+                                          for t in tensors]).tolist()))
     return tuple(out)
 
 

@@ -196,6 +196,10 @@ def test_hole_4_the_bound_follows_load_state_dict_into_the_encoder_that_runs():
     fresh = executed_bound(proofs.executable_copy(other.encoder), (1, 8, 8))
     assert cert.lipschitz == pytest.approx(max(1.0, fresh.lipschitz), rel=1e-12)
     assert cert.lipschitz != first.lipschitz
+    conv = next(m for m in smoother.encoder.modules() if isinstance(m, CayleyConv2d))
+    key = proofs.state_key(smoother.encoder)
+    conv.bias.data.add_(1.0)  # bypasses the version counter
+    assert proofs.state_key(smoother.encoder) != key
 
 
 # ---------------------------------------------------------------------------- hole 5: cache = False
