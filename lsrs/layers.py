@@ -10,7 +10,8 @@
 * :class:`ConvexResidual` - ``alpha * main(x) + (1 - alpha) * skip(x)`` with ``alpha = sigmoid(theta)``;
   Lipschitz at most ``alpha * L_main + (1 - alpha) * L_skip`` (paper Section 4, Figure 2b).
 
-Every atom reports a bound through ``lipschitz_bound(input_shape)``; :mod:`lsrs.lipschitz` composes them.
+Every atom reports an estimate through ``lipschitz_bound(input_shape)`` (for reports); the certificates use
+the per-layer proofs of :mod:`lsrs.proofs`, composed by one walker.
 """
 
 from __future__ import annotations

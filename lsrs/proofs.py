@@ -411,7 +411,7 @@ def conv2d_norm_bound(layer: nn.Conv2d, size: tuple[int, int]) -> float:
     * When the explicit matrix of the layer at this size is small (:data:`EXPLICIT_MAX_ENTRIES`), its own
       spectral norm (:func:`spectral_norm_upper`), which is exact, and the smaller of the two is taken.
     """
-    weight = layer.weight.detach().double()
+    weight = layer.weight.detach().double().cpu()  # the bound is computed on the CPU, in float64
     left, right, top, bottom = _pad_amounts(layer)
     dil, stride = tuple(layer.dilation), tuple(layer.stride)
     kh, kw = weight.shape[-2:]
@@ -445,9 +445,9 @@ def _conv2d(layer: nn.Conv2d, ctx: ProofContext, path: str) -> LayerProof:
     if len(shape) != 3:
         raise UnprovenModule(path, layer, f"expects a batched (B, C, H, W) input, got per-sample shape {shape}")
     lip = conv2d_norm_bound(layer, (int(shape[1]), int(shape[2])))
-    w = layer.weight.detach().double().abs()
+    w = layer.weight.detach().double().cpu().abs()
     with torch.no_grad():
-        out = _conv_linear(layer, torch.zeros(1, *shape, dtype=torch.float64), layer.weight.detach().double())
+        out = _conv_linear(layer, torch.zeros(1, *shape, dtype=torch.float64), w)
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(out[0, 0].numel())
     mult = _pad_multiplicity(layer, (int(shape[1]), int(shape[2])))
     abs_norm = _schur(w.sum((1, 2, 3)).max(), w.sum((0, 2, 3)).max()) * math.sqrt(mult)
