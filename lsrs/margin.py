@@ -16,7 +16,6 @@ LS-RS, on the fully orthogonal twin ``resnet18(..., fors=18)``.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lsrs.lipschitz import proven_bound
-from lsrs.proofs import ProofContext, UnprovenModule, input_shapes
+from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, input_shapes
 
 __all__ = [
     "LipschitzCertificates",
@@ -105,7 +104,8 @@ class LipschitzCertifier:
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
         self.dtype = dtype
-        self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
+        self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
         self._root = _stages(self.model)
         self._root.eval()
         shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=dtype, device=self.device))
