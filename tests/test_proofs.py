@@ -272,8 +272,11 @@ def _conv(draw, c: int) -> nn.Module:
 def _stacks(draw):
     c, layers, refused = 2, [], False
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["conv", "conv", "act", "residual", "pool", "unproven"]))
-        if kind == "conv":
+        kind = draw(st.sampled_from(["conv", "conv", "cayley", "act", "residual", "pool", "unproven"]))
+        if kind == "cayley":
+            layers.append(CayleyConv2d(c, 2 * draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))))
+            c = layers[-1].out_channels
+        elif kind == "conv":
             conv = _conv(draw, c)
             layers.append(conv)
             c = conv.out_channels
