@@ -62,7 +62,7 @@ _MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (f
 EXPLICIT_MAX_ENTRIES = 2**21  # a conv's explicit matrix is built (and its SVD taken) only up to this size
 _INERT = frozenset({
     "__module__", "__qualname__", "__doc__", "__init__", "__annotations__", "__dict__", "__weakref__",
-    "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "extra_repr",
+    "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "__slotnames__", "extra_repr",
 })
 
 
