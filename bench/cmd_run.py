@@ -99,12 +99,16 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="CPUs each Ray task asks for (also its torch threads) [default: 1].")
 @click.option("--ray-num-gpus", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
+@click.option("--trust-lipschitz", is_flag=True,
+              help="Certify an encoder that has a module without a Lipschitz proof (lsrs.proofs) by dividing by "
+                   "its declared bound, taken on trust; rows record lipschitz_source=trusted. Without it such an "
+                   "encoder is refused.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
             precision, channels_last, fold_bn, compile_mode, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
             allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
-            quiet) -> None:
+            trust_lipschitz, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
     Stores one parquet row per (image, method, FoR, σ) under --out and resumes an interrupted run when
@@ -153,7 +157,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         device_type=device_type, precision=choice.resolved, fold_bn=fold_bn, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,
         certificate=certificate,
-        decide_radii=tuple(decide_radii or ()), max_n=max_n, compile=compile_mode,
+        decide_radii=tuple(decide_radii or ()), max_n=max_n, compile=compile_mode, trust_lipschitz=trust_lipschitz,
     )
     out = out or default_out(dataset, config.config_hash())
     console = Console(quiet=quiet)

@@ -28,6 +28,7 @@ from lsrs.architectures import get_architecture
 from lsrs.inference import inference_copy
 from lsrs.margin import LipschitzCertifier
 from lsrs.noise import derive_seed
+from lsrs.proofs import UnprovenModule
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
@@ -65,6 +66,7 @@ class RunConfig:
     decide_radii: tuple[float, ...] = ()
     max_n: int = 100_000
     compile: str = "off"
+    trust_lipschitz: bool = False  # an encoder without a proof: divide by its declared bound (lsrs.proofs)
 
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded).
@@ -74,6 +76,8 @@ class RunConfig:
         keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir", "allow_pickle")}
         if keyed["compile"] == "off":
             del keyed["compile"]
+        if not keyed["trust_lipschitz"]:
+            del keyed["trust_lipschitz"]
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -548,10 +552,14 @@ class JobCertifier:
         """Smoother, first encode (builds the LS encoder's operator cache), batch size, compile and warm-up."""
         config, device = self.config, self.device
         with Stopwatch(device) as watch:  # the smoother makes its folded, channels_last copy of the classifier
-            self.smoother: LatentSmooth = smooth_model(
-                model, num_classes, self.job.sigma, device=device, precision=config.precision,
-                fold_bn=config.fold_bn, channels_last=channels_last,
-            )
+            try:
+                self.smoother: LatentSmooth = smooth_model(
+                    model, num_classes, self.job.sigma, device=device, precision=config.precision,
+                    fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
+                )
+            except UnprovenModule as exc:  # one line, in the CLI's words
+                why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")
+                raise BenchUsageError(f"{self.job.label}: {why}") from None
         self.setup_s["fold_bn"] = watch.seconds
         with Stopwatch(device) as watch:
             latent_shape = tuple(self.smoother.encode(x).shape[1:])
@@ -611,6 +619,7 @@ class JobCertifier:
                 "radius_latent": cert.radius_latent,
                 "lipschitz": cert.lipschitz,
                 "lipschitz_declared": cert.lipschitz_declared,
+                "lipschitz_source": cert.lipschitz_source,
                 "latent_error": cert.latent_error,
                 "p_a_lower": cert.p_a_lower,
                 "p_b_upper": cert.p_b_upper,
@@ -655,7 +664,8 @@ class JobCertifier:
 
 
     def _one_pass_row(self, idx: int, label: int, prediction: int, radius: float, radius_latent: float,
-                      lipschitz: float, *, samples_used: int, sample_s: float, total_s: float, **common) -> dict:
+                      lipschitz: float, *, samples_used: int, sample_s: float, total_s: float,
+                      lipschitz_source: str = "declared", **common) -> dict:
         """A row of a certificate without sampling (σ = 0 clean accuracy, or the Lipschitz margin): no counts,
         NaN probabilities, no rounding term, ``sampler`` / ``certificate`` repeating the run's."""
         return {
@@ -669,6 +679,7 @@ class JobCertifier:
             "radius_latent": radius_latent,
             "lipschitz": lipschitz,
             "lipschitz_declared": lipschitz,
+            "lipschitz_source": lipschitz_source,
             "latent_error": 0.0,
             "p_a_lower": float("nan"),
             "p_b_upper": float("nan"),
@@ -714,7 +725,8 @@ class JobCertifier:
             prediction, radius = int(cert.prediction[0]), float(cert.radius[0])
             # radius_latent is in logit space, so radius = radius_latent / L as for the smoothers
             yield self._one_pass_row(i, int(label), prediction, radius, radius * cert.lipschitz, cert.lipschitz,
-                                     samples_used=1, sample_s=sw.seconds, total_s=sw.seconds, precision="fp64")
+                                     samples_used=1, sample_s=sw.seconds, total_s=sw.seconds, precision="fp64",
+                                     lipschitz_source="proven")
 
 
 def _job_keys(rows) -> list[str]:

@@ -29,10 +29,13 @@ ROW_SCHEMA = pa.schema(
         ("samples_used", pa.int64()), ("alpha", pa.float64()), ("sampler", pa.string()),
         ("certificate", pa.string()), ("encode_s", pa.float64()), ("sample_s", pa.float64()),
         ("total_s", pa.float64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("precision", pa.string()),
-        ("device", pa.string()), ("checkpoint_sha256", pa.string()),
+        ("device", pa.string()), ("checkpoint_sha256", pa.string()), ("lipschitz_source", pa.string()),
     ]
 )
 """Columns of a certification row (docs/results-schema.md); every part is written with this schema."""
+
+OPTIONAL_COLUMNS = frozenset({"lipschitz_source"})
+"""Columns added after runs were stored: null when a row lacks them (as in the parts written before)."""
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -82,7 +85,7 @@ def write_part(run_dir: Path, rows: list[dict], tag: str, schema: pa.Schema = RO
     """Write ``rows`` as one new parquet part with ``schema`` (atomic); return its path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"part-{tag}-{uuid.uuid4().hex[:12]}.parquet"
-    missing = set(schema.names) - set(rows[0])
+    missing = set(schema.names) - set(rows[0]) - OPTIONAL_COLUMNS
     if missing:
         raise ValueError(f"rows lack columns {sorted(missing)}")
     table = pa.Table.from_pylist(rows, schema=schema)

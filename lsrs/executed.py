@@ -7,7 +7,7 @@ about the code that runs:
 
 * The latent is computed in float64 from the stored float32 operators (:meth:`CayleyConv2d.forward` upcasts
   the cached operator exactly when it meets a float64 input), then rounded to float32 once: ``z32(x)``.
-* ``L`` (:func:`executed_bound`) bounds the exact-arithmetic Lipschitz constant of the map ``z(x)`` that
+* ``L`` (:func:`lsrs.proofs.executed_bound`, composed from one proof per layer) bounds the exact-arithmetic Lipschitz constant of the map ``z(x)`` that
   applies exactly those operators: the product over layers of rigorous float64 bounds on their spectral norms
   (:func:`operator_norm_bound`), convexly combined through residuals with the ``alpha`` actually used.
 * ``delta(r)`` (:meth:`ExecutedBound.error`) bounds ``|z32(x') - z(x')|`` for every ``x'`` with
@@ -30,23 +30,19 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.threads import map_chunks
 
-__all__ = ["BoundCache", "ExecutedBound", "encode_executed", "executed_bound", "has_executed_bound", "fft_error", "gamma", "input_shapes", "operator_norm_bound"]
+__all__ = ["BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound"]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
 TINY32 = 2.0**-150  # largest absolute rounding error of a float32 subnormal result
-_EXACT = (nn.Identity, nn.PixelUnshuffle, nn.Flatten, nn.ReLU, MaxMin, ChannelPad)  # no rounding at all
-_MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (first-order reasoning)
 
 
 def gamma(n: int, u: float = U64) -> float:
@@ -78,8 +74,10 @@ def operator_norm_bound(op: Tensor, chunk: int = 8) -> float:
     when it gives the smaller Gram matrix: ``|A^T|_2 = |A|_2``, and no conjugate copy is made). Each entry of
     ``Re G`` is two inner products of ``p`` terms and a sum, each of ``Im G`` the difference of two, so
     ``|fl(G) - G| <= gamma_{p+1} (|B|^T |B| + |C|^T |C| + i (|B|^T |C| + |C|^T |B|))`` entrywise (Higham 2002,
-    Section 3.5), whose Frobenius norm is at most ``2 gamma_{p+1} |A|_F^2`` (``|X^T Y|_F <= |X|_F |Y|_F``);
-    ``2 gamma_{p+2} |A|_F^2`` is added. The squared norms are sums of ``N`` rounded squares, within
+    Section 3.5), whose Frobenius norm is at most ``2 gamma_{p+1} |A|_F^2`` (``|X^T Y|_F <= |X|_F |Y|_F``).
+    ``Re G`` is computed as *one* product ``R^T R`` of the stacked ``R = [B; C]``: each entry is an inner
+    product of ``2p`` terms, within ``gamma_{2p}``, so ``2 gamma_{2p+2} |A|_F^2`` is added (covering both parts and
+    the subtraction of ``I``). The squared norms are sums of ``N`` rounded squares, within
     ``gamma_{N+1}`` relative, and the subtraction of ``I``, the square root and the final steps are within a few
     ``u`` (the factors ``1 + gamma_{N+4}`` and ``1 + 1e-12``). ``|G|_F`` (tighter only far from orthogonal,
     when ``1 + |G - I|_F > 2``) is computed only then.
@@ -102,7 +100,7 @@ def operator_norm_bound(op: Tensor, chunk: int = 8) -> float:
         block = a[lo:hi].resolve_conj()
         parts = (block.real, block.imag) if block.is_complex() else (block,)
         parts = tuple(x.to(torch.float64) for x in parts)  # exact upcast of the stored entries
-        slack = 2.0 * gamma(p + 2) * sum(_square_sum(x) for x in parts) * grow  # from |A|_F^2
+        slack = 2.0 * gamma(2 * p + 2) * sum(_square_sum(x) for x in parts) * grow  # from |A|_F^2
         bound = 1.0 + (_gram_deviation_sq(parts) * grow).sqrt() + slack
         if not bool(torch.isfinite(bound).all()):
             return math.inf
@@ -190,7 +188,7 @@ class BoundCache:
 
 
 @dataclass(frozen=True)
-class _Term:
+class Term:
     """The float64 rounding of one atom: at most ``rel * sum(norms of tracked tensors) + absolute``."""
 
     tracked: tuple[nn.Module, ...]  # modules whose *input* norm enters the bound
@@ -204,12 +202,12 @@ class ExecutedBound:
 
     ``lipschitz`` is ``L``; ``lipschitz_plus`` (``>= 1``) bounds the Lipschitz constant of every partial
     composition of the encoder (a product of ``max(1, L_atom)``), used to carry each layer's rounding error to
-    the latent. (:func:`operators_key` tells a smoother when the cached operators change.)
+    the latent. (:func:`lsrs.proofs.state_key` tells a smoother when what runs changes.)
     """
 
     lipschitz: float
     lipschitz_plus: float
-    terms: tuple[_Term, ...]
+    terms: tuple[Term, ...]
     trusted: bool = False  # True: a declared bound taken on trust (no as-executed analysis was possible)
 
     @property
@@ -243,65 +241,7 @@ class ExecutedBound:
         return self.lipschitz * radius + 2.0 * (a + b * radius)
 
 
-# ---------------------------------------------------------------------------- analysis of the module tree
-class _Walker:
-    """Recursive ``(L, L+)`` of a module tree, collecting the rounding term of every atom."""
-
-    def __init__(self, shapes: dict[nn.Module, tuple[int, ...]], cache: BoundCache | None = None) -> None:
-        self.shapes = shapes
-        self.terms: list[_Term] = []
-        self.norm_bound = cache.norm_bound if cache is not None else operator_norm_bound
-
-    def bound(self, module: nn.Module) -> tuple[float, float]:
-        if isinstance(module, nn.Sequential):
-            lip, plus = 1.0, 1.0
-            for child in module:
-                c_lip, c_plus = self.bound(child)
-                lip, plus = lip * c_lip, plus * c_plus
-            return lip * (1 + 4 * U64 * len(module)), plus * (1 + 4 * U64 * len(module))
-        if isinstance(module, ConvexResidual):
-            return self._residual(module)
-        if isinstance(module, _EXACT):
-            return 1.0, 1.0
-        if isinstance(module, MeanShift):
-            hw = math.prod(self.shapes[module][-2:])
-            mean_norm = float(module.mean.double().norm()) * math.sqrt(hw)
-            self.terms.append(_Term((module,), U64, U64 * mean_norm))
-            return 1.0, 1.0
-        if isinstance(module, CayleyConv2d):
-            return self._cayley(module)
-        raise _Unsupported(f"{type(module).__name__} has no as-executed bound")
-
-    def _residual(self, module: ConvexResidual) -> tuple[float, float]:
-        a = float(module.alpha.detach().double())  # the float32 alpha, exactly as the float64 forward uses it
-        m_lip, m_plus = self.bound(module.main)
-        s_lip, s_plus = self.bound(module.skip)
-        # a * main + (1 - a) * skip in float64: (1 - a), two products and a sum, each within u relative.
-        self.terms.append(_Term((_Output(module.main), _Output(module.skip)), 4 * U64, 0.0))
-        lip = (a * m_lip + (1.0 - a) * s_lip) * (1 + 4 * U64)
-        return lip, max(m_plus, s_plus, 1.0)
-
-    def _cayley(self, layer: CayleyConv2d) -> tuple[float, float]:
-        shape = self.shapes[layer]
-        size = layer.conv_size(shape)
-        op = layer.executed_operator(size)
-        lip = self.norm_bound(op)
-        c_in, c_out = op.shape[-2], op.shape[-1]
-        if layer.kernel_size == 1:  # a (c_out, c_in) real matrix; F.conv2d is an inner product per pixel
-            mm = gamma(op.shape[-1] + 1) * float(op.double().norm())
-            rel = mm + U64 * lip
-        else:
-            # rfft2 of the input, the complex products (inner dimension c_in), irfft2, bias (module docstring).
-            points = size[0] * size[1]
-            mm = math.sqrt(2.0) * gamma(c_in + 2) * math.sqrt(min(c_in, c_out)) * lip
-            rel = (2 * fft_error(points) * lip + mm + 3 * U64 * lip) * 1.01
-        bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(math.prod(size))
-        self.terms.append(_Term((layer,), rel, 2 * U64 * bias))
-        plus = max(lip, 1.0)
-        return lip, plus
-
-
-class _Output:
+class Output:
     """Marks a module whose *output* norm is tracked (the branches of a convex residual)."""
 
     def __init__(self, module: nn.Module) -> None:
@@ -311,79 +251,7 @@ class _Output:
         return hash((id(self.module), "out"))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Output) and other.module is self.module
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def input_shapes(module: nn.Module, x: Tensor) -> dict[nn.Module, tuple[int, ...]]:
-    """Per-sample input shape of every submodule, recorded during one forward pass."""
-    shapes: dict[nn.Module, tuple[int, ...]] = {}
-
-    def hook(mod: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], Tensor):
-            shapes.setdefault(mod, tuple(args[0].shape[1:]))
-
-    handles = [m.register_forward_pre_hook(hook) for m in module.modules()]
-    try:
-        with torch.inference_mode():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def has_executed_bound(module: nn.Module) -> bool:
-    """Whether every submodule of ``module`` is an atom :func:`executed_bound` can analyse."""
-    known = (nn.Sequential, ConvexResidual, MeanShift, CayleyConv2d, *_EXACT)
-    return all(isinstance(m, known) for m in module.modules())
-
-
-def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu",
-                   cache: BoundCache | None = None, shapes: dict[nn.Module, tuple[int, ...]] | None = None,
-                   ) -> ExecutedBound | None:
-    """The as-executed bound of ``encoder`` (in ``eval()``) on inputs of shape ``input_shape``, or None.
-
-    ``cache`` reuses the operator-norm bounds of operators bounded before (:class:`BoundCache`); ``shapes``
-    (:func:`input_shapes` of a forward pass that included ``encoder`` at that input shape) spares the pass.
-
-    None when the encoder contains a module without an as-executed analysis (e.g. ``nn.Linear``, BatchNorm,
-    any custom module): the caller then has only a declared bound to go on. ``nn.Identity`` gives ``L = 1``
-    with no rounding at all (IS-RS). Builds the cached operators if needed (it runs one forward pass).
-    """
-    if isinstance(encoder, nn.Identity):
-        return ExecutedBound(1.0, 1.0, ())
-    if not has_executed_bound(encoder):
-        return None
-    if any(m.training for m in encoder.modules()):
-        raise ValueError("the encoder is in training mode: call .eval() on it before certifying "
-                         "(its cached operators are what runs and what the bound covers)")
-    param = next(iter(encoder.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float32
-    if shapes is None:
-        shapes = input_shapes(encoder, torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    walker = _Walker(shapes, cache)
-    try:
-        lip, plus = walker.bound(encoder)
-    except _Unsupported:
-        return None
-    bound = ExecutedBound(lip, plus, tuple(walker.terms))
-    if bound.rel_total * plus > _MAX_EPS:
-        raise ValueError(f"rounding analysis out of its first-order range (relative error {bound.rel_total:.2e})")
-    return bound
-
-
-def operators_key(encoder: nn.Module) -> tuple:
-    """Storage and version of every cached Cayley operator of ``encoder`` (changes when one is modified)."""
-    out = []
-    for m in encoder.modules():
-        if isinstance(m, CayleyConv2d):
-            for op in m._cache.values():
-                out.append((op.data_ptr(), op._version, tuple(op.shape)))
-    return tuple(out)
+        return isinstance(other, Output) and other.module is self.module
 
 
 @torch.no_grad()
@@ -394,8 +262,8 @@ def encode_executed(encoder: nn.Module, x: Tensor, bound: ExecutedBound) -> tupl
     tensor the rounding analysis refers to, measured on the computed float64 activations.
     """
     norms: dict = {}
-    inputs = {m for t in bound.terms for m in t.tracked if not isinstance(m, _Output)}
-    outputs = {m.module: m for t in bound.terms for m in t.tracked if isinstance(m, _Output)}
+    inputs = {m for t in bound.terms for m in t.tracked if not isinstance(m, Output)}
+    outputs = {m.module: m for t in bound.terms for m in t.tracked if isinstance(m, Output)}
     handles = []
 
     def pre(mod: nn.Module, args: tuple) -> None:
@@ -410,7 +278,8 @@ def encode_executed(encoder: nn.Module, x: Tensor, bound: ExecutedBound) -> tupl
             handles.append(m.register_forward_pre_hook(pre))
         for m in outputs:
             handles.append(m.register_forward_hook(post))
-        with torch.inference_mode():
+        # cuDNN may pick FFT / Winograd convolutions, outside the inner-product error analysis of the proofs
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=False):
             z = encoder(x.to(torch.float64))
     finally:
         for h in handles:

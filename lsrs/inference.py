@@ -26,7 +26,7 @@ from lsrs.architectures import get_architecture, list_architectures
 
 def _fuse_pair(parent: nn.Module, conv_name: str, bn_name: str) -> None:
     conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+    if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:  # exact classes: the same function once fused
         setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
         setattr(parent, bn_name, nn.Identity())
 
@@ -43,9 +43,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             for a, b in zip(names, names[1:]):
                 _fuse_pair(module, a, b)
         for block, conv, bn in pairs:
-            if isinstance(module, block):
+            if type(module) is block:  # exact class: a subclass may run another forward
                 _fuse_pair(module, conv, bn)
-    return folded
+    return folded.eval()  # the fused convs and the Identity placeholders too
 
 
 def _batchnorm_pairs(model: nn.Module) -> list[tuple[type, str, str]]:
@@ -62,7 +62,7 @@ def _batchnorm_pairs(model: nn.Module) -> list[tuple[type, str, str]]:
     return pairs
 
 
-def _is_training(model: nn.Module) -> bool:
+def is_training(model: nn.Module) -> bool:
     return any(m.training for m in model.modules())
 
 
@@ -84,7 +84,7 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
     would normalise each batch by its own statistics: that function is not the eval-mode one.
     """
     fold = fold_bn and _foldable(model)
-    if fold and _is_training(model):
+    if fold and is_training(model):
         warnings.warn("the classifier is in training mode: BatchNorm is not folded (call .eval() first for "
                       "the fast path and batch-independent predictions)", stacklevel=3)
         fold = False

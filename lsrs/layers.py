@@ -10,7 +10,8 @@
 * :class:`ConvexResidual` - ``alpha * main(x) + (1 - alpha) * skip(x)`` with ``alpha = sigmoid(theta)``;
   Lipschitz at most ``alpha * L_main + (1 - alpha) * L_skip`` (paper Section 4, Figure 2b).
 
-Every atom reports a bound through ``lipschitz_bound(input_shape)``; :mod:`lsrs.lipschitz` composes them.
+Every atom reports an estimate through ``lipschitz_bound(input_shape)`` (for reports); the certificates use
+the per-layer proofs of :mod:`lsrs.proofs`, composed by one walker.
 """
 
 from __future__ import annotations
@@ -315,7 +316,9 @@ class CayleyConv2d(nn.Module):
         dtype = self.weight.dtype
         # The as-executed float64 path (lsrs.executed): a float64 input meets the cached lower-precision
         # operator upcast exactly, so the bounded operator is the one applied, in float64 arithmetic.
-        widen = x.dtype == torch.float64 and dtype != torch.float64 and self._use_cache()
+        # (also with cache=False: the fresh operator is upcast, so the float64 path never silently drops)
+        frozen = not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        widen = x.dtype == torch.float64 and dtype != torch.float64 and frozen
         if x.dtype != dtype and not widen:
             x = x.to(dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -325,7 +328,8 @@ class CayleyConv2d(nn.Module):
             op = self._cached_operator(size) if self._use_cache() else self._operator(size)
             bias = self.bias
             if widen:
-                op = self._widened(op, size)
+                op = self._widened(op, size) if self._use_cache() else op.to(
+                    torch.complex128 if op.is_complex() else torch.float64)
                 bias = None if bias is None else bias.double()
             if self.kernel_size == 1:
                 return F.conv2d(x, op[:, :, None, None], bias)

@@ -2,8 +2,8 @@
 
 * :func:`conv_singular_values` - every singular value of a 2-D circular convolution, exactly, via the FFT
   (Sedghi, Gupta & Long 2019): the operator is block-diagonal in the Fourier basis.
-* :func:`proven_bound` - an upper bound for a module built from known 1-Lipschitz atoms: exact per-layer
-  constants multiplied through ``nn.Sequential`` and combined convexly through ``ConvexResidual``.
+* :func:`proven_bound` - an upper bound for a module whose every layer has a proof (:mod:`lsrs.proofs`):
+  per-layer bounds multiplied through ``nn.Sequential`` and combined convexly through ``ConvexResidual``.
 * :func:`jacobian_spectral_norm` / :func:`pair_lipschitz` - empirical *lower* bounds: power iteration on
   ``J^T J`` (jvp / vjp) and gradient ascent on ``|f(x) - f(x')| / |x - x'|`` over input pairs.
 * :func:`audit` - the per-layer table printed by ``bench info``: the bound of the proof in exact arithmetic
@@ -23,8 +23,18 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from lsrs.executed import U64, BoundCache, executed_bound, has_executed_bound, input_shapes
-from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift, circular_kernel
+from lsrs.executed import U64, BoundCache, operator_norm_bound
+from lsrs.layers import circular_kernel
+from lsrs.proofs import (
+    ProofContext,
+    UnprovenModule,
+    executable_copy,
+    first_unproven,
+    input_shapes,
+    is_sequence,
+    probe_dtype,
+    prove,
+)
 
 __all__ = [
     "audit",
@@ -53,53 +63,27 @@ def conv_singular_values(weight: Tensor, input_size: int | Sequence[int]) -> Ten
 
 
 # ---------------------------------------------------------------------------- proven upper bounds
-_FREE = (nn.Identity, nn.PixelUnshuffle, nn.Flatten, nn.ReLU, MaxMin, ChannelPad, MeanShift)
-
-
-def _bound(module: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], cayley_exact: bool = False) -> float:
-    if isinstance(module, nn.Sequential):
-        out = 1.0
-        for child in module:
-            out *= _bound(child, shapes, cayley_exact)
-        return out
-    if isinstance(module, ConvexResidual):
-        a = float(module.alpha.detach())
-        return a * _bound(module.main, shapes, cayley_exact) + (1.0 - a) * _bound(module.skip, shapes, cayley_exact)
-    if isinstance(module, _FREE):
-        return 1.0
-    if isinstance(module, CayleyConv2d):
-        return 1.0 if cayley_exact else module.lipschitz_bound(shapes[module])
-    if isinstance(module, nn.Linear):
-        return float(torch.linalg.matrix_norm(module.weight.detach(), ord=2))
-    if isinstance(module, nn.Conv2d) and module.padding_mode == "circular" and module.stride == (1, 1):
-        return float(conv_singular_values(module.weight, shapes[module][-2:])[0])
-    bound = getattr(module, "lipschitz_bound", None)
-    if callable(bound) and module in shapes:
-        return float(bound(shapes[module]))
-    return math.inf
+def _proof(module: nn.Module, input_shape: Sequence[int], cache: BoundCache | None = None):
+    """The composed proof (:func:`lsrs.proofs.prove`) of a private executable copy of ``module``."""
+    clone = executable_copy(module)
+    p = next(iter(module.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.zeros(1, *input_shape, dtype=probe_dtype(clone), device=device)
+    return prove(clone, input_shapes(clone, x), cache)
 
 
 def proven_bound(module: nn.Module, input_shape: Sequence[int]) -> float:
-    """An upper bound on the l2 Lipschitz constant of ``module`` on inputs of shape ``input_shape`` (C, H, W).
+    """An upper bound on the l2 Lipschitz constant of ``module`` on inputs of shape ``input_shape``, as executed.
 
-    Exact constants of the atoms (largest singular value of each Cayley conv at its actual spatial size,
-    1 for MaxMin / padding / unshuffle / mean shift) multiplied through sequences, ``alpha``-combined through
-    convex residuals. Anything without a known bound (BatchNorm, a std division, ...) gives ``inf``.
+    The composed per-layer proofs of :mod:`lsrs.proofs` (rigorous bounds of the operators that run, e.g. each
+    Cayley convolution's computed operator at its actual spatial size), on a private eval-mode copy (the
+    caller's module is not touched). A module without a proof (BatchNorm, a std division, ...) gives ``inf``;
+    :func:`lsrs.proofs.prove` raises instead, naming it.
     """
-    return _module_bound(module, input_shape, cayley_exact=False)
-
-
-def _module_bound(module: nn.Module, input_shape: Sequence[int], cayley_exact: bool) -> float:
-    """:func:`_bound` of ``module`` in eval mode, at the shapes of one forward pass of zeros."""
-    p = next(iter(module.parameters()), None)
-    x = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
-    was_training = module.training
-    module.eval()
     try:
-        return _bound(module, input_shapes(module, x), cayley_exact)
-    finally:
-        module.train(was_training)
+        return _proof(module, tuple(int(s) for s in input_shape)).executed
+    except UnprovenModule:
+        return math.inf
 
 
 # ---------------------------------------------------------------------------- empirical lower bounds
@@ -188,17 +172,6 @@ def _frozen_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- audit
-def exact_arithmetic_bound(module: nn.Module, input_shape: Sequence[int],
-                           shapes: dict[nn.Module, tuple[int, ...]] | None = None) -> float:
-    """The bound of the proof on paper: :func:`proven_bound` with every Cayley convolution counted as exactly
-    (semi-)orthogonal, i.e. Lipschitz 1 (the Cayley transform of a skew-Hermitian matrix is unitary, paper
-    Eq. 10; Trockman & Kolter 2021). No singular value is computed; the only work is one forward pass for the
-    shapes, spared by ``shapes`` (:func:`lsrs.executed.input_shapes` of a pass that included ``module``)."""
-    if shapes is not None:
-        return _bound(module, shapes, cayley_exact=True)
-    return _module_bound(module, input_shape, cayley_exact=True)
-
-
 def audit(
     model: nn.Module,
     input_shape: Sequence[int] | None = None,
@@ -216,7 +189,8 @@ def audit(
 
     One row per top-level stage of the encoder: input / output shape, the bound of the proof in exact
     arithmetic (``bound``, Cayley convolutions count 1), the bound of the stage *as executed* (``executed``:
-    float64 bounds of the cached float32 operators, :mod:`lsrs.executed`), their running products
+    float64 bounds of the cached float32 operators; both from the per-layer proofs of :mod:`lsrs.proofs`, inf
+    for a stage containing a module without one), their running products
     (``cumulative``, ``cumulative_executed``), and the empirical local constant of the stage (``empirical``:
     power iteration in float64 through the float32 operators, a lower bound). A last row ``encoder`` holds
     the products and the empirical estimate of the whole encoder (power iteration plus pair search).
@@ -238,21 +212,22 @@ def audit(
             raise ValueError("in_place=True audits the encoder as it is: call model.eval().requires_grad_(False)")
         encoder = model.encoder
     else:
-        encoder = _frozen_copy(model.encoder, param.dtype if param is not None else torch.float32)
-    as_executed = has_executed_bound(encoder)
-    if not as_executed:  # the float64 forward needs the library's atoms; otherwise measure a float64 copy
+        encoder = executable_copy(model.encoder)
+    as_executed = first_unproven(encoder) is None
+    if not as_executed:  # no proof to run in float64: measure a float64 copy (the bounds are inf)
         encoder = _frozen_copy(model.encoder, torch.float64)
     gen = torch.Generator().manual_seed(seed)
     # the empirical estimates run in float64; without them one float32 image suffices to pass the shapes on
     # (and spares the float64 copies of every operator, gigabytes at ImageNet size)
-    wide = empirical or not as_executed
+    wide = empirical or not as_executed or probe_dtype(encoder) == torch.float64
     x = torch.rand(batch if wide else 1, *input_shape, generator=gen, dtype=torch.float64).to(device)
     if not wide:
         x = x.to(param.dtype if param is not None else torch.float32)
 
-    stages = list(encoder.named_children()) if isinstance(encoder, nn.Sequential) else [("encoder", encoder)]
+    stages = list(encoder.named_children()) if is_sequence(encoder) else [("encoder", encoder)]
     stages = stages or [("identity", encoder)]
-    shapes = input_shapes(encoder, x[:1])  # every submodule's input shape, from one pass (not two per stage)
+    ctx = ProofContext(input_shapes(encoder, x[:1]),  # every submodule's input shape, from one pass
+                       cache.norm_bound if cache is not None else operator_norm_bound)
     rows = []
     cumulative, cumulative_executed = 1.0, 1.0
     h = x
@@ -260,9 +235,11 @@ def audit(
         if progress is not None:
             progress(name)
         in_shape = tuple(h.shape[1:])
-        bound = exact_arithmetic_bound(stage, in_shape, shapes)
-        executed = executed_bound(stage, in_shape, device, cache, shapes) if as_executed else None
-        executed_l = executed.lipschitz if executed is not None else math.inf
+        try:
+            proof = ctx.prove(stage, name)
+            bound, executed_l = proof.exact, proof.executed
+        except UnprovenModule:
+            bound = executed_l = math.inf
         emp = jacobian_spectral_norm(stage, h, iters=iters, generator=gen) if empirical else math.nan
         with torch.no_grad():
             h_next = stage(h)

@@ -57,6 +57,7 @@ class OrthogonalLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.scale = nn.Parameter(torch.empty(()))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._cache: dict[str, tuple[tuple, Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -69,10 +70,40 @@ class OrthogonalLinear(nn.Module):
         """The (semi-)orthogonal ``out x in`` matrix the forward pass multiplies with."""
         return cayley(scaled_weight(self.weight, self.scale))
 
+    def _frozen(self) -> bool:
+        return not self.training and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
+    def executed_matrix(self) -> Tensor:
+        """The ``Q`` that ``forward`` applies in ``eval()`` without parameter gradients: computed once in the
+        parameters' dtype and cached until a parameter changes (storage or version), as
+        :class:`lsrs.layers.CayleyConv2d` caches its operator; :mod:`lsrs.proofs` bounds exactly this matrix."""
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in (self.weight, self.scale))
+        hit = self._cache.get("q")
+        if hit is None or hit[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                hit = (key, self.matrix())
+            self._cache = {"q": hit}
+        return hit[1]
+
+    def train(self, mode: bool = True) -> OrthogonalLinear:
+        if mode:
+            self._cache = {}
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        self._cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.matrix(), self.bias)
+        if not self._frozen():
+            return F.linear(x.to(self.weight.dtype), self.matrix(), self.bias)
+        q, bias = self.executed_matrix(), self.bias
+        if x.dtype == torch.float64 and q.dtype != torch.float64:  # the as-executed float64 path
+            return F.linear(x, q.double(), None if bias is None else bias.double())
+        return F.linear(x.to(q.dtype), q, bias)
 
     @torch.no_grad()
     def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
-        """Largest singular value of the matrix as computed (in its dtype), evaluated in float64."""
+        """Largest singular value of the matrix as computed (in its dtype), evaluated in float64 (an estimate for
+        reports; the certificates use the rigorous bound of :mod:`lsrs.proofs`)."""
         return float(torch.linalg.matrix_norm(self.matrix().double(), ord=2))

@@ -8,8 +8,7 @@ If the logits ``f`` are ``L``-Lipschitz in l2, the prediction ``argmax f(x)`` ca
 convolution). One forward pass, no sampling, no failure probability: the third certifier beside IS-RS and
 LS-RS, on the fully orthogonal twin ``resnet18(..., fors=18)``.
 
-* :func:`network_lipschitz` - the network's proven bound ``L`` (the one place to switch to an as-executed
-  bound).
+* :func:`network_lipschitz` - the network's proven bound ``L`` (:mod:`lsrs.proofs`, as executed).
 * :class:`LipschitzCertifier` / :func:`lipschitz_certify` - predictions and radii of a batch.
 * :func:`margin_loss` - cross-entropy on logits whose true class is lowered by ``sqrt(2) * L * eps``, with a
   temperature (Tsuzuku et al. 2018; Prach & Lampert 2022; Prach et al. 2024).
@@ -17,7 +16,6 @@ LS-RS, on the fully orthogonal twin ``resnet18(..., fors=18)``.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.layers import CayleyConv2d, ConvexResidual
 from lsrs.lipschitz import proven_bound
-from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
+from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, input_shapes
 
 __all__ = [
     "LipschitzCertificates",
@@ -63,37 +60,6 @@ def network_lipschitz(model: nn.Module, input_shape: Sequence[int]) -> float:
     return proven_bound(_stages(model), tuple(int(s) for s in input_shape))
 
 
-def _unbounded_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    """Names (and types) of the innermost stages without a finite proven bound, for the error message."""
-    shapes: dict[nn.Module, tuple[int, ...]] = {}
-    root = _stages(model)
-    p = next(iter(root.parameters()), None)
-    x = torch.zeros(1, *input_shape, dtype=p.dtype if p is not None else torch.float32)
-
-    def hook(mod: nn.Module, args: tuple) -> None:
-        shapes.setdefault(mod, tuple(args[0].shape[1:]))
-
-    handles = [m.register_forward_pre_hook(hook) for m in root.modules()]
-    try:
-        with torch.no_grad():
-            root.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def walk(module: nn.Module, name: str) -> list[str]:
-        if module not in shapes or math.isfinite(proven_bound(module, shapes[module])):
-            return []
-        if isinstance(module, (nn.Sequential, ConvexResidual)):
-            found = [n for child_name, child in module.named_children()
-                     for n in walk(child, f"{name}.{child_name}" if name else child_name)]
-            if found:
-                return found
-        return [f"{name or 'model'} ({type(module).__name__})"]
-
-    return walk(root, "")
-
-
 class LipschitzCertificates(NamedTuple):
     """Per image: ``prediction`` (argmax of the logits), certified l2 ``radius``, logit ``margin``
     (top minus runner-up); ``lipschitz`` is the network's bound ``L`` used."""
@@ -124,8 +90,9 @@ class LipschitzCertifier:
     1e-11 relative in float64, so radii lose nothing visible; in float32 it is 2^29 times larger, which is
     why float64 is the default.
 
-    A layer without a proven bound (a plain zero-padded ``nn.Conv2d``, BatchNorm, a std division, ...) makes
-    ``L`` infinite and the constructor raises ``ValueError`` naming the layer.
+    ``L`` is the composed per-layer proofs of :mod:`lsrs.proofs` on that copy. A layer without a proof
+    (BatchNorm, a std division, a subclass overriding ``forward``, ...) is refused: the constructor raises
+    ``ValueError`` naming the layer's path and class.
     """
 
     def __init__(
@@ -137,37 +104,33 @@ class LipschitzCertifier:
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
         self.dtype = dtype
-        self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval().requires_grad_(False)
-        self.lipschitz = network_lipschitz(self.model, self.input_shape)
-        if not (math.isfinite(self.lipschitz) and self.lipschitz >= 0):
-            bad = ", ".join(_unbounded_layers(self.model, self.input_shape)) or "unknown layer"
-            raise ValueError(
-                f"cannot certify by Lipschitz margin: no proven Lipschitz bound for {bad} "
-                f"(proven bound {self.lipschitz}); every layer must be orthogonal / 1-Lipschitz, "
-                "e.g. resnet18(..., fors=18)"
-            )
+        # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
+        self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
+        self._root = _stages(self.model)
+        self._root.eval()
+        shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=dtype, device=self.device))
+        ctx = ProofContext(shapes)
+        try:
+            self.lipschitz = ctx.prove(self._root, "").executed
+        except UnprovenModule as err:
+            raise err.within("", "cannot certify by Lipschitz margin: every layer must have a proof, e.g. "
+                                 "resnet18(..., fors=18)") from None
         self._ops, self._gamma = self._rounding_constants()
-        self._stages, self._expansion = self._stage_bounds()
-        self.model.eval()
+        self._stages, self._expansion = self._stage_bounds(ctx)
 
-    def _stage_bounds(self) -> tuple[list[nn.Module], float]:
-        """The network as a flat list of stages, and ``P`` = the product of ``max(1, L_stage)``."""
+    def _stage_bounds(self, ctx: ProofContext) -> tuple[list[nn.Module], float]:
+        """The network as a flat list of stages, and ``P`` = the product of ``max(1, L_stage)`` (their proofs)."""
         stages: list[nn.Module] = []
 
         def flatten(m: nn.Module) -> None:
             if type(m) is nn.Sequential:
                 for child in m:
                     flatten(child)
-            elif not isinstance(m, nn.Identity):
+            elif type(m) is not nn.Identity:
                 stages.append(m)
 
-        flatten(_stages(self.model))
-        p, h = 1.0, torch.zeros(1, *self.input_shape, dtype=self.dtype, device=self.device)
-        for stage in stages:
-            p *= max(1.0, proven_bound(stage, tuple(h.shape[1:])))
-            with torch.no_grad():
-                h = stage(h)
-        return stages, p
+        flatten(self._root)
+        return stages, math.prod(max(1.0, ctx.proofs[stage].executed) for stage in stages)
 
     def _rounding_constants(self) -> tuple[int, float]:
         """(number of layers that round, per-layer relative forward error ``gamma``)."""
@@ -176,10 +139,9 @@ class LipschitzCertifier:
         for m in self.model.modules():
             if next(m.children(), None) is None:
                 ops += 1
-            if isinstance(m, CayleyConv2d):
-                k_max = max(k_max, m.in_channels * m.stride**2, m.out_channels)
-            elif isinstance(m, (OrthogonalLinear, nn.Linear)):
-                k_max = max(k_max, m.in_features)
+            weight = getattr(m, "weight", None)
+            if isinstance(weight, Tensor) and weight.dim() >= 2:  # inner products of at most fan-in terms
+                k_max = max(k_max, weight.shape[0], weight[0].numel())
         n_max = max([2, *_leaf_input_sizes(self.model, self.input_shape, self.dtype, self.device)])
         # FFT forward + inverse (Higham 2002, Thm 24.2: log2(N) * eta, eta <= 5u) and a complex inner product
         # of length k (Higham 2002, Sec. 3.1 / 3.6: gamma_k ~ 2 k u), plus a few element-wise roundings.
@@ -234,9 +196,8 @@ def _leaf_input_sizes(model: nn.Module, input_shape: tuple[int, ...], dtype: tor
 
     def hook(mod: nn.Module, args: tuple) -> None:
         t = args[0]
-        if isinstance(mod, (CayleyConv2d, NormPool)) and t.dim() == 4:
-            s = mod.stride if isinstance(mod, CayleyConv2d) else 1
-            sizes.append(int(t.shape[-2] * t.shape[-1]) // (s * s))
+        if isinstance(t, Tensor) and t.dim() == 4:  # every FFT or pooled sum runs on at most H * W points
+            sizes.append(int(t.shape[-2] * t.shape[-1]))
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
     try:

@@ -76,8 +76,9 @@ def multiclass_bound(counts: list[int], top: int, n: int, alpha: float, sigma: f
 
 def checkpoint_schedule(max_n: int, first: int = 64) -> list[int]:
     """Geometric look times ``first, 2 first, 4 first, ...`` ending exactly at ``max_n``."""
-    if max_n < 1:
-        raise ValueError(f"max_n must be >= 1, got {max_n}")
+    for name, v in (("max_n", max_n), ("first_look", first)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     looks, m = [], min(first, max_n)
     while m < max_n:
         looks.append(m)

@@ -16,7 +16,9 @@ default it evaluates a private BatchNorm-folded, ``channels_last`` copy of the c
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,9 +27,10 @@ import torch
 from torch import nn
 
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
-from lsrs.executed import ExecutedBound, encode_executed, executed_bound, operators_key
-from lsrs.inference import inference_copy
+from lsrs.executed import ExecutedBound, encode_executed
+from lsrs.inference import inference_copy, is_training
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
+from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,
@@ -74,6 +77,7 @@ class Certificate:
     certificate: str = "binary"
     latent_error: float = 0.0
     lipschitz_declared: float = math.nan
+    lipschitz_source: str = "proven"  # "proven": as executed, from the per-layer proofs; "trusted": declared
 
     @property
     def abstained(self) -> bool:
@@ -93,19 +97,25 @@ def _check_positive_float(name: str, value: float) -> None:
 class LatentSmooth:
     """LS-RS: smooth ``classifier`` over the latent ``z = encoder(x)`` with N(0, sigma^2 I) noise.
 
-    ``lipschitz`` must be a proven upper bound on the l2 Lipschitz constant of ``encoder`` (including any
-    preprocessing it applies) in exact arithmetic: the *declared* bound. When the encoder is built from the
-    library's atoms (Cayley convolutions, MaxMin, padding, mean shift, convex residuals), the certificate is
-    made sound *as executed* (:mod:`lsrs.executed`): ``z`` is computed in float64 from the cached float32
-    operators, ``L`` is the larger of the declared bound and the bound of those operators, and the input
-    radius is ``(radius_latent - 2 delta) / L`` with ``delta`` bounding the rounding of the computed latent
-    (Theorem 1 applied to the executed map). For any other encoder the declared bound is trusted and the
-    radius is ``radius_latent / lipschitz``.
+    ``lipschitz`` is the *declared* upper bound on the l2 Lipschitz constant of ``encoder`` (including any
+    preprocessing it applies). Every module of the encoder must have a proof (:mod:`lsrs.proofs`: the
+    library's atoms, ``nn.Linear``, any ``nn.Conv2d``, pooling, ...): the certificate is then sound *as
+    executed* (:mod:`lsrs.executed`): ``z`` is computed in float64 from the operators that run, ``L`` is the
+    larger of the declared bound and the composed proofs' bound of those operators, and the input radius is
+    ``(radius_latent - 2 delta) / L`` with ``delta`` bounding the rounding of the computed latent (Theorem 1
+    applied to the executed map). An encoder with a module without a proof is refused (``ValueError`` naming
+    the module's path and class), unless ``trust_lipschitz=True``: then the caller vouches for ``lipschitz``,
+    the radius is ``radius_latent / lipschitz`` and each certificate says ``lipschitz_source="trusted"``.
 
-    ``self.classifier`` is the module actually evaluated: ``inference_copy(classifier, fold_bn=...,
-    channels_last=...)``, made once here, so later changes to ``classifier``'s weights are not seen (build a
-    new smoother). The certificate holds for that module, which computes ``classifier``'s eval-mode function
-    up to floating-point rounding.
+    The smoother evaluates private ``eval()`` copies, made once here: ``self.encoder`` (cached operators built
+    afresh, every Cayley convolution caching, standard layers upcast exactly to float64 for the float64
+    forward; :func:`lsrs.proofs.executable_copy`) and ``self.classifier`` (``inference_copy(classifier,
+    fold_bn=..., channels_last=...)``, which is ``classifier`` itself when no rewrite applies; of an eval-mode
+    copy when ``classifier`` is in training mode). A module passed in training mode is certified in
+    its eval-mode function (for the classifier a warning says so): in training mode BatchNorm normalises each batch by its own
+    statistics, so the counts would depend on the batch size and Clopper-Pearson would not apply. The
+    caller's modules never change, and later changes to the encoder are not seen (build a new smoother); the bound is
+    recomputed whenever anything of ``self.encoder`` that runs changes (:func:`lsrs.proofs.state_key`).
     """
 
     def __init__(
@@ -121,6 +131,7 @@ class LatentSmooth:
         fold_bn: bool = True,
         channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
+        trust_lipschitz: bool = False,
     ) -> None:
         _check_positive_int("num_classes", num_classes)
         _check_positive_float("sigma", sigma)
@@ -128,8 +139,14 @@ class LatentSmooth:
         _check_positive_int("noise_block", noise_block)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.encoder = encoder
-        self.classifier = inference_copy(classifier, fold_bn=fold_bn, channels_last=channels_last)
+        unproven = first_unproven(encoder)
+        if unproven is not None and not trust_lipschitz:
+            raise unproven.within("encoder", "LatentSmooth certifies only what it proves: use layers with a proof "
+                                  "(lsrs.proofs) or pass trust_lipschitz=True to vouch for the declared "
+                                  f"lipschitz={float(lipschitz)!r}")
+        self.trusted = unproven is not None
+        self.encoder = executable_copy(encoder, widen=not self.trusted)
+        self.classifier = _private_classifier(classifier, fold_bn, channels_last)
         self.fold_bn = fold_bn
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -219,6 +236,7 @@ class LatentSmooth:
             certificate=certificate,
             latent_error=err_a + err_b * radius,
             lipschitz_declared=self.lipschitz,
+            lipschitz_source="trusted" if bound.trusted else "proven",
         )
 
     def _bound(
@@ -268,6 +286,10 @@ class LatentSmooth:
         _check_positive_int("n0", n0)
         _check_positive_int("max_n", max_n)
         _check_positive_int("batch_size", batch_size)
+        _check_positive_int("first_look", first_look)
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius)
+                                                                                  and radius >= 0):
+            raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
         check_alpha(alpha)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
@@ -326,19 +348,21 @@ class LatentSmooth:
         return self._encode_bounded(x)[0]
 
     def executed_bound(self, input_shape: Sequence[int]) -> ExecutedBound:
-        """The bound the certificates divide by: :func:`lsrs.executed.executed_bound` of the encoder, with
+        """The bound the certificates divide by: :func:`lsrs.proofs.executed_bound` of ``self.encoder``, with
         ``L`` raised to the declared ``lipschitz`` if that is larger; the declared bound alone (no rounding
-        term) for an encoder outside the library's atoms. Recomputed when the cached operators change."""
-        key = (tuple(input_shape), operators_key(self.encoder))
+        term, ``trusted``) with ``trust_lipschitz`` for an encoder without a proof. Keyed on everything that
+        runs (:func:`lsrs.proofs.state_key`: modules, parameters, buffers, cached operators), read before the
+        forward pass that may rebuild a cache, and recomputed whenever it changed."""
+        key = (tuple(input_shape), state_key(self.encoder))
         if self._executed is None or key != self._executed_for:
-            with torch.inference_mode(False):
-                bound = executed_bound(self.encoder, tuple(input_shape), self.device)
-            if bound is None:
+            if self.trusted:
                 bound = ExecutedBound(self.lipschitz, self.lipschitz, (), trusted=True)
-            elif bound.lipschitz < self.lipschitz:
-                bound.lipschitz = self.lipschitz
+            else:
+                with torch.inference_mode(False):
+                    bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
+                bound.lipschitz = max(bound.lipschitz, self.lipschitz)
             self._executed = bound
-            self._executed_for = (tuple(input_shape), operators_key(self.encoder))
+            self._executed_for = (tuple(input_shape), state_key(self.encoder))  # after the pass's cache builds
         return self._executed
 
     @torch.inference_mode()
@@ -407,6 +431,17 @@ class LatentSmooth:
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             drawn += b
             yield drawn, counts
+
+
+def _private_classifier(classifier: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:
+    """The classifier the engine evaluates: :func:`lsrs.inference.inference_copy` of ``classifier``, or of a private
+    ``eval()`` copy when it is in training mode (with a warning); the caller's module is never changed."""
+    source = classifier
+    if is_training(classifier):
+        warnings.warn("the classifier is in training mode: certifying its eval-mode function (a private copy; "
+                      "the module passed in is unchanged)", stacklevel=3)
+        source = copy.deepcopy(classifier).eval()
+    return inference_copy(source, fold_bn=fold_bn, channels_last=channels_last)
 
 
 class Smooth(LatentSmooth):

@@ -10,11 +10,12 @@ import torch
 from test_lipschitz import _perturb  # a few large SGD steps off the init, as for the declared bound
 from torch import nn
 
-from lsrs.executed import encode_executed, executed_bound, operator_norm_bound
+from lsrs.executed import encode_executed, operator_norm_bound
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz import jacobian_spectral_norm
 from lsrs.models import resnet18, valid_fors
-from lsrs.smoothing import smooth_model
+from lsrs.proofs import executed_bound
+from lsrs.smoothing import LatentSmooth, smooth_model
 
 
 def _cayley_layers(module: nn.Module) -> list[CayleyConv2d]:
@@ -82,7 +83,7 @@ def test_perturbed_cached_operators_raise_l_and_shrink_radii():
     smoother = smooth_model(model, 10, 0.5)
     x = torch.rand(1, 16, 16)
     before = smoother.certify(x, 32, 500, 0.01, 128, generator=3)
-    layers = _cayley_layers(model.encoder)
+    layers = _cayley_layers(smoother.encoder)  # the smoother's private copy: the operators that run
     with torch.no_grad():
         for layer in layers:
             for op in layer._cache.values():
@@ -105,13 +106,32 @@ def test_identity_encoder_has_no_rounding_term():
     assert cert.radius == cert.radius_latent
 
 
-def test_unknown_encoder_uses_the_declared_bound_as_trusted():
+class _Doubling(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_unknown_encoder_is_refused_unless_trusted():
+    """A module without a proof: no as-executed bound; LatentSmooth refuses it by path and class, and with
+    trust_lipschitz=True divides by the declared bound, recording the source."""
+    enc = nn.Sequential(nn.Flatten(), _Doubling())
+    assert executed_bound(enc.eval(), (4,)) is None
+    head = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"no proven Lipschitz bound for encoder\.1 \(_Doubling\).*trust_lipschitz"):
+        LatentSmooth(enc, head, 3, 0.5, 2.0)
+    smoother = LatentSmooth(enc, head, 3, 0.5, 2.0, trust_lipschitz=True)
+    cert = smoother.certify(torch.rand(4), 16, 200, 0.01, 100, generator=0)
+    assert cert.lipschitz_source == "trusted" and cert.lipschitz == 2.0
+    assert cert.radius == cert.radius_latent / 2.0
+
+
+def test_a_linear_encoder_is_bounded_as_executed():
     enc = nn.Linear(4, 4)
     with torch.no_grad():
         enc.weight.copy_(2 * torch.eye(4))
         enc.bias.zero_()
     bound = executed_bound(enc.eval(), (4,))
-    assert bound is None
+    assert 2.0 <= bound.lipschitz <= 2.0 * (1 + 1e-12)
 
 
 # ---------------------------------------------------------------------------- delta against an 80-bit oracle
