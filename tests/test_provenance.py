@@ -41,8 +41,8 @@ def own_checkpoints(checkpoints: Path, tmp_path: Path) -> Path:
 
 def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "--dataset", "digits", "--fors", ",".join(map(str, FORS)), "--sigmas", "0,0.25",
-            "--n0", "16", "--n", "64", "--max-images", str(IMAGES), "--skip", "11", "--checkpoints", str(checkpoints),
-            "--out", str(out), "-q", *extra]
+            "--n0", "16", "--n", "64", "--max-images", str(IMAGES), "--precision", "fp32", "--skip", "11",
+            "--checkpoints", str(checkpoints), "--out", str(out), "-q", *extra]
 
 
 def _config(checkpoints: Path) -> RunConfig:

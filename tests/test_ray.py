@@ -66,7 +66,7 @@ def _config(checkpoints: Path) -> RunConfig:
 def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:
     """The CLI form of :func:`_config`."""
     return ["run", "--dataset", "digits", "--fors", ",".join(map(str, FORS)), "--sigmas", "0,0.25",
-            "--n0", str(N0), "--n", str(N), "--max-images", str(IMAGES), "--skip", "7", "--device", "cpu",
+            "--n0", str(N0), "--n", str(N), "--max-images", str(IMAGES), "--precision", "fp32", "--skip", "7", "--device", "cpu",
             "--decide-radii", str(DECIDE), "--max-n", str(MAX_N), "--checkpoints", str(checkpoints),
             "--out", str(out), "-q", *extra]
 
