@@ -142,3 +142,40 @@ def test_module_function_builder_trains_and_its_checkpoint_rebuilds_in_a_fresh_r
     monkeypatch.delitem(sys.modules, f"{name}_mod")
     model, meta = load_checkpoint(weights)
     assert (model.arch, model.fors, meta["arch_source"]) == (name, 1, f"{name}_mod:build")
+
+
+UNPROVEN = '''
+from torch import nn
+
+
+class Gain(nn.Module):
+    """A layer the library has no proof for (it doubles its input: Lipschitz 2, declared 1 below)."""
+
+    def forward(self, x):
+        return 2 * x
+'''
+
+
+def test_a_plugin_encoder_without_a_proof_is_refused_unless_trusted(tmp_path, monkeypatch) -> None:
+    """The plugin's layers get the per-layer proofs: an encoder layer without one stops ``bench run`` (exit 2, one
+    line naming the layer's path and class); ``--trust-lipschitz`` certifies with the declared bound, and every
+    row says so."""
+    name = f"gainnet_{uuid.uuid4().hex[:8]}"
+    source = PLUGIN.format(name=name).replace("CayleyConv2d(in_channels, width, 3), MaxMin()",
+                                              "CayleyConv2d(in_channels, width, 3), MaxMin(), Gain()")
+    (tmp_path / f"{name}_mod.py").write_text(UNPROVEN + source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = tmp_path / "ckpt"
+    _invoke("train", "--dataset", "digits", "--arch", f"{name}_mod:build", "--fors", "0,1", "--sigmas", "0.25",
+            "--epochs", "1", "--threads", "1", "--out", str(ckpt), "-q")
+    args = ["run", "--dataset", "digits", "--fors", "1", "--sigmas", "0.25", "--n0", "8", "--n", "32",
+            "--max-images", "2", "--checkpoints", str(ckpt), "-q"]
+    refused = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "refused")])
+    lines = refused.output.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and "Traceback" not in refused.output, refused.output
+    assert "no proven Lipschitz bound for encoder.3 (Gain)" in lines[0]  # after MeanShift, Cayley, MaxMin and "--trust-lipschitz" in lines[0]
+    _invoke(*args, "--out", str(tmp_path / "trusted"), "--trust-lipschitz")
+    frame = pd.read_parquet(tmp_path / "trusted")
+    ls = frame[frame["method"] == "ls"]
+    assert len(ls) == 2 and set(ls["lipschitz_source"]) == {"trusted"}
+    assert set(frame.loc[frame["method"] == "is", "lipschitz_source"]) != {"trusted"}
