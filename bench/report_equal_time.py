@@ -6,11 +6,14 @@ method's **accuracy-time front** (:func:`front_figure`). The **equal-time table*
 takes each IS-RS point (σ, n) as a budget B = t_IS(n) seconds per image and gives what every LS-RS FoR (and
 the Lipschitz twin) reaches within B:
 
-* LS-RS: its front read at B, linear in log time between the two measured points around B (points ordered by
-  their measured time): with ``t_j <= B <= t_{j+1}`` and ``w = (ln B - ln t_j) / (ln t_{j+1} - ln t_j)``,
+* LS-RS: its front read at B, linear in log time between the two measured points around B (consecutive in
+  n): with ``t_j <= B <= t_{j+1}`` and ``w = (ln B - ln t_j) / (ln t_{j+1} - ln t_j)``,
   ``y(B) = y_j + w (y_{j+1} - y_j)`` for each metric y, and the n at equal time ``exp(ln n_j + w (ln n_{j+1} -
   ln n_j))``. A budget outside ``[min t_j, max t_j]`` is never extrapolated: the row is marked ``below
-  range`` / ``above range`` and its values left empty.
+  range`` / ``above range`` and its values left empty. Where the measured times do not increase with n (the
+  timing noise is larger than the time the extra samples take: more images or more widely spaced n resolve
+  it), the front is not a function of time and every reading of that configuration is left empty
+  (``times not increasing with n``).
 * Lipschitz: one forward pass, no n; its measured values stand where its time fits the budget (``within
   budget``), else the row is ``over budget``. Spending more time would not change its certificate.
 
@@ -37,6 +40,7 @@ FIGURE_NAME = "accuracy_time_front"
 TABLE_RADII: tuple[float, ...] = (0.0, 0.25, 0.5)
 FRONT_RADII: tuple[float, ...] = (0.25, 0.5)
 MEASURED, INTERPOLATED, BELOW, ABOVE = "measured", "interpolated", "below range", "above range"
+NOT_MONOTONE = "times not increasing with n"
 WITHIN, OVER = "within budget", "over budget"
 FRONT_CAPTION = (
     "Accuracy-time front: certified accuracy at r and ACR against mean seconds per image (log scale), one line "
@@ -54,7 +58,8 @@ def interpolate_log_time(times: Sequence[float], values: Sequence[float], budget
 
     Returns (value, status): status ``measured`` when ``budget`` equals a measured time, ``interpolated``
     between two, and ``below range`` / ``above range`` (value NaN) outside ``[min(times), max(times)]``:
-    never extrapolated. Points are ordered by time; times must be > 0.
+    never extrapolated. The points are given in n order; times must be > 0 and strictly increasing
+    (else NaN and ``times not increasing with n``).
     """
     t = np.asarray(times, dtype=float)
     y = np.asarray(values, dtype=float)
@@ -62,8 +67,8 @@ def interpolate_log_time(times: Sequence[float], values: Sequence[float], budget
         return float("nan"), BELOW
     if (t <= 0).any() or not np.isfinite(t).all():
         raise ValueError(f"times must be finite and > 0, got {list(t)}")
-    order = np.argsort(t, kind="stable")
-    t, y = t[order], y[order]
+    if (np.diff(t) <= 0).any():
+        return float("nan"), NOT_MONOTONE
     if budget < t[0]:
         return float("nan"), BELOW
     if budget > t[-1]:
@@ -172,7 +177,7 @@ def front_figure(summary: pd.DataFrame):
     lip = summary[(summary["method"] == LIP) & summary["time_s"].notna()]
     sigmas = sorted(sampled["sigma"].unique())
     metrics = metric_columns(FRONT_RADII)
-    titles = [f"{plots.CERT_ACC_LABEL[:-4]} at r = {r:g} (%)" for r in FRONT_RADII] + [plots.ACR_LABEL]
+    titles = [f"cert. acc. (%), r = {r:g}" for r in FRONT_RADII] + [plots.ACR_LABEL]
     configs = sampled[["method", "fors"]].drop_duplicates().sort_values(["method", "fors"])
     ls_fors = sorted(configs.loc[configs["method"] == "ls", "fors"])
     colors = dict(zip(ls_fors, sns.color_palette("viridis", max(len(ls_fors), 1)), strict=False))

@@ -23,6 +23,7 @@ from bench.report_equal_time import (
     BELOW,
     INTERPOLATED,
     MEASURED,
+    NOT_MONOTONE,
     WITHIN,
     equal_time_frame,
     interpolate_log_time,
@@ -158,8 +159,8 @@ def test_interpolation_is_linear_in_log_time_against_hand_computed_values() -> N
     assert interpolate_log_time([1.0, 4.0], [10.0, 30.0], 2.0)[0] == pytest.approx(20.0, abs=1e-12)
     # budget 3 s: w = ln 3 / ln 4 = 0.792481..., 10 + 20 w = 25.849625...
     assert interpolate_log_time([1.0, 4.0], [10.0, 30.0], 3.0)[0] == pytest.approx(25.8496250072, abs=1e-9)
-    # unordered points: between 2 s (20) and 8 s (50), budget 4 s is halfway in log time: 35.
-    value, status = interpolate_log_time([8.0, 1.0, 2.0], [50.0, 10.0, 20.0], 4.0)
+    # three points: between 2 s (20) and 8 s (50), budget 4 s is halfway in log time: 35.
+    value, status = interpolate_log_time([1.0, 2.0, 8.0], [10.0, 20.0, 50.0], 4.0)
     assert value == pytest.approx(35.0, abs=1e-12) and status == INTERPOLATED
     assert interpolate_log_time([1.0, 4.0], [10.0, 30.0], 4.0) == (30.0, MEASURED)
 
@@ -168,6 +169,12 @@ def test_no_extrapolation_outside_the_measured_times() -> None:
     for budget, status in ((0.999, BELOW), (4.001, ABOVE), (0.0, BELOW)):
         value, got = interpolate_log_time([1.0, 4.0], [10.0, 30.0], budget)
         assert math.isnan(value) and got == status
+
+
+def test_a_front_whose_time_does_not_grow_with_n_is_not_read() -> None:
+    """n = 50, 200, 1000 timed 2.0, 1.8, 3.0 s: a budget of 2.2 s would lie on two segments of the front."""
+    value, status = interpolate_log_time([2.0, 1.8, 3.0], [10.0, 20.0, 30.0], 2.2)
+    assert math.isnan(value) and status == NOT_MONOTONE
 
 
 def _summary(rows: list[tuple]) -> pd.DataFrame:
