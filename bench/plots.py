@@ -20,7 +20,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.labels import (
-    DEFENSES, LIP, N_AXIS, VARIANT_KEYS, at_largest_n, config_label, format_sigma, variant_keys, variant_text,
+    DEFENSES,
+    LIP,
+    N_AXIS,
+    VARIANT_KEYS,
+    at_largest_n,
+    config_label,
+    format_sigma,
+    variant_keys,
+    variant_text,
 )
 
 COLUMN_WIDTH_IN = 3.3

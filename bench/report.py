@@ -30,7 +30,15 @@ import numpy as np
 import pandas as pd
 
 from bench.labels import (
-    DEFENSES, LIP, N_AXIS, VARIANT_KEYS, cert_acc_column, config_label, format_sigma, fors_label, variant_keys,
+    DEFENSES,
+    LIP,
+    N_AXIS,
+    VARIANT_KEYS,
+    cert_acc_column,
+    config_label,
+    format_sigma,
+    fors_label,
+    variant_keys,
     variant_text,
 )
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset

@@ -123,7 +123,7 @@ def test_certificates_at_different_n_share_their_first_samples(checkpoints: Path
     assert CliRunner().invoke(cli, _args(checkpoints, out, "48,96")).exit_code == 0
     rows = pd.read_parquet(out)
     rows = rows[rows["sigma"] > 0].set_index(["method", "fors", "idx", "n"]).sort_index()
-    for (method, fors, idx), group in rows.groupby(level=[0, 1, 2]):
+    for _, group in rows.groupby(level=[0, 1, 2]):
         small, large = group.xs(48, level="n").iloc[0], group.xs(96, level="n").iloc[0]
         assert list(small["counts_selection"]) == list(large["counts_selection"])
         assert (np.array(large["counts_estimation"]) >= np.array(small["counts_estimation"])).all()
@@ -208,3 +208,13 @@ def test_summarize_splits_the_n_axis_and_a_one_n_run_has_no_n_column(checkpoints
     df = pd.read_parquet(out)
     assert "n" not in summarize(df, {}).columns
     assert equal_time_frame(summarize(df, {})).empty
+
+
+def test_decisions_are_made_once_per_image_whatever_the_n_axis(checkpoints: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [*_args(checkpoints, out, "48,96"), "--sigmas", "0.25", "--decide-radii", "0.1", "--max-n", "64"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    decisions = pd.read_parquet(out / store.DECISIONS_DIR)
+    assert len(decisions) == 2 * IMAGES and not decisions.duplicated(["method", "fors", "sigma", "idx"]).any()
+    report = write_report(out, tmp_path / "report", figures=False)
+    assert "decisions" in {t.name for t in report.tables}
