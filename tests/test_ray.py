@@ -36,7 +36,7 @@ N0, N, MAX_N = 16, 64, 128
 DECIDE = 0.1
 NOT_RESULTS = ["encode_s", "sample_s", "total_s", "device"]  # timing, and the device that measured it
 KEY = ["method", "fors", "sigma", "idx"]
-PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+-i\d+-[0-9a-f]{10}\.parquet$")
+PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+(-n\d+)?-i\d+-[0-9a-f]{10}\.parquet$")  # -n<n> where it samples
 
 
 @pytest.fixture(scope="module")
