@@ -32,7 +32,7 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
 
     Trains (or reuses) a ResNet18 baseline and its orthogonal twins at FoR 1, 5, 9, 13 of 18 for
     σ = 0, 0.25, 0.5, certifies test images with IS-RS and LS-RS using reduced noise-sample counts
-    (digits: 60 images, n0 = 64, n = 1,000; mnist: 50 images, n = 500; Cohen et al. use 100,000) so the
+    (digits: 45 images, n0 = 64, n = 100 and 1,000; mnist: 50 images, n = 500; Cohen et al. use 100,000) so the
     demo takes minutes, certifies the same images with the fully orthogonal Lipschitz twin (FoR 18, one
     forward pass, radius = logit margin / (√2 L)), and writes the report. Re-running reuses what is already
     trained and certified.
@@ -53,7 +53,8 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     except DatasetMissingError as exc:
         raise BenchUsageError(str(exc)) from None
     frame, manifest = load_run(out["run"])
-    title = f"Demo: {dataset}, ResNet18 (width {preset.width}), n = {preset.n:,}"
+    ns = preset.n if isinstance(preset.n, tuple) else (preset.n,)
+    title = f"Demo: {dataset}, ResNet18 (width {preset.width}), n = {', '.join(f'{n:,}' for n in ns)}"
     print_table(console, summary_table(summarize(frame, manifest), title=title))
     report = out["report"]
     console.print(f"checkpoints: {out['checkpoints']}")

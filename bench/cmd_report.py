@@ -68,7 +68,9 @@ def command(
 
     \b
     Tables: the main table (paper Table 1, Table 3 for ImageNet), the FoR ablation (Table 2) and certified
-    accuracy at radii 0-1; figures: certified accuracy vs radius, FoR ablations, time breakdown.
+    accuracy at radii 0-1; figures: certified accuracy vs radius, FoR ablations, time breakdown. A run with
+    an n axis (bench run --n 1000,4000) adds the equal-time table (equal_time.md/.tex/.csv: what each LS-RS
+    FoR certifies in the IS-RS time per image) and the accuracy-time front figure.
 
     \b
     Several RUN_DIRs (yours and imported peers', see `bench import`): one certified-accuracy table and one

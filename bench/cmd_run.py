@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from bench.devices import PRECISION_CHOICES, resolve_precision
-from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError, CommaList
+from bench.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
 from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
 
 METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is', 'ls' and 'lip'")
@@ -50,7 +50,10 @@ def default_out(dataset: str, config_hash: str) -> Path:
 @click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS, lip = Lipschitz-margin certificate of the FoR 18 twin "
                    "(trained by bench train --fors 18).")
 @click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection samples.")
-@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Estimation samples.")
+@click.option("--n", "n", type=N_LIST, default="100000", show_default=True,
+              help="Estimation samples; a list (1000,4000,16000) makes n an axis of the grid, for the accuracy-time "
+                   "front and the equal-time table of bench report. A run certified with some n is extended "
+                   "in place by giving the same --out a list that contains them (only the new n are certified).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
               show_default=True, help="Failure probability of each certificate.")
 @click.option("--batch-size", type=BatchSize(), default="auto", show_default=True,
@@ -111,13 +114,14 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
             trust_lipschitz, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
-    Stores one parquet row per (image, method, FoR, σ) under --out and resumes an interrupted run when
+    Stores one parquet row per (image, method, FoR, σ, n) under --out and resumes an interrupted run when
     the same command is given again. Defaults follow Cohen et al. (n0=100, n=100,000, α=0.001).
 
     \b
     Example:
       bench run --dataset cifar10 --fors 1,5,9,13 --sigmas 0.25,0.5,1.0 --max-images 500
       bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
+      bench run --dataset digits --n 1000,4000 --out results/front   # n axis: then bench report results/front
     """
     from bench.console import print_table, summary_table
     from bench.report import summarize
@@ -152,7 +156,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     if choice.warning:
         click.echo(f"warning: {choice.warning}", err=True)
     config = RunConfig(
-        dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=n, alpha=alpha,
+        dataset=dataset, fors=tuple(fors), sigmas=tuple(sigmas), methods=tuple(methods), n0=n0, n=tuple(n), alpha=alpha,
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
         device_type=device_type, precision=choice.resolved, fold_bn=fold_bn, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,

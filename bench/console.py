@@ -27,7 +27,9 @@ def _fmt(value: float, spec: str) -> str:
 def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -> Table:
     """ACR, accuracy, s/image and speedup over IS-RS per (method, FoR, σ) from ``bench.report.summarize``."""
     table = Table(title=title)
-    for name in ("Defense", "σ", "FoR", "images", "ACR", "Acc. (%)", "s/image", "speedup", "FLOP-ideal"):
+    n_axis = "n" in summary.columns  # a run with an n axis (bench run --n 1000,4000): one row per n
+    for name in ("Defense", "σ", "FoR", *(["n"] if n_axis else []), "images", "ACR", "Acc. (%)", "s/image", "speedup",
+                 "FLOP-ideal"):
         table.add_column(name, justify="left" if name == "Defense" else "right")
     for row in summary.itertuples(index=False):
         timed = row.sigma > 0 or row.method == "lip"  # the Lipschitz twin certifies without noise
@@ -35,6 +37,7 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
             str(row.defense),
             "-" if row.method == "lip" else f"{row.sigma:.2f}",
             f"{row.fors}/{row.fors_total}",
+            *([f"{row.n:,}" if row.n else "-"] if n_axis else []),
             str(row.images),
             _fmt(row.acr, ".3f"),
             _fmt(row.accuracy, ".2f"),

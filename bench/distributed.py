@@ -2,7 +2,7 @@
 
 The driver (the ``bench run`` process) plans the run exactly like a single-process run
 (:meth:`bench.runner.GridRunner.plan`: same images, same resume logic), then splits what is left into Ray
-tasks of (image shard × job). A task certifies its shard with :class:`bench.runner.JobCertifier` -- the same
+tasks of (image shard × job), a job being one (method, FoR, σ, n) of the grid. A task certifies its shard with :class:`bench.runner.JobCertifier` -- the same
 code as the local loop, so the per-image seeding makes every row identical to a single-process run -- and
 writes its rows as one parquet part in a single atomic ``os.replace`` at the end, under a name fixed by
 (job, shard): a task that Ray retries after its worker died rewrites the same part instead of adding one,
@@ -245,7 +245,7 @@ def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, t
         todo = plan.todo[job]
         if not todo:
             continue
-        plan.manifest["checkpoints"].setdefault(job.key, plan.checkpoints.record(plan.entries[job]))
+        plan.manifest["checkpoints"].setdefault(job.model_key, plan.checkpoints.record(plan.entries[job]))
         for start in range(0, len(todo), shard_size):
             shard = tuple(todo[start:start + shard_size])
             decided = frozenset(k for i in shard for k in decided_by_image.get((job.method, job.fors, job.sigma, i), ()))

@@ -10,15 +10,36 @@ import math
 
 import pandas as pd
 
-#: Extra grouping columns of a run's rows besides (method, fors, sigma).
-VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate")
+#: Extra grouping columns of a run's rows besides (method, fors, sigma); ``n`` is the n axis of ``bench run --n``.
+VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate", "n")
+N_AXIS = "n"  #: the variant column of the n axis (0 on rows that sample nothing: sigma = 0, ``lip``)
 DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS", "lip": "Lipschitz"}
 LIP = "lip"  #: the deterministic Lipschitz-margin certificate: no sigma, certified at sigma 0
 
 
 def variant_keys(df: pd.DataFrame) -> list[str]:
-    """The :data:`VARIANT_KEYS` columns that take several values in ``df``."""
-    return [k for k in VARIANT_KEYS if k in df.columns and df[k].nunique(dropna=False) > 1]
+    """The :data:`VARIANT_KEYS` columns that take several values in ``df`` (``n`` among the sampled rows only:
+    the n = 0 of sigma = 0 and ``lip`` rows does not make a one-n run a multi-n run)."""
+    def varies(k: str) -> bool:
+        values = df[k]
+        if k == N_AXIS and "sigma" in df.columns and "method" in df.columns:
+            values = values[(df["sigma"] > 0) & (df["method"] != LIP)]
+        return values.nunique(dropna=False) > 1
+    return [k for k in VARIANT_KEYS if k in df.columns and varies(k)]
+
+
+def variant_text(key: str, value: object) -> str:
+    """A variant value for display: ``n`` with thousands separators ("-" where nothing is sampled)."""
+    if key == N_AXIS:
+        if pd.isna(value):
+            return "unknown"  # an imported log that does not declare its n
+        return f"{int(value):,}" if int(value) > 0 else "-"  # type: ignore[call-overload]
+    return str(value)
+
+
+def cert_acc_column(radius: float) -> str:
+    """Name of the summary column holding certified accuracy (%) at ``radius``, e.g. ``cert_acc_r0.25``."""
+    return f"cert_acc_r{radius:g}"
 
 
 def fors_label(fors: int, total: float) -> str:
@@ -36,3 +57,13 @@ def format_sigma(sigma: float) -> str:
     """sigma with 2 decimals as in the paper, more only where needed (0.125)."""
     text = f"{sigma:.2f}"
     return text if abs(float(text) - sigma) < 1e-9 else f"{sigma:g}"
+
+
+def at_largest_n(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s rows at the largest n of its n axis, with the rows that sample nothing (n = 0); all rows
+    when it has no ``n`` column, and the rows whose n is unknown (an imported log that does not declare it).
+    The paper-style figures of a multi-n run show that n."""
+    if N_AXIS not in frame.columns or frame.empty:
+        return frame
+    n = pd.to_numeric(frame[N_AXIS], errors="coerce")
+    return frame[(n == n.max()) | (n == 0) | n.isna()]

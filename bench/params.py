@@ -61,5 +61,10 @@ def _nonneg_int(v: object) -> str | None:
     return None if v >= 0 else "must be >= 0"  # type: ignore[operator]
 
 
+def _positive_int(v: object) -> str | None:
+    return None if v >= 1 else "noise sample counts must be >= 1"  # type: ignore[operator]
+
+
 SIGMAS = CommaList(float, "sigma", _nonneg_finite)
 FORS = CommaList(int, "fors", _nonneg_int)
+N_LIST = CommaList(int, "n", _positive_int)  # the n axis of bench run: --n 1000 or --n 1000,4000,16000

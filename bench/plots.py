@@ -19,7 +19,17 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.labels import DEFENSES, LIP, VARIANT_KEYS, config_label, format_sigma, variant_keys
+from bench.labels import (
+    DEFENSES,
+    LIP,
+    N_AXIS,
+    VARIANT_KEYS,
+    at_largest_n,
+    config_label,
+    format_sigma,
+    variant_keys,
+    variant_text,
+)
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
@@ -67,7 +77,7 @@ def _sigma_text(s: float) -> str:
 
 
 def _variant_suffix(rec: pd.Series | dict, variants: list[str]) -> str:
-    return "".join(f" [{rec[v]}]" for v in variants)
+    return "".join(f" [n={variant_text(v, rec[v])}]" if v == N_AXIS else f" [{rec[v]}]" for v in variants)
 
 
 def _config_palette(labels: list[str]) -> dict[str, object]:
@@ -274,8 +284,12 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
 def write_figures(
     df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path
 ) -> tuple[list[FigureFile], list[str]]:
-    """Build and save every figure the data allows (all FoRs each); notes say which were left out and why."""
+    """Build and save every figure the data allows (all FoRs each); notes say which were left out and why.
+
+    With an n axis (``bench run --n 1000,4000``) they show its largest n; the accuracy-time front over every n
+    is :func:`bench.report_equal_time.front_figure`."""
     out_dir = Path(out_dir)
+    df, summary = at_largest_n(df), at_largest_n(summary)  # with an n axis, the paper's figures show its largest n
     specs = [
         ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR, and the Lipschitz-margin twin (dotted, the same in every panel).",
          lambda: certified_accuracy_figure(df)),

@@ -1,7 +1,7 @@
 """The certification grid over local worker processes: every core of one machine, the same rows.
 
 The parent plans the run like a one-process run (:meth:`bench.runner.GridRunner.plan`: same images, same
-resume), splits what is left into shards of (job × images) and certifies them in spawned worker processes
+resume), splits what is left into shards of (job × images), a job being one (method, FoR, σ, n) and certifies them in spawned worker processes
 with :func:`bench.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
 one parquet part in a single atomic replace. Each image's noise is seeded from (run seed, image, method, FoR,
 σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent

@@ -29,9 +29,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.labels import DEFENSES, LIP, VARIANT_KEYS, config_label, format_sigma, fors_label, variant_keys
+from bench.labels import (
+    DEFENSES,
+    LIP,
+    N_AXIS,
+    VARIANT_KEYS,
+    cert_acc_column,
+    config_label,
+    format_sigma,
+    fors_label,
+    variant_keys,
+    variant_text,
+)
 from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
 from bench.params import BenchUsageError
+from bench.report_equal_time import TABLE_NAME as EQUAL_TIME
+from bench.report_equal_time import equal_time_table, front_figures
 from bench.report_notes import run_notes
 from bench.report_sequential import sequential_tables
 from bench.store import MANIFEST
@@ -43,11 +56,6 @@ FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
 _SIGMA_DECIMALS = 6
 MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
-
-
-def cert_acc_column(radius: float) -> str:
-    """Name of the summary column holding certified accuracy (%) at ``radius``, e.g. ``cert_acc_r0.25``."""
-    return f"cert_acc_r{radius:g}"
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -228,11 +236,15 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 
 
 def _lip_speedup(out: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
-    """Speedup of the ``lip`` rows: mean IS-RS time over sigma > 0 (same variant) / the row's time."""
+    """Speedup of the ``lip`` rows: mean IS-RS time over sigma > 0 (same variant) / the row's time; with an
+    n axis, the IS-RS times at its largest n (the ``lip`` row samples nothing: n = 0)."""
     lip = out["method"] == LIP
     if not lip.any():
         return out
     is_rows = out[(out["method"] == "is") & (out["sigma"] > 0)]
+    if N_AXIS in variants:
+        is_rows = is_rows[is_rows[N_AXIS] == is_rows[N_AXIS].max()]
+        variants = [v for v in variants if v != N_AXIS]
     if variants:
         mean = is_rows.groupby(variants, dropna=False)["time_s"].mean().rename("_is_mean").reset_index()
         is_mean = out[variants].merge(mean, on=variants, how="left")["_is_mean"].to_numpy()
@@ -287,7 +299,7 @@ def _base_display(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
         "FoR": [fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
     }
     for v in variants:
-        data[v.capitalize()] = rows[v].astype(str).tolist()
+        data[v if v == N_AXIS else v.capitalize()] = [variant_text(v, x) for x in rows[v]]
     return pd.DataFrame(data)
 
 
@@ -631,7 +643,7 @@ def write_report(
         missing.insert(0, fors_note)
     tables, notes = build_tables(summary, dataset, chosen, compare_paper)
     missing += notes
-    for name, caption, data, formats in sequential_tables(run_dir, df):
+    for name, caption, data, formats in sequential_tables(run_dir, df) + [t for t in [equal_time_table(summary)] if t]:
         tables.append(Table(name, caption, data, formats, latex_caption=_latex_text(caption)))
 
     out = Path(out_dir)
@@ -646,6 +658,10 @@ def write_report(
         path.write_text(render(table, fmt), encoding="utf-8")
         result.paths.append(path)
         table_links.append(f"- [{path.name}]({path.name}): {table.caption}")
+        if table.name == EQUAL_TIME:  # in every format (equal_time.md / .tex / .csv), whatever --format
+            for other in (f for f in FORMATS if f != fmt):
+                result.paths.append(out / f"{table.name}{FORMATS[other]}")
+                result.paths[-1].write_text(render(table, other), encoding="utf-8")
     summary_path = out / "summary.csv"
     summary.to_csv(summary_path, index=False)
     result.paths.append(summary_path)
@@ -658,6 +674,8 @@ def write_report(
         from bench import plots
 
         written, fig_notes = plots.write_figures(df, summary, out)
+        front, front_notes = front_figures(summary, out)  # the accuracy-time front, with an n axis
+        written, fig_notes = written + front, fig_notes + front_notes
         result.missing += fig_notes
         for fig in written:
             result.paths += fig.paths

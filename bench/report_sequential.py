@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
-from bench.labels import DEFENSES
+from bench.labels import DEFENSES, at_largest_n
 
 KEYS = ["method", "fors", "sigma"]
 
@@ -69,7 +69,9 @@ def read_decisions(run_dir: Path) -> pd.DataFrame:
 
 
 def sequential_tables(run_dir: Path, df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, dict[str, str]]]:
-    """(name, caption, display frame, formats) of the tables this run supports (none for a plain fixed-n run)."""
+    """(name, caption, display frame, formats) of the tables this run supports (none for a plain fixed-n run);
+    with an n axis, at its largest n (a decision has no n)."""
+    df = at_largest_n(df)
     tables = []
     needed = {"samples_used", "sampler", "certificate", "n0", "n"}
     if needed <= set(df.columns) and (df["sigma"] > 0).any():

@@ -1,8 +1,18 @@
 """The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images;
 with method ``lip``, also the fully orthogonal twin certified by its logit margin (:mod:`lsrs.margin`).
 
-One row per (image, method, FoR, σ) goes to the run store (:mod:`bench.store`). Noise is seeded per
+One row per (image, method, FoR, σ, n) goes to the run store (:mod:`bench.store`). Noise is seeded per
 (run seed, image, method, FoR, σ), so the radii do not depend on batch size or on where a run was resumed.
+
+The n axis (``RunConfig.n`` as a tuple, ``bench run --n 1000,4000``). The noise key holds no n, so the
+certificates of one image at n < n' share their samples: the same n0 selection samples (hence the same
+predicted class) and, as estimation samples, the first n of the n' (:mod:`lsrs.noise` draws the estimation
+samples block after block behind the selection blocks). That is sound because each certificate is Cohen et
+al.'s CERTIFY run on its own: its 1 - α guarantee is about its own n samples and needs nothing of the other
+certificates, and no row is chosen after looking at another (nothing keeps, per image, the n with the best
+radius: every n is stored and reported as its own configuration). Certified accuracy at n and at n' are
+then a paired comparison (common random numbers), whose difference is less noisy than with independent noise.
+A single n hashes as before (``"n": 1000``), so runs made before the axis existed keep their hash and resume.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ class RunConfig:
     sigmas: tuple[float, ...]
     methods: tuple[str, ...] = DEFAULT_METHODS
     n0: int = 100
-    n: int = 100_000
+    n: int | tuple[int, ...] = 100_000  # the n axis: one value, or several (stored sorted; one value as an int)
     alpha: float = 0.001
     skip: int = 1
     max_images: int | None = None
@@ -68,17 +78,42 @@ class RunConfig:
     compile: str = "off"
     trust_lipschitz: bool = False  # an encoder without a proof: divide by its declared bound (lsrs.proofs)
 
+    def __post_init__(self) -> None:
+        values = n_axis(self.n)
+        object.__setattr__(self, "n", values[0] if len(values) == 1 else values)
+
+    @property
+    def n_values(self) -> tuple[int, ...]:
+        """The n axis, ascending (one element for a run with a single n)."""
+        return n_axis(self.n)
+
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded).
 
-        ``compile`` enters the hash only when it is on, so runs made before the option existed keep their hash.
+        ``compile`` and ``trust_lipschitz`` enter the hash only when on, so runs made before the options existed
+        keep their hash.
         """
-        keyed = {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "data_dir", "allow_pickle")}
-        if keyed["compile"] == "off":
-            del keyed["compile"]
-        if not keyed["trust_lipschitz"]:
-            del keyed["trust_lipschitz"]
-        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+        return hash_config(asdict(self))
+
+
+def n_axis(n: object) -> tuple[int, ...]:
+    """``n`` (an int, or a list of ints as the CLI and a JSON manifest give it) as an ascending tuple."""
+    values = tuple(sorted({int(v) for v in n})) if isinstance(n, (list, tuple)) else (int(n),)
+    if not values or min(values) < 1:
+        raise ValueError(f"n must be one or more integers >= 1, got {n!r}")
+    return values
+
+
+def hash_config(config: dict) -> str:
+    """:meth:`RunConfig.config_hash` of a config as :func:`dataclasses.asdict` (or a manifest) holds it."""
+    keyed = {k: v for k, v in config.items() if k not in ("checkpoints", "data_dir", "allow_pickle")}
+    if keyed.get("compile", "off") == "off":
+        keyed.pop("compile", None)
+    if not keyed.get("trust_lipschitz", False):  # enters the hash only when on: older runs keep theirs
+        keyed.pop("trust_lipschitz", None)
+    values = n_axis(keyed["n"])
+    keyed["n"] = values[0] if len(values) == 1 else list(values)
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -97,22 +132,29 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Job:
-    """One (method, FoR, σ) configuration of the grid."""
+    """One (method, FoR, σ, n) configuration of the grid; ``n`` = 0 where nothing is sampled (σ = 0, ``lip``)."""
 
     method: str
     fors: int
     sigma: float
+    n: int = 0
+
+    @property
+    def model_key(self) -> str:
+        """The model it certifies with, e.g. ``ls-f9-s0.25`` (the manifest's ``checkpoints`` keys)."""
+        return f"{self.method}-f{self.fors}-s{self.sigma:g}"
 
     @property
     def key(self) -> str:
-        return f"{self.method}-f{self.fors}-s{self.sigma:g}"
+        """``model_key`` and the n, e.g. ``ls-f9-s0.25-n1000`` (parts, set-up and batch records)."""
+        return self.model_key + (f"-n{self.n}" if self.n else "")
 
     @property
     def label(self) -> str:
         if self.method == "lip":
             return f"Lipschitz margin FoR {self.fors}"
         name = "IS-RS" if self.method == "is" else "LS-RS"
-        return f"{name} FoR {self.fors} σ={self.sigma:g}"
+        return f"{name} FoR {self.fors} σ={self.sigma:g}" + (f" n={self.n:,}" if self.n else "")
 
 
 @dataclass
@@ -129,14 +171,16 @@ class RunPlan:
 
 
 def grid_jobs(config: RunConfig) -> list[Job]:
-    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR; then, once, the Lipschitz twin
-    (``lip``, FoR 18, σ = 0: it is trained and certified without noise)."""
+    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR, each at every n of the n axis
+    (σ = 0 once: no samples); then, once, the Lipschitz twin (``lip``, FoR 18, σ = 0: it is trained and
+    certified without noise)."""
     jobs = []
     for sigma in config.sigmas:
+        ns = config.n_values if sigma > 0 else (0,)
         if "is" in config.methods:
-            jobs.append(Job("is", 0, sigma))
+            jobs.extend(Job("is", 0, sigma, n) for n in ns)
         if "ls" in config.methods:
-            jobs.extend(Job("ls", k, sigma) for k in config.fors if k > 0)
+            jobs.extend(Job("ls", k, sigma, n) for k in config.fors if k > 0 for n in ns)
     if "lip" in config.methods:
         jobs.append(Job("lip", LIP_FORS, 0.0))
     return jobs
@@ -368,10 +412,7 @@ class GridRunner:
             store.clear_run(self.out)
             existing = None
         if existing is not None and existing.get("config_hash") != self.config.config_hash():
-            raise BenchUsageError(
-                f"{self.out} holds a run with a different configuration (hash {existing.get('config_hash')}); "
-                "use another --out, or --fresh to discard it"
-            )
+            self._extend_n_axis(existing)
         if existing is None and store.part_files(self.out):
             raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
         if existing is not None and checkpoints is not None and entries:
@@ -383,28 +424,57 @@ class GridRunner:
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 
+    def _extend_n_axis(self, manifest: dict) -> None:
+        """Accept a stored run whose config differs from this one only by an n axis that this one contains
+        (``--n 1000`` extended by ``--n 1000,4000``): the manifest takes this config and hash, and lists the
+        earlier ones under ``extended``; the stored rows keep theirs (``run``) and only the new n are certified.
+        Any other difference is refused (exit 2)."""
+        stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        try:
+            stored_n = n_axis(stored["n"])
+            same_but_n = hash_config({**stored, "n": list(self.config.n_values)}) == self.config.config_hash()
+        except (KeyError, TypeError, ValueError):
+            stored_n, same_but_n = (), False
+        if same_but_n and set(stored_n) <= set(self.config.n_values):
+            manifest.setdefault("extended", []).append({
+                "config_hash": manifest.get("config_hash"), "n": list(stored_n),
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+            manifest["config"], manifest["config_hash"] = asdict(self.config), self.config.config_hash()
+            return
+        hint = (f"; it holds n = {','.join(map(str, stored_n))}: an --n list that contains these extends it"
+                if same_but_n else "")
+        raise BenchUsageError(
+            f"{self.out} holds a run with a different configuration (hash {manifest.get('config_hash')}){hint}; "
+            "use another --out, or --fresh to discard it"
+        )
+
     def _refuse_changed_checkpoints(self, manifest: dict, checkpoints: Checkpoints, entries: dict[Job, dict]) -> None:
         """A resume must certify with the checkpoints that produced the stored rows (their sha256 in the rows
         and in the manifest); otherwise one table would mix two models."""
         rows = store.read_rows(self.out)
         by_job: dict[str, set[str]] = {}
         if "checkpoint_sha256" in rows:
-            for key, sha in zip(_job_keys(rows), rows["checkpoint_sha256"], strict=True):
+            for key, sha in zip(_model_keys(rows), rows["checkpoint_sha256"], strict=True):
                 by_job.setdefault(key, set()).add(sha)
         for job, entry in entries.items():
-            stored = set(by_job.get(job.key, ())) | {manifest.get("checkpoints", {}).get(job.key, {}).get("sha256")}
+            recorded = manifest.get("checkpoints", {}).get(job.model_key, {}).get("sha256")
+            stored = set(by_job.get(job.model_key, ())) | {recorded}
             why = checkpoints.changed(entry, {s for s in stored if isinstance(s, str)})
             if why:
                 raise BenchUsageError(f"{why}; pass --fresh to discard {self.out}, or use another --out")
 
     def _done_keys(self, folder: Path, radius: bool = False) -> set[tuple]:
-        """Keys (method, fors, sigma, idx[, radius]) of the rows already stored in ``folder``."""
+        """Keys of the rows already stored in ``folder``: (method, fors, sigma, n, idx) of the certification
+        rows, (method, fors, sigma, idx, radius) of the decisions (``radius=True``; a decision has no n)."""
         rows = store.read_rows(folder)
         if rows.empty:
             return set()
-        cols = [rows["method"], rows["fors"].astype(int), rows["sigma"].astype(float), rows["idx"].astype(int)]
+        cols = [rows["method"], rows["fors"].astype(int), rows["sigma"].astype(float)]
         if radius:
-            cols.append(rows["radius"].astype(float))
+            cols += [rows["idx"].astype(int), rows["radius"].astype(float)]
+        else:
+            cols += [rows["n"].astype(int), rows["idx"].astype(int)]
         return set(zip(*cols, strict=True))
 
     def plan(self, labels: list[int]) -> RunPlan:
@@ -423,7 +493,7 @@ class GridRunner:
         manifest = self._open_store(checkpoints, entries)
         done = self._done_keys(self.out)
         decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
-        todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, i) not in done] for job in jobs}
+        todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, job.n, i) not in done] for job in jobs}
         return RunPlan(jobs, checkpoints, entries, indices, manifest, todo, decided)
 
     # -------------------------------------------------------------- main loop
@@ -443,20 +513,25 @@ class GridRunner:
                 job: progress.add_task(job.label, total=len(indices), completed=len(indices) - len(todo[job]), summary="")
                 for job in jobs
             }
+            loaded: dict[str, tuple] = {}  # the last model, reused by its next n (the certifiers copy it)
             for job in jobs:
                 if not todo[job]:
                     continue
-                with Stopwatch(self.device) as load_watch:
-                    model, sha256 = checkpoints.load(entries[job])
+                load_s = 0.0
+                if job.model_key not in loaded:
+                    with Stopwatch(self.device) as load_watch:
+                        loaded = {job.model_key: checkpoints.load(entries[job])}
+                    load_s = load_watch.seconds
+                model, sha256 = loaded[job.model_key]
                 sample_shape = tuple(dataset[todo[job][0]][0].shape)
-                manifest["checkpoints"].setdefault(job.key, checkpoints.record(entries[job]))  # checked on resume
+                manifest["checkpoints"].setdefault(job.model_key, checkpoints.record(entries[job]))  # checked on resume
                 manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
                 rows: list[dict] = []
                 decisions: list[dict] = []
                 tally = _Tally()
                 last_flush = time.monotonic()
                 try:
-                    certify = self._certify_job(job, model, dataset, todo[job], manifest, sha256, load_watch.seconds)
+                    certify = self._certify_job(job, model, dataset, todo[job], manifest, sha256, load_s)
                     for row, decided in certify:
                         rows.append(row)
                         decisions.extend(decided)
@@ -565,12 +640,12 @@ class JobCertifier:
             latent_shape = tuple(self.smoother.encode(x).shape[1:])
         self.setup_s["first_encode"] = watch.seconds
         with Stopwatch(device) as watch:
-            batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, config.n, device)
+            batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, self.job.n, device)
         self.setup_s["batch_probe"] = watch.seconds
         self.batch_size = batch
         if config.compile != "off":
             self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
-        self.warmup_s = warm_up(self.smoother, x, config.n0, config.n, batch)
+        self.warmup_s = warm_up(self.smoother, x, config.n0, self.job.n, batch)
         self.setup_s["warmup"] = self.warmup_s
         self.lipschitz_executed = self.smoother.executed_bound(tuple(x.shape)).lipschitz
 
@@ -602,12 +677,12 @@ class JobCertifier:
         for i in indices:
             x, label = dataset[i]
             seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
-            cert = smoother.certify(x, config.n0, config.n, config.alpha, batch, generator=seed,
+            cert = smoother.certify(x, config.n0, job.n, config.alpha, batch, generator=seed,
                                     sampler=config.sampler, certificate=config.certificate)
-            decided_rows = [
+            decided_rows = [  # a decision has no n: the job at the smallest n of the axis makes it
                 self._decision_row(i, int(label), x, r)
                 for r in config.decide_radii
-                if (job.method, job.fors, job.sigma, i, float(r)) not in decided
+                if job.n == config.n_values[0] and (job.method, job.fors, job.sigma, i, float(r)) not in decided
             ]
             yield {
                 **common,
@@ -729,10 +804,10 @@ class JobCertifier:
                                      lipschitz_source="proven")
 
 
-def _job_keys(rows) -> list[str]:
-    """:attr:`Job.key` of every stored row."""
+def _model_keys(rows) -> list[str]:
+    """:attr:`Job.model_key` of every stored row."""
     cols = (rows["method"], rows["fors"], rows["sigma"])
-    return [Job(str(m), int(f), float(s)).key for m, f, s in zip(*cols, strict=True)]
+    return [Job(str(m), int(f), float(s)).model_key for m, f, s in zip(*cols, strict=True)]
 
 
 class _StopRequested(Exception):

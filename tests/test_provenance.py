@@ -76,11 +76,12 @@ def test_setup_times_are_in_the_manifest(checkpoints: Path, tmp_path: Path) -> N
     assert CliRunner().invoke(cli, _args(checkpoints, out)).exit_code == 0
     manifest = json.loads((out / store.MANIFEST).read_text())
     setup = manifest["setup_s"]
-    assert set(setup) == set(manifest["checkpoints"]) == {"is-f0-s0", "ls-f9-s0", "is-f0-s0.25", "ls-f9-s0.25"}
+    assert set(manifest["checkpoints"]) == {"is-f0-s0", "ls-f9-s0", "is-f0-s0.25", "ls-f9-s0.25"}
+    assert set(setup) == {"is-f0-s0", "ls-f9-s0", "is-f0-s0.25-n64", "ls-f9-s0.25-n64"}  # per model and n
     for key, stages in setup.items():
         assert stages["load"] > 0 and stages["fold_bn"] > 0
         assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"))
-        if key.endswith("s0.25"):
+        if key.endswith("s0.25-n64"):
             assert stages["first_encode"] > 0 and stages["warmup"] == manifest["warmup_s"][key]
         else:  # σ = 0: plain forward passes, no smoother
             assert "first_encode" not in stages

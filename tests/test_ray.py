@@ -5,6 +5,7 @@ Tiny untrained width-4 digits models and small n keep this short; Ray starts onc
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,7 +37,7 @@ N0, N, MAX_N = 16, 64, 128
 DECIDE = 0.1
 NOT_RESULTS = ["encode_s", "sample_s", "total_s", "device"]  # timing, and the device that measured it
 KEY = ["method", "fors", "sigma", "idx"]
-PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+-i\d+-[0-9a-f]{10}\.parquet$")
+PART_NAME = re.compile(r"^part-(is|ls)-f\d+-s[0-9.]+(-n\d+)?-i\d+-[0-9a-f]{10}\.parquet$")  # -n<n> where it samples
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,24 @@ def test_ray_options_without_ray_exit_2(checkpoints, tmp_path, option):
 def test_bad_ray_options_exit_2(checkpoints, tmp_path, option, needle):
     result = CliRunner().invoke(cli, _args(checkpoints, tmp_path / "run", "--ray", "auto", *option))
     assert result.exit_code == 2 and needle in result.output
+
+
+def test_ray_extends_a_one_process_run_by_another_n(ray_cluster, checkpoints, reference, tmp_path):
+    """The n axis on Ray: a stored one-process run at n = N, extended by ``--n N,2N --ray``, certifies only the
+    new n, and those rows equal a one-process run's at 2N (noise keyed without n, so the same on any worker)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    stored = {p.name: p.stat().st_mtime_ns for p in store.part_files(out)}
+    args = _args(checkpoints, out, "--ray", "auto", "--ray-shard-size", "4", "--precision", "fp32")
+    args[args.index("--n") + 1] = f"{N},{2 * N}"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.stat().st_mtime_ns for p in store.part_files(out) if p.name in stored} == stored
+    rows = pd.read_parquet(out)
+    new = rows[rows["n"] == 2 * N].sort_values(KEY).reset_index(drop=True)
+    assert len(rows) == len(pd.read_parquet(reference)) + len(new) and len(new) == (1 + len(FORS)) * IMAGES
+    alone = tmp_path / "alone"
+    run_grid(dataclasses.replace(_config(checkpoints), n=2 * N, sigmas=(0.25,)), RunOptions(out=alone, quiet=True),
+             _test_set)
+    expected = pd.read_parquet(alone).sort_values(KEY).reset_index(drop=True)
+    pd.testing.assert_frame_equal(new.drop(columns=[*NOT_RESULTS, "run"]), expected.drop(columns=[*NOT_RESULTS, "run"]))
