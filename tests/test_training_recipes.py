@@ -42,7 +42,7 @@ def _subset(n: int, offset: int = 0) -> TensorImageDataset:
 def test_warm_start_copies_exactly_the_classifier_tensors_of_the_baseline(fors: int) -> None:
     baseline, twin = _model(0, seed=1), _model(fors, seed=2)
     with torch.no_grad():  # non-default BatchNorm statistics, so that buffers are seen to be copied too
-        for name, buf in baseline.named_buffers():
+        for buf in baseline.buffers():
             if buf.is_floating_point():
                 buf.uniform_(0.5, 1.5)
     encoder_before = {k: v.clone() for k, v in twin.encoder.state_dict().items()}
