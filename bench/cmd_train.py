@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
-from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe
+from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
 from lsrs.training import OPTIMIZERS, SCHEDULES
 
 
@@ -27,6 +28,12 @@ def results_table(entries: list[dict], dataset: str) -> Table:
             f"{e.get('train_seconds', float('nan')):.1f}", e.get("status", ""),
         )
     return table
+
+
+def twin_recipe(dataset: str, **given) -> TwinRecipe:
+    """The dataset's measured twin recipe (:func:`bench.training_grid.default_twin_recipe`) with every option
+    the user gave (not ``None``) in its place."""
+    return replace(default_twin_recipe(dataset), **{k: v for k, v in given.items() if v is not None})
 
 
 @click.command("train")
@@ -55,14 +62,15 @@ def results_table(entries: list[dict], dataset: str) -> Table:
               help="FoR 18 only: target l2 radius of the margin loss (true logit lowered by sqrt(2)·eps).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=MARGIN_TEMPERATURE,
               show_default=True, help="FoR 18 only: temperature of the margin loss.")
-@click.option("--warm-start/--no-warm-start", default=False, show_default=True,
+@click.option("--warm-start/--no-warm-start", default=None,
               help="LS-RS twins: start the classifier part (the baseline's own layers after the split) from the "
-                   "trained baseline at the same σ (trained first, in the same grid).")
-@click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                   "trained baseline at the same σ (trained first, in the same grid) [default: on for digits "
+                   "and mnist, where it was measured to help (docs/ablation.md); off elsewhere].")
+@click.option("--distill", type=click.FloatRange(0, 1), default=None,
               help="LS-RS twins: weight λ of distillation from the baseline at the same σ on noisy inputs; "
-                   "loss (1-λ)·CE + λ·T²·KL(teacher ‖ twin).")
-@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, help="LS-RS twins: temperature T of the distillation.")
+                   "loss (1-λ)·CE + λ·T²·KL(teacher ‖ twin) [default: 0.5 for digits and mnist, else 0].")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LS-RS twins: temperature T of the distillation [default: 2 for digits and mnist, else 1].")
 @click.option("--twin-optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="LS-RS twins: their own optimiser [default: the grid's, SGD with momentum].")
 @click.option("--twin-lr", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -107,8 +115,8 @@ def command(dataset, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, 
             device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
             download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console,
             margin_eps=margin_eps, temperature=temperature,
-            twin=TwinRecipe(warm_start=warm_start, distill=distill, distill_temperature=distill_temperature,
-                            optimizer=twin_optimizer, lr=twin_lr, schedule=twin_schedule),
+            twin=twin_recipe(dataset, warm_start=warm_start, distill=distill, distill_temperature=distill_temperature,
+                             optimizer=twin_optimizer, lr=twin_lr, schedule=twin_schedule),
         )
     except (GridConfigError, DatasetMissingError, CheckpointError) as exc:
         raise BenchUsageError(str(exc)) from None

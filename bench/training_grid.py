@@ -203,6 +203,19 @@ class Baseline:
     sha256: str
 
 
+MEASURED_TWIN_RECIPES: dict[str, TwinRecipe] = {
+    "digits": TwinRecipe(warm_start=True, distill=0.5, distill_temperature=2.0),
+    "mnist": TwinRecipe(warm_start=True, distill=0.5, distill_temperature=2.0),
+}
+"""``bench train``'s default twin recipe per dataset: where it was measured to help (docs/ablation.md); the
+paper's plain recipe elsewhere."""
+
+
+def default_twin_recipe(dataset: str) -> TwinRecipe:
+    """The measured twin recipe of ``dataset`` (:data:`MEASURED_TWIN_RECIPES`), else the plain recipe."""
+    return MEASURED_TWIN_RECIPES.get(dataset, TwinRecipe())
+
+
 @dataclass
 class ModelPlan:
     """One (FoR, σ) model of the grid: its freshly initialised network, recipe hash and files."""
@@ -645,6 +658,6 @@ class _GridView:
 
 
 __all__ = [
-    "MARGIN_EPS", "MARGIN_TEMPERATURE", "GridConfigError", "TwinRecipe", "check_device", "checkpoint_name",
-    "depends_on", "grid_pairs", "model_config_for", "train_grid",
+    "MARGIN_EPS", "MARGIN_TEMPERATURE", "MEASURED_TWIN_RECIPES", "GridConfigError", "TwinRecipe", "check_device",
+    "checkpoint_name", "default_twin_recipe", "depends_on", "grid_pairs", "model_config_for", "train_grid",
 ]
