@@ -593,10 +593,12 @@ def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, floa
     pending: dict = {}
 
     def submit_ready() -> None:
-        # Baselines first (they unblock twins), then the longest first (a deeper orthogonal part trains slower;
-        # the Lipschitz twin is the slowest), so that no long model starts last and runs alone.
+        # One model per free worker, chosen when the worker frees up: baselines first (they unblock twins), then
+        # the longest first (a deeper orthogonal part trains slower; the Lipschitz twin is the slowest), so that
+        # no long model starts last and runs alone.
         ready = [key for key in waiting if depends_on(recipe, key) is None or depends_on(recipe, key) in done]
-        for key in sorted(ready, key=lambda key: (key[0] != 0 or depends_on(recipe, key) is not None, -key[0])):
+        ready.sort(key=lambda key: (key[0] != 0 or depends_on(recipe, key) is not None, -key[0]))
+        for key in ready[: max(0, processes - len(pending))]:
             waiting.discard(key)
             baseline = _baseline_of(recipe, folder, key, done)
             pending[pool.submit(_train_in_worker, recipe, folder, *key, retrain, baseline)] = key
