@@ -204,3 +204,14 @@ def test_cli_refuses_a_bad_twin_option_in_one_line() -> None:
     assert "rmsprop" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["train", "--distill", "1.5"])
     assert result.exit_code == 2
+
+
+def test_cli_default_twin_recipe_is_the_measured_one_only_where_measured() -> None:
+    from bench.cmd_train import twin_recipe
+    from bench.training_grid import MEASURED_TWIN_RECIPES
+
+    assert twin_recipe("digits") == MEASURED_TWIN_RECIPES["digits"]
+    assert twin_recipe("digits").warm_start and twin_recipe("mnist").distill == 0.5
+    assert twin_recipe("cifar10") == TwinRecipe()  # the paper's plain recipe where nothing was measured
+    plain = twin_recipe("digits", warm_start=False, distill=0.0, distill_temperature=None, optimizer=None)
+    assert not plain.needs_baseline and plain.distill_temperature == 2.0
