@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -11,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
-from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE
+from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
+from lsrs.training import OPTIMIZERS, SCHEDULES
 
 
 def results_table(entries: list[dict], dataset: str) -> Table:
@@ -26,6 +28,12 @@ def results_table(entries: list[dict], dataset: str) -> Table:
             f"{e.get('train_seconds', float('nan')):.1f}", e.get("status", ""),
         )
     return table
+
+
+def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
+    """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.training_grid.default_twin_recipe`)
+    with every option the user gave (not ``None``) in its place."""
+    return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
 
 @click.command("train")
@@ -60,6 +68,22 @@ def results_table(entries: list[dict], dataset: str) -> Table:
               help="FoR 18 only: target l2 radius of the margin loss (true logit lowered by sqrt(2)·eps).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=MARGIN_TEMPERATURE,
               show_default=True, help="FoR 18 only: temperature of the margin loss.")
+@click.option("--warm-start/--no-warm-start", default=None,
+              help="LS-RS twins: start the classifier part (the baseline's own layers after the split) from the "
+                   "trained baseline at the same σ (trained first, in the same grid) [default: on for digits "
+                   "and mnist, where it was measured to help (docs/ablation.md); off elsewhere].")
+@click.option("--distill", type=click.FloatRange(0, 1), default=None,
+              help="LS-RS twins: weight λ of distillation from the baseline at the same σ on noisy inputs; "
+                   "loss (1-λ)·CE + λ·T²·KL(teacher ‖ twin) [default: 0.5 for digits and mnist, else 0].")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LS-RS twins: temperature T of the distillation [default: 2 for digits and mnist, else 1].")
+@click.option("--twin-optimizer", type=click.Choice(OPTIMIZERS), default=None,
+              help="LS-RS twins: their own optimiser [default: the grid's, SGD with momentum].")
+@click.option("--twin-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LS-RS twins: their own initial learning rate [default: --lr].")
+@click.option("--twin-schedule", type=click.Choice(SCHEDULES), default=None,
+              help="LS-RS twins: step (÷10 every --lr-step epochs) or onecycle (Trockman & Kolter's "
+                   "superconvergence schedule) [default: step].")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (cifar10/imagenet).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
@@ -73,12 +97,14 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, margin_eps,
-            temperature, workers, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
+            temperature, warm_start, distill, distill_temperature, twin_optimizer, twin_lr, twin_schedule,
+            workers, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
     """Train every (FoR, σ) model of the grid with Gaussian-noise augmentation.
 
     FoR 0 is the IS-RS baseline (noise on the input); FoR k > 0 is its orthogonal twin (noise on the latent
-    z = fe(x)). Same recipe for all (paper, Appendix B). A checkpoint is saved every epoch: run the same
-    command again to resume; finished models with the same recipe are reused.
+    z = fe(x)). Same recipe and epochs for all (paper, Appendix B); the --warm-start, --distill and --twin-*
+    options add a recipe for the twins only (recorded in their checkpoints). A checkpoint is saved every
+    epoch: run the same command again to resume; finished models with the same recipe are reused.
 
     \b
     Example:
@@ -96,6 +122,8 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
             device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
             download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console,
             margin_eps=margin_eps, temperature=temperature, arch=arch,
+            twin=twin_recipe(dataset, arch, warm_start=warm_start, distill=distill, distill_temperature=distill_temperature,
+                             optimizer=twin_optimizer, lr=twin_lr, schedule=twin_schedule),
         )
     except (GridConfigError, DatasetMissingError, CheckpointError) as exc:
         raise BenchUsageError(str(exc)) from None

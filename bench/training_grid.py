@@ -40,12 +40,52 @@ from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import DatasetInfo, dataset_info, load_dataset
 from lsrs.noise import derive_seed
-from lsrs.training import TrainConfig, config_hash, fit, noise_location, read_state_meta
+from lsrs.training import (
+    TrainConfig,
+    config_hash,
+    fit,
+    noise_location,
+    read_state_meta,
+    warm_start_classifier,
+)
 
 MARGIN_EPS = 0.5
 """Default target l2 radius of the Lipschitz twin's margin loss (the offset is sqrt(2) * MARGIN_EPS)."""
 MARGIN_TEMPERATURE = 0.25
 """Default temperature of the margin loss (Prach & Lampert 2022 offset cross-entropy)."""
+
+
+@dataclass(frozen=True)
+class TwinRecipe:
+    """What an LS-RS twin (latent noise, FoR 0 < k < the Lipschitz twin's) gets beyond the grid's recipe.
+
+    * ``warm_start``: its classifier part (the baseline's own layers after the split) starts from the
+      trained baseline at the same sigma (:func:`lsrs.training.warm_start_classifier`);
+    * ``distill`` > 0: the loss is ``(1 - distill) * CE + distill * KD`` against that baseline's logits on
+      ``x + N(0, sigma^2 I)`` at temperature ``distill_temperature`` (:func:`lsrs.training.distillation_loss`);
+    * ``optimizer`` / ``lr`` / ``schedule`` / ``weight_decay``: the twin's own optimiser (``None``: the grid's).
+
+    The baseline, and every other model, is trained exactly as without it; the epochs are the same for all
+    models of a grid. The defaults are the paper's plain recipe (nothing extra).
+    """
+
+    warm_start: bool = False
+    distill: float = 0.0
+    distill_temperature: float = 1.0
+    optimizer: str | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    weight_decay: float | None = None
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.warm_start or self.distill > 0
+
+    def as_dict(self) -> dict:
+        """The recipe as stored in a twin's checkpoint metadata (``twin_recipe``)."""
+        return {"warm_start": self.warm_start, "distill": self.distill,
+                "distill_temperature": self.distill_temperature, "optimizer": self.optimizer, "lr": self.lr,
+                "schedule": self.schedule, "weight_decay": self.weight_decay}
 
 
 def grid_pairs(arch: str, fors: Sequence[int], sigmas: Sequence[float]) -> list[tuple[int, float]]:
@@ -145,6 +185,33 @@ class GridRecipe:
     workers: int
     margin_eps: float = MARGIN_EPS
     temperature: float = MARGIN_TEMPERATURE
+    twin: TwinRecipe = TwinRecipe()
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The trained IS-RS baseline a twin warm-starts from or distils from: its file and sha256."""
+
+    weights: Path
+    sha256: str
+
+
+MEASURED_TWIN_RECIPES: dict[tuple[str, str], TwinRecipe] = {
+    ("resnet18", "digits"): TwinRecipe(warm_start=True, distill=0.5, distill_temperature=2.0),
+    ("resnet18", "mnist"): TwinRecipe(warm_start=True, distill=0.5, distill_temperature=2.0),
+}
+"""``bench train``'s default twin recipe per (architecture, dataset): where it was measured to help
+(docs/ablation.md); the paper's plain recipe elsewhere (a plugin's twin need not share its baseline's
+classifier layers, which a warm start copies)."""
+
+
+def default_twin_recipe(dataset: str, arch: str | None = None) -> TwinRecipe:
+    """The measured twin recipe of ``arch`` (default: the dataset's paper architecture) on ``dataset``
+    (:data:`MEASURED_TWIN_RECIPES`), else the plain recipe."""
+    from lsrs.datasets import DATASETS
+
+    arch = arch or (DATASETS[dataset].default_arch if dataset in DATASETS else None)
+    return MEASURED_TWIN_RECIPES.get((str(arch), dataset), TwinRecipe())
 
 
 @dataclass
@@ -159,6 +226,8 @@ class ModelPlan:
     weights: Path
     state: Path
     label: str
+    baseline: Baseline | None = None
+    twin: TwinRecipe | None = None
 
 
 Event = tuple
@@ -193,6 +262,7 @@ def train_grid(
     on_epoch: Callable[[dict, int], None] | None = None,
     margin_eps: float = MARGIN_EPS,
     temperature: float = MARGIN_TEMPERATURE,
+    twin: TwinRecipe | None = None,
 ) -> list[dict]:
     """Train (or reuse, or resume) every (FoR, sigma) model of the grid; returns their index entries.
 
@@ -202,6 +272,9 @@ def train_grid(
     ``threads`` sets torch's intra-op CPU threads for the call (1 is fastest on a busy, shared CPU).
     ``processes > 1`` trains that many models side by side in spawned worker processes (``threads`` each,
     default 1); every model is seeded on its own, so the weights are those of a one-process run.
+    ``twin`` (:class:`TwinRecipe`) is what the LS-RS twins get beyond the grid's recipe; when it warm-starts
+    or distils from the baseline, each twin is trained after the baseline at its sigma (trained too, and
+    indexed, if absent from ``fors``; the returned entries are those of the grid).
     """
     if threads is not None and threads < 1:
         raise GridConfigError(f"threads must be >= 1, got {threads}")
@@ -210,22 +283,23 @@ def train_grid(
     recipe = _recipe(dataset, fors, sigmas, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
                      width=width, data_dir=data_dir, download=download, workers=workers, arch=arch,
                      lr_step=lr_step, momentum=momentum, weight_decay=weight_decay, margin_eps=margin_eps,
-                     temperature=temperature)
+                     temperature=temperature, twin=twin)
     folder = Path(out) / recipe.dataset
     view = _GridView(console or Console(stderr=True, quiet=quiet), on_epoch)
     grid = grid_pairs(recipe.arch, fors, sigmas)
+    needed = _with_baselines(recipe, grid)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         with view.progress:
-            view.start_grid(f"{recipe.dataset}: {len(grid)} models", len(grid))
-            entries = {} if retrain else _reused(recipe, Path(out), grid, view)
-            todo = [key for key in grid if key not in entries]
+            view.start_grid(f"{recipe.dataset}: {len(needed)} models", len(needed))
+            entries = {} if retrain else _reused(recipe, Path(out), needed, view)
+            todo = [key for key in needed if key not in entries]
             if processes > 1 and len(todo) > 1:
-                trained = _train_parallel(recipe, folder, todo, retrain, processes, threads or 1, view)
+                trained = _train_parallel(recipe, folder, todo, entries, retrain, processes, threads or 1, view)
             else:
-                trained = _train_sequential(recipe, folder, todo, retrain, view)
+                trained = _train_sequential(recipe, folder, todo, entries, retrain, view)
             for key, entry in trained:
                 entries[key] = _indexed(Path(out), recipe.dataset, entry, view)
     finally:
@@ -233,9 +307,36 @@ def train_grid(
     return [entries[key] for key in grid]
 
 
+def depends_on(recipe: GridRecipe, key: tuple[int, float]) -> tuple[int, float] | None:
+    """The (FoR 0, sigma) baseline that model ``key`` warm-starts or distils from, or ``None``."""
+    k, sigma = key
+    if recipe.twin.needs_baseline and k > 0 and k != get_architecture(recipe.arch).lipschitz_fors:
+        return (0, sigma)
+    return None
+
+
+def _with_baselines(recipe: GridRecipe, grid: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The grid with the baselines its twins depend on, baselines first (they unblock the twins)."""
+    needed = list(grid)
+    for key in grid:
+        dep = depends_on(recipe, key)
+        if dep is not None and dep not in needed:
+            needed.append(dep)
+    return sorted(needed, key=lambda key: key[0] != 0)
+
+
+def _baseline_of(recipe: GridRecipe, folder: Path, key: tuple[int, float], entries: dict) -> Baseline | None:
+    """The finished baseline that ``key`` depends on (from its index entry), or ``None`` if it needs none."""
+    dep = depends_on(recipe, key)
+    if dep is None:
+        return None
+    entry = entries[dep]
+    return Baseline(folder / entry["path"], entry["sha256"])
+
+
 def _recipe(dataset: str, fors: Sequence[int], sigmas: Sequence[float], *, epochs, lr, batch_size, device, seed,
             width, data_dir, download, workers, arch, lr_step, momentum, weight_decay, margin_eps,
-            temperature) -> GridRecipe:
+            temperature, twin) -> GridRecipe:
     """Step 1: fill the dataset's defaults in and refuse a bad request before anything is trained."""
     try:
         info = dataset_info(dataset)
@@ -261,30 +362,51 @@ def _recipe(dataset: str, fors: Sequence[int], sigmas: Sequence[float], *, epoch
         lr=float(lr or info.lr), lr_step=int(lr_step or info.lr_step), batch_size=int(batch_size or info.batch_size),
         momentum=momentum, weight_decay=weight_decay, seed=seed, device=str(device),
         data_dir=None if data_dir is None else str(data_dir), download=download, workers=workers,
-        margin_eps=float(margin_eps), temperature=float(temperature),
+        margin_eps=float(margin_eps), temperature=float(temperature), twin=twin or TwinRecipe(),
     )
 
 
-def _plan_model(recipe: GridRecipe, folder: Path, k: int, sigma: float) -> ModelPlan:
-    """Step 2: the model's seeded initialisation, training config, recipe hash and checkpoint paths."""
+def _plan_model(recipe: GridRecipe, folder: Path, k: int, sigma: float, baseline: Baseline | None = None) -> ModelPlan:
+    """Step 2: the model's seeded initialisation, training config, recipe hash and checkpoint paths.
+
+    ``baseline``: the trained baseline a twin depends on (:func:`depends_on`); its sha256 enters the twin's
+    recipe hash, so a retrained baseline retrains the twins that start from it.
+    """
     from lsrs.models import build_model
 
     torch.manual_seed(derive_seed(recipe.seed, "init", recipe.arch, k))
     model = build_model(recipe.arch, **model_config_for(recipe.arch, recipe.info, k, recipe.width))
     noise = noise_location(model)
-    config = TrainConfig(
-        sigma=sigma, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, noise=noise,
-        momentum=recipe.momentum, weight_decay=recipe.weight_decay, lr_step=recipe.lr_step, seed=recipe.seed,
-        **_margin(recipe, noise),
-    )
-    run_hash = config_hash({
+    twin = recipe.twin if noise == "latent" and recipe.twin != TwinRecipe() else None
+    if (depends_on(recipe, (k, sigma)) is not None) != (baseline is not None):
+        raise ValueError(f"FoR {k} at sigma {sigma:g}: baseline {baseline} does not match the twin recipe")
+    fields = {
+        "sigma": sigma, "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size, "noise": noise,
+        "momentum": recipe.momentum, "weight_decay": recipe.weight_decay, "lr_step": recipe.lr_step,
+        "seed": recipe.seed, **_margin(recipe, noise),
+    }
+    config = TrainConfig(**{**fields, **_twin_config(twin)})
+    payload = {
         "dataset": recipe.dataset, "preprocessing": recipe.info.preprocessing, "arch": recipe.arch,
         "model": dict(model.config), "train": config.as_dict(),
-    })
+    }
+    if twin is not None:
+        payload["twin"] = {**twin.as_dict(), "baseline_sha256": baseline.sha256 if baseline else None}
     name = checkpoint_name(recipe.arch, recipe.width, k, sigma)
     label = f"FoR {k:>2}/{model.fors_total} σ={sigma:<4g} {noise:>6}"
-    return ModelPlan(k, sigma, model, config, run_hash, folder / f"{name}.safetensors",
-                     folder / f"{name}.state.safetensors", label)
+    return ModelPlan(k, sigma, model, config, config_hash(payload), folder / f"{name}.safetensors",
+                     folder / f"{name}.state.safetensors", label, baseline, twin)
+
+
+def _twin_config(twin: TwinRecipe | None) -> dict:
+    """The :class:`TrainConfig` fields a twin recipe overrides (nothing for the paper's plain recipe)."""
+    if twin is None:
+        return {}
+    out: dict = {"distill": twin.distill, "distill_temperature": twin.distill_temperature}
+    for name in ("optimizer", "lr", "schedule", "weight_decay"):
+        if getattr(twin, name) is not None:
+            out[name] = getattr(twin, name)
+    return out
 
 
 def _margin(recipe: GridRecipe, noise: str) -> dict:
@@ -303,10 +425,17 @@ def _reused_entry(plan: ModelPlan) -> dict | None:
 
 
 def _reused(recipe: GridRecipe, out: Path, grid: list[tuple[int, float]], view: _GridView) -> dict:
-    """Steps 2-3 for the whole grid: the (FoR, σ) models already trained with this recipe, indexed."""
-    entries = {}
+    """Steps 2-3 for the whole grid: the (FoR, σ) models already trained with this recipe, indexed.
+
+    ``grid`` lists the baselines before the twins that depend on them; a twin whose baseline must be
+    trained (again) is not reused."""
+    entries: dict = {}
     for k, sigma in grid:
-        plan = _plan_model(recipe, out / recipe.dataset, k, sigma)
+        dep = depends_on(recipe, (k, sigma))
+        if dep is not None and dep not in entries:
+            continue
+        plan = _plan_model(recipe, out / recipe.dataset, k, sigma, _baseline_of(recipe, out / recipe.dataset,
+                                                                                 (k, sigma), entries))
         entry = _reused_entry(plan)
         if entry is not None:
             view.handle(("print", f"[dim]reused[/] {plan.label}: clean {entry['clean_acc']:.1%}, "
@@ -350,8 +479,10 @@ def _train_model(recipe: GridRecipe, plan: ModelPlan, retrain: bool, report: Cal
         report(("epoch", plan.fors, plan.sigma, stats.epoch))
 
     started = time.perf_counter()
+    teacher = _start_from_baseline(plan)
     result = fit(plan.model, train_set, test_set, plan.config, device=dev, workers=recipe.workers,
-                 state_path=plan.state, run_hash=plan.run_hash, on_batch=on_batch, on_epoch=after_epoch)
+                 state_path=plan.state, run_hash=plan.run_hash, on_batch=on_batch, on_epoch=after_epoch,
+                 teacher=teacher)
     if result.resumed_from:
         report(("print", f"[dim]resumed[/] {plan.label} from epoch {result.resumed_from}/{epochs}"))
     digest = ckpt.save_checkpoint(plan.weights, plan.model.to("cpu"), _checkpoint_meta(recipe, plan, result, dev))
@@ -363,6 +494,26 @@ def _train_model(recipe: GridRecipe, plan: ModelPlan, retrain: bool, report: Cal
     return {**entry, "status": "resumed" if result.resumed_from else "trained"}
 
 
+def _start_from_baseline(plan: ModelPlan) -> torch.nn.Module | None:
+    """Warm-start the twin's classifier from its baseline (if its recipe says so); returns the teacher to
+    distil from, or ``None``. The baseline is loaded with its indexed sha256 verified."""
+    if plan.baseline is None or plan.twin is None:
+        return None
+    baseline, _ = ckpt.load_checkpoint(plan.baseline.weights, expected_sha256=plan.baseline.sha256)
+    if plan.twin.warm_start:
+        warm_start_classifier(plan.model, baseline)
+    return baseline if plan.twin.distill > 0 else None
+
+
+def _twin_meta(plan: ModelPlan) -> dict:
+    """The twin recipe as recorded in the checkpoint: what it got and from which baseline file."""
+    if plan.twin is None:
+        return {}
+    base = plan.baseline
+    return {"twin_recipe": {**plan.twin.as_dict(), "baseline": None if base is None else base.weights.name,
+                            "baseline_sha256": None if base is None else base.sha256}}
+
+
 def _checkpoint_meta(recipe: GridRecipe, plan: ModelPlan, result, dev: torch.device) -> dict:
     """The metadata stored beside the weights: recipe, accuracies, history, device."""
     return {
@@ -371,11 +522,14 @@ def _checkpoint_meta(recipe: GridRecipe, plan: ModelPlan, result, dev: torch.dev
         "sigma": plan.sigma,
         "noise": plan.config.noise,
         "epochs": recipe.epochs,
-        "lr": recipe.lr,
+        "lr": plan.config.lr,
         "lr_step": recipe.lr_step,
         "lr_gamma": plan.config.lr_gamma,
         "momentum": recipe.momentum,
-        "weight_decay": recipe.weight_decay,
+        "weight_decay": plan.config.weight_decay,
+        "optimizer": plan.config.optimizer,
+        "schedule": plan.config.schedule,
+        **_twin_meta(plan),
         "batch_size": recipe.batch_size,
         "seed": recipe.seed,
         **_margin(recipe, plan.config.noise),
@@ -400,11 +554,14 @@ def _indexed(out: Path, dataset: str, entry: dict, view: _GridView) -> dict:
     return entry
 
 
-def _train_sequential(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], retrain: bool,
-                      view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
-    """Train the models one after the other in this process."""
-    for k, sigma in todo:
-        yield (k, sigma), _train_model(recipe, _plan_model(recipe, folder, k, sigma), retrain, view.handle)
+def _train_sequential(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], entries: dict,
+                      retrain: bool, view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
+    """Train the models one after the other in this process (``todo`` lists baselines first)."""
+    done = dict(entries)
+    for key in todo:
+        plan = _plan_model(recipe, folder, *key, _baseline_of(recipe, folder, key, done))
+        done[key] = _train_model(recipe, plan, retrain, view.handle)
+        yield key, done[key]
 
 
 _EVENTS: Any = None  # a worker's queue to the parent's progress display
@@ -416,32 +573,50 @@ def _init_worker(events: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_in_worker(recipe: GridRecipe, folder: Path, k: int, sigma: float, retrain: bool) -> dict:
-    return _train_model(recipe, _plan_model(recipe, folder, k, sigma), retrain, _EVENTS.put)
+def _train_in_worker(recipe: GridRecipe, folder: Path, k: int, sigma: float, retrain: bool,
+                     baseline: Baseline | None) -> dict:
+    return _train_model(recipe, _plan_model(recipe, folder, k, sigma, baseline), retrain, _EVENTS.put)
 
 
-def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], retrain: bool, processes: int,
-                    threads: int, view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
+def _train_parallel(recipe: GridRecipe, folder: Path, todo: list[tuple[int, float]], entries: dict, retrain: bool,
+                    processes: int, threads: int, view: _GridView) -> Iterator[tuple[tuple[int, float], dict]]:
     """Train the models in ``processes`` spawned workers; yields each model as it finishes.
 
-    A model's weights depend only on its own seeds, never on which process trains it or on what it trained
-    before, so they equal those of :func:`_train_sequential` (with the same ``threads``).
+    A model's weights depend only on its own seeds (and on the finished baseline it starts from), never on
+    which process trains it or on what it trained before, so they equal those of :func:`_train_sequential`
+    (with the same ``threads``). A twin that depends on a baseline is submitted once that baseline is done.
     """
     _train_test(recipe)  # the data must load here first: a missing dataset is the parent's one-line error
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)), mp_context=ctx,
                                initializer=_init_worker, initargs=(events, threads))
+    done = dict(entries)
+    waiting = set(todo)
+    pending: dict = {}
+
+    def submit_ready() -> None:
+        # One model per free worker, chosen when the worker frees up: baselines first (they unblock twins), then
+        # the longest first (a deeper orthogonal part trains slower; the Lipschitz twin is the slowest), so that
+        # no long model starts last and runs alone.
+        ready = [key for key in waiting if depends_on(recipe, key) is None or depends_on(recipe, key) in done]
+        ready.sort(key=lambda key: (key[0] != 0 or depends_on(recipe, key) is not None, -key[0]))
+        for key in ready[: max(0, processes - len(pending))]:
+            waiting.discard(key)
+            baseline = _baseline_of(recipe, folder, key, done)
+            pending[pool.submit(_train_in_worker, recipe, folder, *key, retrain, baseline)] = key
+
     try:
-        # Longest first (a deeper orthogonal part trains slower; the Lipschitz twin is the slowest), so that no
-        # long model starts last and runs alone; the weights do not depend on the order.
-        order = sorted(todo, key=lambda key: -key[0])
-        pending = {pool.submit(_train_in_worker, recipe, folder, k, sigma, retrain): (k, sigma) for k, sigma in order}
+        submit_ready()
         while pending:
-            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             _drain(events, view)
-            for future in done:
-                yield pending.pop(future), future.result()
+            for future in finished:
+                key = pending.pop(future)
+                done[key] = future.result()
+                yield key, done[key]
+            if finished:
+                submit_ready()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -488,6 +663,6 @@ class _GridView:
 
 
 __all__ = [
-    "MARGIN_EPS", "MARGIN_TEMPERATURE", "GridConfigError", "check_device", "checkpoint_name", "grid_pairs",
-    "model_config_for", "train_grid",
+    "MARGIN_EPS", "MARGIN_TEMPERATURE", "MEASURED_TWIN_RECIPES", "GridConfigError", "TwinRecipe", "check_device",
+    "checkpoint_name", "default_twin_recipe", "depends_on", "grid_pairs", "model_config_for", "train_grid",
 ]

@@ -40,6 +40,8 @@ from lsrs.noise import derive_seed
 
 NOISE_LOCATIONS = ("input", "latent", "none")
 LOSSES = ("ce", "margin")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "onecycle")
 STATE_FORMAT = "lsrs-train-state/1"
 
 
@@ -61,6 +63,10 @@ class TrainConfig:
     loss: str = "ce"
     margin_eps: float = 0.0
     temperature: float = 1.0
+    optimizer: str = "sgd"
+    schedule: str = "step"
+    distill: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.noise not in NOISE_LOCATIONS:
@@ -80,31 +86,95 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (0.0 <= self.distill <= 1.0 and self.distill_temperature > 0):
+            raise ValueError(f"need 0 <= distill <= 1 and distill_temperature > 0, got {self.distill!r}, "
+                             f"{self.distill_temperature!r}")
+
+    @property
+    def per_batch_lr(self) -> bool:
+        """True when the learning rate changes within an epoch (warm-up or the one-cycle schedule)."""
+        return self.warmup_epochs > 0 or self.schedule == "onecycle"
 
     def lr_at(self, epoch: int, progress: float = 0.0) -> float:
         """Learning rate at ``progress`` in [0, 1) through 0-based ``epoch``.
 
-        Step decay ``lr * lr_gamma ** (epoch // lr_step)`` (paper, Appendix B), times a linear warm-up
-        over the first ``warmup_epochs`` epochs when that is > 0 (0, the paper's recipe, by default).
+        ``schedule="step"``: step decay ``lr * lr_gamma ** (epoch // lr_step)`` (paper, Appendix B), times
+        a linear warm-up over the first ``warmup_epochs`` epochs when that is > 0 (0, the paper's recipe,
+        by default). ``schedule="onecycle"``: the piecewise-linear "superconvergence" schedule with which
+        Trockman & Kolter (2021) train Cayley networks: with ``t = (epoch + progress) / epochs``, from
+        ``lr/50`` at ``t = 0`` up to ``lr`` at ``t = 0.4``, down to ``lr/20`` at ``t = 0.8`` and to
+        ``lr/200`` at ``t = 1`` (their end points 0 replaced by small positive rates, so that no step is
+        wasted).
         """
+        if self.schedule == "onecycle":
+            return self.lr * _piecewise_linear((epoch + progress) / self.epochs, ONECYCLE_KNOTS)
         lr = self.lr * self.lr_gamma ** (epoch // self.lr_step)
         if self.warmup_epochs > 0:
             lr *= min(1.0, (epoch + progress + 1e-12) / self.warmup_epochs)
         return lr
 
     def as_dict(self) -> dict:
-        """The recipe; the margin-loss fields only when ``loss != "ce"`` (older cross-entropy hashes hold)."""
+        """The recipe; the margin-loss fields only when ``loss != "ce"`` and the optimiser, schedule and
+        distillation fields only when they differ from the paper's recipe (so older hashes hold)."""
         out = asdict(self)
         if self.loss == "ce":
             for key in ("loss", "margin_eps", "temperature"):
                 del out[key]
+        for key, default in RECIPE_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        if self.distill == 0:
+            out.pop("distill_temperature", None)
         return out
 
-    def objective(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, or the Lipschitz-margin loss of :func:`lsrs.margin.margin_loss` (L = 1)."""
+    def objective(self, logits: torch.Tensor, target: torch.Tensor,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy, or the Lipschitz-margin loss of :func:`lsrs.margin.margin_loss` (L = 1); with
+        ``distill > 0`` mixed with :func:`distillation_loss` against ``teacher_logits``."""
         if self.loss == "margin":
-            return margin_loss(logits, target, self.margin_eps, self.temperature)
-        return nn.functional.cross_entropy(logits, target)
+            hard = margin_loss(logits, target, self.margin_eps, self.temperature)
+        else:
+            hard = nn.functional.cross_entropy(logits, target)
+        if self.distill == 0:
+            return hard
+        if teacher_logits is None:
+            raise ValueError("distill > 0 needs the teacher's logits")
+        soft = distillation_loss(logits, teacher_logits, self.distill_temperature)
+        return (1 - self.distill) * hard + self.distill * soft
+
+
+RECIPE_DEFAULTS = {"optimizer": "sgd", "schedule": "step", "distill": 0.0}
+"""The paper's values of the fields that :meth:`TrainConfig.as_dict` leaves out when unchanged."""
+
+ONECYCLE_KNOTS = ((0.0, 0.02), (0.4, 1.0), (0.8, 0.05), (1.0, 0.005))
+"""``(t, lr / lr_max)`` knots of the one-cycle schedule (:meth:`TrainConfig.lr_at`)."""
+
+
+def _piecewise_linear(t: float, knots: tuple[tuple[float, float], ...]) -> float:
+    """Linear interpolation through ``knots`` (sorted by ``t``), constant outside them."""
+    if t <= knots[0][0]:
+        return knots[0][1]
+    for (t0, y0), (t1, y1) in zip(knots, knots[1:]):
+        if t <= t1:
+            return y0 + (y1 - y0) * (t - t0) / (t1 - t0)
+    return knots[-1][1]
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.
+
+    The ``T^2`` factor keeps the gradient's scale independent of ``T``; the teacher gets no gradient.
+    """
+    t = temperature
+    log_p_student = nn.functional.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = nn.functional.log_softmax(teacher_logits.detach() / t, dim=1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+    return t * t * kl.mean()
 
 
 @dataclass
@@ -225,13 +295,20 @@ def train_epoch(
     device: torch.device,
     workers: int = 0,
     on_batch: Callable[[int, int, float, float], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> EpochStats:
-    """One epoch of noise-augmented cross-entropy training; returns the epoch's mean loss and accuracy."""
+    """One epoch of noise-augmented cross-entropy training; returns the epoch's mean loss and accuracy.
+
+    With ``config.distill > 0`` the ``teacher`` (the IS-RS baseline at the same sigma, in eval mode) sees
+    ``x + N(0, sigma^2 I)`` from its own seeded generator, the noise it was trained and is certified with."""
     for group in optimizer.param_groups:
         group["lr"] = config.lr_at(epoch)
     model.train()
     torch.manual_seed(derive_seed(config.seed, "global", epoch))  # any layer drawing from torch's global RNG
     noise_gen = _generator(device, derive_seed(config.seed, "noise", epoch))
+    teacher_gen = _generator(device, derive_seed(config.seed, "teacher-noise", epoch))
+    if config.distill > 0 and teacher is None:
+        raise ValueError("distill > 0 needs a teacher")
     n_batches = math.ceil(len(dataset) / config.batch_size)  # type: ignore[arg-type]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -242,11 +319,15 @@ def train_epoch(
         workers=workers, device=device, drop_singleton=True,
     )
     for i, (x, y) in enumerate(batches):
-        if config.warmup_epochs > 0:
+        if config.per_batch_lr:
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(epoch, i / n_batches)
+        teacher_logits = None
+        if config.distill > 0:
+            with torch.no_grad():
+                teacher_logits = noisy_logits(teacher, x, config.sigma, "input", teacher_gen)
         logits = noisy_logits(model, x, config.sigma, config.noise, noise_gen)
-        loss = config.objective(logits, y)
+        loss = config.objective(logits, y, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -298,6 +379,25 @@ def evaluate(
     if total == 0:
         raise ValueError("the test set is empty")
     return clean / total, (noisy if sigma > 0 else clean) / total
+
+
+@torch.no_grad()
+def warm_start_classifier(twin: nn.Module, baseline: nn.Module) -> list[str]:
+    """Copy the baseline's tensors into the twin's classifier part; returns the copied state-dict keys.
+
+    Every layer after the split is one of the baseline's own layers under the same name (``block5``,
+    ``head``, ... in :func:`lsrs.models._assemble`), so the twin's classifier starts as the trained
+    baseline's (weights and BatchNorm statistics) and only the orthogonal encoder starts from scratch.
+    Raises ``ValueError`` when a classifier tensor has no counterpart of the same shape.
+    """
+    source = baseline.classifier.state_dict()
+    target = twin.classifier.state_dict()
+    missing = [k for k, v in target.items() if k not in source or source[k].shape != v.shape]
+    if missing:
+        raise ValueError(f"the baseline has no tensor of the same shape for {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''}: not the twin's baseline")
+    twin.classifier.load_state_dict({k: source[k].clone() for k in target}, strict=True)
+    return list(target)
 
 
 def config_hash(payload: dict) -> str:
@@ -368,8 +468,12 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     return meta
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum (paper, Appendix B)."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (paper, Appendix B), or Adam (``optimizer="adam"``, as Trockman & Kolter 2021 train
+    Cayley networks; ``momentum`` is then Adam's beta1)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.momentum, 0.999),
+                                weight_decay=config.weight_decay)
     return torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -388,15 +492,20 @@ def fit(
     on_batch: Callable[[int, int, float, float], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_batch_size: int = 256,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` with Gaussian noise per ``config``, then measure clean and noisy test accuracy.
 
     With ``state_path``, the state is saved after each epoch and a matching state file (same ``run_hash``,
     default: the hash of ``config``) is resumed from its last finished epoch. ``on_epoch`` runs after each
-    epoch's state is saved (an exception there interrupts training, as a crash would).
+    epoch's state is saved (an exception there interrupts training, as a crash would). ``teacher``: the
+    model distilled from when ``config.distill > 0`` (put in eval mode, never trained).
     """
     dev = resolve_device(device)
     model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
+        teacher.requires_grad_(False)
     optimizer = make_optimizer(model, config)
     run_hash = run_hash or config_hash(config.as_dict())
     result = TrainResult()
@@ -413,7 +522,7 @@ def fit(
             result.resumed_from = start_epoch
     for epoch in range(start_epoch, config.epochs):
         stats = train_epoch(model, train_set, optimizer, config, epoch, device=dev, workers=workers,
-                            on_batch=on_batch)
+                            on_batch=on_batch, teacher=teacher)
         result.history.append(stats)
         result.train_seconds += stats.seconds
         if path is not None:
@@ -433,9 +542,12 @@ __all__ = [
     "EpochStats",
     "LOSSES",
     "NOISE_LOCATIONS",
+    "OPTIMIZERS",
+    "SCHEDULES",
     "TrainConfig",
     "TrainResult",
     "config_hash",
+    "distillation_loss",
     "evaluate",
     "fit",
     "iterate_batches",
@@ -447,4 +559,5 @@ __all__ = [
     "resolve_device",
     "save_state",
     "train_epoch",
+    "warm_start_classifier",
 ]
