@@ -8,6 +8,7 @@ from bench.certifiers.registry import (
     Certifier,
     CertifierRun,
     Job,
+    color,
     defense,
     describe_keys,
     fors_axis_keys,
@@ -15,6 +16,7 @@ from bench.certifiers.registry import (
     has_fors_axis,
     is_reference,
     keys,
+    line_style,
     order,
     reference_key,
     register,
@@ -23,5 +25,5 @@ from bench.certifiers.registry import (
     uses_noise,
 )
 
-__all__ = ["Certifier", "CertifierRun", "Job", "defense", "describe_keys", "fors_axis_keys", "get", "has_fors_axis",
+__all__ = ["Certifier", "CertifierRun", "Job", "color", "line_style", "defense", "describe_keys", "fors_axis_keys", "get", "has_fors_axis",
            "is_reference", "keys", "order", "reference_key", "register", "registered", "unregister", "uses_noise"]

@@ -73,6 +73,6 @@ class MarginRun:
 
 LIPSCHITZ_MARGIN = register(Certifier(
     key="lip", defense="Lipschitz", jobs=jobs, start=MarginRun, noise=False, color="tab:red", line_style=":",
-    check=check, job_label=label,
+    check=check, job_label=label, caption=f"the Lipschitz-margin twin (FoR {LIP_FORS}, one forward pass)",
     help=f"Lipschitz-margin certificate of the FoR {LIP_FORS} twin (trained by bench train --fors {LIP_FORS})",
 ))

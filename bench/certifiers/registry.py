@@ -81,6 +81,7 @@ class Certifier:
     fors_axis: bool = False
     check: Callable[[list, tuple[int, ...]], None] | None = None
     job_label: Callable[[Job], str] = field(default=_smoothing_label)
+    caption: str = ""  # its words in the main table's caption (a certifier neither reference nor FoR axis)
 
 
 _REGISTRY: dict[str, Certifier] = {}
@@ -164,3 +165,15 @@ def reference_key() -> str | None:
 
 def fors_axis_keys() -> tuple[str, ...]:
     return tuple(c.key for c in _REGISTRY.values() if c.fors_axis)
+
+
+def line_style(method: object) -> str:
+    """The figures' line style of ``method`` (dashed IS-RS, dotted Lipschitz; solid for others)."""
+    found = _known(method)
+    return found.line_style if found is not None else "-"
+
+
+def color(method: object) -> str | None:
+    """The figures' fixed colour of ``method``; None: the colour of its FoR in the palette."""
+    found = _known(method)
+    return found.color if found is not None else None
