@@ -36,7 +36,7 @@ from bench.console import grid_progress
 from bench.devices import device_name
 from bench.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
 from bench.params import BenchUsageError
-from lsrs.smoothing import PRECISIONS
+from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
 DEFAULT_METHODS = ("is", "ls")
@@ -533,6 +533,10 @@ class JobCertifier:
         self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
         self.run: certifiers.CertifierRun = certifiers.get(job.method).start(self, x, batch_size, channels_last)
         self.setup_s["total"] = sum(self.setup_s.values())
+
+    def smooth(self, *args: object, **kwargs: object) -> LatentSmooth:
+        """The smoother of a model (:func:`lsrs.smoothing.smooth_model`), for the certifiers that smooth."""
+        return smooth_model(*args, **kwargs)
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()

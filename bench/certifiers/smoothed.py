@@ -90,14 +90,13 @@ class SmoothedRun:
         from bench.engine_setup import auto_batch_size, compile_classifier, warm_up
         from bench.params import BenchUsageError
         from lsrs.proofs import UnprovenModule
-        from lsrs.smoothing import smooth_model
         from lsrs.timing import Stopwatch
 
         self.context = context
         config, device, job = context.config, context.device, context.job
         with Stopwatch(device) as watch:  # the smoother makes its folded, channels_last copy of the classifier
             try:
-                self.smoother = smooth_model(
+                self.smoother = context.smooth(
                     context.model, context.num_classes, job.sigma, device=device, precision=config.precision,
                     fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
                 )
