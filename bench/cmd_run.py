@@ -103,6 +103,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="CPUs each Ray task asks for (also its torch threads) [default: 1].")
 @click.option("--ray-num-gpus", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes (as bench demo has them): shards of 20 images × config certified side "
+                   "by side, one torch thread each; the rows do not depend on it. Not with --ray.")
 @click.option("--trust-lipschitz", is_flag=True,
               help="Certify an encoder that has a module without a Lipschitz proof (lsrs.proofs) by dividing by "
                    "its declared bound, taken on trust; rows record lipschitz_source=trusted. Without it such an "
@@ -112,7 +115,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
             precision, channels_last, fold_bn, compile_mode, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
             allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
-            trust_lipschitz, quiet) -> None:
+            processes, trust_lipschitz, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
     Stores one parquet row per (image, method, FoR, σ, n) under --out and resumes an interrupted run when
@@ -136,6 +139,8 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         if certifier.key in methods and certifier.check is not None:
             certifier.check(archs, tuple(fors))
     ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
+    if ray_options is not None and processes > 1:
+        raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
     if ray_options is not None:
         from bench import distributed
 
@@ -158,8 +163,15 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     console = Console(quiet=quiet)
     options = RunOptions(out=out, batch_size=batch_size, channels_last=channels_last, fresh=fresh, quiet=quiet,
                          console=console, precision=choice.record())
-    if ray_options is None:
+    if ray_options is None and processes == 1:
         manifest = run_grid(config, options, lambda: _load_test(dataset, data_dir))
+    elif ray_options is None:
+        from functools import partial
+
+        from bench.pool import run_grid_pool
+
+        load_test = partial(_load_test, dataset, str(Path(data_dir).resolve()) if data_dir else None)  # picklable
+        manifest = run_grid_pool(config, options, load_test, processes)
     else:
         from bench.distributed import run_grid_ray
 

@@ -223,6 +223,21 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
     }
 
 
+def collect_shard(manifest: dict, summary: dict, tally: _Tally) -> None:
+    """Fold one shard's summary (:func:`certify_shard`) into the manifest (model record, batch size, warm-up,
+    set-up, as-executed L) and the job's tally: the collection of the local pool and of Ray alike."""
+    for row in summary["rows"]:
+        tally.add(row)
+    manifest["models"].setdefault(str(summary["fors"]), summary["model"])
+    setup = manifest.setdefault("setup_s", {})
+    if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
+        setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
+    if summary["batch_size"] is not None:
+        manifest["batch_size"][summary["job"]] = summary["batch_size"]
+        manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
+        manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
+
+
 def _node_id() -> str | None:
     """The Ray node this task runs on (None outside Ray: the runtime context would start a Ray)."""
     try:
@@ -395,21 +410,12 @@ class RayGridRunner(GridRunner):
                            threads=max(1, int(self.ray_options.num_cpus)))
 
     def _collect(self, manifest: dict, summary: dict, tally: _Tally) -> None:
-        for row in summary["rows"]:
-            tally.add(row)
-        manifest["models"].setdefault(str(summary["fors"]), summary["model"])
-        setup = manifest.setdefault("setup_s", {})
-        if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
-            setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
+        collect_shard(manifest, summary, tally)
         spans = self._spans.setdefault(str(summary["node_id"]), [])
         spans.append(tuple(summary["span"]))
         for node in manifest["cluster"]["nodes"]:
             if str(node["node_id"]) == str(summary["node_id"]):
                 node.update(tasks=len(spans), peak_concurrent_tasks=peak_overlap(spans))
-        if summary["batch_size"] is not None:
-            manifest["batch_size"][summary["job"]] = summary["batch_size"]
-            manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
-            manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
         worker = {"host": summary["host"], "node_id": summary["node_id"], "pid": summary["pid"],
                   "device": summary["device"]}
         devices = manifest["cluster"]["devices"]
