@@ -96,3 +96,22 @@ def test_an_unregistered_method_is_refused_in_one_line(tmp_path):
     result = _run(tmp_path, "is,clean", "x")
     assert result.exit_code == 2
     assert "methods are 'is', 'ls' and 'lip'" in result.output and "Traceback" not in result.output
+
+
+def test_an_installed_package_registers_a_certifier_by_entry_point(tmp_path, monkeypatch):
+    """A package that declares ``[project.entry-points."bench.certifiers"] clean = "module:CLEAN"`` is taken
+    by ``bench run --methods`` without any import by the user (the entry point as importlib.metadata gives it)."""
+    from importlib.metadata import EntryPoint
+
+    from bench.certifiers import registry
+
+    point = EntryPoint(name=KEY, value="tests.example_certifier:CLEAN", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_PLUGINS_LOADED", False)
+    try:
+        write_tiny_checkpoints(tmp_path / "ckpt", fors=(9,), sigmas=(0.25,))
+        result = _run(tmp_path, "is,clean", "run")
+        assert result.exit_code == 0, result.output
+        assert set(pd.read_parquet(tmp_path / "run")["method"]) == {"is", KEY}
+    finally:
+        certifiers.unregister(KEY)

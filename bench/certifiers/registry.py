@@ -11,14 +11,20 @@ instead of comparing method strings:
   baseline of the speedups; ``fors_axis``: one configuration per FoR, the FoR ablation of the paper's Table 2).
 
 A new certifier is one module that builds a :class:`Certifier` and passes it to :func:`register`
-(the built-ins: :mod:`bench.certifiers.smoothed`, :mod:`bench.certifiers.lipschitz`). Nothing here imports torch.
+(the built-ins: :mod:`bench.certifiers.smoothed`, :mod:`bench.certifiers.lipschitz`), or that an installed
+package names under the entry-point group :data:`ENTRY_POINT_GROUP` (``bench.certifiers``; the entry point is
+its :class:`Certifier`, loaded on the registry's first use, so ``bench run --methods`` takes its key).
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Protocol
+
+ENTRY_POINT_GROUP = "bench.certifiers"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,24 @@ class Certifier:
 
 
 _REGISTRY: dict[str, Certifier] = {}
+_PLUGINS_LOADED = False
+
+
+def load_plugins() -> None:
+    """Register, once, the certifiers that installed packages declare under :data:`ENTRY_POINT_GROUP` (a key
+    already registered keeps its record); one that fails to load is an error naming it."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            record = point.load()
+        except Exception as exc:  # a broken plugin: name it rather than fail somewhere later
+            raise RuntimeError(f"certifier plugin {point.name} ({point.value}) failed to load: {exc}") from exc
+        if not isinstance(record, Certifier):
+            raise RuntimeError(f"certifier plugin {point.name} ({point.value}) is not a bench.certifiers.Certifier")
+        _REGISTRY.setdefault(record.key, record)
 
 
 def register(certifier: Certifier, *, replace: bool = False) -> Certifier:
@@ -104,6 +128,7 @@ def unregister(key: str) -> None:
 
 def get(key: str) -> Certifier:
     """The certifier registered as ``key``; an unknown key is a :class:`KeyError` naming the registered ones."""
+    load_plugins()
     try:
         return _REGISTRY[key]
     except KeyError:
@@ -112,10 +137,12 @@ def get(key: str) -> Certifier:
 
 def registered() -> tuple[Certifier, ...]:
     """The certifiers in registration order (the built-ins first: is, ls, lip): the order of grids and tables."""
+    load_plugins()
     return tuple(_REGISTRY.values())
 
 
 def keys() -> tuple[str, ...]:
+    load_plugins()
     return tuple(_REGISTRY)
 
 
