@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -9,8 +10,9 @@ from rich.console import Console
 
 from bench import certifiers
 from bench.devices import PRECISION_CHOICES, resolve_precision
+from bench.executors import choose_executor
 from bench.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
-from bench.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device, run_grid
+from bench.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
 
 METHOD_LIST = CommaList(str, "method",
                         lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
@@ -163,20 +165,9 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     console = Console(quiet=quiet)
     options = RunOptions(out=out, batch_size=batch_size, channels_last=channels_last, fresh=fresh, quiet=quiet,
                          console=console, precision=choice.record())
-    if ray_options is None and processes == 1:
-        manifest = run_grid(config, options, lambda: _load_test(dataset, data_dir))
-    elif ray_options is None:
-        from functools import partial
-
-        from bench.pool import run_grid_pool
-
-        load_test = partial(_load_test, dataset, str(Path(data_dir).resolve()) if data_dir else None)  # picklable
-        manifest = run_grid_pool(config, options, load_test, processes)
-    else:
-        from bench.distributed import run_grid_ray
-
-        worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
-        manifest = run_grid_ray(config, options, ray_options, lambda: _load_test(dataset, worker_data_dir))
+    worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
+    load_test = partial(_load_test, dataset, worker_data_dir)  # picklable, for local workers and Ray tasks
+    manifest = choose_executor(processes, ray_options).run(config, options, load_test)
     if not quiet:
         from bench.report import load_run
 

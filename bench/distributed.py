@@ -46,6 +46,7 @@ from bench.runner import (
     _labels,
     _model_record,
     _Tally,
+    record_job_setup,
     resolve_device,
 )
 from lsrs.timing import Stopwatch
@@ -229,13 +230,8 @@ def collect_shard(manifest: dict, summary: dict, tally: _Tally) -> None:
     for row in summary["rows"]:
         tally.add(row)
     manifest["models"].setdefault(str(summary["fors"]), summary["model"])
-    setup = manifest.setdefault("setup_s", {})
-    if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
-        setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
-    if summary["batch_size"] is not None:
-        manifest["batch_size"][summary["job"]] = summary["batch_size"]
-        manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
-        manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
+    record_job_setup(manifest, summary["job"], summary["setup_s"], summary["batch_size"], summary["warmup_s"],
+                     summary["lipschitz_executed"])
 
 
 def _node_id() -> str | None:

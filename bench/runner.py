@@ -484,12 +484,23 @@ class GridRunner:
             channels_last=self.options.channels_last, device_label=manifest["device"],
             checkpoint_sha256=checkpoint_sha256, load_s=load_s,
         )
-        manifest.setdefault("setup_s", {})[job.key] = certifier.setup_s
-        if certifier.batch_size is not None:
-            manifest["batch_size"][job.key] = certifier.batch_size
-            manifest["warmup_s"][job.key] = certifier.warmup_s
-            manifest.setdefault("lipschitz_executed", {})[job.key] = certifier.lipschitz_executed
+        record_job_setup(manifest, job.key, certifier.setup_s, certifier.batch_size, certifier.warmup_s,
+                         certifier.lipschitz_executed)
         yield from certifier.iter_rows(dataset, indices, self._decided)
+
+
+def record_job_setup(manifest: dict, key: str, setup_s: dict, batch_size: int | None, warmup_s: float,
+                     lipschitz_executed: float | None) -> None:
+    """Record one set-up of job ``key`` in the manifest (one process, a local worker or a Ray task alike): its
+    set-up seconds (the slowest set-up of the job, over workers and resumed sessions), batch size, warm-up
+    (the longest) and the encoder's bound as executed."""
+    setup = manifest.setdefault("setup_s", {})
+    if setup_s["total"] >= setup.get(key, {}).get("total", -1.0):
+        setup[key] = setup_s
+    if batch_size is not None:
+        manifest["batch_size"][key] = batch_size
+        manifest["warmup_s"][key] = max(warmup_s, manifest["warmup_s"].get(key, 0.0))
+        manifest.setdefault("lipschitz_executed", {})[key] = lipschitz_executed
 
 
 class JobCertifier:
