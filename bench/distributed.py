@@ -33,7 +33,7 @@ from typing import Any
 import click
 import torch
 
-from bench import store
+from bench import certifiers, store
 from bench.console import grid_progress
 from bench.params import BenchUsageError
 from bench.runner import (
@@ -136,6 +136,7 @@ class ShardSpec:
     batch_size: int | None
     channels_last: bool
     threads: int
+    certifier: certifiers.Certifier | None = None  # the job's record, for a worker that lacks its registration
 
     @property
     def name(self) -> str:
@@ -167,6 +168,8 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
         model, sha256 = Checkpoints(spec.checkpoints, spec.config.dataset, device,
                                     spec.config.allow_pickle).load(spec.entry)
     record = _model_record(model, tuple(dataset[spec.indices[0]][0].shape))
+    if spec.certifier is not None and spec.job.method not in certifiers.keys():  # registered in the driver only
+        certifiers.register(spec.certifier)
     certifier = JobCertifier(spec.config, spec.job, model, dataset, spec.indices[0], device,
                              batch_size=spec.batch_size, channels_last=spec.channels_last,
                              checkpoint_sha256=sha256, load_s=watch.seconds)
@@ -263,7 +266,7 @@ def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, t
             specs.append(ShardSpec(
                 config=config, job=job, indices=shard, decided=decided, out=out, checkpoints=root,
                 entry=dict(plan.entries[job]), batch_size=options.batch_size, channels_last=options.channels_last,
-                threads=threads,
+                threads=threads, certifier=certifiers.get(job.method),
             ))
     return specs
 

@@ -80,3 +80,23 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
     assert manifest["finished"] and manifest["config_hash"] == store.read_manifest(tmp_path / "one")["config_hash"]
     both = CliRunner().invoke(cli, [*args, "--processes", "2", "--ray", "auto", "--out", str(tmp_path / "x")])
     assert both.exit_code == 2 and "give one of them" in both.output and "Traceback" not in both.output
+
+
+def test_a_certifier_registered_in_the_parent_only_certifies_in_the_workers(tmp_path: Path) -> None:
+    """The example certifier, registered by this process alone, reaches the spawned workers with its shards
+    (its record travels in the shard spec) and gives the rows of the one-process run."""
+    from bench import certifiers
+    from example_certifier import KEY, register_clean
+
+    register_clean()
+    try:
+        checkpoints = write_tiny_checkpoints(tmp_path / "ckpt", (9,), (0.25,))
+        config = RunConfig(dataset="digits", fors=(9,), sigmas=(0.25,), methods=("is", KEY), n0=8, n=32, skip=9,
+                           max_images=3, checkpoints=str(checkpoints))
+        run_grid(config, RunOptions(out=tmp_path / "one", quiet=True), _test_set)
+        run_grid_pool(config, RunOptions(out=tmp_path / "pool", quiet=True), _test_set, processes=2)
+        drop = [*TIMING, "device"]
+        pd.testing.assert_frame_equal(_table(tmp_path / "one", drop), _table(tmp_path / "pool", drop))
+        assert set(pd.read_parquet(tmp_path / "pool")["method"]) == {"is", KEY}
+    finally:
+        certifiers.unregister(KEY)
