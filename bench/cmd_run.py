@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 from rich.console import Console
 
+from bench import certifiers
 from bench.devices import PRECISION_CHOICES, resolve_precision
+from bench.executors import choose_executor
 from bench.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
-from bench.runner import COMPILE_MODES, METHODS, RunConfig, RunOptions, resolve_device, run_grid
+from bench.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
 
-METHOD_LIST = CommaList(str, "method", lambda m: None if m in METHODS else "methods are 'is', 'ls' and 'lip'")
+METHOD_LIST = CommaList(str, "method",
+                        lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
 
 
 def _radius_ok(r: object) -> str | None:
@@ -47,8 +51,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
                    "WRN-34 (ImageNet): 16 of 34 as in the paper).")
 @click.option("--sigmas", type=SIGMAS, default="0.25,0.5,1.0", show_default=True,
               help="Noise levels; 0 adds the clean-accuracy rows.")
-@click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="is = IS-RS, ls = LS-RS, lip = Lipschitz-margin certificate of the FoR 18 twin "
-                   "(trained by bench train --fors 18).")
+@click.option("--methods", type=METHOD_LIST, default="is,ls", show_default=True, help="; ".join(f"{c.key} = {c.help}" for c in certifiers.registered()) + ".")
 @click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True, help="Selection samples.")
 @click.option("--n", "n", type=N_LIST, default="100000", show_default=True,
               help="Estimation samples; a list (1000,4000,16000) makes n an axis of the grid, for the accuracy-time "
@@ -102,6 +105,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="CPUs each Ray task asks for (also its torch threads) [default: 1].")
 @click.option("--ray-num-gpus", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray task asks for; fractions share a GPU [default: 1 with CUDA, else 0].")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes (as bench demo has them): shards of 20 images × config certified side "
+                   "by side, one torch thread each; the rows do not depend on it. Not with --ray.")
 @click.option("--trust-lipschitz", is_flag=True,
               help="Certify an encoder that has a module without a Lipschitz proof (lsrs.proofs) by dividing by "
                    "its declared bound, taken on trust; rows record lipschitz_source=trusted. Without it such an "
@@ -111,7 +117,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
             precision, channels_last, fold_bn, compile_mode, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
             allow_pickle, sampler,
             certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
-            trust_lipschitz, quiet) -> None:
+            processes, trust_lipschitz, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
     Stores one parquet row per (image, method, FoR, σ, n) under --out and resumes an interrupted run when
@@ -131,20 +137,12 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         archs = index_architectures(checkpoints, dataset)
     except ValueError as exc:
         raise BenchUsageError(str(exc)) from None
-    valid = sorted({k for record in archs for k in record.fors})
-    bad = [k for k in fors if archs and k not in valid] if "ls" in methods else []
-    if bad and valid == [0]:
-        from lsrs.cohen_models import NO_TWIN
-
-        raise BenchUsageError(f"{', '.join(r.name for r in archs)}: {NO_TWIN}")
-    if bad:
-        names = ", ".join(r.name for r in archs)
-        raise click.BadParameter(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}",
-                                 param_hint="--fors")
-    if "lip" in methods and archs and all(r.lipschitz_fors is None for r in archs):
-        raise click.BadParameter(f"lip certifies a fully orthogonal twin, and {', '.join(r.name for r in archs)} "
-                                 "has none; use is,ls", param_hint="--methods")
+    for certifier in certifiers.registered():  # each certifier checks that the checkpoints' architectures serve it
+        if certifier.key in methods and certifier.check is not None:
+            certifier.check(archs, tuple(fors))
     ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
+    if ray_options is not None and processes > 1:
+        raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
     if ray_options is not None:
         from bench import distributed
 
@@ -167,13 +165,9 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     console = Console(quiet=quiet)
     options = RunOptions(out=out, batch_size=batch_size, channels_last=channels_last, fresh=fresh, quiet=quiet,
                          console=console, precision=choice.record())
-    if ray_options is None:
-        manifest = run_grid(config, options, lambda: _load_test(dataset, data_dir))
-    else:
-        from bench.distributed import run_grid_ray
-
-        worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
-        manifest = run_grid_ray(config, options, ray_options, lambda: _load_test(dataset, worker_data_dir))
+    worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
+    load_test = partial(_load_test, dataset, worker_data_dir)  # picklable, for local workers and Ray tasks
+    manifest = choose_executor(processes, ray_options).run(config, options, load_test)
     if not quiet:
         from bench.report import load_run
 

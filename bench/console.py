@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bench import certifiers
+
 UNBOUNDED = 100_000  # columns offered to a table that is measured for a file or a log
 
 
@@ -32,18 +34,19 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
                  "FLOP-ideal"):
         table.add_column(name, justify="left" if name == "Defense" else "right")
     for row in summary.itertuples(index=False):
-        timed = row.sigma > 0 or row.method == "lip"  # the Lipschitz twin certifies without noise
+        noise = certifiers.uses_noise(row.method)  # the Lipschitz twin certifies without noise: timed at σ = 0
+        timed = row.sigma > 0 or not noise
         table.add_row(
             str(row.defense),
-            "-" if row.method == "lip" else f"{row.sigma:.2f}",
+            f"{row.sigma:.2f}" if noise else "-",
             f"{row.fors}/{row.fors_total}",
             *([f"{row.n:,}" if row.n else "-"] if n_axis else []),
             str(row.images),
             _fmt(row.acr, ".3f"),
             _fmt(row.accuracy, ".2f"),
             _fmt(row.time_s if timed else float("nan"), ".4f"),
-            _fmt(row.speedup if row.method != "is" and timed else float("nan"), ".2f"),
-            _fmt(row.flop_ideal if row.method == "ls" else float("nan"), ".2f"),
+            _fmt(row.speedup if not certifiers.is_reference(row.method) and timed else float("nan"), ".2f"),
+            _fmt(row.flop_ideal if certifiers.has_fors_axis(row.method) else float("nan"), ".2f"),
         )
     return table
 

@@ -33,7 +33,7 @@ from typing import Any
 import click
 import torch
 
-from bench import store
+from bench import certifiers, store
 from bench.console import grid_progress
 from bench.params import BenchUsageError
 from bench.runner import (
@@ -46,6 +46,7 @@ from bench.runner import (
     _labels,
     _model_record,
     _Tally,
+    record_job_setup,
     resolve_device,
 )
 from lsrs.timing import Stopwatch
@@ -135,6 +136,7 @@ class ShardSpec:
     batch_size: int | None
     channels_last: bool
     threads: int
+    certifier: certifiers.Certifier | None = None  # the job's record, for a worker that lacks its registration
 
     @property
     def name(self) -> str:
@@ -166,6 +168,8 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
         model, sha256 = Checkpoints(spec.checkpoints, spec.config.dataset, device,
                                     spec.config.allow_pickle).load(spec.entry)
     record = _model_record(model, tuple(dataset[spec.indices[0]][0].shape))
+    if spec.certifier is not None and spec.job.method not in certifiers.keys():  # registered in the driver only
+        certifiers.register(spec.certifier)
     certifier = JobCertifier(spec.config, spec.job, model, dataset, spec.indices[0], device,
                              batch_size=spec.batch_size, channels_last=spec.channels_last,
                              checkpoint_sha256=sha256, load_s=watch.seconds)
@@ -223,6 +227,16 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
     }
 
 
+def collect_shard(manifest: dict, summary: dict, tally: _Tally) -> None:
+    """Fold one shard's summary (:func:`certify_shard`) into the manifest (model record, batch size, warm-up,
+    set-up, as-executed L) and the job's tally: the collection of the local pool and of Ray alike."""
+    for row in summary["rows"]:
+        tally.add(row)
+    manifest["models"].setdefault(str(summary["fors"]), summary["model"])
+    record_job_setup(manifest, summary["job"], summary["setup_s"], summary["batch_size"], summary["warmup_s"],
+                     summary["lipschitz_executed"])
+
+
 def _node_id() -> str | None:
     """The Ray node this task runs on (None outside Ray: the runtime context would start a Ray)."""
     try:
@@ -252,7 +266,7 @@ def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, t
             specs.append(ShardSpec(
                 config=config, job=job, indices=shard, decided=decided, out=out, checkpoints=root,
                 entry=dict(plan.entries[job]), batch_size=options.batch_size, channels_last=options.channels_last,
-                threads=threads,
+                threads=threads, certifier=certifiers.get(job.method),
             ))
     return specs
 
@@ -395,21 +409,12 @@ class RayGridRunner(GridRunner):
                            threads=max(1, int(self.ray_options.num_cpus)))
 
     def _collect(self, manifest: dict, summary: dict, tally: _Tally) -> None:
-        for row in summary["rows"]:
-            tally.add(row)
-        manifest["models"].setdefault(str(summary["fors"]), summary["model"])
-        setup = manifest.setdefault("setup_s", {})
-        if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
-            setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
+        collect_shard(manifest, summary, tally)
         spans = self._spans.setdefault(str(summary["node_id"]), [])
         spans.append(tuple(summary["span"]))
         for node in manifest["cluster"]["nodes"]:
             if str(node["node_id"]) == str(summary["node_id"]):
                 node.update(tasks=len(spans), peak_concurrent_tasks=peak_overlap(spans))
-        if summary["batch_size"] is not None:
-            manifest["batch_size"][summary["job"]] = summary["batch_size"]
-            manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
-            manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
         worker = {"host": summary["host"], "node_id": summary["node_id"], "pid": summary["pid"],
                   "device": summary["device"]}
         devices = manifest["cluster"]["devices"]

@@ -1,20 +1,71 @@
 """Names shared by the report's tables (:mod:`bench.report`, :mod:`bench.report_sequential`) and its
 figures (:mod:`bench.plots`): the variant columns, the defense names and the labels of a configuration.
 
-It imports nothing of ``bench``, so both sides can import it without importing each other.
+It imports only the certifier registry of ``bench`` (:mod:`bench.certifiers`, which imports no report or
+figure code), so both sides can import it without importing each other. Which rows a certifier's columns
+apply to comes from its registry record: the masks below (:func:`noise_mask`, ...) instead of method strings.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 import pandas as pd
+
+from bench import certifiers
 
 #: Extra grouping columns of a run's rows besides (method, fors, sigma); ``n`` is the n axis of ``bench run --n``.
 VARIANT_KEYS: tuple[str, ...] = ("dataset", "arch", "sampler", "certificate", "n")
 N_AXIS = "n"  #: the variant column of the n axis (0 on rows that sample nothing: sigma = 0, ``lip``)
-DEFENSES: dict[str, str] = {"is": "IS-RS", "ls": "LS-RS", "lip": "Lipschitz"}
-LIP = "lip"  #: the deterministic Lipschitz-margin certificate: no sigma, certified at sigma 0
+
+
+class _Defenses(Mapping[str, str]):
+    """Method key -> defense name, read live from the certifier registry (a registered certifier shows up)."""
+
+    def __getitem__(self, key: str) -> str:
+        if key not in certifiers.keys():
+            raise KeyError(key)
+        return certifiers.defense(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(certifiers.keys())
+
+    def __len__(self) -> int:
+        return len(certifiers.keys())
+
+
+DEFENSES: Mapping[str, str] = _Defenses()
+
+
+def noise_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows of a certifier that smooths at σ (IS-RS, LS-RS): σ and n apply, and σ = 0 is clean accuracy."""
+    return df["method"].map(certifiers.uses_noise).astype(bool)
+
+
+def reference_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows of the reference certifier of the speedups (IS-RS)."""
+    return df["method"].map(certifiers.is_reference).astype(bool)
+
+
+def fors_axis_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows of a certifier with one configuration per FoR (LS-RS: the FoR ablation)."""
+    return df["method"].map(certifiers.has_fors_axis).astype(bool)
+
+
+def certified_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows with a certificate: σ > 0, or a certifier without noise (the Lipschitz margin, stored at σ = 0)."""
+    return (df["sigma"] > 0) | ~noise_mask(df)
+
+
+def clean_mask(df: pd.DataFrame) -> pd.Series:
+    """The clean-accuracy rows: σ = 0 of a certifier that smooths (no certificate, no time)."""
+    return (df["sigma"] == 0) & noise_mask(df)
+
+
+def method_order(methods: pd.Series) -> pd.Series:
+    """Sort key of each method: the registry's order (IS-RS, LS-RS, Lipschitz), unregistered ones last."""
+    return methods.map(certifiers.order)
 
 
 def variant_keys(df: pd.DataFrame) -> list[str]:
@@ -23,7 +74,7 @@ def variant_keys(df: pd.DataFrame) -> list[str]:
     def varies(k: str) -> bool:
         values = df[k]
         if k == N_AXIS and "sigma" in df.columns and "method" in df.columns:
-            values = values[(df["sigma"] > 0) & (df["method"] != LIP)]
+            values = values[(df["sigma"] > 0) & noise_mask(df)]
         return values.nunique(dropna=False) > 1
     return [k for k in VARIANT_KEYS if k in df.columns and varies(k)]
 
@@ -48,9 +99,9 @@ def fors_label(fors: int, total: float) -> str:
 
 
 def config_label(method: str, fors: int, fors_total: float) -> str:
-    """``IS-RS`` or ``LS-RS 9/18``."""
-    defense = DEFENSES.get(method, str(method).upper())
-    return defense if method == "is" else f"{defense} {fors_label(fors, fors_total)}"
+    """``IS-RS`` (the reference certifier) or ``LS-RS 9/18``."""
+    defense = certifiers.defense(method)
+    return defense if certifiers.is_reference(method) else f"{defense} {fors_label(fors, fors_total)}"
 
 
 def format_sigma(sigma: float) -> str:

@@ -13,6 +13,8 @@ from importlib import resources
 
 import pandas as pd
 
+from bench import certifiers
+
 PAPER_TITLE = "Latent Space Randomized Smoothing"
 PAPER_DATASETS = ("cifar10", "imagenet")
 MAIN_TABLE = {"cifar10": 1, "imagenet": 3}
@@ -33,7 +35,7 @@ def load_paper_tables() -> pd.DataFrame:
         {"table": int, "sigma": float, "fors": int, "fors_total": int, "acr": float, "accuracy": float}
     )
     df["time_s"] = df["time_s"].astype(float)
-    df["method"] = df["defense"].map({"IS-RS": "is", "LS-RS": "ls"})
+    df["method"] = df["defense"].map({c.defense: c.key for c in certifiers.registered()})
     return df
 
 
@@ -57,7 +59,7 @@ def paper_values(dataset: str, tables: tuple[int, ...]) -> pd.DataFrame:
         .drop_duplicates(["method", "fors", "sigma"])
         .drop(columns="_order")
     )
-    main = df[(df["table"] == MAIN_TABLE.get(dataset, 1)) & (df["method"] == "is")]
+    main = df[(df["table"] == MAIN_TABLE.get(dataset, 1)) & df["method"].map(certifiers.is_reference).astype(bool)]
     is_time = dict(zip(main["sigma"].round(6), main["time_s"], strict=True))
     sel["speedup"] = sel["sigma"].round(6).map(is_time) / sel["time_s"]
     return sel.reset_index(drop=True)

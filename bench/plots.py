@@ -19,22 +19,22 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench import certifiers
 from bench.labels import (
-    DEFENSES,
-    LIP,
     N_AXIS,
     VARIANT_KEYS,
     at_largest_n,
     config_label,
     format_sigma,
+    fors_axis_mask,
+    noise_mask,
+    reference_mask,
     variant_keys,
     variant_text,
 )
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
-IS_COLOR = "black"
-LIP_COLOR = "tab:red"
 
 RADIUS_LABEL = "radius (l2)"
 CERT_ACC_LABEL = "certified accuracy (%)"
@@ -81,7 +81,7 @@ def _variant_suffix(rec: pd.Series | dict, variants: list[str]) -> str:
 
 
 def _config_palette(labels: list[str]) -> dict[str, object]:
-    fixed = {"IS-RS": IS_COLOR, DEFENSES[LIP]: LIP_COLOR}
+    fixed = {c.defense: c.color for c in certifiers.registered() if c.color}  # IS-RS black, Lipschitz red
     ls = [lab for lab in labels if not lab.startswith(tuple(fixed))]
     colors = sns.color_palette("viridis", max(len(ls), 1))
     out: dict[str, object] = {lab: c for lab in labels for pre, c in fixed.items() if lab.startswith(pre)}
@@ -103,7 +103,7 @@ def certified_accuracy_curve(radius: np.ndarray, correct: np.ndarray, grid: np.n
 def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
     """Certified accuracy vs radius: one panel per sigma > 0, IS-RS against each LS-RS FoR; the
     Lipschitz-margin twin (method ``lip``, no noise, stored at sigma 0) is drawn dotted in every panel."""
-    is_lip = df["method"] == LIP
+    is_lip = ~noise_mask(df)
     lip = df[is_lip]
     data = df[(df["sigma"] > 0) & ~is_lip]
     if data.empty and lip.empty:
@@ -114,14 +114,14 @@ def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
     nrows = math.ceil(len(sigmas) / ncols)
     keys = ["method", "fors", *variants]
     both = pd.concat([data, lip])
-    groups = sorted(both.groupby(keys, sort=False).groups, key=lambda g: ({"is": 0, LIP: 2}.get(g[0], 1), g[1]))
+    groups = sorted(both.groupby(keys, sort=False).groups, key=lambda g: (certifiers.order(g[0]), g[1]))
     total = both["fors_total"].max() if "fors_total" in both else float("nan")
     labels = [
         config_label(g[0], g[1], total) + _variant_suffix(dict(zip(keys, g, strict=True)), variants)
         for g in groups
     ]
     palette = _config_palette(labels)
-    styles = {lab: "--" if g[0] == "is" else ":" if g[0] == LIP else "-" for g, lab in zip(groups, labels, strict=True)}
+    styles = {lab: certifiers.line_style(g[0]) for g, lab in zip(groups, labels, strict=True)}
     with theme():
         fig = Figure(figsize=(COLUMN_WIDTH_IN, 0.55 + 1.55 * nrows), layout="constrained")
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
@@ -156,7 +156,7 @@ def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
 def _is_reference(ax, summary: pd.DataFrame, column: str, sigmas: list[float], palette: dict) -> bool:
     """Dashed horizontal IS-RS lines (one per sigma); True if any was drawn."""
     drawn = False
-    is_rows = summary[summary["method"] == "is"]
+    is_rows = summary[reference_mask(summary)]
     for sigma in sigmas:
         values = is_rows.loc[is_rows["sigma"].round(6) == sigma, column].dropna()
         if len(values):
@@ -188,7 +188,7 @@ def _ls_fors_ticks(ax, ls: pd.DataFrame) -> None:
 
 def ablation_accuracy_figure(summary: pd.DataFrame) -> Figure:
     """ACR vs FoR (sigma > 0) and accuracy vs FoR (every sigma); IS-RS as dashed lines of the sigma's colour."""
-    ls = summary[summary["method"] == "ls"]
+    ls = summary[fors_axis_mask(summary)]
     if ls.empty:
         raise NothingToPlot("no LS-RS rows to plot")
     sigmas = sorted(summary["sigma"].round(6).unique())
@@ -212,7 +212,7 @@ def ablation_accuracy_figure(summary: pd.DataFrame) -> Figure:
 
 def ablation_speed_figure(summary: pd.DataFrame) -> Figure:
     """Time per image vs FoR with the IS-RS lines, and measured speedup vs FoR with the FLOP-ideal curve."""
-    ls = summary[(summary["method"] == "ls") & (summary["sigma"] > 0)]
+    ls = summary[fors_axis_mask(summary) & (summary["sigma"] > 0)]
     if ls.empty:
         raise NothingToPlot("no LS-RS rows with sigma > 0 to plot")
     sigmas = sorted(ls["sigma"].round(6).unique())

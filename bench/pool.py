@@ -19,7 +19,7 @@ import torch
 
 from bench import store
 from bench.console import grid_progress
-from bench.distributed import certify_shard, clear_staging, shard_specs
+from bench.distributed import certify_shard, clear_staging, collect_shard, shard_specs
 from bench.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
 
 SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
@@ -48,7 +48,7 @@ class PoolGridRunner(GridRunner):
                                                summary="") for job in plan.jobs}
             try:
                 for spec, summary in self._certify(specs, load_test, processes, threads):
-                    _collect(manifest, summary, tallies[spec.job.key])
+                    collect_shard(manifest, summary, tallies[spec.job.key])
                     progress.update(bars[spec.job.key], advance=len(spec.indices),
                                     summary=tallies[spec.job.key].summary())
                     store.write_json(self.out / store.MANIFEST, manifest)
@@ -77,21 +77,6 @@ class PoolGridRunner(GridRunner):
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-
-
-def _collect(manifest: dict, summary: dict, tally: _Tally) -> None:
-    """Fold one shard's summary into the manifest (model record, batch size, warm-up, set-up, as-executed L)
-    and the job's tally."""
-    for row in summary["rows"]:
-        tally.add(row)
-    manifest["models"].setdefault(str(summary["fors"]), summary["model"])
-    setup = manifest.setdefault("setup_s", {})
-    if summary["setup_s"]["total"] >= setup.get(summary["job"], {}).get("total", -1.0):
-        setup[summary["job"]] = summary["setup_s"]  # the slowest worker's set-up of this model
-    if summary["batch_size"] is not None:
-        manifest["batch_size"][summary["job"]] = summary["batch_size"]
-        manifest["warmup_s"][summary["job"]] = max(summary["warmup_s"], manifest["warmup_s"].get(summary["job"], 0.0))
-        manifest.setdefault("lipschitz_executed", {})[summary["job"]] = summary["lipschitz_executed"]
 
 
 def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset],

@@ -29,15 +29,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import certifiers
 from bench.labels import (
-    DEFENSES,
-    LIP,
     N_AXIS,
     VARIANT_KEYS,
     cert_acc_column,
+    certified_mask,
+    clean_mask,
     config_label,
     format_sigma,
+    fors_axis_mask,
     fors_label,
+    method_order,
+    noise_mask,
+    reference_mask,
     variant_keys,
     variant_text,
 )
@@ -148,7 +153,7 @@ def _fors_total_default(df: pd.DataFrame, manifest: dict) -> float:
 
 
 def _flop_ideal(method: str, fors: int, models: dict) -> float:
-    if method == "is":
+    if certifiers.is_reference(method):
         return 1.0
     entry = models.get(str(fors)) if isinstance(models, dict) else None
     if not isinstance(entry, dict):
@@ -205,7 +210,7 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     }
     out = work.groupby(keys, sort=False, dropna=False).agg(**agg).reset_index()
     out["accuracy"] *= 100.0
-    clean = (out["sigma"] == 0) & (out["method"] != LIP)
+    clean = clean_mask(out)
     for r in RADII:
         col = cert_acc_column(r)
         out[col] *= 100.0
@@ -213,11 +218,11 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
             out.loc[clean, col] = np.nan
     out.loc[clean, ["time_s", "encode_s", "sample_s"]] = np.nan
     out["fors_total"] = out["fors_total"].fillna(_fors_total_default(df, manifest))
-    out["defense"] = out["method"].map(lambda m: DEFENSES.get(m, str(m).upper()))
+    out["defense"] = out["method"].map(certifiers.defense)
 
     match = ["sigma", *variants]
     is_time = (
-        out.loc[out["method"] == "is", [*match, "time_s"]]
+        out.loc[reference_mask(out), [*match, "time_s"]]
         .drop_duplicates(match)
         .rename(columns={"time_s": "_is_time"})
     )
@@ -229,7 +234,7 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
         _flop_ideal(m, int(k), models) for m, k in zip(out["method"], out["fors"], strict=True)
     ]
 
-    out["_m"] = out["method"].map({"is": 0, "ls": 1, LIP: 2}).fillna(3)
+    out["_m"] = method_order(out["method"])
     out = out.sort_values(["_m", "fors", *variants, "sigma"], kind="stable").drop(columns="_m")
     out["images"] = out["images"].astype(int)
     return out[summary_columns(variants)].reset_index(drop=True)
@@ -238,10 +243,10 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 def _lip_speedup(out: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     """Speedup of the ``lip`` rows: mean IS-RS time over sigma > 0 (same variant) / the row's time; with an
     n axis, the IS-RS times at its largest n (the ``lip`` row samples nothing: n = 0)."""
-    lip = out["method"] == LIP
+    lip = ~noise_mask(out)  # the rows of a certifier without noise (``lip``)
     if not lip.any():
         return out
-    is_rows = out[(out["method"] == "is") & (out["sigma"] > 0)]
+    is_rows = out[reference_mask(out) & (out["sigma"] > 0)]
     if N_AXIS in variants:
         is_rows = is_rows[is_rows[N_AXIS] == is_rows[N_AXIS].max()]
         variants = [v for v in variants if v != N_AXIS]
@@ -295,7 +300,7 @@ PAPER_SUFFIX = " (paper)"
 def _base_display(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     data = {
         "Defense": rows["defense"].tolist(),
-        "σ": rows["sigma"].where(rows["method"] != LIP).tolist(),  # no noise: "-"
+        "σ": rows["sigma"].where(noise_mask(rows)).tolist(),  # no noise: "-"
         "FoR": [fors_label(k, t) for k, t in zip(rows["fors"], rows["fors_total"], strict=True)],
     }
     for v in variants:
@@ -392,9 +397,9 @@ def build_tables(
         )
 
     tables: list[Table] = []
-    is_rows = summary[summary["method"] == "is"]
-    ls_rows = summary[summary["method"] == "ls"]
-    lip_rows = summary[summary["method"] == LIP]
+    is_rows = summary[reference_mask(summary)]
+    ls_rows = summary[fors_axis_mask(summary)]
+    lip_rows = summary[~reference_mask(summary) & ~fors_axis_mask(summary)]  # e.g. the Lipschitz margin
     main_rows = pd.concat(
         [is_rows, ls_rows[ls_rows["fors"] == main_fors] if main_fors is not None else ls_rows.iloc[:0], lip_rows]
     )
@@ -402,7 +407,8 @@ def build_tables(
         fors_txt = (
             "" if main_fors is None else f" at FoR {fors_label(main_fors, ls_rows['fors_total'].max())}"
         )
-        lip_txt = ", and the Lipschitz-margin twin (FoR 18, one forward pass)" if len(lip_rows) else ""
+        others = [certifiers.get(m) if m in certifiers.keys() else None for m in dict.fromkeys(lip_rows["method"])]
+        lip_txt = "".join(f", and {c.caption or c.defense}" for c in others if c is not None)
         caption = (
             f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt}{lip_txt} "
             f"(layout of the paper's Table {main_no})."
@@ -417,7 +423,7 @@ def build_tables(
     else:
         notes.append("no LS-RS rows: the FoR ablation table (Table 2) is not written")
 
-    certified = summary[(summary["sigma"] > 0) | (summary["method"] == LIP)]
+    certified = summary[certified_mask(summary)]
     if len(certified):
         data = _base_display(certified, variants)
         for r in RADII:
@@ -534,16 +540,17 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
     cfg_sigmas = _numbers("sigmas", float)
     if cfg_sigmas:
         sigmas |= {round(s, _SIGMA_DECIMALS) for s in cfg_sigmas}
-    ls_fors = set(summary.loc[summary["method"] == "ls", "fors"].astype(int))
+    ls_fors = set(summary.loc[fors_axis_mask(summary), "fors"].astype(int))
     cfg_fors = _numbers("fors", int)
     if cfg_fors:
         ls_fors |= {k for k in cfg_fors if k > 0}
     total = summary["fors_total"].max()
 
-    has_clean = bool(((summary["sigma"] == 0) & (summary["method"] != LIP)).any())
+    has_clean = bool(clean_mask(summary).any())
     if not has_clean:
         notes.append("no sigma = 0 rows: clean accuracy is not reported")
-    if not (summary["method"] == "is").any():
+    has_reference = bool(reference_mask(summary).any())
+    if not has_reference:
         notes.append("no IS-RS rows: speedups over IS-RS are not available")
     present = set(
         zip(
@@ -554,7 +561,9 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
         )
     )
     check = sorted(sigmas) if has_clean else sorted(sigmas - {0.0})
-    expected = [("is", 0)] * bool((summary["method"] == "is").any()) + [("ls", k) for k in sorted(ls_fors)]
+    methods = set(summary["method"]) | set(config.get("methods") or ())
+    expected = [(certifiers.reference_key(), 0)] * has_reference + [
+        (m, k) for m in certifiers.fors_axis_keys() if m in methods for k in sorted(ls_fors)]
     for method, k in expected:
         lacking = [s for s in check if (method, k, s) not in present]
         if not lacking:
@@ -637,7 +646,7 @@ def write_report(
     if main_fors is None:
         record = _architecture_of(df, manifest)
         main_fors = 9 if record is None else record.paper_fors  # 9: the CIFAR-10 ResNet18 setting
-    chosen, fors_note = choose_main_fors(summary.loc[summary["method"] == "ls", "fors"], main_fors)
+    chosen, fors_note = choose_main_fors(summary.loc[fors_axis_mask(summary), "fors"], main_fors)
     missing = missing_configs(summary, manifest, df)
     if fors_note:
         missing.insert(0, fors_note)

@@ -18,7 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.labels import LIP, config_label, format_sigma, variant_keys
+from bench import certifiers
+from bench.labels import certified_mask, config_label, format_sigma, variant_keys
 from bench.params import BenchUsageError
 from bench.report import (
     FORMATS,
@@ -82,7 +83,7 @@ def load_runs(paths: list[Path], names: list[str] | tuple[str, ...] = ()) -> lis
 
 
 def _certified(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[(summary["sigma"] > 0) | (summary["method"] == LIP)]
+    return summary[certified_mask(summary)]
 
 
 def comparison_table(runs: list[NamedRun]) -> Table:
@@ -96,7 +97,7 @@ def comparison_table(runs: list[NamedRun]) -> Table:
                 "Run": run.name,
                 "Dataset": ", ".join(dataset) or "-",
                 "Defense": config_label(rec["method"], rec["fors"], rec["fors_total"]),
-                "σ": rec["sigma"] if rec["method"] != LIP else float("nan"),
+                "σ": rec["sigma"] if certifiers.uses_noise(rec["method"]) else float("nan"),
                 "images": float(rec["images"]),
                 "ACR": rec["acr"],
             }
@@ -121,14 +122,14 @@ def _curve(frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
 def _groups(run: NamedRun) -> list[tuple[str, str, pd.DataFrame]]:
     """(configuration label, legend label, rows) per configuration and σ of one run, IS-RS first."""
     df = run.frame
-    data = df[(df["sigma"] > 0) | (df["method"] == LIP)]
+    data = df[certified_mask(df)]
     keys = ["method", "fors", "sigma", *variant_keys(data)]
     total = float(pd.to_numeric(data.get("fors_total"), errors="coerce").max()) if "fors_total" in data else math.nan
     out = []
-    for key, rows in sorted(data.groupby(keys, sort=False), key=lambda g: ({"is": 0, LIP: 2}.get(g[0][0], 1), g[0][1:])):
+    for key, rows in sorted(data.groupby(keys, sort=False), key=lambda g: (certifiers.order(g[0][0]), g[0][1:])):
         method, fors, sigma, *variant = key
         config = f"{run.name}: {config_label(method, fors, total)}{''.join(f' [{v}]' for v in variant)}"
-        sigma_text = "" if method == LIP else f", σ = {format_sigma(float(sigma))}"
+        sigma_text = f", σ = {format_sigma(float(sigma))}" if certifiers.uses_noise(method) else ""
         out.append((config, config + sigma_text, rows))
     return out
 

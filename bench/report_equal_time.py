@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.labels import DEFENSES, LIP, N_AXIS, cert_acc_column, config_label, format_sigma, fors_label
+from bench import certifiers
+from bench.labels import (
+    N_AXIS,
+    cert_acc_column,
+    config_label,
+    format_sigma,
+    fors_axis_mask,
+    fors_label,
+    noise_mask,
+    reference_mask,
+)
 
 TABLE_NAME = "equal_time"
 FIGURE_NAME = "accuracy_time_front"
@@ -104,32 +114,32 @@ def equal_time_frame(summary: pd.DataFrame, radii: Sequence[float] = TABLE_RADII
     or without IS-RS rows. Columns: sigma, is_n, budget_s, method, fors, fors_total, n_equal, the metrics
     (:func:`metric_columns`), status."""
     metrics = metric_columns(radii)
-    if N_AXIS not in summary.columns or not (summary["method"] == "is").any():
+    if N_AXIS not in summary.columns or not reference_mask(summary).any():
         return pd.DataFrame(columns=["sigma", "is_n", "budget_s", "method", "fors", "fors_total", "n_equal",
                                      *metrics, "status"])
-    lip = summary[(summary["method"] == LIP) & summary["time_s"].notna()].to_dict("records")
+    lip = summary[~noise_mask(summary) & summary["time_s"].notna()].to_dict("records")  # no noise: one point
     records = []
     for is_rec in _is_budgets(summary).to_dict("records"):
         sigma, budget = float(is_rec["sigma"]), float(is_rec["time_s"])
         base = {"sigma": sigma, "is_n": int(is_rec[N_AXIS]), "budget_s": budget}
-        records.append({**base, "method": "is", "fors": 0, "fors_total": is_rec["fors_total"],
+        records.append({**base, "method": is_rec["method"], "fors": 0, "fors_total": is_rec["fors_total"],
                         "n_equal": float(is_rec[N_AXIS]), **{m: is_rec[m] for m in metrics}, "status": MEASURED})
-        ls = summary[(summary["method"] == "ls") & (summary["sigma"] == sigma)]
-        for fors in sorted(ls["fors"].unique()):
-            points = _points(summary, "ls", int(fors), sigma)
+        ls = summary[fors_axis_mask(summary) & (summary["sigma"] == sigma)]
+        for method, fors in ls[["method", "fors"]].drop_duplicates().sort_values("fors").itertuples(index=False):
+            points = _points(summary, method, int(fors), sigma)
             if len(points):
-                records.append({**base, "method": "ls", "fors": int(fors), "fors_total": points["fors_total"].max(),
+                records.append({**base, "method": method, "fors": int(fors), "fors_total": points["fors_total"].max(),
                                 **_ls_row(points, budget, metrics)})
         for lip_rec in lip:
             fits = float(lip_rec["time_s"]) <= budget
-            records.append({**base, "method": LIP, "fors": int(lip_rec["fors"]), "fors_total": lip_rec["fors_total"],
+            records.append({**base, "method": lip_rec["method"], "fors": int(lip_rec["fors"]), "fors_total": lip_rec["fors_total"],
                             "n_equal": float("nan"), **{m: lip_rec[m] if fits else float("nan") for m in metrics},
                             "status": WITHIN if fits else f"{OVER} (it takes {float(lip_rec['time_s']):.3g} s)"})
     return pd.DataFrame.from_records(records)
 
 
 def _is_budgets(summary: pd.DataFrame) -> pd.DataFrame:
-    rows = summary[(summary["method"] == "is") & (summary["sigma"] > 0) & (summary[N_AXIS] > 0)]
+    rows = summary[reference_mask(summary) & (summary["sigma"] > 0) & (summary[N_AXIS] > 0)]
     return rows.dropna(subset=["time_s"]).sort_values(["sigma", N_AXIS])
 
 
@@ -142,7 +152,7 @@ def equal_time_table(summary: pd.DataFrame) -> tuple[str, str, pd.DataFrame, dic
         "σ": frame["sigma"].tolist(),
         "IS-RS n": [f"{int(n):,}" for n in frame["is_n"]],
         "budget (s/example)": frame["budget_s"].tolist(),
-        "Defense": frame["method"].map(lambda m: DEFENSES.get(m, str(m).upper())).tolist(),
+        "Defense": frame["method"].map(certifiers.defense).tolist(),
         "FoR": [fors_label(k, t) for k, t in zip(frame["fors"], frame["fors_total"], strict=True)],
         "n at equal time": frame["n_equal"].tolist(),
         **{f"r = {r:.2f}": frame[cert_acc_column(r)].astype(float).tolist() for r in TABLE_RADII},
@@ -170,16 +180,16 @@ def front_figure(summary: pd.DataFrame):
 
     if N_AXIS not in summary.columns:
         raise plots.NothingToPlot("the run has one n: no accuracy-time front")
-    sampled = summary[(summary["sigma"] > 0) & (summary["method"] != LIP) & (summary[N_AXIS] > 0)]
+    sampled = summary[(summary["sigma"] > 0) & noise_mask(summary) & (summary[N_AXIS] > 0)]
     sampled = sampled.dropna(subset=["time_s"])
     if sampled.empty:
         raise plots.NothingToPlot("no timed sigma > 0 rows")
-    lip = summary[(summary["method"] == LIP) & summary["time_s"].notna()]
+    lip = summary[~noise_mask(summary) & summary["time_s"].notna()]
     sigmas = sorted(sampled["sigma"].unique())
     metrics = metric_columns(FRONT_RADII)
     titles = [f"cert. acc. (%), r = {r:g}" for r in FRONT_RADII] + [plots.ACR_LABEL]
     configs = sampled[["method", "fors"]].drop_duplicates().sort_values(["method", "fors"])
-    ls_fors = sorted(configs.loc[configs["method"] == "ls", "fors"])
+    ls_fors = sorted(configs.loc[fors_axis_mask(configs), "fors"])
     colors = dict(zip(ls_fors, sns.color_palette("viridis", max(len(ls_fors), 1)), strict=False))
     with plots.theme():
         fig = Figure(figsize=(plots.COLUMN_WIDTH_IN, 0.8 + 1.35 * len(metrics)), layout="constrained")
@@ -192,15 +202,15 @@ def front_figure(summary: pd.DataFrame):
                     pts = _points(summary, rec.method, int(rec.fors), sigma)
                     if pts.empty:
                         continue
-                    is_rs = rec.method == "is"
                     label = config_label(rec.method, int(rec.fors), pts["fors_total"].max())
                     (line,) = ax.plot(pts["time_s"], pts[metric], marker="o", markersize=3, lw=1.1,
-                                      ls="--" if is_rs else "-", color=plots.IS_COLOR if is_rs else colors[rec.fors])
+                                      ls=certifiers.line_style(rec.method),
+                                      color=certifiers.color(rec.method) or colors.get(rec.fors, "grey"))
                     handles.setdefault(label, line)
                 for rec in lip.to_dict("records"):
                     (dot,) = ax.plot([rec["time_s"]], [rec[metric]], marker="D", markersize=4, ls="none",
-                                     color=plots.LIP_COLOR)
-                    handles.setdefault(config_label(LIP, int(rec["fors"]), rec["fors_total"]), dot)
+                                     color=certifiers.color(rec["method"]) or "grey")
+                    handles.setdefault(config_label(rec["method"], int(rec["fors"]), rec["fors_total"]), dot)
                 ax.set_xscale("log")
                 if row == 0:
                     ax.set_title(f"σ = {format_sigma(sigma)}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench import certifiers
+
 SETUP = (
     "- **Set-up (not in time)**: per model, before its first timed image: loading and verifying the checkpoint, "
     "BatchNorm folding, the first encode (which builds the LS-RS encoder's Cayley operator cache), the batch-size "
@@ -22,7 +24,8 @@ def setup_note(manifest: dict) -> list[str]:
     if not isinstance(setup, dict) or not setup:
         return [SETUP]
     totals = [float(s.get("total", 0.0)) for s in setup.values() if isinstance(s, dict)]
-    encodes = [float(s.get("first_encode", 0.0)) for k, s in setup.items() if k.startswith("ls") and isinstance(s, dict)]
+    encodes = [float(s.get("first_encode", 0.0)) for k, s in setup.items()  # job keys: <method>-f<FoR>-s<σ>[-n<n>]
+               if certifiers.has_fors_axis(k.split("-")[0]) and isinstance(s, dict)]
     text = f" In this run: {min(totals):.3g} s to {max(totals):.3g} s per model"
     if encodes:
         text += f" (LS-RS first encode up to {max(encodes):.3g} s)"

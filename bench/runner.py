@@ -30,21 +30,16 @@ import torch
 from rich.console import Console
 
 import lsrs
-from bench import devices, store
+from bench import certifiers, devices, store
+from bench.certifiers import Job
 from bench.console import grid_progress
 from bench.devices import device_name
+from bench.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
 from bench.params import BenchUsageError
-from lsrs.architectures import get_architecture
-from lsrs.inference import inference_copy
-from lsrs.margin import LipschitzCertifier
-from lsrs.noise import derive_seed
-from lsrs.proofs import UnprovenModule
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
-METHODS = ("is", "ls", "lip")
 DEFAULT_METHODS = ("is", "ls")
-LIP_FORS = get_architecture("resnet18").lipschitz_fors  # the one architecture with a Lipschitz-margin twin
 FLUSH_SECONDS = 10.0
 FLUSH_ROWS = 64
 
@@ -130,33 +125,6 @@ class RunOptions:
     console: Console = field(default_factory=Console)
 
 
-@dataclass(frozen=True)
-class Job:
-    """One (method, FoR, σ, n) configuration of the grid; ``n`` = 0 where nothing is sampled (σ = 0, ``lip``)."""
-
-    method: str
-    fors: int
-    sigma: float
-    n: int = 0
-
-    @property
-    def model_key(self) -> str:
-        """The model it certifies with, e.g. ``ls-f9-s0.25`` (the manifest's ``checkpoints`` keys)."""
-        return f"{self.method}-f{self.fors}-s{self.sigma:g}"
-
-    @property
-    def key(self) -> str:
-        """``model_key`` and the n, e.g. ``ls-f9-s0.25-n1000`` (parts, set-up and batch records)."""
-        return self.model_key + (f"-n{self.n}" if self.n else "")
-
-    @property
-    def label(self) -> str:
-        if self.method == "lip":
-            return f"Lipschitz margin FoR {self.fors}"
-        name = "IS-RS" if self.method == "is" else "LS-RS"
-        return f"{name} FoR {self.fors} σ={self.sigma:g}" + (f" n={self.n:,}" if self.n else "")
-
-
 @dataclass
 class RunPlan:
     """What :meth:`GridRunner.plan` found: the jobs, their checkpoints, the images, and what is left to do."""
@@ -171,48 +139,17 @@ class RunPlan:
 
 
 def grid_jobs(config: RunConfig) -> list[Job]:
-    """The grid in paper order: per σ, IS-RS (FoR 0) then LS-RS at each FoR, each at every n of the n axis
-    (σ = 0 once: no samples); then, once, the Lipschitz twin (``lip``, FoR 18, σ = 0: it is trained and
-    certified without noise)."""
-    jobs = []
-    for sigma in config.sigmas:
-        ns = config.n_values if sigma > 0 else (0,)
-        if "is" in config.methods:
-            jobs.extend(Job("is", 0, sigma, n) for n in ns)
-        if "ls" in config.methods:
-            jobs.extend(Job("ls", k, sigma, n) for k in config.fors if k > 0 for n in ns)
-    if "lip" in config.methods:
-        jobs.append(Job("lip", LIP_FORS, 0.0))
-    return jobs
+    """The grid in paper order: per σ, the jobs of each certifier of ``config.methods`` in the registry's order
+    (IS-RS at FoR 0, then LS-RS at each FoR, each at every n of the n axis; σ = 0 once: no samples); then
+    the jobs certified once per run (``lip``: the Lipschitz twin, σ = 0: trained and certified without noise)."""
+    chosen = [c for c in certifiers.registered() if c.key in config.methods]
+    jobs = [Job(c.key, *t) for sigma in config.sigmas for c in chosen for t in c.jobs(config, sigma)]
+    return jobs + [Job(c.key, *t) for c in chosen for t in c.jobs(config, None)]
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; a device that is not here is a usage error (exit 2)."""
     return devices.resolve_device(device, error=BenchUsageError)
-
-
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-
-
-def compile_classifier(classifier: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """``torch.compile(classifier, mode=mode)``: ``reduce-overhead`` also replays CUDA graphs on GPU.
-
-    The compiled module computes the same function up to rounding (like ``--fold-bn``), so it is a valid
-    base classifier; compilation happens at the first call of each batch shape (the runner's warm-up).
-    """
-    if mode not in COMPILE_MODES or mode == "off":
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
-    return torch.compile(classifier, mode=mode)
-
-
-def warm_up(smoother: LatentSmooth, x: torch.Tensor, n0: int, n: int, batch_size: int) -> float:
-    """One untimed certification of ``x`` that runs every batch shape of a CERTIFY with ``n0`` and ``n``
-    samples (n0's batches, a full batch and n's last one), so that per-shape set-up (oneDNN primitives,
-    torch.compile graphs, CUDA graphs) never lands in the timings. Returns its seconds, for the record."""
-    warm_n = min(n, batch_size + (n % batch_size or batch_size))
-    with Stopwatch(smoother.device) as watch:
-        smoother.certify(x, n0, warm_n, 0.5, batch_size, generator=0)
-    return watch.seconds
 
 
 def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:
@@ -228,26 +165,6 @@ def select_indices(labels: list[int], skip: int, max_images: int | None, per_cla
         indices = kept
     indices = indices[::skip]
     return indices[:max_images] if max_images is not None else indices
-
-
-def auto_batch_size(model: torch.nn.Module, sample_shape: tuple[int, ...], n: int, device: torch.device) -> int:
-    """Largest batch that fits: on CUDA a memory probe that halves on OOM; on CPU a fixed 256.
-
-    The result never exceeds ``n`` (no point in a buffer larger than the sample count).
-    """
-    if device.type != "cuda":
-        return max(1, min(256, n))
-    batch = min(8192, n)
-    while batch > 1:
-        try:
-            with torch.inference_mode():
-                model(torch.zeros((batch, *sample_shape), device=device))
-            torch.cuda.synchronize(device)
-            return batch
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            batch //= 2
-    return 1
 
 
 class Checkpoints:
@@ -278,11 +195,12 @@ class Checkpoints:
     def entries_for(self, jobs: list[Job], allow_sigma_mismatch: bool) -> dict[Job, dict]:
         """Each job's index entry: the LS-RS twins first, then per σ the IS-RS baseline of the twins' dataset,
         arch, width and input size; a baseline or twin that does not match is a usage error naming both."""
-        found = {job: self.entry(job.fors, job.sigma, allow_sigma_mismatch) for job in jobs if job.method != "is"}
+        reference = certifiers.is_reference
+        found = {job: self.entry(job.fors, job.sigma, allow_sigma_mismatch) for job in jobs if not reference(job.method)}
         for job in jobs:
-            if job.method != "is":
+            if not reference(job.method):
                 continue
-            twins = [found[j] for j in jobs if j.method == "ls" and j.sigma == job.sigma]
+            twins = [found[j] for j in jobs if certifiers.has_fors_axis(j.method) and j.sigma == job.sigma]
             found[job] = self.entry(0, job.sigma, allow_sigma_mismatch, like=twins[0] if twins else None)
             for twin in twins:
                 if self.family(twin) != self.family(found[job]):
@@ -566,24 +484,36 @@ class GridRunner:
             channels_last=self.options.channels_last, device_label=manifest["device"],
             checkpoint_sha256=checkpoint_sha256, load_s=load_s,
         )
-        manifest.setdefault("setup_s", {})[job.key] = certifier.setup_s
-        if certifier.batch_size is not None:
-            manifest["batch_size"][job.key] = certifier.batch_size
-            manifest["warmup_s"][job.key] = certifier.warmup_s
-            manifest.setdefault("lipschitz_executed", {})[job.key] = certifier.lipschitz_executed
+        record_job_setup(manifest, job.key, certifier.setup_s, certifier.batch_size, certifier.warmup_s,
+                         certifier.lipschitz_executed)
         yield from certifier.iter_rows(dataset, indices, self._decided)
+
+
+def record_job_setup(manifest: dict, key: str, setup_s: dict, batch_size: int | None, warmup_s: float,
+                     lipschitz_executed: float | None) -> None:
+    """Record one set-up of job ``key`` in the manifest (one process, a local worker or a Ray task alike): its
+    set-up seconds (the slowest set-up of the job, over workers and resumed sessions), batch size, warm-up
+    (the longest) and the encoder's bound as executed."""
+    setup = manifest.setdefault("setup_s", {})
+    if setup_s["total"] >= setup.get(key, {}).get("total", -1.0):
+        setup[key] = setup_s
+    if batch_size is not None:
+        manifest["batch_size"][key] = batch_size
+        manifest["warmup_s"][key] = max(warmup_s, manifest["warmup_s"].get(key, 0.0))
+        manifest.setdefault("lipschitz_executed", {})[key] = lipschitz_executed
 
 
 class JobCertifier:
     """Certifies images for one job with its loaded model: the unit of work of the local loop and of Ray tasks.
 
-    Built once per (process, job): it wraps the model in the smoother, picks the batch size and runs the
-    warm-up (excluded from timing, kept in ``warmup_s``). ``setup_s`` has the seconds of each untimed set-up
-    stage: ``load`` (given by the caller), ``fold_bn`` (BatchNorm folding, channels_last), ``first_encode`` (builds
-    the LS encoder's Cayley operator cache), ``batch_probe``, ``warmup`` (with torch.compile) and ``total``.
-    Every row carries ``checkpoint_sha256``. ``iter_rows`` / ``certify`` then take any list of
-    image indices. Each image's noise is seeded from (run seed, idx, method, FoR, σ), so the rows do not
-    depend on which process certifies which images, or in what order.
+    Built once per (process, job): it holds what every row shares (``common``) and hands the set-up to the
+    job's certifier (:func:`bench.certifiers.get` of ``job.method``: its ``start``), which may replace
+    ``model`` by its own copy and records ``batch_size``, the warm-up (excluded from timing, kept in
+    ``warmup_s``) and ``lipschitz_executed``. ``setup_s`` has the seconds of each untimed set-up stage:
+    ``load`` (given by the caller), then the certifier's (e.g. ``fold_bn``, ``first_encode``, ``batch_probe``,
+    ``warmup``) and ``total``. Every row carries ``checkpoint_sha256``. ``iter_rows`` / ``certify`` then take
+    any list of image indices; a certifier's rows do not depend on which process certifies which images, or
+    in what order.
     """
 
     def __init__(
@@ -594,8 +524,8 @@ class JobCertifier:
         self.config, self.job, self.device = config, job, device
         self.setup_s: dict[str, float] = {"load": load_s}  # per-model set-up seconds, none of it in the timings
         self.model = model
-        sample_shape = tuple(dataset[first_idx][0].shape)
-        num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, sample_shape, device))
+        x = dataset[first_idx][0]
+        self.num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, tuple(x.shape), device))
         self.common = {
             "run": config.config_hash(),
             "dataset": config.dataset,
@@ -612,42 +542,12 @@ class JobCertifier:
         self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
         self.warmup_s = 0.0
         self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
-        if job.method == "lip":
-            self._init_lipschitz(dataset[first_idx][0])
-        elif job.sigma == 0:  # plain forwards, with the engine's rewrites (the smoother applies them for σ > 0)
-            with Stopwatch(device) as watch:
-                self.model = inference_copy(model, fold_bn=config.fold_bn, channels_last=channels_last)
-            self.setup_s["fold_bn"] = watch.seconds
-        else:
-            self._set_up_smoother(model, num_classes, dataset[first_idx][0], batch_size, channels_last)
+        self.run: certifiers.CertifierRun = certifiers.get(job.method).start(self, x, batch_size, channels_last)
         self.setup_s["total"] = sum(self.setup_s.values())
 
-    def _set_up_smoother(self, model: torch.nn.Module, num_classes: int, x: torch.Tensor, batch_size: int | None,
-                         channels_last: bool) -> None:
-        """Smoother, first encode (builds the LS encoder's operator cache), batch size, compile and warm-up."""
-        config, device = self.config, self.device
-        with Stopwatch(device) as watch:  # the smoother makes its folded, channels_last copy of the classifier
-            try:
-                self.smoother: LatentSmooth = smooth_model(
-                    model, num_classes, self.job.sigma, device=device, precision=config.precision,
-                    fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
-                )
-            except UnprovenModule as exc:  # one line, in the CLI's words
-                why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")
-                raise BenchUsageError(f"{self.job.label}: {why}") from None
-        self.setup_s["fold_bn"] = watch.seconds
-        with Stopwatch(device) as watch:
-            latent_shape = tuple(self.smoother.encode(x).shape[1:])
-        self.setup_s["first_encode"] = watch.seconds
-        with Stopwatch(device) as watch:
-            batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, self.job.n, device)
-        self.setup_s["batch_probe"] = watch.seconds
-        self.batch_size = batch
-        if config.compile != "off":
-            self.smoother.classifier = compile_classifier(self.smoother.classifier, config.compile)
-        self.warmup_s = warm_up(self.smoother, x, config.n0, self.job.n, batch)
-        self.setup_s["warmup"] = self.warmup_s
-        self.lipschitz_executed = self.smoother.executed_bound(tuple(x.shape)).lipschitz
+    def smooth(self, *args: object, **kwargs: object) -> LatentSmooth:
+        """The smoother of a model (:func:`lsrs.smoothing.smooth_model`), for the certifiers that smooth."""
+        return smooth_model(*args, **kwargs)
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
@@ -664,144 +564,7 @@ class JobCertifier:
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
     ) -> Iterator[tuple[dict, list[dict]]]:
         """Per image: its certification row and its decision rows (keys in ``decided`` are skipped)."""
-        config, job, common = self.config, self.job, self.common
-        if job.method == "lip":
-            for row in self._lipschitz_rows(dataset, indices):
-                yield row, []
-            return
-        if job.sigma == 0:
-            for row in self._clean_rows(dataset, indices):
-                yield row, []
-            return
-        smoother, batch = self.smoother, self.batch_size
-        for i in indices:
-            x, label = dataset[i]
-            seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
-            cert = smoother.certify(x, config.n0, job.n, config.alpha, batch, generator=seed,
-                                    sampler=config.sampler, certificate=config.certificate)
-            decided_rows = [  # a decision has no n: the job at the smallest n of the axis makes it
-                self._decision_row(i, int(label), x, r)
-                for r in config.decide_radii
-                if job.n == config.n_values[0] and (job.method, job.fors, job.sigma, i, float(r)) not in decided
-            ]
-            yield {
-                **common,
-                "idx": i,
-                "label": int(label),
-                "prediction": cert.prediction,
-                "correct": cert.prediction == int(label),
-                "radius": cert.radius,
-                "radius_latent": cert.radius_latent,
-                "lipschitz": cert.lipschitz,
-                "lipschitz_declared": cert.lipschitz_declared,
-                "lipschitz_source": cert.lipschitz_source,
-                "latent_error": cert.latent_error,
-                "p_a_lower": cert.p_a_lower,
-                "p_b_upper": cert.p_b_upper,
-                "sampler": cert.sampler,
-                "certificate": cert.certificate,
-                "counts_selection": list(cert.counts_selection),
-                "counts_estimation": list(cert.counts_estimation),
-                "n0": cert.n0,
-                "n": cert.n,
-                "samples_used": cert.samples_used,
-                "encode_s": cert.encode_s,
-                "sample_s": cert.sample_s,
-                "total_s": cert.total_s,
-                "batch_size": batch,
-                "seed": seed,
-            }, decided_rows
-
-    def _decision_row(self, idx: int, label: int, x: torch.Tensor, radius: float) -> dict:
-        """One anytime-valid decision (``LatentSmooth.decide``) at input radius ``radius``."""
-        config, job, common = self.config, self.job, self.common
-        seed = derive_seed(config.seed, idx, job.method, job.fors, job.sigma, "decide", float(radius))
-        d = self.smoother.decide(x, radius, config.alpha, config.max_n, self.batch_size, generator=seed, n0=config.n0)
-        return {
-            "run": common["run"], "dataset": common["dataset"], "idx": idx, "label": label, "method": job.method,
-            "fors": job.fors, "fors_total": common["fors_total"], "sigma": job.sigma, "radius": float(radius),
-            "certified": d.certified, "prediction": d.prediction, "correct": bool(d.certified) and d.prediction == label,
-            "p_required": d.p_required, "p_a_lower": d.p_a_lower, "p_a_upper": d.p_a_upper,
-            "samples_used": d.samples_used, "max_n": config.max_n, "alpha": config.alpha, "total_s": d.total_s,
-            "seed": seed, "device": common["device"],
-        }
-
-    def _clean_rows(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> Iterator[dict]:
-        """σ = 0: clean accuracy of the base network (the paper's σ = 0 rows); no certificate."""
-        model = self.model
-        for i in indices:
-            x, label = dataset[i]
-            with Stopwatch(self.device) as sw, torch.inference_mode():
-                prediction = int(model(x.to(self.device).unsqueeze(0)).argmax(1).item())
-            lipschitz = float(getattr(model, "encoder_lipschitz", 1.0))
-            yield self._one_pass_row(i, int(label), prediction, 0.0, 0.0, lipschitz, samples_used=0,
-                                     sample_s=0.0, total_s=sw.seconds)
-
-
-    def _one_pass_row(self, idx: int, label: int, prediction: int, radius: float, radius_latent: float,
-                      lipschitz: float, *, samples_used: int, sample_s: float, total_s: float,
-                      lipschitz_source: str = "declared", **common) -> dict:
-        """A row of a certificate without sampling (σ = 0 clean accuracy, or the Lipschitz margin): no counts,
-        NaN probabilities, no rounding term, ``sampler`` / ``certificate`` repeating the run's."""
-        return {
-            **self.common,
-            **common,
-            "idx": idx,
-            "label": label,
-            "prediction": prediction,
-            "correct": prediction == label,
-            "radius": radius,
-            "radius_latent": radius_latent,
-            "lipschitz": lipschitz,
-            "lipschitz_declared": lipschitz,
-            "lipschitz_source": lipschitz_source,
-            "latent_error": 0.0,
-            "p_a_lower": float("nan"),
-            "p_b_upper": float("nan"),
-            "sampler": self.config.sampler,
-            "certificate": self.config.certificate,
-            "counts_selection": [],
-            "counts_estimation": [],
-            "n0": 0,
-            "n": 0,
-            "samples_used": samples_used,
-            "encode_s": 0.0,
-            "sample_s": sample_s,
-            "total_s": total_s,
-            "batch_size": 1,
-            "seed": 0,
-        }
-
-    def _init_lipschitz(self, x: torch.Tensor) -> None:
-        """Copy the model to float64 and prove its bound L (:class:`lsrs.margin.LipschitzCertifier`), then
-        one untimed certification (builds the operator caches); a model without a bound is a usage error."""
-        started = time.perf_counter()
-        try:
-            self.lipschitz = LipschitzCertifier(self.model, tuple(x.shape), device=self.device)
-        except ValueError as exc:
-            raise BenchUsageError(f"{self.job.label}: {exc}") from None
-        self.lipschitz.certify(x)
-        self.batch_size = 1
-        self.warmup_s = time.perf_counter() - started
-        self.setup_s["warmup"] = self.warmup_s
-        self.lipschitz_executed = self.lipschitz.lipschitz
-
-    def _lipschitz_rows(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> Iterator[dict]:
-        """One forward pass per image: prediction and radius = margin / (sqrt(2) L), ``samples_used`` = 1.
-
-        Smoothing fields are empty (NaN probabilities, no counts); ``sampler`` / ``certificate`` repeat the
-        run's so that reports do not split the run into variants; ``precision`` is the float64 of the pass.
-        """
-        certifier = self.lipschitz
-        for i in indices:
-            x, label = dataset[i]
-            with Stopwatch(self.device) as sw:
-                cert = certifier.certify(x.to(self.device))
-            prediction, radius = int(cert.prediction[0]), float(cert.radius[0])
-            # radius_latent is in logit space, so radius = radius_latent / L as for the smoothers
-            yield self._one_pass_row(i, int(label), prediction, radius, radius * cert.lipschitz, cert.lipschitz,
-                                     samples_used=1, sample_s=sw.seconds, total_s=sw.seconds, precision="fp64",
-                                     lipschitz_source="proven")
+        yield from self.run.rows(dataset, indices, decided)
 
 
 def _model_keys(rows) -> list[str]:

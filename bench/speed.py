@@ -83,6 +83,12 @@ ROUNDS_ENV = "LSRS_SPEED_ROUNDS"
 
 
 # ====================================================================== configuration
+#: The suite's case key of the input-space baseline (FoR 0) and the prefix of the FoR-k twins' keys (``ls9``);
+#: stored floors and timings are keyed by them (``certify/is/fp32``).
+BASELINE = "is"
+LATENT = "ls"
+
+
 @dataclass(frozen=True)
 class SpeedConfig:
     """The fixed benchmark problem: a small random-weight ResNet18 and one image, CERTIFY with n0 + n samples.
@@ -116,7 +122,8 @@ class SpeedConfig:
     floor_variants: tuple[str, ...] = ()
 
     def methods(self) -> list[str]:
-        return ["is", *(f"ls{k}" for k in self.fors)]
+        """The suite's case keys: :data:`BASELINE`, then ``ls{k}`` per FoR k."""
+        return [BASELINE, *(f"{LATENT}{k}" for k in self.fors)]
 
     def as_json(self) -> dict:
         """The config as stored in JSON (tuples become lists), for comparing with a stored one."""
@@ -143,7 +150,7 @@ def floors_command(preset: str) -> str:
 
 
 def _fors_of(method: str) -> int:
-    return 0 if method == "is" else int(method[2:])
+    return 0 if method == BASELINE else int(method.removeprefix(LATENT))
 
 
 def machine_signature() -> dict:
@@ -292,9 +299,9 @@ def parse_slowdown(text: str | None) -> dict[str, float]:
         value = float(factor)
         if not value >= 1.0:
             raise ValueError(f"{SLOWDOWN_ENV} factors must be >= 1, got {part!r}")
-        for t in ([target] if target else ["is", "ls"]):
-            if t not in ("is", "ls"):
-                raise ValueError(f"{SLOWDOWN_ENV} target must be 'is' or 'ls', got {t!r}")
+        for t in ([target] if target else [BASELINE, LATENT]):
+            if t not in (BASELINE, LATENT):
+                raise ValueError(f"{SLOWDOWN_ENV} target must be '{BASELINE}' or '{LATENT}', got {t!r}")
             out[t] = value
     return out
 
@@ -338,13 +345,13 @@ class SpeedSuite:
             fwd = z + cfg.sigma * noise
             for variant in cfg.floor_variants:
                 self.variants[(method, variant)] = _forward_variant(model.classifier, fwd, *FORWARD_VARIANTS[variant])
-            classifier = (model if method == "is" else model.classifier) if cfg.plain_api else (
+            classifier = (model if method == BASELINE else model.classifier) if cfg.plain_api else (
                 model.classifier.to(memory_format=fmt) if z.dim() == 4 else model.classifier)
             if not cfg.floor_variants:
                 self.base[method] = classifier
                 self.forward_input[method] = fwd.contiguous(memory_format=fmt) if fwd.dim() == 4 else fwd
             self.classifiers[method] = classifier
-            factor = self.slowdown.get("is" if method == "is" else "ls")
+            factor = self.slowdown.get(BASELINE if method == BASELINE else LATENT)
             for precision in cfg.precisions:
                 self.smoothers[(method, precision)] = self.smoother(method, precision, factor)
         n = cfg.matmul_size
@@ -360,11 +367,11 @@ class SpeedSuite:
         if slowdown:
             classifier = Slowed(classifier, slowdown)
         if cfg.plain_api:  # the README call: no options, the library's defaults decide
-            if method == "is":
+            if method == BASELINE:
                 return Smooth(classifier, cfg.num_classes, cfg.sigma)
             return LatentSmooth(model.encoder, classifier, cfg.num_classes, cfg.sigma, model.encoder_lipschitz)
         options = dict(device=self.device, precision=precision, channels_last=cfg.channels_last)
-        if method == "is":
+        if method == BASELINE:
             return Smooth(classifier, cfg.num_classes, cfg.sigma, **options)
         return LatentSmooth(model.encoder, classifier, cfg.num_classes, cfg.sigma, model.encoder_lipschitz, **options)
 
@@ -414,7 +421,7 @@ class SpeedSuite:
     def cases(self, methods: list[str] | None = None) -> dict[str, Callable[[], object]]:
         """The timed cases, keyed ``kind/method/precision`` (see the module docstring); ``methods`` limits the
         fp32 forward/certify pairs to those methods (IS, the reference loop and the matmuls are always in)."""
-        methods = self.cfg.methods() if methods is None else ["is", *(m for m in methods if m != "is")]
+        methods = self.cfg.methods() if methods is None else [BASELINE, *(m for m in methods if m != BASELINE)]
         out: dict[str, Callable[[], object]] = {}
         for p in self.cfg.precisions:
             out[f"matmul/-/{p}"] = self.matmul_fn(p)
@@ -742,17 +749,17 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
     def row(label: str, m: str, p: str) -> str:
         fwd = t[f"forward/{m}/{p}"] / samples * 1e6
         ovh = r[f"overhead[{m}]"] if p == "fp32" else r[f"overhead[{m}/{p}]"]
-        if m != "is" and p == "fp32":
+        if m != BASELINE and p == "fp32":
             ls = (f"{r[f'speedup[{m}]']:>7.2f}{r[f'time_ideal[{m}]']:>8.2f}{100 * r[f'ideal_fraction[{m}]']:>8.0f}%"
                   f"{r[f'flop_ideal[{m}]']:>8.2f}{100 * r[f'flop_ideal_fraction[{m}]']:>8.0f}%")
         else:
             ls = f"{'':>7}{'':>8}{'':>9}{'':>8}{'':>9}"
-        vs = f"{r[f'vs_reference[{p}]']:>7.2f}x" if m == "is" else ""
+        vs = f"{r[f'vs_reference[{p}]']:>7.2f}x" if m == BASELINE else ""
         return (f"{label:<18}{result.flops[m] / 1e6:>10.1f}{fwd:>11.1f}{t[f'certify/{m}/{p}']:>10.3f}"
                 f"{ovh:>9.3f}{ls}{r[f'gflops[{m}/{p}]']:>8.1f}{100 * r[f'peak_fraction[{m}/{p}]']:>5.0f}%{vs}")
 
     for m in measured_methods(t):
-        lines.append(row("IS-RS fp32" if m == "is" else f"LS-RS FoR {_fors_of(m)} fp32", m, "fp32"))
+        lines.append(row("IS-RS fp32" if m == BASELINE else f"LS-RS FoR {_fors_of(m)} fp32", m, "fp32"))
     for p in cfg.precisions:
         if p != "fp32":
             lines.append(row(f"IS-RS {p}", "is", p))

@@ -1,0 +1,62 @@
+"""Where a certification grid runs: one interface, three executors with the same store, resume and rows.
+
+- :class:`InProcess`: this process (:func:`bench.runner.run_grid`);
+- :class:`LocalPool`: local worker processes (:func:`bench.pool.run_grid_pool`, as ``bench demo`` runs it);
+- :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.distributed.run_grid_ray`).
+
+All three plan the run with :meth:`bench.runner.GridRunner.plan` and certify each job with
+:class:`bench.runner.JobCertifier`; each job's set-up goes into the manifest through
+:func:`bench.runner.record_job_setup` (the pool and Ray fold their shard summaries with
+:func:`bench.distributed.collect_shard`). ``load_test`` must be picklable for the pool (a ``functools.partial``
+of a module-level function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bench.runner import RunConfig, RunOptions
+
+
+class Executor(Protocol):
+    def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
+        """Certify what is left of ``config``'s grid into ``options.out``; the final manifest."""
+        ...
+
+
+@dataclass(frozen=True)
+class InProcess:
+    def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
+        from bench.runner import run_grid
+
+        return run_grid(config, options, load_test)
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    processes: int
+    threads: int = 1
+
+    def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
+        from bench.pool import run_grid_pool
+
+        return run_grid_pool(config, options, load_test, self.processes, threads=self.threads)
+
+
+@dataclass(frozen=True)
+class RayTasks:
+    options: Any  # bench.distributed.RayOptions
+
+    def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
+        from bench.distributed import run_grid_ray
+
+        return run_grid_ray(config, options, self.options, load_test)
+
+
+def choose_executor(processes: int = 1, ray_options: Any | None = None) -> Executor:
+    """Ray tasks when given Ray options, local workers for ``processes`` > 1, else this process."""
+    if ray_options is not None:
+        return RayTasks(ray_options)
+    return LocalPool(processes) if processes > 1 else InProcess()
