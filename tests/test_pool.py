@@ -85,8 +85,9 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
 def test_a_certifier_registered_in_the_parent_only_certifies_in_the_workers(tmp_path: Path) -> None:
     """The example certifier, registered by this process alone, reaches the spawned workers with its shards
     (its record travels in the shard spec) and gives the rows of the one-process run."""
-    from bench import certifiers
     from example_certifier import KEY, register_clean
+
+    from bench import certifiers
 
     register_clean()
     try:
