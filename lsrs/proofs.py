@@ -104,6 +104,7 @@ class ProofContext:
     shapes: dict[nn.Module, tuple[int, ...] | None]
     norm_bound: Callable[[Tensor], float] = operator_norm_bound
     proofs: dict[nn.Module, LayerProof] = field(default_factory=dict)
+    u: float = U64  # unit roundoff of the forward whose rounding the terms bound (float64; float32: 2^-24)
 
     def prove(self, module: nn.Module, path: str) -> LayerProof:
         """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule`."""
@@ -203,7 +204,7 @@ def _convex_residual(module: ConvexResidual, ctx: ProofContext, path: str) -> La
     a = float(module.alpha.detach().double())
     main = ctx.prove(module.main, f"{path}.main" if path else "main")
     skip = ctx.prove(module.skip, f"{path}.skip" if path else "skip")
-    terms = (*main.terms, *skip.terms, Term((Output(module.main), Output(module.skip)), 4 * U64, 0.0))
+    terms = (*main.terms, *skip.terms, Term((Output(module.main), Output(module.skip)), 4 * ctx.u, 0.0))
     exact = a * main.exact + (1.0 - a) * skip.exact
     executed = (a * main.executed + (1.0 - a) * skip.executed) * (1 + 4 * U64)
     return LayerProof(exact, executed, terms, max(main.expansion, skip.expansion, 1.0))
@@ -243,14 +244,14 @@ def _leaky_relu(module: nn.LeakyReLU, ctx: ProofContext, path: str) -> LayerProo
     if module.inplace and s > 1.0:  # it would also rescale the input a residual's other branch reads
         raise UnprovenModule(path, module, "inplace=True with |negative_slope| > 1 changes its input")
     lip = max(1.0, s)
-    return LayerProof(lip, lip, (Term((module,), U64 * s, 0.0),))
+    return LayerProof(lip, lip, (Term((module,), ctx.u * s, 0.0),))
 
 
 @proves(nn.Tanh)
 def _tanh(module: nn.Tanh, ctx: ProofContext, path: str) -> LayerProof:
     """``|tanh'| <= 1``. Rounding: the float64 ``tanh`` of glibc / SLEEF is within 2 ulp, i.e. ``4 u |tanh x|
     <= 4 u |x|`` (an accuracy claim of the math library, not a proof of this code)."""
-    return LayerProof(1.0, 1.0, (Term((module,), 4 * U64, 0.0),))
+    return LayerProof(1.0, 1.0, (Term((module,), 4 * ctx.u, 0.0),))
 
 
 # ---------------------------------------------------------------------------- the library's atoms
@@ -259,7 +260,7 @@ def _mean_shift(module: MeanShift, ctx: ProofContext, path: str) -> LayerProof:
     """A translation (Lipschitz 1); the float64 subtraction rounds within ``u (|x| + |mean|)``."""
     hw = math.prod(ctx.shapes[module][-2:])
     mean_norm = float(module.mean.double().norm()) * math.sqrt(hw)
-    return LayerProof(1.0, 1.0, (Term((module,), U64, U64 * mean_norm),))
+    return LayerProof(1.0, 1.0, (Term((module,), ctx.u, ctx.u * mean_norm),))
 
 
 @proves(NormPool)
@@ -268,14 +269,15 @@ def _norm_pool(module: NormPool, ctx: ProofContext, path: str) -> LayerProof:
     is within ``gamma_{m-1} sum |x_i| <= gamma_{m-1} sqrt(m) |x_c|`` (Higham 2002, Eq. 3.5); the square root
     and the division add ``2 u``: ``|err| <= gamma_{m+2} |x|``."""
     m = math.prod(ctx.shapes[module][-2:])
-    return LayerProof(1.0, 1.0, (Term((module,), gamma(m + 2), 0.0),))
+    return LayerProof(1.0, 1.0, (Term((module,), gamma(m + 2, ctx.u), 0.0),))
 
 
-def _dense_terms(module: nn.Module, fan_in: int, abs_norm: float, lip: float, bias_norm: float) -> tuple[Term]:
+def _dense_terms(module: nn.Module, fan_in: int, abs_norm: float, lip: float, bias_norm: float,
+                 u: float = U64) -> tuple[Term]:
     """Rounding of ``y = W x + b`` computed by inner products of ``fan_in`` terms: ``|fl(Wx) - Wx| <= gamma_n
     |W| |x|`` entrywise (Higham 2002, Eq. 3.11), in norm ``<= gamma_n || |W| ||_2 |x|`` with ``abs_norm`` a
     bound on ``|| |W| ||_2``; adding the bias rounds within ``u (|Wx| + |b|)``."""
-    return (Term((module,), gamma(fan_in + 1) * abs_norm + U64 * lip, 2 * U64 * bias_norm),)
+    return (Term((module,), gamma(fan_in + 1, u) * abs_norm + u * lip, 2 * u * bias_norm),)
 
 
 @proves(CayleyConv2d)
@@ -294,13 +296,13 @@ def _cayley_conv(layer: CayleyConv2d, ctx: ProofContext, path: str) -> LayerProo
     lip = ctx.norm_bound(op)
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(math.prod(size))
     if layer.kernel_size == 1:  # a (c_in, c_out) real matrix; F.conv2d is an inner product per pixel
-        terms = _dense_terms(layer, op.shape[-2], float(op.double().norm()), lip, bias)
+        terms = _dense_terms(layer, op.shape[-2], float(op.double().norm()), lip, bias, ctx.u)
         return LayerProof(1.0, lip, terms)
     c_in, c_out = op.shape[-2], op.shape[-1]
     points = size[0] * size[1]
-    mm = math.sqrt(2.0) * gamma(c_in + 2) * math.sqrt(min(c_in, c_out)) * lip
-    rel = ((1.0 + math.sqrt(2.0)) * fft_error(points) * lip + mm + 3 * U64 * lip) * 1.01
-    return LayerProof(1.0, lip, (Term((layer,), rel, 2 * U64 * bias),))
+    mm = math.sqrt(2.0) * gamma(c_in + 2, ctx.u) * math.sqrt(min(c_in, c_out)) * lip
+    rel = ((1.0 + math.sqrt(2.0)) * fft_error(points, ctx.u) * lip + mm + 3 * ctx.u * lip) * 1.01
+    return LayerProof(1.0, lip, (Term((layer,), rel, 2 * ctx.u * bias),))
 
 
 @proves(OrthogonalLinear)
@@ -311,7 +313,7 @@ def _orthogonal_linear(layer: OrthogonalLinear, ctx: ProofContext, path: str) ->
     lip = ctx.norm_bound(q)
     rows = math.prod(ctx.shapes[layer][:-1])
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(rows)
-    return LayerProof(1.0, lip, _dense_terms(layer, q.shape[-1], float(q.double().norm()), lip, bias))
+    return LayerProof(1.0, lip, _dense_terms(layer, q.shape[-1], float(q.double().norm()), lip, bias, ctx.u))
 
 
 # ---------------------------------------------------------------------------- standard torch layers
@@ -341,7 +343,7 @@ def _linear(layer: nn.Linear, ctx: ProofContext, path: str) -> LayerProof:
     rows = math.prod(ctx.shapes[layer][:-1])
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(rows)
     abs_norm = _schur(w.abs().sum(1).max(), w.abs().sum(0).max())
-    return LayerProof(lip, lip, _dense_terms(layer, w.shape[1], abs_norm, lip, bias))
+    return LayerProof(lip, lip, _dense_terms(layer, w.shape[1], abs_norm, lip, bias, ctx.u))
 
 
 def _schur(row_max: Tensor | float, col_max: Tensor | float) -> float:
@@ -451,7 +453,7 @@ def _conv2d(layer: nn.Conv2d, ctx: ProofContext, path: str) -> LayerProof:
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(out[0, 0].numel())
     mult = _pad_multiplicity(layer, (int(shape[1]), int(shape[2])))
     abs_norm = _schur(w.sum((1, 2, 3)).max(), w.sum((0, 2, 3)).max()) * math.sqrt(mult)
-    return LayerProof(lip, lip, _dense_terms(layer, w[0].numel(), abs_norm, lip, bias))
+    return LayerProof(lip, lip, _dense_terms(layer, w[0].numel(), abs_norm, lip, bias, ctx.u))
 
 
 @proves(nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
@@ -466,8 +468,8 @@ def _avg_pool(module: nn.Module, ctx: ProofContext, path: str) -> LayerProof:
         rows = module(ones)
         (cols,) = torch.autograd.grad(rows.sum(), ones)
     n = math.prod(shape)
-    lip = _schur(rows.max(), cols.max()) * (1 + gamma(n + 2))
-    return LayerProof(lip, lip, (Term((module,), gamma(n + 1) * lip, 0.0),))
+    lip = _schur(rows.detach().max(), cols.max()) * (1 + gamma(n + 2))
+    return LayerProof(lip, lip, (Term((module,), gamma(n + 1, ctx.u) * lip, 0.0),))
 
 
 # ---------------------------------------------------------------------------- walking a tree that runs
