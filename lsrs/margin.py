@@ -166,6 +166,9 @@ class LipschitzCertifier:
         """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
         if x.dim() == len(self.input_shape):
             x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.input_shape:  # the proofs (conv norms, pool counts) hold for one size
+            raise ValueError(f"input shape {tuple(x.shape[1:])} is not the shape {self.input_shape} that L was "
+                             "proven for: build a LipschitzCertifier for this input shape")
         logits, norms = self.forward(x)
         if logits.dim() != 2 or logits.shape[1] < 2:
             raise ValueError(f"expected logits of shape (batch, classes >= 2), got {tuple(logits.shape)}")
