@@ -18,7 +18,8 @@ registered, or that defines a method ``lipschitz_proof(self, ctx, path)``, suppl
 way that defines anything besides ``__init__``, ``extra_repr`` and documentation (e.g. its own ``forward``,
 or a helper the inherited ``forward`` calls) ends the search with no proof. So ``OrthogonalBlock``, an
 ``nn.Sequential`` subclass with only an ``__init__``, is proven as a sequence, and an ``nn.Identity`` subclass
-returning ``3 * x`` is refused. A module with forward hooks, or with a function stored on the instance over one
+returning ``3 * x`` is refused; so is one with a mixin after ``nn.Identity`` among its bases (every class of the
+MRO outside the proven class's own must be inert). A module with forward hooks, or with a function stored on the instance over one
 of its class's, is refused too (a hook can change what runs), and so is a module in training mode.
 
 Adding a layer is one function here with ``@proves(TheLayer)``; a user's layer can carry ``lipschitz_proof``.
@@ -134,16 +135,28 @@ def proves(*classes: type) -> Callable[[ProofFn], ProofFn]:
 
 
 def find_proof(module: nn.Module) -> ProofFn | None:
-    """The proof of ``module``'s class (see the module docstring for the MRO rule), or None."""
-    for cls in type(module).__mro__:
-        if cls in _PROOFS:
-            return _PROOFS[cls]
+    """The proof of ``module``'s class (see the module docstring for the MRO rule), or None.
+
+    Every class of the MRO outside the proven class's own MRO must be inert too: with multiple inheritance a
+    mixin listed after the proven class (``class X(nn.Identity, Mixin)``) comes after it in the MRO, yet its
+    ``__call__`` or ``_call_impl`` runs."""
+    mro = type(module).__mro__
+    for cls in mro:
+        proof = _PROOFS.get(cls)
         own = cls.__dict__.get("lipschitz_proof")
-        if callable(own):
-            return lambda m, ctx, path, _own=own: _own(m, ctx, path)
-        if cls is nn.Module or set(cls.__dict__) - _INERT:
+        if proof is None and callable(own):
+            proof = lambda m, ctx, path, _own=own: _own(m, ctx, path)  # noqa: E731
+        if proof is not None:
+            others = [k for k in mro if k not in cls.__mro__]
+            return None if any(_is_active(k) for k in others) else proof
+        if cls is nn.Module or _is_active(cls):
             return None
     return None
+
+
+def _is_active(cls: type) -> bool:
+    """Whether ``cls`` defines anything that can change what runs (more than ``_INERT``)."""
+    return bool(set(cls.__dict__) - _INERT)
 
 
 def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> ProofFn:

@@ -3,6 +3,8 @@ modules, against an exact oracle (float64 autograd Jacobian + SVD at a point: a 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from torch import nn
 from lsrs.lipschitz import proven_bound
 from lsrs.lipschitz_layers import NormPool
 from lsrs.margin import LipschitzCertifier
+from lsrs.proofs import find_proof
 
 
 def _jacobian_norm(module: nn.Module, shape: tuple[int, ...], seed: int = 0) -> float:
@@ -42,3 +45,25 @@ def test_margin_certifier_refuses_an_input_of_another_size_than_the_proof():
     with pytest.raises(ValueError, match=r"input shape \(1, 8, 8\).*\(1, 1, 1\)"):
         certifier.certify(torch.ones(1, 1, 8, 8))
     assert certifier.certify(torch.ones(3, 1, 1, 1)).radius.shape == (3,)  # its own size still certifies
+
+
+class _Triples(nn.Module):
+    """A mixin placed *after* a proven class in the MRO: its ``_call_impl`` still runs (hooks included)."""
+
+    def _call_impl(self, *args, **kwargs):
+        return 3 * nn.Module._call_impl(self, *args, **kwargs)
+
+    __call__ = _call_impl
+
+
+class _TripledIdentity(nn.Identity, _Triples):
+    pass
+
+
+def test_a_mixin_after_the_proven_class_in_the_mro_is_refused():
+    """``class X(nn.Identity, Mixin)``: the walk stopped at nn.Identity (proof 1) though the mixin's ``__call__``
+    triples the output (exact Jacobian 3.0)."""
+    net = nn.Sequential(_TripledIdentity())
+    assert _jacobian_norm(net, (4,)) == pytest.approx(3.0)
+    assert find_proof(_TripledIdentity()) is None
+    assert proven_bound(net, (4,)) == math.inf
