@@ -213,7 +213,13 @@ def _sequential(module: nn.Sequential, ctx: ProofContext, path: str) -> LayerPro
 def _convex_residual(module: ConvexResidual, ctx: ProofContext, path: str) -> LayerProof:
     """``a main + (1 - a) skip`` with ``a`` in [0, 1]: triangle inequality, ``a L_main + (1 - a) L_skip``
     (paper Section 4). ``a`` is the float32 ``sigmoid(theta)`` exactly as the float64 forward uses it; the
-    float64 ``1 - a``, two products and a sum round within ``4 u`` of the branch outputs."""
+    float64 ``1 - a``, two products and a sum round within ``4 u`` of the branch outputs. The branches must
+    return the same shape: a broadcast copies one branch's output (a ``(B, 1)`` skip added to ``(B, 4)``
+    multiplies its Lipschitz constant by 2), which the triangle bound does not see."""
+    main_shape, skip_shape = _branch_shapes(module, ctx.shapes[module])
+    if main_shape != skip_shape:
+        raise UnprovenModule(path, module, f"its branches return shapes {main_shape} and {skip_shape}; the sum "
+                                           "would broadcast one of them")
     a = float(module.alpha.detach().double())
     main = ctx.prove(module.main, f"{path}.main" if path else "main")
     skip = ctx.prove(module.skip, f"{path}.skip" if path else "skip")
@@ -221,6 +227,13 @@ def _convex_residual(module: ConvexResidual, ctx: ProofContext, path: str) -> La
     exact = a * main.exact + (1.0 - a) * skip.exact
     executed = (a * main.executed + (1.0 - a) * skip.executed) * (1 + 4 * U64)
     return LayerProof(exact, executed, terms, max(main.expansion, skip.expansion, 1.0))
+
+
+def _branch_shapes(module: ConvexResidual, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Output shapes of the residual's two branches on a batch of two zero inputs of per-sample ``shape``."""
+    x = torch.zeros(2, *shape, dtype=probe_dtype(module), device=module.theta.device)
+    with torch.inference_mode():
+        return tuple(module.main(x).shape), tuple(module.skip(x).shape)
 
 
 # ---------------------------------------------------------------------------- atoms without rounding

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lsrs.layers import ConvexResidual
 from lsrs.lipschitz import proven_bound
 from lsrs.lipschitz_layers import NormPool
 from lsrs.margin import LipschitzCertifier
@@ -67,3 +68,18 @@ def test_a_mixin_after_the_proven_class_in_the_mro_is_refused():
     assert _jacobian_norm(net, (4,)) == pytest.approx(3.0)
     assert find_proof(_TripledIdentity()) is None
     assert proven_bound(net, (4,)) == math.inf
+
+
+def test_a_convex_residual_whose_branches_broadcast_is_refused():
+    """``a x + (1 - a) (w . x) 1``: the skip's (B, 1) output is broadcast to 4 columns, which multiplies its
+    Lipschitz constant by 2 (sqrt 4): exact 2.0 at a = sigmoid(-6) against the triangle bound's 1.0."""
+    skip = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        skip.weight.fill_(0.5)  # |w| = 1
+    block = ConvexResidual(nn.Identity(), skip, theta=-6.0)
+    true = _jacobian_norm(block, (4,))
+    assert true > 1.99
+    assert proven_bound(block, (4,)) == math.inf
+    matching = ConvexResidual(nn.Identity(), nn.Linear(4, 4), theta=-6.0)  # same shapes: still proven
+    _sound_or_refused(matching, (4,))
+    assert proven_bound(matching, (4,)) < math.inf
