@@ -283,8 +283,13 @@ def _tanh(module: nn.Tanh, ctx: ProofContext, path: str) -> LayerProof:
 # ---------------------------------------------------------------------------- the library's atoms
 @proves(MeanShift)
 def _mean_shift(module: MeanShift, ctx: ProofContext, path: str) -> LayerProof:
-    """A translation (Lipschitz 1); the float64 subtraction rounds within ``u (|x| + |mean|)``."""
-    hw = math.prod(ctx.shapes[module][-2:])
+    """A translation (Lipschitz 1) when the mean does not broadcast the input: a ``(C, H, W)`` input with ``C``
+    means, or one mean. (Three means on one channel copy it three times: Lipschitz sqrt 3.) The float64
+    subtraction rounds within ``u (|x| + |mean|)``."""
+    shape, means = ctx.shapes[module], module.mean.numel()
+    if len(shape) != 3 or means not in (1, shape[0]) or tuple(module.mean.shape) != (1, means, 1, 1):
+        raise UnprovenModule(path, module, f"{means} means on a per-sample input of shape {shape} broadcast it")
+    hw = math.prod(shape[-2:])
     mean_norm = float(module.mean.double().norm()) * math.sqrt(hw)
     return LayerProof(1.0, 1.0, (Term((module,), ctx.u, ctx.u * mean_norm),))
 

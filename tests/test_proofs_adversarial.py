@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lsrs.layers import ConvexResidual
+from lsrs.layers import ConvexResidual, MeanShift
 from lsrs.lipschitz import proven_bound
 from lsrs.lipschitz_layers import NormPool
 from lsrs.margin import LipschitzCertifier
@@ -83,3 +83,13 @@ def test_a_convex_residual_whose_branches_broadcast_is_refused():
     matching = ConvexResidual(nn.Identity(), nn.Linear(4, 4), theta=-6.0)  # same shapes: still proven
     _sound_or_refused(matching, (4,))
     assert proven_bound(matching, (4,)) < math.inf
+
+
+def test_a_mean_shift_that_broadcasts_channels_is_refused():
+    """MeanShift with 3 means on a 1-channel input copies the channel 3 times: Lipschitz sqrt 3 (exact 1.732),
+    not the translation's 1."""
+    shift = MeanShift([0.1, 0.2, 0.3])
+    assert _jacobian_norm(shift, (1, 2, 2)) == pytest.approx(math.sqrt(3))
+    assert proven_bound(shift, (1, 2, 2)) == math.inf
+    assert proven_bound(shift, (3, 2, 2)) == 1.0
+    assert proven_bound(MeanShift([0.5]), (3, 2, 2)) == 1.0  # one mean for every channel: a translation
