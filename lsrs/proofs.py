@@ -492,7 +492,11 @@ def _avg_pool(module: nn.Module, ctx: ProofContext, path: str) -> LayerProof:
     """A linear map ``A`` with non-negative entries (any padding, ceil_mode, divisor): Schur's test with the row
     sums ``A 1`` and column sums ``A^T 1``, computed in float64 (within ``gamma_N`` of ``N`` input entries).
     Rounding: each output is a sum of its window and a division, within ``gamma_{N+1} (A |x|)``, whose norm is
-    at most ``gamma_{N+1} L |x|``."""
+    at most ``gamma_{N+1} L |x|``. A non-positive ``divisor_override`` (torch accepts negative ones) makes the
+    entries negative, outside Schur's test as used here: refused."""
+    divisor = getattr(module, "divisor_override", None)
+    if divisor is not None and not divisor > 0:
+        raise UnprovenModule(path, module, f"divisor_override={divisor} is not positive")
     shape = ctx.shapes[module]
     ones = torch.ones(1, *shape, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():

@@ -93,3 +93,19 @@ def test_a_mean_shift_that_broadcasts_channels_is_refused():
     assert proven_bound(shift, (1, 2, 2)) == math.inf
     assert proven_bound(shift, (3, 2, 2)) == 1.0
     assert proven_bound(MeanShift([0.5]), (3, 2, 2)) == 1.0  # one mean for every channel: a translation
+
+
+@pytest.mark.parametrize("divisor", [-1, -2])
+def test_avg_pool_with_a_negative_divisor_override_is_refused(divisor):
+    """A negative ``divisor_override`` makes every entry of the pooling matrix negative; Schur's test read the
+    signed row and column sums' maxima (the smallest counts): 2.0 against the exact 4.0 (divisor -1)."""
+    pool = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, divisor_override=divisor)
+    true = _jacobian_norm(pool, (1, 5, 5))
+    assert true == pytest.approx(4.0 / abs(divisor))
+    assert proven_bound(pool, (1, 5, 5)) == math.inf
+
+
+@pytest.mark.parametrize("divisor", [1, 2, None])
+def test_avg_pool_with_a_positive_divisor_or_ceil_mode_stays_sound(divisor):
+    pool = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False, divisor_override=divisor)
+    _sound_or_refused(pool, (1, 5, 5))
