@@ -164,6 +164,8 @@ class LipschitzCertifier:
     @torch.no_grad()
     def certify(self, x: Tensor) -> LipschitzCertificates:
         """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
+        if type(x) is not Tensor:  # a subclass's __torch_function__ could change every operation of the pass
+            raise ValueError(f"certify takes a torch.Tensor, got a {type(x).__name__}")
         if x.dim() == len(self.input_shape):
             x = x.unsqueeze(0)
         if tuple(x.shape[1:]) != self.input_shape:  # the proofs (conv norms, pool counts) hold for one size

@@ -20,7 +20,8 @@ or a helper the inherited ``forward`` calls) ends the search with no proof. So `
 ``nn.Sequential`` subclass with only an ``__init__``, is proven as a sequence, and an ``nn.Identity`` subclass
 returning ``3 * x`` is refused; so is one with a mixin after ``nn.Identity`` among its bases (every class of the
 MRO outside the proven class's own must be inert). A module with forward hooks, or with a function stored on the instance over one
-of its class's, is refused too (a hook can change what runs), and so is a module in training mode.
+of its class's, is refused too (a hook can change what runs), and so is a module in training mode or one whose
+parameters or buffers are tensor subclasses (their ``__torch_function__`` can change any operation).
 
 Adding a layer is one function here with ``@proves(TheLayer)``; a user's layer can carry ``lipschitz_proof``.
 """
@@ -172,6 +173,11 @@ def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> Pro
     shadowed = [k for k in vars(module) if callable(getattr(type(module), k, None))]
     if shadowed:
         raise UnprovenModule(path, module, f"the instance overrides {shadowed[0]!r}")
+    odd = [k for k, t in (*module._parameters.items(), *module._buffers.items())
+           if t is not None and type(t) not in (Tensor, nn.Parameter)]
+    if odd:  # a tensor subclass's __torch_function__ can change what every operation on it computes
+        raise UnprovenModule(path, module, f"its tensor {odd[0]!r} is a {type(getattr(module, odd[0])).__name__}, "
+                                           "a tensor subclass")
     if check_mode and module.training:
         raise UnprovenModule(path, module, "it is in training mode (call .eval(); the proof is of the eval function)")
     return proof

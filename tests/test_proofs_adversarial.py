@@ -109,3 +109,42 @@ def test_avg_pool_with_a_negative_divisor_override_is_refused(divisor):
 def test_avg_pool_with_a_positive_divisor_or_ceil_mode_stays_sound(divisor):
     pool = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False, divisor_override=divisor)
     _sound_or_refused(pool, (1, 5, 5))
+
+
+class _Tripling(torch.Tensor):
+    """A tensor subclass whose ``F.linear`` returns three times the product (deep-copyable, so it survives the
+    certifier's private copy)."""
+
+    def __deepcopy__(self, memo):
+        with torch._C.DisableTorchFunctionSubclass():
+            out = torch.Tensor.clone(self)
+        return nn.Parameter(out.as_subclass(_Tripling), requires_grad=self.requires_grad)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out * 3 if func is torch.nn.functional.linear else out
+
+
+def _rigged_linear() -> nn.Sequential:
+    lin = nn.Linear(2, 2, bias=False, dtype=torch.float64)
+    lin.weight = nn.Parameter(torch.eye(2, dtype=torch.float64).as_subclass(_Tripling))
+    return nn.Sequential(lin).eval()
+
+
+def test_a_parameter_that_is_a_tensor_subclass_is_refused():
+    """The identity weight as a tensor subclass whose F.linear triples: the network computes 3 x (exact
+    Jacobian 3.0) and was proven 1.0, so the margin certificate of [1, 0.5] was radius 1.06 (truth 0.35)."""
+    net = _rigged_linear()
+    with torch.no_grad():
+        out = net(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    assert out.as_subclass(torch.Tensor).tolist() == [[3.0, 0.0]]
+    assert proven_bound(net, (2,)) == math.inf
+    with pytest.raises(ValueError, match=r"0 \(Linear\).*'weight' is a _Tripling"):
+        LipschitzCertifier(net, (2,))
+
+
+def test_the_margin_certifier_refuses_a_tensor_subclass_input():
+    certifier = LipschitzCertifier(nn.Sequential(nn.Linear(2, 2)).eval(), (2,))
+    with pytest.raises(ValueError, match="takes a torch.Tensor"):
+        certifier.certify(torch.ones(1, 2).as_subclass(_Tripling))
