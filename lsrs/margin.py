@@ -153,7 +153,8 @@ class LipschitzCertifier:
         try:
             # cuDNN may pick FFT / Winograd convolutions and TF32 products, outside the proofs' error analysis
             torch.backends.cuda.matmul.allow_tf32 = False
-            with torch.backends.cudnn.flags(enabled=False):
+            # the caller's autocast would run float32 products in bfloat16 / float16
+            with torch.backends.cudnn.flags(enabled=False), torch.autocast(self.device.type, enabled=False):
                 logits = self._root(x.to(device=self.device, dtype=self.dtype))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
