@@ -38,7 +38,10 @@ from torch import Tensor, nn
 
 from lsrs.threads import map_chunks
 
-__all__ = ["BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound"]
+__all__ = [
+    "BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound",
+    "refuse_active_modes",
+]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -62,6 +65,20 @@ def fft_error(points: int, u: float = U64) -> float:
     eta = mu + gamma(4, u) * (math.sqrt(2.0) + mu)
     t = 8 * (math.ceil(math.log2(max(points, 2))) + 2)
     return t * eta / (1.0 - t * eta)
+
+
+def refuse_active_modes() -> None:
+    """Raise ``ValueError`` while a torch-function or dispatch mode is active (torch's default-device context
+    excepted): a mode can change what any operation of a proof or of a certified pass computes."""
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    modes = [m for m in _get_current_function_mode_stack() if type(m) is not DeviceContext]
+    modes += list(_get_current_dispatch_mode_stack())
+    if modes:
+        raise ValueError(f"a torch mode is active ({type(modes[0]).__name__}): it can change what the bound's proof "
+                         "or the certified forward pass computes; certify outside it")
 
 
 @torch.no_grad()
@@ -276,6 +293,7 @@ def encode_executed(encoder: nn.Module, x: Tensor, bound: ExecutedBound) -> tupl
     Returns ``(z64, norms)``; ``norms`` maps each tracked module (or branch output) to the l2 norm of the
     tensor the rounding analysis refers to, measured on the computed float64 activations.
     """
+    refuse_active_modes()
     norms: dict = {}
     inputs = {m for t in bound.terms for m in t.tracked if not isinstance(m, Output)}
     outputs = {m.module: m for t in bound.terms for m in t.tracked if isinstance(m, Output)}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.executed import U32, U64, ExecutedBound, Output, gamma
+from lsrs.executed import U32, U64, ExecutedBound, Output, gamma, refuse_active_modes
 from lsrs.lipschitz import proven_bound
 from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, input_shapes
 
@@ -137,6 +137,7 @@ class LipschitzCertifier:
     def forward(self, x: Tensor) -> tuple[Tensor, dict]:
         """Logits of the batch ``x`` as executed, and per image the norms the rounding terms track (each
         module's input, a residual branch's output; the largest over calls), in float64, rounded up."""
+        refuse_active_modes()
         norms: dict = {}
         terms = self.bound.terms
         inputs = {m for t in terms for m in t.tracked if not isinstance(m, Output)}

@@ -37,7 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.executed import U64, BoundCache, ExecutedBound, Output, Term, fft_error, gamma, operator_norm_bound
+from lsrs.executed import (
+    U64,
+    BoundCache,
+    ExecutedBound,
+    Output,
+    Term,
+    fft_error,
+    gamma,
+    operator_norm_bound,
+    refuse_active_modes,
+)
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 
@@ -109,7 +119,9 @@ class ProofContext:
     u: float = U64  # unit roundoff of the forward whose rounding the terms bound (float64; float32: 2^-24)
 
     def prove(self, module: nn.Module, path: str) -> LayerProof:
-        """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule`."""
+        """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule` (``ValueError``
+        while a torch mode is active: :func:`lsrs.executed.refuse_active_modes`)."""
+        refuse_active_modes()
         proof_fn = _checked_proof(module, path)
         if module not in self.shapes:
             raise UnprovenModule(path, module, "it did not run on the probe input, so its input size is unknown")

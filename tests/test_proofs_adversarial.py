@@ -163,3 +163,28 @@ def test_a_float32_certificate_under_autocast_runs_in_float32():
     assert l32.dtype == torch.float32
     err = (l32.double() - c64.forward(x)[0]).norm(dim=1)
     assert (err <= c32.rounding_bound(norms, torch.zeros(8, dtype=torch.float64))).all()
+
+
+class _TriplingMode(torch.overrides.TorchFunctionMode):
+    """A torch-function mode the caller entered: every F.linear returns three times the product."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return out * 3 if func is torch.nn.functional.linear else out
+
+
+def test_a_torch_function_mode_around_certification_is_refused():
+    """Inside a mode that triples F.linear the network computes 3 W x (exact Jacobian 3.0 for W = I) while L was
+    proven 1.0: the certificate of [1, 0.5] was radius 1.5 / sqrt 2 = 1.06 where 3 x changes class at 0.35.
+    Proving and certifying refuse."""
+    lin = nn.Linear(2, 2, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(2))
+    certifier = LipschitzCertifier(nn.Sequential(lin).eval(), (2,))
+    with _TriplingMode():
+        with pytest.raises(ValueError, match="_TriplingMode"):
+            certifier.certify(torch.tensor([[1.0, 0.5]]))
+        with pytest.raises(ValueError, match="_TriplingMode"):
+            LipschitzCertifier(nn.Sequential(lin).eval(), (2,))
+    with torch.device("cpu"):  # torch's own default-device context changes no value: allowed
+        assert certifier.certify(torch.tensor([[1.0, 0.5]])).radius.item() == pytest.approx(0.5 / math.sqrt(2))
