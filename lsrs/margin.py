@@ -17,7 +17,6 @@ LS-RS, on the fully orthogonal twin ``resnet18(..., fors=18)``.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -40,25 +39,13 @@ __all__ = [
 SQRT2 = math.sqrt(2.0)
 
 
-def _stages(model: nn.Module) -> nn.Sequential:
-    """``model`` as one ``nn.Sequential`` of its stages (a :class:`~lsrs.models.Split` becomes
-    ``encoder, classifier``); the modules are shared, not copied."""
-    encoder, classifier = getattr(model, "encoder", None), getattr(model, "classifier", None)
-    if isinstance(model, nn.Sequential):
-        return model
-    wrapper = nn.Sequential(OrderedDict(encoder=encoder, classifier=classifier)) if (
-        isinstance(encoder, nn.Module) and isinstance(classifier, nn.Module)) else nn.Sequential(model)
-    wrapper.training = model.training  # proven_bound restores this mode on every module it wraps
-    return wrapper
-
-
 def network_lipschitz(model: nn.Module, input_shape: Sequence[int]) -> float:
     """An upper bound on the l2 Lipschitz constant of the whole network ``x -> logits`` (``inf`` if unknown).
 
     Today :func:`lsrs.lipschitz.proven_bound` (exact constants of the operators as computed, composed);
     this is the single call to change for a bound of the network as executed.
     """
-    return proven_bound(_stages(model), tuple(int(s) for s in input_shape))
+    return proven_bound(model, tuple(int(s) for s in input_shape))
 
 
 class LipschitzCertificates(NamedTuple):
@@ -110,8 +97,7 @@ class LipschitzCertifier:
         self.dtype = dtype
         # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
         self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
-        self._root = _stages(self.model)
-        self._root.eval()
+        self._root = self.model  # proven as its class: a Split as classifier o encoder (Split.lipschitz_proof)
         shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=dtype, device=self.device))
         ctx = ProofContext(shapes, u=_UNIT_ROUNDOFF[dtype])
         try:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +56,7 @@ __all__ = [
     "LayerProof",
     "ProofContext",
     "UnprovenModule",
+    "compose",
     "executable_copy",
     "executed_bound",
     "find_proof",
@@ -216,14 +217,22 @@ def prove(module: nn.Module, shapes: dict[nn.Module, tuple[int, ...]],
 # ---------------------------------------------------------------------------- composites
 @proves(nn.Sequential)
 def _sequential(module: nn.Sequential, ctx: ProofContext, path: str) -> LayerProof:
-    """Composition: ``Lip(f_n o ... o f_1) <= prod Lip(f_i)``; the float64 products within ``4 u`` each."""
+    """Composition of the children as forward runs them (a module listed twice counts twice): :func:`compose`."""
+    return compose(ctx, path, module._modules.items())
+
+
+def compose(ctx: ProofContext, path: str, stages: Iterable[tuple[str, nn.Module]]) -> LayerProof:
+    """``f_n o ... o f_1`` of the named ``stages`` (in the order they run): ``Lip <= prod Lip(f_i)``, the float64
+    products of the bounds within ``4 u`` each; the rounding terms of every stage."""
     exact = executed = plus = 1.0
     terms: list[Term] = []
-    for name, child in module._modules.items():  # as forward runs them: a module listed twice counts twice
+    count = 0
+    for name, child in stages:
         p = ctx.prove(child, f"{path}.{name}" if path else name)
         exact, executed, plus = exact * p.exact, executed * p.executed, plus * p.expansion
         terms.extend(p.terms)
-    grow = 1 + 4 * U64 * len(module)
+        count += 1
+    grow = 1 + 4 * U64 * count
     return LayerProof(exact, executed * grow, tuple(terms), plus * grow)
 
 

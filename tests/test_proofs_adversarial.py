@@ -188,3 +188,34 @@ def test_a_torch_function_mode_around_certification_is_refused():
             LipschitzCertifier(nn.Sequential(lin).eval(), (2,))
     with torch.device("cpu"):  # torch's own default-device context changes no value: allowed
         assert certifier.certify(torch.tensor([[1.0, 0.5]])).radius.item() == pytest.approx(0.5 / math.sqrt(2))
+
+
+class _NamedLikeASplit(nn.Module):
+    """Has ``encoder`` and ``classifier`` like :class:`lsrs.models.Split`, but its forward triples the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Identity()
+        self.classifier = nn.Linear(2, 2, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.eye(2))
+
+    def forward(self, x):
+        return 3 * self.classifier(self.encoder(x))
+
+
+def test_a_model_with_encoder_and_classifier_attributes_is_proven_by_its_own_class():
+    """The margin certifier took any module with ``encoder`` and ``classifier`` attributes for their composition
+    and certified that (L = 1.0, radius 0.35 for [1, 0.5]) instead of the model, whose forward is 3 times it
+    (exact Jacobian 3.0). Only :class:`lsrs.models.Split` (forward = classifier o encoder) proves as the
+    composition, through its own ``lipschitz_proof``; anything else is proven (or refused) as its class."""
+    from lsrs.models import Split
+
+    model = _NamedLikeASplit().eval()
+    assert _jacobian_norm(model, (2,)) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=r"model \(_NamedLikeASplit\)"):
+        LipschitzCertifier(model, (2,))
+    split = Split(model.encoder, model.classifier, arch="x", fors=0, fors_total=0, encoder_lipschitz=1.0,
+                  latent_shape=(2,), config={}).eval()
+    bound, true = _sound_or_refused(split, (2,))
+    assert bound == pytest.approx(1.0) and true == pytest.approx(1.0)
