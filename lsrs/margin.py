@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lsrs.executed import U32, U64, ExecutedBound, Output, gamma, refuse_active_modes
 from lsrs.lipschitz import proven_bound
-from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, input_shapes
+from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, first_unproven, input_shapes
 
 __all__ = [
     "LipschitzCertificates",
@@ -95,6 +95,9 @@ class LipschitzCertifier:
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
         self.dtype = dtype
+        unproven = first_unproven(model)  # before copying: some unproven modules cannot be copied
+        if unproven is not None:
+            raise unproven.within("", _ADVICE)
         # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
         self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
         self._root = self.model  # proven as its class: a Split as classifier o encoder (Split.lipschitz_proof)
@@ -103,8 +106,7 @@ class LipschitzCertifier:
         try:
             proof = ctx.prove(self._root, "")
         except UnprovenModule as err:
-            raise err.within("", "cannot certify by Lipschitz margin: every layer must have a proof, e.g. "
-                                 "resnet18(..., fors=18)") from None
+            raise err.within("", _ADVICE) from None
         self.lipschitz = proof.executed
         self.bound = ExecutedBound(proof.executed, proof.expansion, proof.terms)
         rho = self.bound.lipschitz_plus * self.bound.rel_total
@@ -176,6 +178,7 @@ class LipschitzCertifier:
 
 
 _UNIT_ROUNDOFF = {torch.float64: U64, torch.float32: U32}
+_ADVICE = "cannot certify by Lipschitz margin: every layer must have a proof, e.g. resnet18(..., fors=18)"
 
 
 def lipschitz_certify(model: nn.Module, x: Tensor, *, dtype: torch.dtype = torch.float64) -> LipschitzCertificates:

@@ -219,3 +219,16 @@ def test_a_model_with_encoder_and_classifier_attributes_is_proven_by_its_own_cla
                   latent_shape=(2,), config={}).eval()
     bound, true = _sound_or_refused(split, (2,))
     assert bound == pytest.approx(1.0) and true == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("wrap", ["jit", "weight_norm"])
+def test_scripted_or_weight_normed_networks_are_refused_in_one_line(wrap):
+    """They have no proof; the certifier said so only after a RuntimeError from copying them (TorchScript:
+    ``requires_grad_`` unsupported; the old ``weight_norm``: its computed weight cannot be deep-copied)."""
+    net = nn.Sequential(nn.Linear(3, 3)).eval()
+    if wrap == "jit":
+        net = torch.jit.script(net)
+    else:
+        net[0] = torch.nn.utils.weight_norm(net[0])
+    with pytest.raises(ValueError, match="no proven Lipschitz bound"):
+        LipschitzCertifier(net, (3,))
