@@ -415,9 +415,20 @@ def _conv_linear(layer: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _pad_amounts(layer: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding that the layer applies (also for ``padding='same'``)."""
-    left, right, top, bottom = (int(p) for p in layer._reversed_padding_repeated_twice)
-    return left, right, top, bottom
+    """(left, right, top, bottom) padding that the layer's forward applies: ``F.pad`` with
+    ``_reversed_padding_repeated_twice`` for a non-zero mode; for zeros, ``F.conv2d`` reads ``padding`` itself
+    (``'same'``: ``d (k - 1)`` in total per dimension, the odd one right / bottom, as torch pads)."""
+    if layer.padding_mode != "zeros":
+        left, right, top, bottom = (int(p) for p in layer._reversed_padding_repeated_twice)
+        return left, right, top, bottom
+    if layer.padding == "valid":
+        return 0, 0, 0, 0
+    if layer.padding == "same":
+        totals = [int(d) * (int(k) - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+        (th, tw) = totals
+        return tw // 2, tw - tw // 2, th // 2, th - th // 2
+    ph, pw = (int(p) for p in layer.padding)
+    return pw, pw, ph, ph
 
 
 def _pad_multiplicity(layer: nn.Conv2d, size: tuple[int, int]) -> float:
