@@ -621,7 +621,6 @@ _DEFINITIONS = """\
 - **time (s/example)**: mean total certification seconds per image; "-" at σ = 0, as in the paper.
 - **Speedup**: IS-RS time at the same σ divided by the row's time; for the Lipschitz-margin twin (σ "-": no noise, one forward pass, radius = logit margin / (√2 L)), the mean IS-RS time over σ > 0 divided by its time.
 - **FLOP-ideal**: FLOPs of the baseline network (what IS-RS runs per noise sample) / FLOPs of the LS model's classifier fc, the speedup if time followed the FLOPs per noise sample.
-- **Radii on MNIST**: the 28×28 scans are zero-padded to 32×32; padding is an isometry (l2 distances unchanged), so every radius is an l2 radius around the original 28×28 image.
 """
 
 

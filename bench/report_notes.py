@@ -1,4 +1,4 @@
-"""What a run's numbers mean beyond the metric definitions: untimed set-up, Ray timings, digits radii.
+"""What a run's numbers mean beyond the metric definitions: untimed set-up, Ray timings, digits / MNIST radii.
 
 Each function reads the manifest (and the rows) of one run and returns bullet lines for the report's
 "Definitions" section, or none when the run gives nothing to say.
@@ -69,6 +69,24 @@ def digits_note(dataset: str) -> list[str]:
     ]
 
 
+def mnist_note(dataset: str) -> list[str]:
+    """MNIST radii: the 28x28 scans are zero-padded to 32x32, an isometry, so radii hold around the scans."""
+    if dataset != "mnist":
+        return []
+    from lsrs.data import MNIST_SIZE, MNIST_SOURCE_SIZE
+
+    src, size = MNIST_SOURCE_SIZE, MNIST_SIZE
+    return [
+        f"- **Radii on MNIST**: the {src}×{src} scans are zero-padded to {size}×{size}; padding is an isometry (l2 "
+        f"distances unchanged), so every radius is an l2 radius around the original {src}×{src} image."
+    ]
+
+
+def dataset_notes(dataset: str) -> list[str]:
+    """What the dataset's input pipeline means for the radii (nothing for datasets certified as loaded)."""
+    return [*digits_note(dataset), *mnist_note(dataset)]
+
+
 def imported_note(manifest: dict) -> list[str]:
     """A run imported from a peer's file (``bench import``): its source and what the file does not say."""
     imported = manifest.get("imported")
@@ -85,5 +103,5 @@ def imported_note(manifest: dict) -> list[str]:
 def run_notes(df: pd.DataFrame, manifest: dict, dataset: str) -> list[str]:
     """All notes of one run, in report order."""
     if manifest.get("imported"):
-        return [*imported_note(manifest), *digits_note(dataset)]
-    return [*setup_note(manifest), *ray_note(manifest), *digits_note(dataset)]
+        return [*imported_note(manifest), *dataset_notes(dataset)]
+    return [*setup_note(manifest), *ray_note(manifest), *dataset_notes(dataset)]

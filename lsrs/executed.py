@@ -38,7 +38,10 @@ from torch import Tensor, nn
 
 from lsrs.threads import map_chunks
 
-__all__ = ["BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound"]
+__all__ = [
+    "BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound",
+    "refuse_active_modes",
+]
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -62,6 +65,20 @@ def fft_error(points: int, u: float = U64) -> float:
     eta = mu + gamma(4, u) * (math.sqrt(2.0) + mu)
     t = 8 * (math.ceil(math.log2(max(points, 2))) + 2)
     return t * eta / (1.0 - t * eta)
+
+
+def refuse_active_modes() -> None:
+    """Raise ``ValueError`` while a torch-function or dispatch mode is active (torch's default-device context
+    excepted): a mode can change what any operation of a proof or of a certified pass computes."""
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    modes = [m for m in _get_current_function_mode_stack() if type(m) is not DeviceContext]
+    modes += list(_get_current_dispatch_mode_stack())
+    if modes:
+        raise ValueError(f"a torch mode is active ({type(modes[0]).__name__}): it can change what the bound's proof "
+                         "or the certified forward pass computes; certify outside it")
 
 
 @torch.no_grad()
@@ -223,12 +240,27 @@ class ExecutedBound:
         ``L+ r`` (plus rounding terms of relative size ``<= rel_total``; the factor 2 covers them). The float32
         rounding adds ``u32 |z(x')| + sqrt(d) 2^-150 <= u32 (|z64(x)| + L r + 2 delta64) + sqrt(d) 2^-150``.
         """
-        lp = self.lipschitz_plus
-        a64 = 2.0 * lp * sum(t.rel * sum(norms.get(m, 0.0) for m in t.tracked) + t.absolute for t in self.terms)
-        b64 = 2.0 * lp * lp * self.rel_total
+        a64, b64 = self.forward_error(norms)
         a = (1.0 + 2 * U32) * a64 + U32 * z_norm + math.sqrt(dims) * TINY32
         b = (1.0 + 2 * U32) * b64 + U32 * self.lipschitz
         return a * (1.0 + 1e-9), b * (1.0 + 1e-9)
+
+    def forward_error(self, norms: dict) -> tuple:
+        """``(a, b)``: the computed output at any ``x'`` with ``|x' - x| <= r`` is within ``a + b r`` of the exact
+        map (the operators that run, exact arithmetic), in the precision the terms were proven for.
+
+        ``norms`` are the tracked norms measured at ``x`` (floats, or tensors of one per image). Proof: with
+        ``e_l`` atom ``l``'s rounding and ``S_l`` the exact map after it (Lipschitz ``<= L+``), telescoping gives
+        ``|out_computed - out| <= L+ sum_l |e_l| <= L+ sum_l (rel_l |h_l| + abs_l)`` with ``h_l`` the *computed*
+        input of the atom (Higham 2002, Sec. 3: each atom's error is relative to what it computes from). At
+        ``x`` this is ``E_0 = L+ sum_l (rel_l N_l + abs_l)`` with the measured norms ``N_l``. At ``x'``,
+        ``|h_l(x')| <= N_l + E(x) + L+ r + E(x')``, so with ``rho = L+ rel_total``,
+        ``E(x') <= (E_0 (1 + rho) + rho L+ r) / (1 - rho)``, at most ``2 E_0 + 2 L+^2 rel_total r`` when
+        ``rho <= 1/3`` (callers refuse larger ``rho``).
+        """
+        lp = self.lipschitz_plus
+        a = 2.0 * lp * sum(t.rel * sum(norms.get(m, 0.0) for m in t.tracked) + t.absolute for t in self.terms)
+        return a, 2.0 * lp * lp * self.rel_total
 
     def radius(self, radius_latent: float, a: float, b: float) -> float:
         """The sound input radius ``max(0, (R - 2a) / (L + 2b))`` for latent radius ``R``."""
@@ -261,6 +293,7 @@ def encode_executed(encoder: nn.Module, x: Tensor, bound: ExecutedBound) -> tupl
     Returns ``(z64, norms)``; ``norms`` maps each tracked module (or branch output) to the l2 norm of the
     tensor the rounding analysis refers to, measured on the computed float64 activations.
     """
+    refuse_active_modes()
     norms: dict = {}
     inputs = {m for t in bound.terms for m in t.tracked if not isinstance(m, Output)}
     outputs = {m.module: m for t in bound.terms for m in t.tracked if isinstance(m, Output)}

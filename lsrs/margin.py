@@ -17,7 +17,6 @@ LS-RS, on the fully orthogonal twin ``resnet18(..., fors=18)``.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsrs.executed import U32, U64, ExecutedBound, Output, gamma, refuse_active_modes
 from lsrs.lipschitz import proven_bound
-from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, input_shapes
+from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, first_unproven, input_shapes
 
 __all__ = [
     "LipschitzCertificates",
@@ -39,25 +39,13 @@ __all__ = [
 SQRT2 = math.sqrt(2.0)
 
 
-def _stages(model: nn.Module) -> nn.Sequential:
-    """``model`` as one ``nn.Sequential`` of its stages (a :class:`~lsrs.models.Split` becomes
-    ``encoder, classifier``); the modules are shared, not copied."""
-    encoder, classifier = getattr(model, "encoder", None), getattr(model, "classifier", None)
-    if isinstance(model, nn.Sequential):
-        return model
-    wrapper = nn.Sequential(OrderedDict(encoder=encoder, classifier=classifier)) if (
-        isinstance(encoder, nn.Module) and isinstance(classifier, nn.Module)) else nn.Sequential(model)
-    wrapper.training = model.training  # proven_bound restores this mode on every module it wraps
-    return wrapper
-
-
 def network_lipschitz(model: nn.Module, input_shape: Sequence[int]) -> float:
     """An upper bound on the l2 Lipschitz constant of the whole network ``x -> logits`` (``inf`` if unknown).
 
     Today :func:`lsrs.lipschitz.proven_bound` (exact constants of the operators as computed, composed);
     this is the single call to change for a bound of the network as executed.
     """
-    return proven_bound(_stages(model), tuple(int(s) for s in input_shape))
+    return proven_bound(model, tuple(int(s) for s in input_shape))
 
 
 class LipschitzCertificates(NamedTuple):
@@ -79,134 +67,118 @@ class LipschitzCertifier:
     > M(x) - sqrt(2) L r``, so with ``r = M(x) / (sqrt(2) L)`` class ``c`` stays the unique argmax on the open
     ball. A tie (``M = 0``) certifies nothing: radius 0.
 
-    As executed: the network runs on a frozen float64 copy (``dtype``) and ``L`` is the bound of that copy's
-    operators (each Cayley matrix as computed, its largest singular value). What remains between the
-    proof (exact arithmetic with those operators) and the computed logits is rounding in the forward pass,
-    deducted from the margin: with ``delta`` a bound on ``||f_computed - f||`` anywhere in the ball, the
-    margin of the computed logits moves by at most ``sqrt(2) * delta`` at ``x`` and at ``x + d``, so
-    ``r = max(0, M - 2 sqrt(2) delta) / (sqrt(2) L)`` is sound for the network as executed. ``delta`` is the
-    first-order a-priori forward-error bound of :meth:`rounding_bound` (standard constants of Higham 2002,
-    checked by the tests against the observed float32 error; not an interval-arithmetic proof). It is about
-    1e-11 relative in float64, so radii lose nothing visible; in float32 it is 2^29 times larger, which is
-    why float64 is the default.
+    **As executed.** The network runs on a frozen copy in ``dtype`` (float64 by default; float32 allowed) and
+    ``f`` is the exact-arithmetic map of that copy's operators; ``L`` is their composed per-layer proofs
+    (:mod:`lsrs.proofs`, ``executed``). What remains is the rounding of the forward pass: the same proofs give
+    each layer's rounding terms in ``dtype``'s unit roundoff (Higham 2002: ``gamma_n`` for inner products,
+    Eq. 3.11; Thm 24.2 for FFTs; one ``u`` per elementwise operation), and
+    :meth:`lsrs.executed.ExecutedBound.forward_error` composes them into ``|g(x') - f(x')| <= a + b r`` for the
+    computed logits ``g`` at every ``|x' - x| <= r``, with the activation norms measured at ``x``. Then for
+    ``|d| < r``, ``(g_c - g_j)(x + d) >= M_g(x) - sqrt(2) (|g(x) - f(x)| + L r + |g(x + d) - f(x + d)|)
+    >= M_g(x) - sqrt(2) (2a + (L + b) r)``, positive for ``r = (M_g / sqrt(2) - 2a) / (L + b)`` (less the
+    rounding of this formula, a few ``u``). In float64 ``a`` is about 1e-14 of the activations, so radii lose
+    nothing visible; in float32 about 2^29 times more.
 
-    ``L`` is the composed per-layer proofs of :mod:`lsrs.proofs` on that copy. A layer without a proof
-    (BatchNorm, a std division, a subclass overriding ``forward``, ...) is refused: the constructor raises
-    ``ValueError`` naming the layer's path and class.
+    A layer without a proof (BatchNorm, a std division, a subclass overriding ``forward``, ...) is refused: the
+    constructor raises ``ValueError`` naming the layer's path and class; so is a network whose rounding
+    analysis leaves its first-order range (``L+ * sum rel > 1/3``).
     """
 
     def __init__(
         self, model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> None:
+        if dtype not in _UNIT_ROUNDOFF:
+            raise ValueError(f"dtype must be torch.float64 or torch.float32 (the rounding analysis), got {dtype}")
         self.input_shape = tuple(int(s) for s in input_shape)
         param = next(iter(model.parameters()), None)
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
         self.dtype = dtype
+        unproven = first_unproven(model)  # before copying: some unproven modules cannot be copied
+        if unproven is not None:
+            raise unproven.within("", _ADVICE)
         # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
         self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
-        self._root = _stages(self.model)
-        self._root.eval()
+        self._root = self.model  # proven as its class: a Split as classifier o encoder (Split.lipschitz_proof)
         shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=dtype, device=self.device))
-        ctx = ProofContext(shapes)
+        ctx = ProofContext(shapes, u=_UNIT_ROUNDOFF[dtype])
         try:
-            self.lipschitz = ctx.prove(self._root, "").executed
+            proof = ctx.prove(self._root, "")
         except UnprovenModule as err:
-            raise err.within("", "cannot certify by Lipschitz margin: every layer must have a proof, e.g. "
-                                 "resnet18(..., fors=18)") from None
-        self._ops, self._gamma = self._rounding_constants()
-        self._stages, self._expansion = self._stage_bounds(ctx)
+            raise err.within("", _ADVICE) from None
+        self.lipschitz = proof.executed
+        self.bound = ExecutedBound(proof.executed, proof.expansion, proof.terms)
+        rho = self.bound.lipschitz_plus * self.bound.rel_total
+        if not rho <= 1.0 / 3.0:
+            raise ValueError(f"rounding analysis out of its first-order range in {dtype} (L+ * relative error "
+                             f"{rho:.2e} > 1/3): certify in torch.float64")
 
-    def _stage_bounds(self, ctx: ProofContext) -> tuple[list[nn.Module], float]:
-        """The network as a flat list of stages, and ``P`` = the product of ``max(1, L_stage)`` (their proofs)."""
-        stages: list[nn.Module] = []
-
-        def flatten(m: nn.Module) -> None:
-            if type(m) is nn.Sequential:
-                for child in m:
-                    flatten(child)
-            elif type(m) is not nn.Identity:
-                stages.append(m)
-
-        flatten(self._root)
-        return stages, math.prod(max(1.0, ctx.proofs[stage].executed) for stage in stages)
-
-    def _rounding_constants(self) -> tuple[int, float]:
-        """(number of layers that round, per-layer relative forward error ``gamma``)."""
-        u = torch.finfo(self.dtype).eps / 2
-        k_max, ops = 2, 0
-        for m in self.model.modules():
-            if next(m.children(), None) is None:
-                ops += 1
-            weight = getattr(m, "weight", None)
-            if isinstance(weight, Tensor) and weight.dim() >= 2:  # inner products of at most fan-in terms
-                k_max = max(k_max, weight.shape[0], weight[0].numel())
-        n_max = max([2, *_leaf_input_sizes(self.model, self.input_shape, self.dtype, self.device)])
-        # FFT forward + inverse (Higham 2002, Thm 24.2: log2(N) * eta, eta <= 5u) and a complex inner product
-        # of length k (Higham 2002, Sec. 3.1 / 3.6: gamma_k ~ 2 k u), plus a few element-wise roundings.
-        gamma = (10 * math.log2(n_max) + 2 * k_max + 10) * u
-        return ops, gamma
-
-    def rounding_bound(self, activation_norm: Tensor, radius: Tensor) -> Tensor:
-        """A bound ``delta`` per image on ``||f_computed(x') - f(x')||`` for every ``||x' - x|| <= radius``.
-
-        First-order a-priori forward error: each of the ``n`` rounding layers adds at most ``gamma`` times
-        the norm of what it acts on (input, or output for a bias), and later layers amplify it by at most
-        ``P`` (the product of ``max(1, L_stage)``, 1 for an orthogonal network). Activations at ``x'`` are
-        at most ``A + P * radius`` with ``A`` the largest stage activation norm at ``x``. Hence
-        ``delta <= 4 * n * gamma * P * (A + P * radius)``, the factor 4 covering second-order terms.
-        """
-        p = self._expansion
-        return 4 * self._ops * self._gamma * p * (activation_norm + p * radius)
+    def rounding_bound(self, norms: dict, radius: Tensor) -> Tensor:
+        """A bound ``delta`` per image on ``||g(x') - f(x')||`` (computed minus exact logits) for every
+        ``||x' - x|| <= radius``, from the activation norms ``norms`` of :meth:`forward` at ``x``
+        (:meth:`lsrs.executed.ExecutedBound.forward_error`: the per-layer proofs' rounding terms)."""
+        a, b = self.bound.forward_error(norms)
+        return a + b * radius
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits of the batch ``x`` as executed, and each image's largest stage activation norm ``A``."""
-        h = x.to(device=self.device, dtype=self.dtype)
-        norm = h.flatten(1).norm(dim=1)
-        for stage in self._stages:
-            h = stage(h)
-            norm = torch.maximum(norm, h.flatten(1).norm(dim=1))
-        return h, norm
+    def forward(self, x: Tensor) -> tuple[Tensor, dict]:
+        """Logits of the batch ``x`` as executed, and per image the norms the rounding terms track (each
+        module's input, a residual branch's output; the largest over calls), in float64, rounded up."""
+        refuse_active_modes()
+        norms: dict = {}
+        terms = self.bound.terms
+        inputs = {m for t in terms for m in t.tracked if not isinstance(m, Output)}
+        outputs = {m.module: m for t in terms for m in t.tracked if isinstance(m, Output)}
+
+        def record(key: object, t: Tensor) -> None:
+            flat = t.flatten(1)
+            n = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64) * (1.0 + gamma(flat.shape[1] + 2))
+            norms[key] = torch.maximum(norms[key], n) if key in norms else n
+
+        handles = [m.register_forward_pre_hook(lambda mod, args: record(mod, args[0])) for m in inputs]
+        handles += [m.register_forward_hook(lambda mod, args, out: record(outputs[mod], out)) for m in outputs]
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            # cuDNN may pick FFT / Winograd convolutions and TF32 products, outside the proofs' error analysis
+            torch.backends.cuda.matmul.allow_tf32 = False
+            # the caller's autocast would run float32 products in bfloat16 / float16
+            with torch.backends.cudnn.flags(enabled=False), torch.autocast(self.device.type, enabled=False):
+                logits = self._root(x.to(device=self.device, dtype=self.dtype))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            for h in handles:
+                h.remove()
+        return logits, norms
 
     @torch.no_grad()
     def certify(self, x: Tensor) -> LipschitzCertificates:
         """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
+        if type(x) is not Tensor:  # a subclass's __torch_function__ could change every operation of the pass
+            raise ValueError(f"certify takes a torch.Tensor, got a {type(x).__name__}")
         if x.dim() == len(self.input_shape):
             x = x.unsqueeze(0)
-        logits, norm = self.forward(x)
+        if tuple(x.shape[1:]) != self.input_shape:  # the proofs (conv norms, pool counts) hold for one size
+            raise ValueError(f"input shape {tuple(x.shape[1:])} is not the shape {self.input_shape} that L was "
+                             "proven for: build a LipschitzCertifier for this input shape")
+        logits, norms = self.forward(x)
         if logits.dim() != 2 or logits.shape[1] < 2:
             raise ValueError(f"expected logits of shape (batch, classes >= 2), got {tuple(logits.shape)}")
         prediction = logits.argmax(1)
-        top = logits.gather(1, prediction[:, None]).squeeze(1)
-        others = logits.scatter(1, prediction[:, None], -math.inf)
-        margin = top - others.amax(1)
-        scale = SQRT2 * self.lipschitz
-        delta = self.rounding_bound(norm, margin / scale)
-        kept = margin - 2 * SQRT2 * delta
-        radius = torch.where(kept > 0, kept / scale, torch.zeros_like(kept))  # ties (and L = 0) certify 0
-        return LipschitzCertificates(prediction, radius, margin, self.lipschitz)
+        wide = logits.double()
+        top = wide.gather(1, prediction[:, None]).squeeze(1)
+        margin = top - wide.scatter(1, prediction[:, None], -math.inf).amax(1)
+        a, b = self.bound.forward_error(norms)
+        low = margin * (1.0 - 2 * U64) / SQRT2  # the exact difference of the two logits, rounded down
+        kept = low - 2.0 * a
+        kept = kept - 4 * U64 * (low + 2.0 * a)  # the rounding of the subtraction
+        scale = self.lipschitz + b
+        radius = torch.where(kept > 0, kept / scale * (1.0 - 1e-12), torch.zeros_like(kept))  # ties certify 0
+        return LipschitzCertificates(prediction, radius, margin.to(logits.dtype), self.lipschitz)
 
 
-def _leaf_input_sizes(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype,
-                      device: torch.device) -> list[int]:
-    """Spatial sizes ``H * W`` (or pooled counts) that the FFT convolutions and pools of ``model`` see."""
-    sizes: list[int] = []
-
-    def hook(mod: nn.Module, args: tuple) -> None:
-        t = args[0]
-        if isinstance(t, Tensor) and t.dim() == 4:  # every FFT or pooled sum runs on at most H * W points
-            sizes.append(int(t.shape[-2] * t.shape[-1]))
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    return sizes
+_UNIT_ROUNDOFF = {torch.float64: U64, torch.float32: U32}
+_ADVICE = "cannot certify by Lipschitz margin: every layer must have a proof, e.g. resnet18(..., fors=18)"
 
 
 def lipschitz_certify(model: nn.Module, x: Tensor, *, dtype: torch.dtype = torch.float64) -> LipschitzCertificates:

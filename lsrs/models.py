@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from lsrs.architectures import ANY_DATASET, get_architecture, register_architecture
 from lsrs.layers import CayleyConv2d, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
+from lsrs.proofs import LayerProof, ProofContext, compose
 
 __all__ = [
     "Split",
@@ -83,6 +84,11 @@ class Split(nn.Module):
         self.encoder_lipschitz = float(encoder_lipschitz)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.config = dict(config)
+
+    def lipschitz_proof(self, ctx: ProofContext, path: str) -> LayerProof:
+        """``classifier o encoder``, what :meth:`forward` runs: proven as that composition
+        (:func:`lsrs.proofs.compose`); a subclass that changes ``forward`` gets no proof."""
+        return compose(ctx, path, (("encoder", self.encoder), ("classifier", self.classifier)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.encoder(x))

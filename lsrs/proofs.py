@@ -18,8 +18,10 @@ registered, or that defines a method ``lipschitz_proof(self, ctx, path)``, suppl
 way that defines anything besides ``__init__``, ``extra_repr`` and documentation (e.g. its own ``forward``,
 or a helper the inherited ``forward`` calls) ends the search with no proof. So ``OrthogonalBlock``, an
 ``nn.Sequential`` subclass with only an ``__init__``, is proven as a sequence, and an ``nn.Identity`` subclass
-returning ``3 * x`` is refused. A module with forward hooks, or with a function stored on the instance over one
-of its class's, is refused too (a hook can change what runs), and so is a module in training mode.
+returning ``3 * x`` is refused; so is one with a mixin after ``nn.Identity`` among its bases (every class of the
+MRO outside the proven class's own must be inert). A module with forward hooks, or with a function stored on the instance over one
+of its class's, is refused too (a hook can change what runs), and so is a module in training mode or one whose
+parameters or buffers are tensor subclasses (their ``__torch_function__`` can change any operation).
 
 Adding a layer is one function here with ``@proves(TheLayer)``; a user's layer can carry ``lipschitz_proof``.
 """
@@ -28,14 +30,24 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsrs.executed import U64, BoundCache, ExecutedBound, Output, Term, fft_error, gamma, operator_norm_bound
+from lsrs.executed import (
+    U64,
+    BoundCache,
+    ExecutedBound,
+    Output,
+    Term,
+    fft_error,
+    gamma,
+    operator_norm_bound,
+    refuse_active_modes,
+)
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 
@@ -44,6 +56,7 @@ __all__ = [
     "LayerProof",
     "ProofContext",
     "UnprovenModule",
+    "compose",
     "executable_copy",
     "executed_bound",
     "find_proof",
@@ -104,9 +117,12 @@ class ProofContext:
     shapes: dict[nn.Module, tuple[int, ...] | None]
     norm_bound: Callable[[Tensor], float] = operator_norm_bound
     proofs: dict[nn.Module, LayerProof] = field(default_factory=dict)
+    u: float = U64  # unit roundoff of the forward whose rounding the terms bound (float64; float32: 2^-24)
 
     def prove(self, module: nn.Module, path: str) -> LayerProof:
-        """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule`."""
+        """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule` (``ValueError``
+        while a torch mode is active: :func:`lsrs.executed.refuse_active_modes`)."""
+        refuse_active_modes()
         proof_fn = _checked_proof(module, path)
         if module not in self.shapes:
             raise UnprovenModule(path, module, "it did not run on the probe input, so its input size is unknown")
@@ -133,16 +149,28 @@ def proves(*classes: type) -> Callable[[ProofFn], ProofFn]:
 
 
 def find_proof(module: nn.Module) -> ProofFn | None:
-    """The proof of ``module``'s class (see the module docstring for the MRO rule), or None."""
-    for cls in type(module).__mro__:
-        if cls in _PROOFS:
-            return _PROOFS[cls]
+    """The proof of ``module``'s class (see the module docstring for the MRO rule), or None.
+
+    Every class of the MRO outside the proven class's own MRO must be inert too: with multiple inheritance a
+    mixin listed after the proven class (``class X(nn.Identity, Mixin)``) comes after it in the MRO, yet its
+    ``__call__`` or ``_call_impl`` runs."""
+    mro = type(module).__mro__
+    for cls in mro:
+        proof = _PROOFS.get(cls)
         own = cls.__dict__.get("lipschitz_proof")
-        if callable(own):
-            return lambda m, ctx, path, _own=own: _own(m, ctx, path)
-        if cls is nn.Module or set(cls.__dict__) - _INERT:
+        if proof is None and callable(own):
+            proof = lambda m, ctx, path, _own=own: _own(m, ctx, path)  # noqa: E731
+        if proof is not None:
+            others = [k for k in mro if k not in cls.__mro__]
+            return None if any(_is_active(k) for k in others) else proof
+        if cls is nn.Module or _is_active(cls):
             return None
     return None
+
+
+def _is_active(cls: type) -> bool:
+    """Whether ``cls`` defines anything that can change what runs (more than ``_INERT``)."""
+    return bool(set(cls.__dict__) - _INERT)
 
 
 def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> ProofFn:
@@ -158,6 +186,11 @@ def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> Pro
     shadowed = [k for k in vars(module) if callable(getattr(type(module), k, None))]
     if shadowed:
         raise UnprovenModule(path, module, f"the instance overrides {shadowed[0]!r}")
+    odd = [k for k, t in (*module._parameters.items(), *module._buffers.items())
+           if t is not None and type(t) not in (Tensor, nn.Parameter)]
+    if odd:  # a tensor subclass's __torch_function__ can change what every operation on it computes
+        raise UnprovenModule(path, module, f"its tensor {odd[0]!r} is a {type(getattr(module, odd[0])).__name__}, "
+                                           "a tensor subclass")
     if check_mode and module.training:
         raise UnprovenModule(path, module, "it is in training mode (call .eval(); the proof is of the eval function)")
     return proof
@@ -184,14 +217,22 @@ def prove(module: nn.Module, shapes: dict[nn.Module, tuple[int, ...]],
 # ---------------------------------------------------------------------------- composites
 @proves(nn.Sequential)
 def _sequential(module: nn.Sequential, ctx: ProofContext, path: str) -> LayerProof:
-    """Composition: ``Lip(f_n o ... o f_1) <= prod Lip(f_i)``; the float64 products within ``4 u`` each."""
+    """Composition of the children as forward runs them (a module listed twice counts twice): :func:`compose`."""
+    return compose(ctx, path, module._modules.items())
+
+
+def compose(ctx: ProofContext, path: str, stages: Iterable[tuple[str, nn.Module]]) -> LayerProof:
+    """``f_n o ... o f_1`` of the named ``stages`` (in the order they run): ``Lip <= prod Lip(f_i)``, the float64
+    products of the bounds within ``4 u`` each; the rounding terms of every stage."""
     exact = executed = plus = 1.0
     terms: list[Term] = []
-    for name, child in module._modules.items():  # as forward runs them: a module listed twice counts twice
+    count = 0
+    for name, child in stages:
         p = ctx.prove(child, f"{path}.{name}" if path else name)
         exact, executed, plus = exact * p.exact, executed * p.executed, plus * p.expansion
         terms.extend(p.terms)
-    grow = 1 + 4 * U64 * len(module)
+        count += 1
+    grow = 1 + 4 * U64 * count
     return LayerProof(exact, executed * grow, tuple(terms), plus * grow)
 
 
@@ -199,14 +240,27 @@ def _sequential(module: nn.Sequential, ctx: ProofContext, path: str) -> LayerPro
 def _convex_residual(module: ConvexResidual, ctx: ProofContext, path: str) -> LayerProof:
     """``a main + (1 - a) skip`` with ``a`` in [0, 1]: triangle inequality, ``a L_main + (1 - a) L_skip``
     (paper Section 4). ``a`` is the float32 ``sigmoid(theta)`` exactly as the float64 forward uses it; the
-    float64 ``1 - a``, two products and a sum round within ``4 u`` of the branch outputs."""
+    float64 ``1 - a``, two products and a sum round within ``4 u`` of the branch outputs. The branches must
+    return the same shape: a broadcast copies one branch's output (a ``(B, 1)`` skip added to ``(B, 4)``
+    multiplies its Lipschitz constant by 2), which the triangle bound does not see."""
+    main_shape, skip_shape = _branch_shapes(module, ctx.shapes[module])
+    if main_shape != skip_shape:
+        raise UnprovenModule(path, module, f"its branches return shapes {main_shape} and {skip_shape}; the sum "
+                                           "would broadcast one of them")
     a = float(module.alpha.detach().double())
     main = ctx.prove(module.main, f"{path}.main" if path else "main")
     skip = ctx.prove(module.skip, f"{path}.skip" if path else "skip")
-    terms = (*main.terms, *skip.terms, Term((Output(module.main), Output(module.skip)), 4 * U64, 0.0))
+    terms = (*main.terms, *skip.terms, Term((Output(module.main), Output(module.skip)), 4 * ctx.u, 0.0))
     exact = a * main.exact + (1.0 - a) * skip.exact
     executed = (a * main.executed + (1.0 - a) * skip.executed) * (1 + 4 * U64)
     return LayerProof(exact, executed, terms, max(main.expansion, skip.expansion, 1.0))
+
+
+def _branch_shapes(module: ConvexResidual, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Output shapes of the residual's two branches on a batch of two zero inputs of per-sample ``shape``."""
+    x = torch.zeros(2, *shape, dtype=probe_dtype(module), device=module.theta.device)
+    with torch.inference_mode():
+        return tuple(module.main(x).shape), tuple(module.skip(x).shape)
 
 
 # ---------------------------------------------------------------------------- atoms without rounding
@@ -243,23 +297,28 @@ def _leaky_relu(module: nn.LeakyReLU, ctx: ProofContext, path: str) -> LayerProo
     if module.inplace and s > 1.0:  # it would also rescale the input a residual's other branch reads
         raise UnprovenModule(path, module, "inplace=True with |negative_slope| > 1 changes its input")
     lip = max(1.0, s)
-    return LayerProof(lip, lip, (Term((module,), U64 * s, 0.0),))
+    return LayerProof(lip, lip, (Term((module,), ctx.u * s, 0.0),))
 
 
 @proves(nn.Tanh)
 def _tanh(module: nn.Tanh, ctx: ProofContext, path: str) -> LayerProof:
     """``|tanh'| <= 1``. Rounding: the float64 ``tanh`` of glibc / SLEEF is within 2 ulp, i.e. ``4 u |tanh x|
     <= 4 u |x|`` (an accuracy claim of the math library, not a proof of this code)."""
-    return LayerProof(1.0, 1.0, (Term((module,), 4 * U64, 0.0),))
+    return LayerProof(1.0, 1.0, (Term((module,), 4 * ctx.u, 0.0),))
 
 
 # ---------------------------------------------------------------------------- the library's atoms
 @proves(MeanShift)
 def _mean_shift(module: MeanShift, ctx: ProofContext, path: str) -> LayerProof:
-    """A translation (Lipschitz 1); the float64 subtraction rounds within ``u (|x| + |mean|)``."""
-    hw = math.prod(ctx.shapes[module][-2:])
+    """A translation (Lipschitz 1) when the mean does not broadcast the input: a ``(C, H, W)`` input with ``C``
+    means, or one mean. (Three means on one channel copy it three times: Lipschitz sqrt 3.) The float64
+    subtraction rounds within ``u (|x| + |mean|)``."""
+    shape, means = ctx.shapes[module], module.mean.numel()
+    if len(shape) != 3 or means not in (1, shape[0]) or tuple(module.mean.shape) != (1, means, 1, 1):
+        raise UnprovenModule(path, module, f"{means} means on a per-sample input of shape {shape} broadcast it")
+    hw = math.prod(shape[-2:])
     mean_norm = float(module.mean.double().norm()) * math.sqrt(hw)
-    return LayerProof(1.0, 1.0, (Term((module,), U64, U64 * mean_norm),))
+    return LayerProof(1.0, 1.0, (Term((module,), ctx.u, ctx.u * mean_norm),))
 
 
 @proves(NormPool)
@@ -268,14 +327,15 @@ def _norm_pool(module: NormPool, ctx: ProofContext, path: str) -> LayerProof:
     is within ``gamma_{m-1} sum |x_i| <= gamma_{m-1} sqrt(m) |x_c|`` (Higham 2002, Eq. 3.5); the square root
     and the division add ``2 u``: ``|err| <= gamma_{m+2} |x|``."""
     m = math.prod(ctx.shapes[module][-2:])
-    return LayerProof(1.0, 1.0, (Term((module,), gamma(m + 2), 0.0),))
+    return LayerProof(1.0, 1.0, (Term((module,), gamma(m + 2, ctx.u), 0.0),))
 
 
-def _dense_terms(module: nn.Module, fan_in: int, abs_norm: float, lip: float, bias_norm: float) -> tuple[Term]:
+def _dense_terms(module: nn.Module, fan_in: int, abs_norm: float, lip: float, bias_norm: float,
+                 u: float = U64) -> tuple[Term]:
     """Rounding of ``y = W x + b`` computed by inner products of ``fan_in`` terms: ``|fl(Wx) - Wx| <= gamma_n
     |W| |x|`` entrywise (Higham 2002, Eq. 3.11), in norm ``<= gamma_n || |W| ||_2 |x|`` with ``abs_norm`` a
     bound on ``|| |W| ||_2``; adding the bias rounds within ``u (|Wx| + |b|)``."""
-    return (Term((module,), gamma(fan_in + 1) * abs_norm + U64 * lip, 2 * U64 * bias_norm),)
+    return (Term((module,), gamma(fan_in + 1, u) * abs_norm + u * lip, 2 * u * bias_norm),)
 
 
 @proves(CayleyConv2d)
@@ -294,13 +354,13 @@ def _cayley_conv(layer: CayleyConv2d, ctx: ProofContext, path: str) -> LayerProo
     lip = ctx.norm_bound(op)
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(math.prod(size))
     if layer.kernel_size == 1:  # a (c_in, c_out) real matrix; F.conv2d is an inner product per pixel
-        terms = _dense_terms(layer, op.shape[-2], float(op.double().norm()), lip, bias)
+        terms = _dense_terms(layer, op.shape[-2], float(op.double().norm()), lip, bias, ctx.u)
         return LayerProof(1.0, lip, terms)
     c_in, c_out = op.shape[-2], op.shape[-1]
     points = size[0] * size[1]
-    mm = math.sqrt(2.0) * gamma(c_in + 2) * math.sqrt(min(c_in, c_out)) * lip
-    rel = ((1.0 + math.sqrt(2.0)) * fft_error(points) * lip + mm + 3 * U64 * lip) * 1.01
-    return LayerProof(1.0, lip, (Term((layer,), rel, 2 * U64 * bias),))
+    mm = math.sqrt(2.0) * gamma(c_in + 2, ctx.u) * math.sqrt(min(c_in, c_out)) * lip
+    rel = ((1.0 + math.sqrt(2.0)) * fft_error(points, ctx.u) * lip + mm + 3 * ctx.u * lip) * 1.01
+    return LayerProof(1.0, lip, (Term((layer,), rel, 2 * ctx.u * bias),))
 
 
 @proves(OrthogonalLinear)
@@ -311,7 +371,7 @@ def _orthogonal_linear(layer: OrthogonalLinear, ctx: ProofContext, path: str) ->
     lip = ctx.norm_bound(q)
     rows = math.prod(ctx.shapes[layer][:-1])
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(rows)
-    return LayerProof(1.0, lip, _dense_terms(layer, q.shape[-1], float(q.double().norm()), lip, bias))
+    return LayerProof(1.0, lip, _dense_terms(layer, q.shape[-1], float(q.double().norm()), lip, bias, ctx.u))
 
 
 # ---------------------------------------------------------------------------- standard torch layers
@@ -341,7 +401,7 @@ def _linear(layer: nn.Linear, ctx: ProofContext, path: str) -> LayerProof:
     rows = math.prod(ctx.shapes[layer][:-1])
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(rows)
     abs_norm = _schur(w.abs().sum(1).max(), w.abs().sum(0).max())
-    return LayerProof(lip, lip, _dense_terms(layer, w.shape[1], abs_norm, lip, bias))
+    return LayerProof(lip, lip, _dense_terms(layer, w.shape[1], abs_norm, lip, bias, ctx.u))
 
 
 def _schur(row_max: Tensor | float, col_max: Tensor | float) -> float:
@@ -355,9 +415,20 @@ def _conv_linear(layer: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _pad_amounts(layer: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding that the layer applies (also for ``padding='same'``)."""
-    left, right, top, bottom = (int(p) for p in layer._reversed_padding_repeated_twice)
-    return left, right, top, bottom
+    """(left, right, top, bottom) padding that the layer's forward applies: ``F.pad`` with
+    ``_reversed_padding_repeated_twice`` for a non-zero mode; for zeros, ``F.conv2d`` reads ``padding`` itself
+    (``'same'``: ``d (k - 1)`` in total per dimension, the odd one right / bottom, as torch pads)."""
+    if layer.padding_mode != "zeros":
+        left, right, top, bottom = (int(p) for p in layer._reversed_padding_repeated_twice)
+        return left, right, top, bottom
+    if layer.padding == "valid":
+        return 0, 0, 0, 0
+    if layer.padding == "same":
+        totals = [int(d) * (int(k) - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+        (th, tw) = totals
+        return tw // 2, tw - tw // 2, th // 2, th - th // 2
+    ph, pw = (int(p) for p in layer.padding)
+    return pw, pw, ph, ph
 
 
 def _pad_multiplicity(layer: nn.Conv2d, size: tuple[int, int]) -> float:
@@ -451,7 +522,7 @@ def _conv2d(layer: nn.Conv2d, ctx: ProofContext, path: str) -> LayerProof:
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm()) * math.sqrt(out[0, 0].numel())
     mult = _pad_multiplicity(layer, (int(shape[1]), int(shape[2])))
     abs_norm = _schur(w.sum((1, 2, 3)).max(), w.sum((0, 2, 3)).max()) * math.sqrt(mult)
-    return LayerProof(lip, lip, _dense_terms(layer, w[0].numel(), abs_norm, lip, bias))
+    return LayerProof(lip, lip, _dense_terms(layer, w[0].numel(), abs_norm, lip, bias, ctx.u))
 
 
 @proves(nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
@@ -459,15 +530,19 @@ def _avg_pool(module: nn.Module, ctx: ProofContext, path: str) -> LayerProof:
     """A linear map ``A`` with non-negative entries (any padding, ceil_mode, divisor): Schur's test with the row
     sums ``A 1`` and column sums ``A^T 1``, computed in float64 (within ``gamma_N`` of ``N`` input entries).
     Rounding: each output is a sum of its window and a division, within ``gamma_{N+1} (A |x|)``, whose norm is
-    at most ``gamma_{N+1} L |x|``."""
+    at most ``gamma_{N+1} L |x|``. A non-positive ``divisor_override`` (torch accepts negative ones) makes the
+    entries negative, outside Schur's test as used here: refused."""
+    divisor = getattr(module, "divisor_override", None)
+    if divisor is not None and not divisor > 0:
+        raise UnprovenModule(path, module, f"divisor_override={divisor} is not positive")
     shape = ctx.shapes[module]
     ones = torch.ones(1, *shape, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
         rows = module(ones)
         (cols,) = torch.autograd.grad(rows.sum(), ones)
     n = math.prod(shape)
-    lip = _schur(rows.max(), cols.max()) * (1 + gamma(n + 2))
-    return LayerProof(lip, lip, (Term((module,), gamma(n + 1) * lip, 0.0),))
+    lip = _schur(rows.detach().max(), cols.max()) * (1 + gamma(n + 2))
+    return LayerProof(lip, lip, (Term((module,), gamma(n + 1, ctx.u) * lip, 0.0),))
 
 
 # ---------------------------------------------------------------------------- walking a tree that runs
