@@ -130,6 +130,7 @@ def test_certificates_at_different_n_share_their_first_samples(checkpoints: Path
         assert small["seed"] == large["seed"]
 
 
+@pytest.mark.xdist_group("exclusive")  # worker processes of its own: never beside the speed guards
 def test_pool_run_of_an_n_axis_equals_the_one_process_run(checkpoints: Path, tmp_path: Path) -> None:
     config = RunConfig(dataset="digits", fors=(1,), sigmas=(0.0, 0.25), n0=16, n=(48, 96), skip=9,
                        max_images=IMAGES, checkpoints=str(checkpoints))

@@ -7,12 +7,15 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from tiny_checkpoints import write_tiny_checkpoints
 
 from bench import store
 from bench.pool import PoolGridRunner, run_grid_pool
 from bench.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
+
+pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards
 
 TIMING = ["encode_s", "sample_s", "total_s"]
 KEY = ["sigma", "method", "fors", "idx"]

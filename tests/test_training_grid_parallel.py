@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from bench.training_grid import train_grid
 from lsrs import checkpoint as ckpt
+
+pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards
 
 KW = dict(epochs=1, lr=0.05, batch_size=128, device="cpu", seed=3, width=4, quiet=True, threads=1)
 

@@ -185,6 +185,7 @@ def test_grid_records_the_twin_recipe_and_trains_the_baseline_first(tmp_path: Pa
     assert ckpt.read_meta(folder / plain[1]["path"]).get("twin_recipe") is None
 
 
+@pytest.mark.xdist_group("exclusive")  # worker processes of its own: never beside the speed guards
 def test_twin_recipe_grid_in_two_processes_gives_the_sequential_weights_bit_for_bit(tmp_path: Path) -> None:
     recipe = TwinRecipe(warm_start=True, distill=0.5)
     seq = train_grid("digits", [0, 1], [0.25, 0.5], tmp_path / "seq", twin=recipe, processes=1, **KW)
