@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,13 +80,11 @@ def read_cohen_checkpoint(path: Path) -> CohenCheckpoint:
     if not path.is_file():
         raise ImportRefused(f"{path}: no such checkpoint file")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+        obj = ckpt.load_weights_only(path)
+    except ckpt.PickleRefused as exc:
         raise ImportRefused(
             f"{path}: refused by torch.load(weights_only=True) (not plain tensors and containers, or corrupted): "
-            f"{_one_line(ckpt._pickle_reason(exc))}"
+            f"{_one_line(str(exc))}"
         ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise ImportRefused(f"{path}: not a Cohen et al. checkpoint (expected a dict with 'arch' and 'state_dict')")

@@ -372,6 +372,22 @@ def _pickle_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+class PickleRefused(ValueError):
+    """``torch.load(weights_only=True)`` refused a file (it needs more than tensors and plain containers) or could
+    not read it; the message is the one informative line of torch's error."""
+
+
+def load_weights_only(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU: no code carried by the file runs (PyTorch's restricted
+    unpickler); a refusal or a corrupted file raises :class:`PickleRefused`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+        raise PickleRefused(_pickle_reason(exc)) from None
+
+
 def _load_pickle(weights: Path, allow_pickle: bool, expected_sha256: str | None) -> tuple[nn.Module, dict]:
     if not allow_pickle:
         raise CheckpointError(
@@ -382,13 +398,10 @@ def _load_pickle(weights: Path, allow_pickle: bool, expected_sha256: str | None)
     side_meta = _read_sidecar(side) if side.is_file() else None
     digest = _verify_sha(weights, side_meta, expected_sha256)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+        obj = load_weights_only(weights)
+    except PickleRefused as exc:
         raise CheckpointError(
-            f"{weights}: refused by torch.load(weights_only=True) (not plain tensors, or corrupted): "
-            f"{_pickle_reason(exc)}"
+            f"{weights}: refused by torch.load(weights_only=True) (not plain tensors, or corrupted): {exc}"
         ) from None
     meta: dict | None = None
     tensors = obj
@@ -539,12 +552,14 @@ def find_checkpoint(
 
 __all__ = [
     "CheckpointError",
+    "PickleRefused",
     "find_checkpoint",
     "index_entry",
     "index_architectures",
     "index_folder",
     "index_path",
     "load_checkpoint",
+    "load_weights_only",
     "read_index",
     "read_meta",
     "save_checkpoint",
