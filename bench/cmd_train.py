@@ -86,6 +86,9 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
                    "superconvergence schedule) [default: step].")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (cifar10/imagenet).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Models trained side by side in local worker processes (as bench demo does), one torch "
+                   "thread each unless --threads; the checkpoints do not depend on it.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's]; 1 is fastest on a busy shared CPU.")
@@ -98,7 +101,7 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, width, weight_decay, margin_eps,
             temperature, warm_start, distill, distill_temperature, twin_optimizer, twin_lr, twin_schedule,
-            workers, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
+            workers, processes, device, threads, seed, data_dir, download, retrain, as_json, quiet) -> None:
     """Train every (FoR, σ) model of the grid with Gaussian-noise augmentation.
 
     FoR 0 is the IS-RS baseline (noise on the input); FoR k > 0 is its orthogonal twin (noise on the latent
@@ -120,7 +123,7 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
         entries = train_grid(
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,
             device=device, seed=seed, width=width, data_dir=data_dir, quiet=quiet, workers=workers,
-            download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console,
+            download=download, weight_decay=weight_decay, retrain=retrain, threads=threads, console=console, processes=processes,
             margin_eps=margin_eps, temperature=temperature, arch=arch,
             twin=twin_recipe(dataset, arch, warm_start=warm_start, distill=distill, distill_temperature=distill_temperature,
                              optimizer=twin_optimizer, lr=twin_lr, schedule=twin_schedule),
