@@ -9,7 +9,7 @@ z are affected: the orthogonal encoder contains no BatchNorm.
 
 ``inference_copy`` is the one place that decides how the certification engine runs a base classifier:
 folded and in ``channels_last`` memory by default (the fastest sound configuration measured on CPU, see
-``bench/speed.py``), each rewrite optional, on a private copy so that the caller's module is never altered.
+``bench/perf/speed.py``), each rewrite optional, on a private copy so that the caller's module is never altered.
 """
 
 from __future__ import annotations

@@ -27,5 +27,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
         for name, table in getattr(report, "user_properties", ()):
             if name == "speed_table":
-                terminalreporter.write_sep("-", "certification speed: same-run ratios (bench/speed.py)")
+                terminalreporter.write_sep("-", "certification speed: same-run ratios (bench/perf/speed.py)")
                 terminalreporter.write_line(table)

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from bench import certifiers
-from bench.cli import cli
-from bench.runner import RunConfig, grid_jobs
+from bench.cli.main import cli
+from bench.grid.runner import RunConfig, grid_jobs
 from tests.example_certifier import KEY, register_clean
 from tests.tiny_checkpoints import write_tiny_checkpoints
 
@@ -51,7 +51,7 @@ def _run(tmp_path, methods: str, out: str):
 
 
 def test_a_new_certifier_is_one_module_and_its_registration(tmp_path, clean_certifier):
-    from bench.report import write_report
+    from bench.report.writer import write_report
     from lsrs.checkpoint import load_checkpoint, read_index
     from lsrs.data import load_dataset
 

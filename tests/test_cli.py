@@ -9,12 +9,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bench import cli as cli_module
-from bench.cli import cli
+from bench.cli import main as cli_module
+from bench.cli.main import cli
 
 
 def test_help_lists_every_command_without_importing_torch() -> None:
-    code = ("import sys; from bench.cli import cli\n"
+    code = ("import sys; from bench.cli.main import cli\n"
             "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

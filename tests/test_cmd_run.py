@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 from tiny_checkpoints import write_tiny_checkpoints
 
-from bench import store
-from bench.cli import cli
-from bench.runner import RunConfig, RunOptions, run_grid
+from bench.cli.main import cli
+from bench.grid import store
+from bench.grid.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
 FORS = (1, 9)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.cli import cli
-from bench.training_grid import GridConfigError, train_grid
+from bench.cli.main import cli
+from bench.grid.training import GridConfigError, train_grid
 from lsrs import checkpoint as ckpt
 
 

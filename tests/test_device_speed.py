@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.device_speed import main
+from bench.perf.device_speed import main
 
 
 def test_device_speed_reports_each_fors_and_precision(tmp_path, capsys) -> None:

@@ -1,12 +1,12 @@
-"""One device rule for every bench command (bench.devices)."""
+"""One device rule for every bench command (bench.grid.devices)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.devices import device_name, resolve_device
-from bench.params import BenchUsageError
+from bench.cli.params import BenchUsageError
+from bench.grid.devices import device_name, resolve_device
 
 
 class Custom(Exception):

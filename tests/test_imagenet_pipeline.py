@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bench.cli import cli
+from bench.cli.main import cli
 
 
 def _image_folder(root: Path, classes: int = 3, train: int = 2, val: int = 1) -> Path:

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from cohen_format import LOG_HEADER, write_log
 from synthetic_results import make_manifest, make_results, write_run
 
-from bench.cli import cli
-from bench.importers import parse_log_time
-from bench.report import RADII, cert_acc_column
+from bench.cli.main import cli
+from bench.grid.importers import parse_log_time
+from bench.report.writer import RADII, cert_acc_column
 
 # (idx, label, predict, radius, time): both time formats of their released files, an abstention, a wrong class
 LINES = [
@@ -165,7 +165,7 @@ def test_side_by_side_report_of_a_native_run_and_an_imported_log(tmp_path: Path)
     index = (out / "index.md").read_text()
     assert "different datasets" in index and "cohen2019-certify-log" in index
 
-    from bench.report_compare import comparison_figure, load_runs
+    from bench.report.compare import comparison_figure, load_runs
 
     fig = comparison_figure(load_runs([native, tmp_path / "peer"], ["ours", "Cohen et al."]))
     labels = [t.get_text() for t in fig.legends[0].get_texts()]

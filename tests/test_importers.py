@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from cohen_format import peer_cifar_model, peer_imagenet_model, save_like_train_py
 
-from bench.cli import cli
+from bench.cli.main import cli
 from lsrs.checkpoint import load_checkpoint, read_index, sha256_file
 from lsrs.cohen_models import NO_TWIN, build_cohen_model, cohen_to_local
 

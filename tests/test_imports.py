@@ -55,19 +55,19 @@ def test_no_import_cycles() -> None:
         order = list(TopologicalSorter(_import_graph(_modules())).static_order())
     except CycleError as err:
         pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
-    assert {"bench.labels", "bench.plots", "bench.report", "lsrs.smoothing"} <= set(order)
+    assert {"bench.report.labels", "bench.report.plots", "bench.report.writer", "lsrs.smoothing"} <= set(order)
 
 
 @pytest.mark.parametrize(
     ("name", "home"),
     [
         ("ABSTAIN", "lsrs.smoothing"),
-        ("VARIANT_KEYS", "bench.labels"),
-        ("DEFENSES", "bench.labels"),
-        ("config_label", "bench.labels"),
-        ("fors_label", "bench.labels"),
-        ("format_sigma", "bench.labels"),
-        ("variant_keys", "bench.labels"),
+        ("VARIANT_KEYS", "bench.report.labels"),
+        ("DEFENSES", "bench.report.labels"),
+        ("config_label", "bench.report.labels"),
+        ("fors_label", "bench.report.labels"),
+        ("format_sigma", "bench.report.labels"),
+        ("variant_keys", "bench.report.labels"),
     ],
 )
 def test_shared_name_is_defined_once(name: str, home: str) -> None:

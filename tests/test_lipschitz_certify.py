@@ -282,7 +282,7 @@ def test_train_config_margin_fields_leave_cross_entropy_hashes_alone():
 
 
 def test_the_lipschitz_twin_is_trained_once_at_sigma_zero():
-    from bench.training_grid import grid_pairs
+    from bench.grid.training import grid_pairs
 
     assert grid_pairs("resnet18", [0, 9, 18], [0.25, 0.5]) == [(0, 0.25), (0, 0.5), (9, 0.25), (9, 0.5), (18, 0.0)]
 
@@ -307,9 +307,9 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
     import pandas as pd
     from click.testing import CliRunner
 
-    from bench import store
-    from bench.cli import cli
-    from bench.report import write_report
+    from bench.cli.main import cli
+    from bench.grid import store
+    from bench.report.writer import write_report
     from lsrs.data import load_dataset
 
     model = _lip_checkpoints(tmp_path / "ckpt")
@@ -349,8 +349,8 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
 
 def test_bench_run_refuses_lip_on_a_model_without_a_bound(tmp_path):
     """A FoR-18 entry whose weights build an LS twin cannot happen; a lip job on a bad model is refused."""
-    from bench.params import BenchUsageError
-    from bench.runner import Job, JobCertifier, RunConfig
+    from bench.cli.params import BenchUsageError
+    from bench.grid.runner import Job, JobCertifier, RunConfig
     from lsrs.data import load_dataset
 
     config = RunConfig(dataset="digits", fors=(), sigmas=(0.25,), methods=("lip",))
@@ -362,7 +362,7 @@ def test_bench_run_refuses_lip_on_a_model_without_a_bound(tmp_path):
 def test_bench_train_fors_18_trains_one_margin_model_at_sigma_zero(tmp_path):
     from click.testing import CliRunner
 
-    from bench.cli import cli
+    from bench.cli.main import cli
     from lsrs.checkpoint import read_index
 
     args = ["train", "--dataset", "digits", "--fors", "18", "--sigmas", "0.25,0.5", "--epochs", "1", "--width", "4",

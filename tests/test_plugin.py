@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import cli
+from bench.cli.main import cli
 from lsrs import architectures
 
 PLUGIN = '''

@@ -1,4 +1,4 @@
-"""``bench.pool``: the grid certified by local worker processes equals the one-process run, and resumes it."""
+"""``bench.grid.pool``: the grid certified by local worker processes equals the one-process run, and resumes it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from tiny_checkpoints import write_tiny_checkpoints
 
-from bench import store
-from bench.pool import PoolGridRunner, run_grid_pool
-from bench.runner import RunConfig, RunOptions, run_grid
+from bench.grid import store
+from bench.grid.pool import PoolGridRunner, run_grid_pool
+from bench.grid.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
 pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards
@@ -64,7 +64,7 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
     and stores the rows of ``bench run``; with ``--ray`` it is refused in one line."""
     from click.testing import CliRunner
 
-    from bench.cli import cli
+    from bench.cli.main import cli
 
     checkpoints = write_tiny_checkpoints(tmp_path / "ckpt", (9,), (0.0, 0.25))
     args = ["run", "--dataset", "digits", "--fors", "9", "--sigmas", "0,0.25", "--n0", "8", "--n", "48",
@@ -75,7 +75,7 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
     assert pool.exit_code == 0, pool.output
     drop = [*TIMING, "device"]
     pd.testing.assert_frame_equal(_table(tmp_path / "one", drop), _table(tmp_path / "pool", drop))
-    def shards(run: str) -> list[bool]:  # a shard's part: part-<job>-i<first image>-<digest>.parquet (bench.pool)
+    def shards(run: str) -> list[bool]:  # a shard's part: part-<job>-i<first image>-<digest>.parquet (bench.grid.pool)
         return [bool(re.search(r"-i\d+-[0-9a-f]{10}\.parquet$", p.name)) for p in store.part_files(tmp_path / run)]
 
     assert all(shards("pool")) and not any(shards("one"))

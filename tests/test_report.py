@@ -1,4 +1,4 @@
-"""bench.report and `bench report`: aggregates, rendered tables, missing configs, CLI errors."""
+"""bench.report.writer and `bench report`: aggregates, rendered tables, missing configs, CLI errors."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from synthetic_results import make_manifest, make_results, write_run  # noqa: E402
 
-from bench.cli import cli  # noqa: E402
-from bench.params import BenchUsageError  # noqa: E402
-from bench.report import RADII, cert_acc_column, format_sigma, load_run, summarize, write_report  # noqa: E402
+from bench.cli.main import cli  # noqa: E402
+from bench.cli.params import BenchUsageError  # noqa: E402
+from bench.report.writer import RADII, cert_acc_column, format_sigma, load_run, summarize, write_report  # noqa: E402
 
 FORS = (1, 5, 9, 13)
 SIGMAS = (0.0, 0.25, 0.5, 1.0)

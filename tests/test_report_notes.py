@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from synthetic_results import make_manifest, make_results, write_run
 
-from bench.report import write_report
+from bench.report.writer import write_report
 
 
 @pytest.mark.parametrize(("dataset", "mnist", "digits"), [("digits", False, True), ("mnist", True, False),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import store
-from bench.report import write_report
+from bench.grid import store
+from bench.report.writer import write_report
 
 
 def _cert_row(idx: int, method: str, fors: int, sigma: float, *, correct: bool, radius: float, used: int,

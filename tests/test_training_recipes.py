@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from bench.cli import cli
-from bench.training_grid import TwinRecipe, train_grid
+from bench.cli.main import cli
+from bench.grid.training import TwinRecipe, train_grid
 from lsrs import checkpoint as ckpt
 from lsrs.data import DATASETS, TensorImageDataset, load_dataset
 from lsrs.models import build_model
@@ -208,8 +208,8 @@ def test_cli_refuses_a_bad_twin_option_in_one_line() -> None:
 
 
 def test_cli_default_twin_recipe_is_the_measured_one_only_where_measured() -> None:
-    from bench.cmd_train import twin_recipe
-    from bench.training_grid import MEASURED_TWIN_RECIPES
+    from bench.cli.cmd_train import twin_recipe
+    from bench.grid.training import MEASURED_TWIN_RECIPES
 
     assert twin_recipe("digits") == MEASURED_TWIN_RECIPES["resnet18", "digits"]
     assert twin_recipe("digits", "tinynet") == TwinRecipe()  # measured on ResNet18 only

@@ -41,7 +41,7 @@ class MarginRun:
     ``samples_used`` = 1, NaN probabilities, no counts; ``precision`` is the float64 of the pass."""
 
     def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
-        from bench.params import BenchUsageError
+        from bench.cli.params import BenchUsageError
         from lsrs.margin import LipschitzCertifier
 
         self.context = context

@@ -33,7 +33,7 @@ def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
     """The run's FoRs must be FoRs of the checkpoints' architectures (an imported model has no twin)."""
     import click
 
-    from bench.params import BenchUsageError
+    from bench.cli.params import BenchUsageError
 
     valid = sorted({k for record in archs for k in record.fors})
     bad = [k for k in fors if archs and k not in valid]
@@ -87,8 +87,8 @@ class SmoothedRun:
     warm-up (all untimed, in ``setup_s``); then one CERTIFY per image, and its ``--decide-radii`` decisions."""
 
     def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
-        from bench.engine_setup import auto_batch_size, compile_classifier, warm_up
-        from bench.params import BenchUsageError
+        from bench.cli.params import BenchUsageError
+        from bench.grid.engine_setup import auto_batch_size, compile_classifier, warm_up
         from lsrs.proofs import UnprovenModule
         from lsrs.timing import Stopwatch
 

@@ -1,6 +1,6 @@
 """Fixtures of the certification-speed benchmarks (how they work: README.md in this folder).
 
-One :class:`bench.speed.SpeedSuite` (models, inputs, smoothers) is built per package and shared by the
+One :class:`bench.perf.speed.SpeedSuite` (models, inputs, smoothers) is built per package and shared by the
 pytest-benchmark cases (``test_speed.py``) and the same-run ratio guard (``test_speed_guard.py``), which run on
 one xdist worker (group "exclusive", shared with the Ray tests, which then never run beside the guards).
 Torch runs with ``SpeedConfig.threads`` threads inside this package and is restored afterwards. The guard's
@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from bench.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
+from bench.perf.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
 
 #: pytest-benchmark rounds per case (after one warm-up round); CI default 1, ``nox -s benchmark`` more.
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"

@@ -1,4 +1,4 @@
-"""pytest-benchmark cases of certification speed on one fixed small ResNet18 (``bench.speed.SpeedConfig``).
+"""pytest-benchmark cases of certification speed on one fixed small ResNet18 (``bench.perf.speed.SpeedConfig``).
 
 Pure forward of the baseline and of ``fc`` at each FoR, IS-RS and LS-RS CERTIFY, bf16 IS-RS, and the
 reference loop of Cohen et al.'s ``core.py`` on a separate plain copy of the baseline. These record times
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.devices import native_support
-from bench.speed import SpeedConfig
+from bench.grid.devices import native_support
+from bench.perf.speed import SpeedConfig
 
 # Under xdist one worker builds the suite; pytest-benchmark then runs each case once, untimed, and the
 # assertions still hold. `nox -s benchmark` runs these without xdist (-n 0) to record the times.

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.speed import (
+from bench.perf.speed import (
     FLOORS_COMMAND,
     FLOORS_PATHS,
     FORWARD_VARIANTS,
@@ -121,7 +121,7 @@ def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_s
 
     A deliberate slowdown of that default path, timed in the same rounds: the README call (LS-RS FoR 13,
     ``LatentSmooth`` with no options) on a classifier that busy-waits half as long again after every batch
-    (:class:`bench.speed.Slowed`, 1.5x). With its time in place of the default's, the guard must report
+    (:class:`bench.perf.speed.Slowed`, 1.5x). With its time in place of the default's, the guard must report
     ``efficiency[ls13]``, with the floors the default passes.
     """
     slowed = paper_suite.certify_fn(SLOWED_METHOD, "fp32",
@@ -211,7 +211,7 @@ def test_reference_loop_counts_like_core_py() -> None:
 
 def test_table_lists_targets_and_guard_lines() -> None:
     """The table renders from a tiny real measurement (no assertion on its numbers)."""
-    from bench.speed import SpeedSuite
+    from bench.perf.speed import SpeedSuite
 
     cfg = replace(SpeedConfig(), width=2, in_size=8, fors=(9,), n0=4, n=8, batch_size=4, matmul_size=8)
     result = run_speed(SpeedSuite(cfg), rounds=1, warmup=0)
@@ -222,7 +222,7 @@ def test_table_lists_targets_and_guard_lines() -> None:
 
 def test_measure_interleaves_abba_and_reports_every_call() -> None:
     """Warm-up once in order, then rounds alternating forward and reversed order; one progress call per run."""
-    from bench.speed import measure
+    from bench.perf.speed import measure
 
     ran: list[str] = []
     reported: list[str] = []
@@ -291,7 +291,7 @@ def test_paper_preset_uses_the_plain_call_and_every_variant() -> None:
 def test_substituted_recomputes_every_ratio_from_the_same_rounds() -> None:
     """The deliberate-slowdown check: one case's time replaced by another's in every round, all ratios
     recomputed; a case 1.5x slower than the certify it replaces divides that method's efficiency by 1.5."""
-    from bench.speed import SpeedSuite, summarise
+    from bench.perf.speed import SpeedSuite, summarise
 
     cfg = replace(SpeedConfig(), width=2, in_size=8, fors=(9,), n0=4, n=8, batch_size=4, matmul_size=8,
                   precisions=("fp32",))

@@ -9,10 +9,10 @@ import click
 from rich.console import Console
 
 from bench import certifiers
-from bench.devices import PRECISION_CHOICES, resolve_precision
-from bench.executors import choose_executor
-from bench.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
-from bench.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
+from bench.cli.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
+from bench.grid.devices import PRECISION_CHOICES, resolve_precision
+from bench.grid.executors import choose_executor
+from bench.grid.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
 
 METHOD_LIST = CommaList(str, "method",
                         lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
@@ -129,8 +129,8 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
       bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
       bench run --dataset digits --n 1000,4000 --out results/front   # n axis: then bench report results/front
     """
-    from bench.console import print_table, summary_table
-    from bench.report import summarize
+    from bench.grid.console import print_table, summary_table
+    from bench.report.writer import summarize
     from lsrs.checkpoint import index_architectures
 
     try:  # the architecture is that of the checkpoints (no index: the runner says how to train one)
@@ -144,7 +144,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     if ray_options is not None and processes > 1:
         raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
     if ray_options is not None:
-        from bench import distributed
+        from bench.grid import distributed
 
         click.get_current_context().call_on_close(distributed.connect(ray_options.address))
         device_type = distributed.cluster_device_type(device)
@@ -169,7 +169,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     load_test = partial(_load_test, dataset, worker_data_dir)  # picklable, for local workers and Ray tasks
     manifest = choose_executor(processes, ray_options).run(config, options, load_test)
     if not quiet:
-        from bench.report import load_run
+        from bench.report.writer import load_run
 
         frame, manifest = load_run(out)
         print_table(console, summary_table(summarize(frame, manifest)))
@@ -186,7 +186,7 @@ def _ray_options(address: str | None, shard_size: int | None, num_cpus: float | 
         return None
     if not address.strip():
         raise BenchUsageError("--ray needs 'auto' or a cluster address such as head-node:6379")
-    from bench.distributed import DEFAULT_SHARD_SIZE, RayOptions
+    from bench.grid.distributed import DEFAULT_SHARD_SIZE, RayOptions
 
     return RayOptions(address=address.strip(), shard_size=shard_size or DEFAULT_SHARD_SIZE,
                       num_cpus=num_cpus if num_cpus is not None else 1.0, num_gpus=num_gpus)

@@ -1,8 +1,8 @@
 """The certification grid over local worker processes: every core of one machine, the same rows.
 
-The parent plans the run like a one-process run (:meth:`bench.runner.GridRunner.plan`: same images, same
+The parent plans the run like a one-process run (:meth:`bench.grid.runner.GridRunner.plan`: same images, same
 resume), splits what is left into shards of (job × images), a job being one (method, FoR, σ, n) and certifies them in spawned worker processes
-with :func:`bench.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
+with :func:`bench.grid.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
 one parquet part in a single atomic replace. Each image's noise is seeded from (run seed, image, method, FoR,
 σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
 keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 
 import torch
 
-from bench import store
-from bench.console import grid_progress
-from bench.distributed import certify_shard, clear_staging, collect_shard, shard_specs
-from bench.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
+from bench.grid import store
+from bench.grid.console import grid_progress
+from bench.grid.distributed import certify_shard, clear_staging, collect_shard, shard_specs
+from bench.grid.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
 
 SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
 
@@ -81,7 +81,7 @@ class PoolGridRunner(GridRunner):
 
 def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset],
                   processes: int, threads: int = 1) -> dict:
-    """:func:`bench.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
+    """:func:`bench.grid.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
     dataset = load_test()
     labels = _labels(dataset) if config.per_class else [0] * len(dataset)
     return PoolGridRunner(config, options).run_pool(labels, load_test, processes, threads)

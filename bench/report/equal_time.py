@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench import certifiers
-from bench.labels import (
+from bench.report.labels import (
     N_AXIS,
     cert_acc_column,
     config_label,
@@ -176,7 +176,7 @@ def front_figure(summary: pd.DataFrame):
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    from bench import plots
+    from bench.report import plots
 
     if N_AXIS not in summary.columns:
         raise plots.NothingToPlot("the run has one n: no accuracy-time front")
@@ -226,7 +226,7 @@ def front_figures(summary: pd.DataFrame, out_dir: Path) -> tuple[list, list[str]
     """Save :func:`front_figure` as PNG + PDF when the run has an n axis: (figure files, notes)."""
     if N_AXIS not in summary.columns:
         return [], []
-    from bench import plots
+    from bench.report import plots
 
     try:
         fig = front_figure(summary)

@@ -11,8 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bench.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
-from bench.training_grid import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
+from bench.cli.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
+from bench.grid.training import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
 from lsrs.training import OPTIMIZERS, SCHEDULES
 
 
@@ -31,7 +31,7 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 
 
 def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
-    """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.training_grid.default_twin_recipe`)
+    """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.grid.training.default_twin_recipe`)
     with every option the user gave (not ``None``) in its place."""
     return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
@@ -114,7 +114,7 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
       bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0 --out results/checkpoints
       bench train --dataset imagenet --fors 0,16 --sigmas 0.25,0.5,1.0 --data-dir /data/imagenet
     """
-    from bench.training_grid import GridConfigError, train_grid
+    from bench.grid.training import GridConfigError, train_grid
     from lsrs.checkpoint import CheckpointError
     from lsrs.data import DatasetMissingError
 

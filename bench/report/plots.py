@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench import certifiers
-from bench.labels import (
+from bench.report.labels import (
     N_AXIS,
     VARIANT_KEYS,
     at_largest_n,
@@ -287,7 +287,7 @@ def write_figures(
     """Build and save every figure the data allows (all FoRs each); notes say which were left out and why.
 
     With an n axis (``bench run --n 1000,4000``) they show its largest n; the accuracy-time front over every n
-    is :func:`bench.report_equal_time.front_figure`."""
+    is :func:`bench.report.equal_time.front_figure`."""
     out_dir = Path(out_dir)
     df, summary = at_largest_n(df), at_largest_n(summary)  # with an n axis, the paper's figures show its largest n
     specs = [

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import store
-from bench.labels import DEFENSES, at_largest_n
+from bench.grid import store
+from bench.report.labels import DEFENSES, at_largest_n
 
 KEYS = ["method", "fors", "sigma"]
 

@@ -35,7 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.devices import device_name, resolve_device
+from bench.grid.devices import device_name, resolve_device
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import DatasetInfo, dataset_info, load_dataset

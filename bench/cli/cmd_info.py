@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.params import DATASET_CHOICES, BenchUsageError
+from bench.cli.params import DATASET_CHOICES, BenchUsageError
 
 BUILDER_OPTIONS = {"width": "--width", "widen": "--widen", "base_width": "--base-width", "stem_stride": "--stem-stride"}
 """Builder keywords set by options of their own; each applies to the architectures whose builder takes it."""
@@ -183,7 +183,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
       bench info --dataset digits --width 16 --fors 13 --json
       bench info --model wide_resnet34 --fors 16 --no-empirical    # the paper's ImageNet WRN-34-2
     """
-    from bench.allocator import keep_freed_memory
+    from bench.grid.allocator import keep_freed_memory
     from lsrs.executed import BoundCache
     from lsrs.models import build_model
 

@@ -1,7 +1,7 @@
 """The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images;
 with method ``lip``, also the fully orthogonal twin certified by its logit margin (:mod:`lsrs.margin`).
 
-One row per (image, method, FoR, σ, n) goes to the run store (:mod:`bench.store`). Noise is seeded per
+One row per (image, method, FoR, σ, n) goes to the run store (:mod:`bench.grid.store`). Noise is seeded per
 (run seed, image, method, FoR, σ), so the radii do not depend on batch size or on where a run was resumed.
 
 The n axis (``RunConfig.n`` as a tuple, ``bench run --n 1000,4000``). The noise key holds no n, so the
@@ -30,12 +30,13 @@ import torch
 from rich.console import Console
 
 import lsrs
-from bench import certifiers, devices, store
+from bench import certifiers
 from bench.certifiers import Job
-from bench.console import grid_progress
-from bench.devices import device_name
-from bench.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
-from bench.params import BenchUsageError
+from bench.cli.params import BenchUsageError
+from bench.grid import devices, store
+from bench.grid.console import grid_progress
+from bench.grid.devices import device_name
+from bench.grid.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
@@ -121,7 +122,7 @@ class RunOptions:
     fresh: bool = False
     quiet: bool = False
     stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
-    precision: dict | None = None  # requested / resolved precision and why (bench.devices.resolve_precision)
+    precision: dict | None = None  # requested / resolved precision and why (bench.grid.devices.resolve_precision)
     console: Console = field(default_factory=Console)
 
 

@@ -1,4 +1,4 @@
-"""Aggregate a run's results into the paper's tables (and call :mod:`bench.plots` for its figures).
+"""Aggregate a run's results into the paper's tables (and call :mod:`bench.report.plots` for its figures).
 
 Metrics, per configuration (method, FoR, sigma), over every image of the run (paper, Section 4):
 
@@ -30,7 +30,11 @@ import numpy as np
 import pandas as pd
 
 from bench import certifiers
-from bench.labels import (
+from bench.cli.params import BenchUsageError
+from bench.grid.store import MANIFEST
+from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
+from bench.report.equal_time import equal_time_table, front_figures
+from bench.report.labels import (
     N_AXIS,
     VARIANT_KEYS,
     cert_acc_column,
@@ -46,13 +50,9 @@ from bench.labels import (
     variant_keys,
     variant_text,
 )
-from bench.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
-from bench.params import BenchUsageError
-from bench.report_equal_time import TABLE_NAME as EQUAL_TIME
-from bench.report_equal_time import equal_time_table, front_figures
-from bench.report_notes import run_notes
-from bench.report_sequential import sequential_tables
-from bench.store import MANIFEST
+from bench.report.notes import run_notes
+from bench.report.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
+from bench.report.sequential import sequential_tables
 from lsrs.architectures import get_architecture
 from lsrs.smoothing import ABSTAIN
 
@@ -69,7 +69,7 @@ MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read ``run_dir``'s ``part-*.parquet`` files and its manifest (``{}`` if there is none).
 
-    The manifest is ``_manifest.json`` (:data:`bench.store.MANIFEST`); a plain ``manifest.json`` is accepted too.
+    The manifest is ``_manifest.json`` (:data:`bench.grid.store.MANIFEST`); a plain ``manifest.json`` is accepted too.
 
     Rows repeated for the same (idx, method, fors, sigma, variant) -- e.g. after a resumed chunk -- are kept
     once (the last); how many were dropped is in ``df.attrs["duplicates_dropped"]``.
@@ -679,7 +679,7 @@ def write_report(
 
     figure_links: list[str] = []
     if figures:
-        from bench import plots
+        from bench.report import plots
 
         written, fig_notes = plots.write_figures(df, summary, out)
         front, front_notes = front_figures(summary, out)  # the accuracy-time front, with an n axis

@@ -3,7 +3,7 @@
 Preset (:data:`PRESET`, documented in the README): ResNet18 at width 8 on digits upsampled to 16×16, the
 baseline plus FoR twins 9 and 13 (those of the speed goals) for σ in 0, 0.25, 0.5 (σ = 0 gives the
 clean-accuracy rows), trained 12 epochs each (the twins warm-started from and distilled from the baseline at
-their σ, :data:`bench.training_grid.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
+their σ, :data:`bench.grid.training.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
 n = 100, 1,000 on 45 test images (every 8th), so that the report has an accuracy-time front and an equal-time
 table (the n = 100 point adds about 15 % to the sampling of n = 1,000 alone). On a CPU the 9
 models are trained, and the grid certified, in one worker process per core, each on one intra-op thread
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bench import store
-from bench.runner import RunConfig, RunOptions, resolve_device, run_grid
-from bench.training_grid import TwinRecipe, default_twin_recipe
+from bench.grid import store
+from bench.grid.runner import RunConfig, RunOptions, resolve_device, run_grid
+from bench.grid.training import TwinRecipe, default_twin_recipe
 from lsrs.data import load_dataset
 
 
@@ -79,9 +79,9 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
 
     ``processes`` (default :func:`default_processes`) models train, and shards certify, side by side.
     """
-    from bench.pool import run_grid_pool
-    from bench.report import write_report
-    from bench.training_grid import train_grid
+    from bench.grid.pool import run_grid_pool
+    from bench.grid.training import train_grid
+    from bench.report.writer import write_report
 
     device_type = resolve_device(device).type
     processes = processes or default_processes(device_type)

@@ -17,7 +17,7 @@ from bench import __version__
 
 
 class LazyGroup(click.Group):
-    """The command group: ``bench CMD`` imports only ``bench.cmd_<CMD>``; ``bench --help`` imports none of them.
+    """The command group: ``bench CMD`` imports only ``bench.cli.cmd_<CMD>``; ``bench --help`` imports none of them.
 
     A command's name is its module's name without ``cmd_``; the one-line summaries of ``bench --help`` are
     read from each module's source (the docstring of its ``command`` function, parsed, not run), so listing the
@@ -29,7 +29,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and f"cmd_{name}" in _available():
-            self.add_command(importlib.import_module(f"bench.cmd_{name}").command, name)
+            self.add_command(importlib.import_module(f"bench.cli.cmd_{name}").command, name)
         return self.commands.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -45,7 +45,7 @@ def _available() -> list[str]:
 
 
 def _summary(name: str) -> str:
-    """The docstring of ``command`` in ``bench/cmd_<name>.py``, read with :mod:`ast` (nothing imported)."""
+    """The docstring of ``command`` in ``bench/cli/cmd_<name>.py``, read with :mod:`ast` (nothing imported)."""
     tree = ast.parse((_HERE / f"cmd_{name}.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == "command":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from bench.params import BenchUsageError
-from bench.report import FORMATS, PAPER_SUFFIX, ReportResult, format_cell, write_report
+from bench.cli.params import BenchUsageError
+from bench.report.writer import FORMATS, PAPER_SUFFIX, ReportResult, format_cell, write_report
 
 
 def _print_result(result: ReportResult) -> None:
@@ -78,7 +78,7 @@ def command(
       bench report results/demo/run results/cohen-s0.25 --name ours --name "Cohen et al."
     """
     if len(run_dirs) > 1 or names:
-        from bench.report_compare import write_comparison
+        from bench.report.compare import write_comparison
 
         if compare_paper:
             raise BenchUsageError("--compare-paper applies to the report of one run, not to a comparison")

@@ -1,8 +1,8 @@
 """``bench run --ray``: the same certification grid over Ray workers, with the same results.
 
 The driver (the ``bench run`` process) plans the run exactly like a single-process run
-(:meth:`bench.runner.GridRunner.plan`: same images, same resume logic), then splits what is left into Ray
-tasks of (image shard × job), a job being one (method, FoR, σ, n) of the grid. A task certifies its shard with :class:`bench.runner.JobCertifier` -- the same
+(:meth:`bench.grid.runner.GridRunner.plan`: same images, same resume logic), then splits what is left into Ray
+tasks of (image shard × job), a job being one (method, FoR, σ, n) of the grid. A task certifies its shard with :class:`bench.grid.runner.JobCertifier` -- the same
 code as the local loop, so the per-image seeding makes every row identical to a single-process run -- and
 writes its rows as one parquet part in a single atomic ``os.replace`` at the end, under a name fixed by
 (job, shard): a task that Ray retries after its worker died rewrites the same part instead of adding one,
@@ -33,10 +33,11 @@ from typing import Any
 import click
 import torch
 
-from bench import certifiers, store
-from bench.console import grid_progress
-from bench.params import BenchUsageError
-from bench.runner import (
+from bench import certifiers
+from bench.cli.params import BenchUsageError
+from bench.grid import store
+from bench.grid.console import grid_progress
+from bench.grid.runner import (
     Checkpoints,
     GridRunner,
     Job,
@@ -452,7 +453,7 @@ def clear_staging(out: Path) -> None:
 
 def run_grid_ray(config: RunConfig, options: RunOptions, ray_options: RayOptions,
                  load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
-    """:func:`bench.runner.run_grid` over Ray: same store, same rows; returns the manifest.
+    """:func:`bench.grid.runner.run_grid` over Ray: same store, same rows; returns the manifest.
 
     ``load_test`` is sent to the workers: a lambda, a closure or a ``functools.partial`` of a library function
     (cloudpickle sends those by value or by an importable name), not a function of a module they cannot import.

@@ -1,13 +1,13 @@
 """Where a certification grid runs: one interface, three executors with the same store, resume and rows.
 
-- :class:`InProcess`: this process (:func:`bench.runner.run_grid`);
-- :class:`LocalPool`: local worker processes (:func:`bench.pool.run_grid_pool`, as ``bench demo`` runs it);
-- :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.distributed.run_grid_ray`).
+- :class:`InProcess`: this process (:func:`bench.grid.runner.run_grid`);
+- :class:`LocalPool`: local worker processes (:func:`bench.grid.pool.run_grid_pool`, as ``bench demo`` runs it);
+- :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.grid.distributed.run_grid_ray`).
 
-All three plan the run with :meth:`bench.runner.GridRunner.plan` and certify each job with
-:class:`bench.runner.JobCertifier`; each job's set-up goes into the manifest through
-:func:`bench.runner.record_job_setup` (the pool and Ray fold their shard summaries with
-:func:`bench.distributed.collect_shard`). ``load_test`` must be picklable for the pool (a ``functools.partial``
+All three plan the run with :meth:`bench.grid.runner.GridRunner.plan` and certify each job with
+:class:`bench.grid.runner.JobCertifier`; each job's set-up goes into the manifest through
+:func:`bench.grid.runner.record_job_setup` (the pool and Ray fold their shard summaries with
+:func:`bench.grid.distributed.collect_shard`). ``load_test`` must be picklable for the pool (a ``functools.partial``
 of a module-level function).
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bench.runner import RunConfig, RunOptions
+from bench.grid.runner import RunConfig, RunOptions
 
 
 class Executor(Protocol):
@@ -29,7 +29,7 @@ class Executor(Protocol):
 @dataclass(frozen=True)
 class InProcess:
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.runner import run_grid
+        from bench.grid.runner import run_grid
 
         return run_grid(config, options, load_test)
 
@@ -40,17 +40,17 @@ class LocalPool:
     threads: int = 1
 
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.pool import run_grid_pool
+        from bench.grid.pool import run_grid_pool
 
         return run_grid_pool(config, options, load_test, self.processes, threads=self.threads)
 
 
 @dataclass(frozen=True)
 class RayTasks:
-    options: Any  # bench.distributed.RayOptions
+    options: Any  # bench.grid.distributed.RayOptions
 
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.distributed import run_grid_ray
+        from bench.grid.distributed import run_grid_ray
 
         return run_grid_ray(config, options, self.options, load_test)
 

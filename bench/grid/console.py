@@ -27,7 +27,7 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -> Table:
-    """ACR, accuracy, s/image and speedup over IS-RS per (method, FoR, σ) from ``bench.report.summarize``."""
+    """ACR, accuracy, s/image and speedup over IS-RS per (method, FoR, σ) from ``bench.report.writer.summarize``."""
     table = Table(title=title)
     n_axis = "n" in summary.columns  # a run with an n axis (bench run --n 1000,4000): one row per n
     for name in ("Defense", "σ", "FoR", *(["n"] if n_axis else []), "images", "ACR", "Acc. (%)", "s/image", "speedup",

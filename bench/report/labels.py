@@ -1,5 +1,5 @@
-"""Names shared by the report's tables (:mod:`bench.report`, :mod:`bench.report_sequential`) and its
-figures (:mod:`bench.plots`): the variant columns, the defense names and the labels of a configuration.
+"""Names shared by the report's tables (:mod:`bench.report.writer`, :mod:`bench.report.sequential`) and its
+figures (:mod:`bench.report.plots`): the variant columns, the defense names and the labels of a configuration.
 
 It imports only the certifier registry of ``bench`` (:mod:`bench.certifiers`, which imports no report or
 figure code), so both sides can import it without importing each other. Which rows a certifier's columns

@@ -1,8 +1,8 @@
 """Several runs side by side (``bench report RUN1 RUN2 ... [--name ...]``): one certified-accuracy table and
 one figure, one curve per (run, configuration, σ), the run names in the legend.
 
-Runs made here and runs imported from peers (:mod:`bench.importers`) are read alike (:func:`bench.report.load_run`)
-and aggregated by the same :func:`bench.report.summarize`, so a row of the table is the same number that
+Runs made here and runs imported from peers (:mod:`bench.grid.importers`) are read alike (:func:`bench.report.writer.load_run`)
+and aggregated by the same :func:`bench.report.writer.summarize`, so a row of the table is the same number that
 ``bench report RUN`` prints for that run. Certified accuracy at r is the share of a run's images predicted
 correctly with radius >= r (Cohen et al. 2019); the radius is an l2 radius in that run's own input space.
 """
@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench import certifiers
-from bench.labels import certified_mask, config_label, format_sigma, variant_keys
-from bench.params import BenchUsageError
-from bench.report import (
+from bench.cli.params import BenchUsageError
+from bench.report.labels import certified_mask, config_label, format_sigma, variant_keys
+from bench.report.writer import (
     FORMATS,
     RADII,
     ReportResult,
@@ -87,7 +87,7 @@ def _certified(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_table(runs: list[NamedRun]) -> Table:
-    """ACR and certified accuracy (%) at :data:`bench.report.RADII`, one row per run and configuration (σ > 0)."""
+    """ACR and certified accuracy (%) at :data:`bench.report.writer.RADII`, one row per run and configuration (σ > 0)."""
     records = []
     for run in runs:
         rows = _certified(run.summary)
@@ -111,7 +111,7 @@ def comparison_table(runs: list[NamedRun]) -> Table:
 
 
 def _curve(frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
-    from bench.plots import certified_accuracy_curve
+    from bench.report.plots import certified_accuracy_curve
 
     correct = frame["correct"].to_numpy(bool)
     if "prediction" in frame:
@@ -139,7 +139,7 @@ def comparison_figure(runs: list[NamedRun]) -> Figure:
     (the runs in order), a line style per σ."""
     import seaborn as sns
 
-    from bench.plots import CERT_ACC_LABEL, COLUMN_WIDTH_IN, RADIUS_LABEL, theme
+    from bench.report.plots import CERT_ACC_LABEL, COLUMN_WIDTH_IN, RADIUS_LABEL, theme
 
     curves = [curve for run in runs for curve in _groups(run)]
     if not curves:
@@ -206,7 +206,7 @@ def write_comparison(
     lines += ["", "## Tables", "", f"- [{table_path.name}]({table_path.name}): {table.caption}",
               f"- [{summary_path.name}]({summary_path.name}): every aggregate of every run, with a `run` column."]
     if figures:
-        from bench.plots import save_figure
+        from bench.report.plots import save_figure
 
         paths_fig = save_figure(comparison_figure(runs), out / FIGURE_NAME)
         result.paths += paths_fig

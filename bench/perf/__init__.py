@@ -1,0 +1,1 @@
+"""Speed measurements: same-run ratios of the certification engine against the pure forward pass."""

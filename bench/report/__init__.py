@@ -1,0 +1,1 @@
+"""A run's results into the paper's tables, figures, notes and cross-run comparisons."""
