@@ -21,7 +21,7 @@ import torch
 from bench.grid.runner import select_indices
 from bench.grid.training import model_config_for
 from lsrs import checkpoint as ckpt
-from lsrs.data import dataset_info, load_dataset
+from lsrs.data import get_dataset, load_dataset
 from lsrs.models import build_model
 from lsrs.noise import derive_seed
 from lsrs.smoothing import smooth_model
@@ -55,7 +55,7 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     a = parse()
     torch.set_num_threads(1)
-    info = dataset_info(a.dataset)
+    info = get_dataset(a.dataset)
     train, test = load_dataset(a.dataset, "train"), load_dataset(a.dataset, "test")
     indices = select_indices([int(test[i][1]) for i in range(len(test))], a.skip, a.images, None)
     for sigma in (float(s) for s in a.sigmas.split(",")):

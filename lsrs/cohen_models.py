@@ -5,7 +5,7 @@ Their model is ``Sequential(NormalizeLayer, net)``: the Gaussian noise is added 
 and the standardisation ``(x - mean) / std`` is the classifier's first layer, so certified radii are l2 radii
 of the raw image (their ``datasets.py``). Here the same function is ``Split(Identity, Sequential(normalize,
 net))`` with FoR 0: IS-RS adds the noise to the encoder's output, the raw image, before the normalisation.
-The normalisation is rebuilt from the dataset's published mean (:data:`lsrs.data.DATASETS`) and standard
+The normalisation is rebuilt from the dataset's published mean (:func:`lsrs.datasets.get_dataset`) and standard
 deviation (:data:`PUBLISHED_STD`); it holds no tensors in the state dict, as in their code.
 
 Architectures (their ``architectures.py``):
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lsrs.architectures import register_architecture
-from lsrs.data import DATASETS
+from lsrs.datasets import get_dataset
 from lsrs.models import BasicBlock, Split
 
 __all__ = [
@@ -88,7 +88,7 @@ class NormalizeLayer(nn.Module):
 
 
 def _normalize(dataset: str) -> NormalizeLayer:
-    return NormalizeLayer(tuple(DATASETS[dataset].mean), PUBLISHED_STD[dataset])
+    return NormalizeLayer(tuple(get_dataset(dataset).mean), PUBLISHED_STD[dataset])
 
 
 def _check_dataset(arch: str, dataset: str) -> None:
@@ -113,7 +113,7 @@ def _cifar_net(depth: int, num_classes: int) -> nn.Sequential:
 
 
 def _split(arch: str, dataset: str, net: nn.Module, layers: int) -> Split:
-    info = DATASETS[dataset]
+    info = get_dataset(dataset)
     classifier = nn.Sequential(OrderedDict(normalize=_normalize(dataset), net=net))
     return Split(
         nn.Identity(), classifier, arch=arch, fors=0, fors_total=layers, encoder_lipschitz=1.0,
@@ -124,7 +124,7 @@ def _split(arch: str, dataset: str, net: nn.Module, layers: int) -> Split:
 def _cifar_resnet(arch: str, dataset: str) -> Split:
     _check_dataset(arch, dataset)
     depth = CIFAR_DEPTHS[arch]
-    return _split(arch, dataset, _cifar_net(depth, DATASETS[dataset].num_classes), depth)
+    return _split(arch, dataset, _cifar_net(depth, get_dataset(dataset).num_classes), depth)
 
 
 def _register(arch: str, layers: int, pairs: tuple[tuple[type, str, str], ...]):
@@ -155,7 +155,7 @@ def resnet50(dataset: str = "imagenet") -> Split:
     from torchvision.models import resnet50 as tv_resnet50
 
     _check_dataset("resnet50", dataset)
-    return _split("resnet50", dataset, tv_resnet50(weights=None, num_classes=DATASETS[dataset].num_classes), 50)
+    return _split("resnet50", dataset, tv_resnet50(weights=None, num_classes=get_dataset(dataset).num_classes), 50)
 
 
 _BUILDERS = {"cifar_resnet20": cifar_resnet20, "cifar_resnet110": cifar_resnet110, "resnet50": resnet50}

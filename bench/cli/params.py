@@ -10,10 +10,14 @@ from collections.abc import Callable
 
 import click
 
-from lsrs.datasets import list_datasets
-
-DATASET_CHOICES: tuple[str, ...] = tuple(list_datasets())
-"""The ``--dataset`` choices of bench train / run / info: the dataset registry's names (torch-free import)."""
+from lsrs.datasets import (
+    BUILTIN_DATASETS,
+    DATASETS,
+    ENTRY_POINT_GROUP,
+    DatasetError,
+    get_dataset,
+    list_datasets,
+)
 
 
 class BenchUsageError(click.ClickException):
@@ -65,6 +69,39 @@ def _positive_int(v: object) -> str | None:
     return None if v >= 1 else "noise sample counts must be >= 1"  # type: ignore[operator]
 
 
+class DatasetName(click.ParamType):
+    """``--dataset`` of bench train / run / info: a name the dataset registry knows (:mod:`lsrs.datasets`: a
+    built-in, a registered dataset, an installed plugin or ``package.module:RECORD``), checked when the command
+    line is parsed; the value is the record's name. The help's metavar lists the built-in and installed
+    datasets from their entry points, without loading a plugin or importing torch."""
+
+    name = "dataset"
+
+    def get_metavar(self, param, ctx=None) -> str:  # type: ignore[override]
+        return f"[{'|'.join(list_datasets())}]"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if value in DATASETS:
+            return value
+        try:
+            return get_dataset(str(value)).name
+        except DatasetError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):  # type: ignore[override]
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in list_datasets() if name.startswith(incomplete)]
+
+
+def dataset_help(lead: str) -> str:
+    """``lead`` then how each built-in dataset is obtained (from its record) and how a plugin adds one."""
+    obtain = "; ".join(f"{name}: {DATASETS[name].obtain}" for name in BUILTIN_DATASETS)
+    return (f"{lead} Built in: {obtain}. Other datasets: an installed plugin of the {ENTRY_POINT_GROUP} entry "
+            "points, or package.module:RECORD (a lsrs.datasets.DatasetInfo).")
+
+
+DATASET = DatasetName()
 SIGMAS = CommaList(float, "sigma", _nonneg_finite)
 FORS = CommaList(int, "fors", _nonneg_int)
 N_LIST = CommaList(int, "n", _positive_int)  # the n axis of bench run: --n 1000 or --n 1000,4000,16000

@@ -154,7 +154,7 @@ def convert_cohen_checkpoint(path: Path, dataset: str) -> tuple[torch.nn.Module,
 
 def import_cohen_model(path: Path, dataset: str, sigma: float, out: Path, name: str | None = None) -> ImportedModel:
     """Import a Cohen et al. checkpoint trained at ``sigma`` as ``out/<dataset>/<name>.safetensors`` + index entry."""
-    from lsrs.data import DATASETS
+    from lsrs.datasets import get_dataset
 
     model, source, filled = convert_cohen_checkpoint(path, dataset)
     if ckpt.index_path(out, dataset).is_file():  # an index that cannot take the entry: refuse before writing
@@ -162,7 +162,7 @@ def import_cohen_model(path: Path, dataset: str, sigma: float, out: Path, name: 
             ckpt.read_index(out, dataset)
         except ckpt.CheckpointError as exc:
             raise ImportRefused(str(exc)) from None
-    info = DATASETS[dataset]
+    info = get_dataset(dataset)
     imported = {
         "format": CHECKPOINT_FORMAT, "source": source.path.name, "source_sha256": source.sha256,
         "source_arch": source.arch, "source_epoch": source.epoch, "num_batches_tracked_filled": filled,

@@ -38,7 +38,8 @@ from rich.progress import (
 from bench.grid.devices import device_name, resolve_device
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
-from lsrs.data import DatasetInfo, dataset_info, load_dataset
+from lsrs.data import load_dataset
+from lsrs.datasets import DatasetInfo, get_dataset
 from lsrs.noise import derive_seed
 from lsrs.training import (
     TrainConfig,
@@ -208,9 +209,11 @@ classifier layers, which a warm start copies)."""
 def default_twin_recipe(dataset: str, arch: str | None = None) -> TwinRecipe:
     """The measured twin recipe of ``arch`` (default: the dataset's paper architecture) on ``dataset``
     (:data:`MEASURED_TWIN_RECIPES`), else the plain recipe."""
-    from lsrs.datasets import DATASETS
-
-    arch = arch or (DATASETS[dataset].default_arch if dataset in DATASETS else None)
+    if arch is None:
+        try:
+            arch = get_dataset(dataset).default_arch
+        except ValueError:  # an unknown dataset is refused by the grid itself, with the known names
+            pass
     return MEASURED_TWIN_RECIPES.get((str(arch), dataset), TwinRecipe())
 
 
@@ -266,7 +269,8 @@ def train_grid(
 ) -> list[dict]:
     """Train (or reuse, or resume) every (FoR, sigma) model of the grid; returns their index entries.
 
-    Defaults (epochs, lr, lr step, batch size, width, architecture) come from :data:`lsrs.data.DATASETS`.
+    Defaults (epochs, lr, lr step, batch size, width, architecture) come from the dataset's record
+    (:func:`lsrs.datasets.get_dataset`).
     Raises :class:`GridConfigError` for a bad request and :class:`lsrs.data.DatasetMissingError` when the
     data is absent. ``on_epoch(entry_so_far, epoch)`` is called after every epoch (tests use it).
     ``threads`` sets torch's intra-op CPU threads for the call (1 is fastest on a busy, shared CPU).
@@ -339,7 +343,7 @@ def _recipe(dataset: str, fors: Sequence[int], sigmas: Sequence[float], *, epoch
             temperature, twin) -> GridRecipe:
     """Step 1: fill the dataset's defaults in and refuse a bad request before anything is trained."""
     try:
-        info = dataset_info(dataset)
+        info = get_dataset(dataset)
     except ValueError as exc:
         raise GridConfigError(str(exc)) from None
     arch = arch or info.default_arch
