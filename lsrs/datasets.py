@@ -317,6 +317,15 @@ def get_dataset(name: str) -> DatasetInfo:
     raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}; {HOW_TO_REGISTER}")
 
 
+def dataset_title(name: str) -> str:
+    """The name reports print for ``name`` (its record's :attr:`DatasetInfo.display_name`); ``name`` itself when
+    this installation does not know it or its plugin fails to load (a run still reports without its plugin)."""
+    try:
+        return get_dataset(name).display_name
+    except DatasetError:
+        return name
+
+
 def list_datasets() -> list[str]:
     """The built-in datasets in registry order (digits, mnist, cifar10, imagenet), then the other registered
     and installed (plugin) ones, sorted; plugins are listed from their entry points, not loaded."""
@@ -325,6 +334,6 @@ def list_datasets() -> list[str]:
 
 
 __all__ = [
-    "BUILTIN_DATASETS", "DATASETS", "ENTRY_POINT_GROUP", "DatasetError", "DatasetInfo", "get_dataset",
+    "BUILTIN_DATASETS", "DATASETS", "ENTRY_POINT_GROUP", "DatasetError", "DatasetInfo", "dataset_title", "get_dataset",
     "list_datasets", "register_dataset",
 ]

@@ -1,6 +1,6 @@
-"""A user's own architecture through a plugin (issue 24): a tiny package declaring the ``lsrs.architectures``
-entry point is pip-installed into the test environment, then trained, certified and reported through the
-CLI by name; a plugin that fails to load is an error naming it."""
+"""A user's own architecture and dataset through a plugin (issue 24): a tiny package declaring the
+``lsrs.architectures`` and ``lsrs.datasets`` entry points is pip-installed into the test environment, then
+trained, certified and reported through the CLI by name; a plugin that fails to load is an error naming it."""
 
 from __future__ import annotations
 
@@ -45,6 +45,29 @@ def build(num_classes=10, fors=0, in_size=16, in_channels=1, mean=None, width=4)
 '''
 
 
+DATASET_PLUGIN = '''
+import torch
+
+from lsrs.data import TensorImageDataset
+from lsrs.datasets import DatasetInfo, register_dataset
+
+
+def load(split, root, download, augment):
+    """10 classes of 8x8 grey images: a fixed random prototype per class plus seeded noise (200 / 50 images)."""
+    n = 200 if split == "train" else 50
+    prototypes = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1 if split == "train" else 2))
+    labels = torch.arange(n) % 10
+    return TensorImageDataset((prototypes[labels] + 0.1 * noise).clamp(0, 1), labels)
+
+
+DATA = register_dataset(DatasetInfo(
+    name="{name}_data", title="Tiny synthetic", num_classes=10, in_channels=1, in_size=8, mean=(0.5,), loader=load,
+    default_arch="{name}", embedded=True, epochs=1, lr=0.1, lr_step=1, batch_size=50, train_size=200, test_size=50,
+))
+'''
+
+
 def _pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args], check=True,
                    capture_output=True, text=True)
@@ -56,6 +79,7 @@ def plugin(tmp_path_factory):
     name = f"tinynet_{uuid.uuid4().hex[:8]}"  # the environment may be shared: never clash with another run
     root = tmp_path_factory.mktemp("plugin")
     (root / f"{name}.py").write_text(PLUGIN.format(name=name))
+    (root / f"{name}_data.py").write_text(DATASET_PLUGIN.format(name=name))
     (root / "pyproject.toml").write_text(textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools"]
@@ -66,10 +90,13 @@ def plugin(tmp_path_factory):
         version = "0.1"
 
         [tool.setuptools]
-        py-modules = ["{name}"]
+        py-modules = ["{name}", "{name}_data"]
 
         [project.entry-points."lsrs.architectures"]
         {name} = "{name}:build"
+
+        [project.entry-points."lsrs.datasets"]
+        {name}_data = "{name}_data:DATA"
     """))
     _pip("install", "--no-deps", "--no-build-isolation", str(root))
     importlib.invalidate_caches()
@@ -110,6 +137,34 @@ def test_installed_plugin_trains_certifies_and_reports_by_name(plugin: str, tmp_
     bad = CliRunner().invoke(cli, ["run", "--dataset", "digits", "--fors", "5", "--checkpoints", str(ckpt),
                                    "--out", str(tmp_path / "r2"), "-q"])
     assert bad.exit_code == 2 and f"invalid for {plugin}; valid: 0,1" in bad.output
+
+
+def test_installed_dataset_plugin_trains_certifies_and_reports_by_name(plugin: str, tmp_path: Path) -> None:
+    """The plugin's dataset is listed from its entry point before it is loaded, accepted by ``--dataset``, and
+    its record's defaults (the plugin architecture, 1 epoch, 8x8 inputs, 10 classes) reach the checkpoints."""
+    from lsrs import datasets
+
+    dataset = f"{plugin}_data"
+    assert dataset in datasets.list_datasets() and dataset not in datasets.DATASETS
+    assert dataset in CliRunner().invoke(cli, ["info", "--help"], terminal_width=400).output  # the metavar
+    ckpt, run, report = tmp_path / "ckpt", tmp_path / "run", tmp_path / "report"
+    _invoke("train", "--dataset", dataset, "--fors", "0,1", "--sigmas", "0.25", "--threads", "1", "--out", str(ckpt),
+            "-q")
+    entries = json.loads((ckpt / dataset / "index.json").read_text())["entries"]
+    assert {(e["arch"], e["dataset"], e["in_size"], e["in_channels"], e["num_classes"], e["epochs"])
+            for e in entries} == {(plugin, dataset, 8, 1, 10, 1)}
+    assert sorted(e["fors"] for e in entries) == [0, 1]
+
+    _invoke("run", "--dataset", dataset, "--fors", "1", "--sigmas", "0.25", "--n0", "8", "--n", "32",
+            "--max-images", "4", "--checkpoints", str(ckpt), "--out", str(run), "-q")
+    frame = pd.read_parquet(run)
+    assert set(frame["dataset"]) == {dataset} and set(frame["method"]) == {"is", "ls"} and len(frame) == 8
+    assert set(frame["idx"]) == {0, 1, 2, 3} and frame["label"].between(0, 9).all()
+
+    _invoke("report", str(run), "--format", "csv", "--out", str(report), "-q")
+    summary = pd.read_csv(report / "summary.csv")
+    assert set(summary["method"]) == {"is", "ls"} and set(summary["fors_total"]) == {2}
+    assert "dataset Tiny synthetic" in (report / "index.md").read_text()  # the record's title
 
 
 def test_a_plugin_that_fails_to_load_is_named(monkeypatch) -> None:

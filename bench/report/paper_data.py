@@ -19,7 +19,6 @@ PAPER_TITLE = "Latent Space Randomized Smoothing"
 PAPER_DATASETS = ("cifar10", "imagenet")
 MAIN_TABLE = {"cifar10": 1, "imagenet": 3}
 ABLATION_TABLE = {"cifar10": 2}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "digits": "digits", "mnist": "MNIST"}
 
 _COLUMNS = ["table", "dataset", "arch", "defense", "sigma", "fors", "fors_total", "acr", "accuracy", "time_s"]
 

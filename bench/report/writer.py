@@ -51,9 +51,10 @@ from bench.report.labels import (
     variant_text,
 )
 from bench.report.notes import run_notes
-from bench.report.paper_data import ABLATION_TABLE, DATASET_NAMES, MAIN_TABLE, paper_values, reference_dataset
+from bench.report.paper_data import ABLATION_TABLE, MAIN_TABLE, paper_values, reference_dataset
 from bench.report.sequential import sequential_tables
 from lsrs.architectures import get_architecture
+from lsrs.datasets import dataset_title
 from lsrs.smoothing import ABSTAIN
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -376,10 +377,10 @@ def build_tables(
     """The main table (paper Table 1, or 3 for ImageNet), the FoR ablation (Table 2) and certified accuracy."""
     notes: list[str] = []
     variants = [c for c in VARIANT_KEYS if c in summary.columns]
-    name = DATASET_NAMES.get(dataset, dataset)
-    main_no = 3 if dataset == "imagenet" else 1
+    name = dataset_title(dataset)
     ref_ds = reference_dataset(dataset)
-    ref_name = DATASET_NAMES[ref_ds]
+    main_no = MAIN_TABLE[ref_ds]  # the paper's table this run's main table stands for (Table 3 for ImageNet)
+    ref_name = dataset_title(ref_ds)
     paper_main = paper_abl = None
     main_note = abl_note = ""
     if compare_paper:
@@ -596,7 +597,7 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
 
 
 def _run_line(df: pd.DataFrame, manifest: dict, dataset: str) -> str:
-    parts = [f"dataset {DATASET_NAMES.get(dataset, dataset)}"]
+    parts = [f"dataset {dataset_title(dataset)}"]
     if "arch" in df.columns and df["arch"].notna().any():
         parts.append(f"arch {', '.join(sorted(df['arch'].dropna().astype(str).unique()))}")
     device = manifest.get("device")
