@@ -377,7 +377,8 @@ def check_item(info: DatasetInfo, dataset: Dataset) -> None:
     otherwise fail deep inside a model, or certify the wrong input space)."""
     if len(dataset) == 0:  # type: ignore[arg-type]
         return
-    x, label = dataset[0]
+    with torch.random.fork_rng(devices=[]):  # an augmenting loader draws its crop: leave the global seed as it was
+        x, label = dataset[0]
     where = f"dataset {info.name!r} (loader {info.loader_source})"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or tuple(x.shape) != info.input_shape:
         got = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

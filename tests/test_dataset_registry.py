@@ -164,3 +164,15 @@ def test_help_lists_the_builtin_datasets_and_how_to_get_them_without_importing_t
     assert BUILTIN_DATASETS == ("digits", "mnist", "cifar10", "imagenet")  # stored runs and checkpoints name these
     train_help = CliRunner().invoke(cli, ["train", "--help"], terminal_width=400).output
     assert all(get_dataset(name).obtain in " ".join(train_help.split()) for name in BUILTIN_DATASETS)
+
+
+def test_checking_an_augmenting_loader_leaves_the_global_random_state_alone(registry) -> None:
+    """The check draws one augmented item; training seeded before ``load_dataset`` must not see that draw."""
+    from lsrs.data import check_item
+
+    augmenting = TensorImageDataset(torch.rand(4, 1, 8, 8), torch.arange(4) % 3, augment=True)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_item(_record(_name()), augmenting)
+    assert torch.equal(torch.rand(3), expected)
