@@ -1,4 +1,5 @@
-"""Datasets for training and certification: ``digits`` (embedded default), ``mnist``, ``cifar10``, ``imagenet``.
+"""Datasets for training and certification: ``digits`` (embedded default), ``mnist``, ``cifar10``, ``imagenet``,
+and any dataset a plugin registers (:mod:`lsrs.datasets`: :func:`load_dataset` calls the record's loader).
 
 Every dataset yields ``(x, label)`` with ``x`` a float tensor ``C x H x W`` in ``[0, 1]`` and ``label`` an
 int. Normalisation is *not* applied here: the per-dataset ``mean`` of its record (:mod:`lsrs.datasets`) is subtracted inside
