@@ -2,9 +2,9 @@
 and any dataset a plugin registers (:mod:`lsrs.datasets`: :func:`load_dataset` calls the record's loader).
 
 Every dataset yields ``(x, label)`` with ``x`` a float tensor ``C x H x W`` in ``[0, 1]`` and ``label`` an
-int. Normalisation is *not* applied here: the per-dataset ``mean`` of its record (:mod:`lsrs.datasets`) is subtracted inside
-the model (a translation, Lipschitz constant 1), and no division by a standard deviation happens inside an
-LS encoder, since that would scale the encoder's Lipschitz constant and hence the certified radius
+int. Normalisation is *not* applied here: the per-dataset ``mean`` of its record (:mod:`lsrs.datasets`) is
+subtracted inside the model (a translation, Lipschitz constant 1), and no division by a standard deviation
+happens inside an LS encoder, since that would scale the encoder's Lipschitz constant and hence the certified radius
 (paper, Theorem 1).
 
 * ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 scans shipped with scikit-learn, pixel values
