@@ -217,7 +217,7 @@ register_dataset(DatasetInfo(
     name="cifar10",
     title="CIFAR-10",
     loader="lsrs.data:_load_cifar10",
-    obtain="cifar-10-batches-py/ under --data-dir (or --download)",
+    obtain="cifar-10-batches-py/ under --data-dir (bench train --download fetches it)",
     num_classes=10,
     in_channels=3,
     in_size=32,
