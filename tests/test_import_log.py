@@ -187,3 +187,21 @@ def test_comparison_names_must_match_the_runs(tmp_path: Path) -> None:
     count = CliRunner().invoke(cli, ["report", str(tmp_path / "a"), str(tmp_path / "b"), "--name", "x",
                                      "--out", str(tmp_path / "r")])
     assert count.exit_code == 2 and "one per run" in count.output
+
+
+def test_a_published_mnist_log_imports_and_reports_as_mnist(tmp_path: Path) -> None:
+    """Published MNIST logs (e.g. Jeong & Shin 2020's LeNet runs) stand beside an MNIST run: any registered
+    dataset is accepted for a log, and the report speaks of MNIST."""
+    log = write_log(tmp_path / "log", LINES)
+    args = ["import", "certify-log", str(log), "--dataset", "mnist", "--sigma", "0.5", "--out", str(tmp_path / "run"),
+            "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    manifest = json.loads((tmp_path / "run" / "_manifest.json").read_text())
+    assert manifest["config"]["dataset"] == "mnist"
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "-q",
+                                      "--no-figures"])
+    assert result.exit_code == 0, result.output
+    assert "MNIST" in (tmp_path / "rep" / "index.md").read_text()
+    unknown = CliRunner().invoke(cli, ["import", "certify-log", str(log), "--dataset", "svhn", "--sigma", "0.5",
+                                       "--out", str(tmp_path / "other")])
+    assert unknown.exit_code == 2 and "unknown dataset 'svhn'" in unknown.output

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from bench.cli.params import DATASET
 from lsrs.cohen_models import COHEN_DATASETS, NO_TWIN
 
 
@@ -74,7 +75,8 @@ def cohen_model(checkpoint: Path, dataset: str, sigma: float, out: Path, name: s
 
 @command.command("certify-log")
 @click.argument("log", type=_FILE)
-@click.option("--dataset", type=click.Choice(COHEN_DATASETS), required=True, help="Dataset the log certifies.")
+@click.option("--dataset", type=DATASET, required=True,
+              help="Dataset the log certifies: any registered dataset (e.g. mnist for a published MNIST log).")
 @click.option("--sigma", type=Sigma(), required=True, help="Noise level of the smoothed classifier.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Estimation samples the log used (not in the file; stored as unknown if not given).")
