@@ -37,6 +37,7 @@ from bench import certifiers
 from bench.cli.params import BenchUsageError
 from bench.grid import store
 from bench.grid.console import grid_progress
+from bench.grid.devices import usage_device
 from bench.grid.runner import (
     Checkpoints,
     GridRunner,
@@ -48,7 +49,6 @@ from bench.grid.runner import (
     _model_record,
     _Tally,
     record_job_setup,
-    resolve_device,
 )
 from lsrs.timing import Stopwatch
 
@@ -194,7 +194,7 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
     started = time.time()  # wall clock, comparable between the tasks of one node
     torch.set_num_threads(spec.threads)
     torch.backends.cudnn.benchmark = True
-    device = resolve_device(spec.config.device_type)
+    device = usage_device(spec.config.device_type)
     dataset = _dataset(spec.config, load_test)
     certifier, record = _certifier(spec, dataset, device)
     rows: list[dict] = []

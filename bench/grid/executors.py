@@ -55,8 +55,9 @@ class RayTasks:
         return run_grid_ray(config, options, self.options, load_test)
 
 
-def choose_executor(processes: int = 1, ray_options: Any | None = None) -> Executor:
-    """Ray tasks when given Ray options, local workers for ``processes`` > 1, else this process."""
+def choose_executor(processes: int = 1, ray_options: Any | None = None, threads: int = 1) -> Executor:
+    """Ray tasks when given Ray options, else ``processes`` > 1 local workers (``threads`` torch threads each),
+    else this process (``bench run`` and ``bench demo`` alike)."""
     if ray_options is not None:
         return RayTasks(ray_options)
-    return LocalPool(processes) if processes > 1 else InProcess()
+    return LocalPool(processes, threads) if processes > 1 else InProcess()

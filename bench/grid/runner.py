@@ -33,10 +33,11 @@ import lsrs
 from bench import certifiers
 from bench.certifiers import Job
 from bench.cli.params import BenchUsageError
-from bench.grid import devices, store
+from bench.grid import store
 from bench.grid.console import grid_progress
-from bench.grid.devices import device_name
+from bench.grid.devices import device_name, usage_device
 from bench.grid.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
+from lsrs.architectures import Architecture, ArchitectureError, get_architecture
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
@@ -148,11 +149,6 @@ def grid_jobs(config: RunConfig) -> list[Job]:
     return jobs + [Job(c.key, *t) for c in chosen for t in c.jobs(config, None)]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; a device that is not here is a usage error (exit 2)."""
-    return devices.resolve_device(device, error=BenchUsageError)
-
-
 def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:
     """Test-set indices to certify: every ``skip``-th image (optionally the first ``per_class`` of each class)."""
     indices = list(range(len(labels)))
@@ -229,10 +225,9 @@ class Checkpoints:
                 raise self._mismatch(other, like)
         if not same_fors:
             baseline = self._ckpt.find_checkpoint(self.entries, 0, sigma) if fors > 0 else None
-            if baseline is not None and baseline.get("imported"):  # a peer's model: IS-RS only
-                from lsrs.cohen_models import NO_TWIN
-
-                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {NO_TWIN}")
+            twinless = _twinless_architecture(baseline)
+            if twinless is not None:  # e.g. an imported peer's model: IS-RS only
+                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {twinless.no_twin_reason}")
             have = sorted({int(e["fors"]) for e in self.entries})
             raise BenchUsageError(
                 f"FoR {fors} is not in the checkpoint index {self.index_dir / 'index.json'} (it has FoR {have}); "
@@ -313,7 +308,7 @@ class GridRunner:
         self.config = config
         self.options = options
         # ``device``: where this process certifies (a Ray driver passes its own; workers resolve theirs).
-        self.device = device if device is not None else resolve_device(config.device_type)
+        self.device = device if device is not None else usage_device(config.device_type)
         self.out = Path(options.out)
 
     # -------------------------------------------------------------- setup
@@ -566,6 +561,17 @@ class JobCertifier:
     ) -> Iterator[tuple[dict, list[dict]]]:
         """Per image: its certification row and its decision rows (keys in ``decided`` are skipped)."""
         yield from self.run.rows(dataset, indices, decided)
+
+
+def _twinless_architecture(entry: dict | None) -> Architecture | None:
+    """The architecture record of a checkpoint index entry when it has FoR 0 only (no LS-RS twin), else None."""
+    if entry is None:
+        return None
+    try:
+        record = get_architecture(entry["arch"], source=entry.get("arch_source"))
+    except (KeyError, ArchitectureError):
+        return None
+    return record if tuple(record.fors) == (0,) else None
 
 
 def _model_keys(rows) -> list[str]:
