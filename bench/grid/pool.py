@@ -3,8 +3,9 @@
 The parent plans the run like a one-process run (:meth:`bench.grid.runner.GridRunner.plan`: same images, same
 resume), splits what is left into shards of (job × images), a job being one (method, FoR, σ, n) and certifies them in spawned worker processes
 with :func:`bench.grid.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
-one parquet part in a single atomic replace. Each image's noise is seeded from (run seed, image, method, FoR,
-σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
+one parquet part in a single atomic replace -- and collects their summaries with
+:func:`bench.grid.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
+image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
 keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
 """
 
