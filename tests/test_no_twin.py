@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.certifiers.smoothed import check_latent_fors
 from bench.cli.params import BenchUsageError
+from bench.grid.runner import Checkpoints
 from lsrs.architectures import get_architecture
 from lsrs.cohen_models import NO_TWIN
 
@@ -54,3 +57,30 @@ def test_an_architecture_with_twins_is_told_the_valid_fors_instead() -> None:
     with pytest.raises(Exception, match="valid: 0,1,3"):
         check_latent_fors([get_architecture("resnet18")], (2,))
     check_latent_fors([get_architecture("resnet18")], (9,))  # a valid FoR passes
+
+
+def _index_with_baseline(root: Path, arch: str, source: str | None = None) -> Path:
+    entry = {"arch": arch, "fors": 0, "sigma": 0.25, "path": "m.safetensors", "sha256": "0" * 64, "width": 4,
+             "in_size": 8, "num_classes": 10, "clean_acc": 0.5, "noisy_acc": 0.5,
+             **({"arch_source": source} if source else {})}
+    (root / "digits").mkdir(parents=True)
+    (root / "digits" / "index.json").write_text(json.dumps({"dataset": "digits", "entries": [entry]}))
+    return root
+
+
+@pytest.mark.parametrize("arch", ["twinless", "resnet18"])
+def test_the_runner_says_why_a_baseline_has_no_twin_from_its_record(tmp_path: Path, monkeypatch, arch: str) -> None:
+    """The library path (no CLI check before it): a FoR 0-only architecture's baseline gets its record's reason;
+    an architecture with twins, the hint to train the missing one."""
+    (tmp_path / "twinless_arch.py").write_text(TWINLESS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = get_architecture("twinless_arch:build")
+    name, source = ("twinless_tiny", record.source) if arch == "twinless" else ("resnet18", None)
+    checkpoints = Checkpoints(_index_with_baseline(tmp_path / "ckpt", name, source), "digits", torch.device("cpu"))
+    with pytest.raises(BenchUsageError) as info:
+        checkpoints.entry(9, 0.25, allow_sigma_mismatch=False)
+    message = info.value.format_message()
+    if arch == "twinless":
+        assert message.endswith(f": {record.no_twin_reason}") and "Cohen" not in message
+    else:
+        assert "train it with: bench train --dataset digits --fors 9" in message and "twin:" not in message
