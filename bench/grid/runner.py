@@ -323,6 +323,7 @@ class GridRunner:
         # ``device``: where this process certifies (a Ray driver passes its own; workers resolve theirs).
         self.device = device if device is not None else usage_device(config.device_type)
         self.out = Path(options.out)
+        self._certified = 0  # images certified in this session (``stop_after``)
 
     # -------------------------------------------------------------- setup
     def _open_store(self, checkpoints: Checkpoints | None = None, entries: dict[Job, dict] | None = None) -> dict:
