@@ -56,6 +56,8 @@ class Architecture:
     ``z``'s shape for each FoR at a builder config. ``batchnorm_pairs``: (block class, conv attribute,
     BatchNorm attribute) that :func:`lsrs.inference.fold_batchnorm` may fuse (the conv feeds the BatchNorm
     directly); convs followed by BatchNorm inside an ``nn.Sequential`` are folded for every architecture.
+    ``no_twin_reason``: what a run that asks for an LS-RS twin of an architecture with FoR 0 only is told
+    (empty: the generic :meth:`generic_no_twin_reason`; an imported peer's model registers its own).
     """
 
     name: str
@@ -69,6 +71,15 @@ class Architecture:
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     latent_shapes: Callable[[Mapping[str, Any]], Mapping[int, tuple[int, ...]]] | None = None
     batchnorm_pairs: tuple[tuple[type, str, str], ...] = ()
+    no_twin_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.no_twin_reason:
+            object.__setattr__(self, "no_twin_reason", self.generic_no_twin_reason())
+
+    def generic_no_twin_reason(self) -> str:
+        """The no-twin message of an architecture that registers none of its own."""
+        return f"{self.name} has no LS-RS twin: only FoR 0 (IS-RS) is certified; certify it with --methods is"
 
     @property
     def source(self) -> str:

@@ -131,7 +131,8 @@ def _register(arch: str, layers: int, pairs: tuple[tuple[type, str, str], ...]):
     """Register a peer's builder in :mod:`lsrs.architectures`: FoR 0 only (no LS-RS twin), its dataset's paper,
     the (block, conv, BatchNorm) pairs its blocks feed directly (conv -> BN, folded by the inference copy)."""
     return register_architecture(arch, fors=(0,), fors_total=layers, paper_fors=0,
-                                 paper_dataset=ARCH_DATASETS[arch][0], batchnorm_pairs=pairs)
+                                 paper_dataset=ARCH_DATASETS[arch][0], batchnorm_pairs=pairs,
+                                 no_twin_reason=f"{arch}: {NO_TWIN}")
 
 
 _BASIC_PAIRS = ((BasicBlock, "conv1", "bn1"), (BasicBlock, "conv2", "bn2"))

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lsrs.checkpoint import CheckpointError, save_tensors_atomic, state_tensors
 from lsrs.data import TensorImageDataset
+from lsrs.devices import resolve_device
 from lsrs.margin import margin_loss
 from lsrs.models import is_lipschitz_twin
 from lsrs.noise import derive_seed
@@ -213,13 +214,6 @@ def noise_location(model: nn.Module) -> str:
     if is_lipschitz_twin(model):
         return "none"
     return "latent" if int(getattr(model, "fors", 0)) > 0 else "input"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def noisy_logits(
@@ -556,7 +550,6 @@ __all__ = [
     "noise_location",
     "noisy_logits",
     "read_state_meta",
-    "resolve_device",
     "save_state",
     "train_epoch",
     "warm_start_classifier",

@@ -1,4 +1,4 @@
-"""One device rule for every bench command (bench.grid.devices)."""
+"""One device rule for the library and every bench command (lsrs.devices; bench.grid.devices as a usage error)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench.cli.params import BenchUsageError
-from bench.grid.devices import device_name, resolve_device
+from bench.grid.devices import device_name, usage_device
+from lsrs.devices import resolve_device
 
 
 class Custom(Exception):
@@ -31,7 +32,19 @@ def test_an_invalid_name_raises_the_callers_error_in_one_line(bad: str) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
 def test_a_missing_cuda_device_is_a_usage_error() -> None:
     with pytest.raises(BenchUsageError, match="cuda"):
-        resolve_device("cuda:7", error=BenchUsageError)
+        usage_device("cuda:7")
+    with pytest.raises(ValueError, match="cuda"):  # the library's own error: the same rule, checked in lsrs too
+        resolve_device("cuda:7")
+
+
+def test_the_library_trains_on_the_device_rule_of_the_commands() -> None:
+    """lsrs.training used to pass any name to torch.device unchecked; it now refuses, in one line, what the
+    commands refuse."""
+    from lsrs import training
+
+    assert training.resolve_device is resolve_device
+    with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+        training.fit(torch.nn.Linear(2, 2), None, None, None, device="gpu")  # type: ignore[arg-type]
 
 
 def test_cpu_name_records_the_thread_count() -> None:

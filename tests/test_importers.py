@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cohen_format import peer_cifar_model, peer_imagenet_model, save_like_train_py
 
 from bench.cli.main import cli
+from lsrs.architectures import get_architecture
 from lsrs.checkpoint import load_checkpoint, read_index, sha256_file
 from lsrs.cohen_models import NO_TWIN, build_cohen_model, cohen_to_local
 
@@ -242,5 +243,6 @@ def test_bench_run_certifies_the_imported_model_with_is_rs_only(peer20, tmp_path
     assert manifest["checkpoints"]["is-f0-s0.25"]["sha256"] == entry["sha256"]
 
     twin = CliRunner().invoke(cli, [*base, "--methods", "is,ls", "--fors", "9", "--out", str(tmp_path / "run2")])
-    assert twin.exit_code == 2 and NO_TWIN in twin.output
+    reason = get_architecture("cifar_resnet20").no_twin_reason  # the record's words: Cohen et al.'s text
+    assert NO_TWIN in reason and twin.exit_code == 2 and reason in twin.output
     assert len(twin.output.strip().splitlines()) == 1

@@ -68,6 +68,10 @@ def test_no_import_cycles() -> None:
         ("fors_label", "bench.report.labels"),
         ("format_sigma", "bench.report.labels"),
         ("variant_keys", "bench.report.labels"),
+        ("resolve_device", "lsrs.devices"),  # one device rule (bench.grid.devices.usage_device: as a usage error)
+        ("PRESETS", "bench.grid.demo"),  # the demo presets; the speed configurations are SPEED_CONFIGS
+        ("SPEED_CONFIGS", "bench.perf.speed"),
+        ("collect_shard", "bench.grid.shards"),  # one collection path for the three grid executors
     ],
 )
 def test_shared_name_is_defined_once(name: str, home: str) -> None:

@@ -30,7 +30,8 @@ def latent_space_jobs(config: Any, sigma: float | None) -> list[tuple[int, float
 
 
 def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
-    """The run's FoRs must be FoRs of the checkpoints' architectures (an imported model has no twin)."""
+    """The run's FoRs must be FoRs of the checkpoints' architectures; an architecture with FoR 0 only has no
+    twin, and the run is told why in its record's words (:attr:`lsrs.architectures.Architecture.no_twin_reason`)."""
     import click
 
     from bench.cli.params import BenchUsageError
@@ -38,9 +39,7 @@ def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
     valid = sorted({k for record in archs for k in record.fors})
     bad = [k for k in fors if archs and k not in valid]
     if bad and valid == [0]:
-        from lsrs.cohen_models import NO_TWIN
-
-        raise BenchUsageError(f"{', '.join(r.name for r in archs)}: {NO_TWIN}")
+        raise BenchUsageError("; ".join(dict.fromkeys(record.no_twin_reason for record in archs)))
     if bad:
         names = ", ".join(r.name for r in archs)
         raise click.BadParameter(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}",

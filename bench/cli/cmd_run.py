@@ -10,9 +10,9 @@ from rich.console import Console
 
 from bench import certifiers
 from bench.cli.params import DATASET, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList, dataset_help
-from bench.grid.devices import PRECISION_CHOICES, resolve_precision
+from bench.grid.devices import PRECISION_CHOICES, resolve_precision, usage_device
 from bench.grid.executors import choose_executor
-from bench.grid.runner import COMPILE_MODES, RunConfig, RunOptions, resolve_device
+from bench.grid.runner import COMPILE_MODES, RunConfig, RunOptions
 
 METHOD_LIST = CommaList(str, "method",
                         lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
@@ -149,7 +149,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         click.get_current_context().call_on_close(distributed.connect(ray_options.address))
         device_type = distributed.cluster_device_type(device)
     else:
-        device_type = resolve_device(device).type
+        device_type = usage_device(device).type
     choice = resolve_precision(precision, device_type)
     if choice.warning:
         click.echo(f"warning: {choice.warning}", err=True)

@@ -24,7 +24,9 @@ import torch
 from rich.console import Console
 
 from bench.grid import store
-from bench.grid.runner import RunConfig, RunOptions, resolve_device, run_grid
+from bench.grid.devices import usage_device
+from bench.grid.executors import choose_executor
+from bench.grid.runner import RunConfig, RunOptions
 from bench.grid.training import TwinRecipe, default_twin_recipe
 from lsrs.data import load_dataset
 
@@ -79,11 +81,10 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
 
     ``processes`` (default :func:`default_processes`) models train, and shards certify, side by side.
     """
-    from bench.grid.pool import run_grid_pool
     from bench.grid.training import train_grid
     from bench.report.writer import write_report
 
-    device_type = resolve_device(device).type
+    device_type = usage_device(device).type
     processes = processes or default_processes(device_type)
     checkpoints = results / "checkpoints"
     run_dir = results / "run"
@@ -102,10 +103,7 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
     fresh = existing is not None and existing.get("config_hash") != config.config_hash()
     options = RunOptions(out=run_dir, fresh=fresh, quiet=quiet, console=console)
     load_test = partial(load_dataset, preset.dataset, "test")  # picklable: the workers load it too
-    if processes > 1:
-        manifest = run_grid_pool(config, options, load_test, processes, threads=preset.threads)
-    else:
-        manifest = run_grid(config, options, load_test)
+    manifest = choose_executor(processes, threads=preset.threads).run(config, options, load_test)
     report = write_report(run_dir, reports, fmt="markdown")
     return {"run": run_dir, "checkpoints": checkpoints, "report": report, "manifest": manifest}
 

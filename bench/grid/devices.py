@@ -1,4 +1,5 @@
-"""The compute device of every ``bench`` command: one rule to choose it, check it and name it."""
+"""The compute device of every ``bench`` command: the library's rule (:func:`lsrs.devices.resolve_device`) as a
+usage error, the name the results record, and the precision it computes natively."""
 
 from __future__ import annotations
 
@@ -8,27 +9,14 @@ from pathlib import Path
 
 import torch
 
-from lsrs.training import resolve_device as auto_device
+from bench.cli.params import BenchUsageError
+from lsrs.devices import resolve_device
 
 
-def resolve_device(device: str | torch.device | None = "auto", error: type[Exception] = ValueError) -> torch.device:
-    """``auto`` (or ``None``) is CUDA when present, else the CPU; an explicit device must exist here.
-
-    Raises ``error`` with one line that says what is wrong and what to use instead.
-    """
-    if device is None or str(device) == "auto":
-        return auto_device(device)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise error(f"invalid device {str(device)!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise error(f"device {str(device)!r} was asked for but no CUDA device is available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise error(f"device {str(device)!r}: this machine has only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise error(f"device {str(device)!r} was asked for but MPS is not available here; use --device cpu")
-    return dev
+def usage_device(device: str | torch.device | None = "auto") -> torch.device:
+    """:func:`lsrs.devices.resolve_device` for a ``bench`` command: a device that is not here is a usage error
+    (exit 2, one line)."""
+    return resolve_device(device, error=BenchUsageError)
 
 
 def device_name(device: torch.device) -> str:

@@ -18,7 +18,6 @@ Ray is an optional extra (``pip install -e ".[ray]"``); nothing here imports it 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -26,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from bench import certifiers
 from bench.cli.params import BenchUsageError
 from bench.grid import store
 from bench.grid.console import grid_progress
+from bench.grid.devices import usage_device
 from bench.grid.runner import (
     Checkpoints,
     GridRunner,
@@ -44,17 +43,22 @@ from bench.grid.runner import (
     JobCertifier,
     RunConfig,
     RunOptions,
-    _labels,
     _model_record,
-    _Tally,
-    record_job_setup,
-    resolve_device,
+    grid_labels,
+)
+from bench.grid.shards import (
+    Tally,
+    clear_staging,
+    collect_shard,
+    finish_run,
+    part_name,
+    shard_summary,
+    store_shard,
 )
 from lsrs.timing import Stopwatch
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 DEFAULT_SHARD_SIZE = 10
-STAGING_DIR = ".staging"  # leading ".": neither pandas.read_parquet(run_dir) nor the store reads it
 MODEL_CACHE = 4  # certifiers (loaded models) kept per worker process
 MANIFEST_SECONDS = 10.0
 
@@ -142,8 +146,7 @@ class ShardSpec:
     @property
     def name(self) -> str:
         """Deterministic part name: a retried (or repeated) task overwrites its part, never adds one."""
-        digest = hashlib.sha256(",".join(map(str, self.indices)).encode()).hexdigest()[:10]
-        return f"{self.job.key}-i{self.indices[0]}-{digest}"
+        return part_name(self.job.key, self.indices)
 
 
 _DATASETS: dict[tuple, torch.utils.data.Dataset] = {}
@@ -180,21 +183,13 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
     return _CERTIFIERS[key]
 
 
-def write_part_as(folder: Path, name: str, rows: list[dict], schema) -> Path:
-    """Store ``rows`` as ``folder/part-<name>.parquet`` in one atomic replace (overwriting a previous try)."""
-    staged = store.write_part(folder / STAGING_DIR, rows, name, schema=schema)
-    final = folder / f"part-{name}.parquet"
-    os.replace(staged, final)
-    return final
-
-
 def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Dataset],
                   fault_hook: FaultHook | None = None) -> dict:
     """The Ray task: certify one shard of one job, store its rows, return a summary for the driver."""
     started = time.time()  # wall clock, comparable between the tasks of one node
     torch.set_num_threads(spec.threads)
     torch.backends.cudnn.benchmark = True
-    device = resolve_device(spec.config.device_type)
+    device = usage_device(spec.config.device_type)
     dataset = _dataset(spec.config, load_test)
     certifier, record = _certifier(spec, dataset, device)
     rows: list[dict] = []
@@ -204,38 +199,11 @@ def certify_shard(spec: ShardSpec, load_test: Callable[[], torch.utils.data.Data
         decisions.extend(decided)
         if fault_hook is not None:
             fault_hook("image", spec.job, row["idx"])
-    out = Path(spec.out)
-    if decisions:  # decisions first: the rows are what mark the images as done
-        write_part_as(out / store.DECISIONS_DIR, spec.name, decisions, store.DECISION_SCHEMA)
-    write_part_as(out, spec.name, rows, store.ROW_SCHEMA)
+    store_shard(Path(spec.out), spec.job.key, rows, decisions, name=spec.name)
     if fault_hook is not None:
         fault_hook("written", spec.job, spec.indices[0])
-    return {
-        "job": spec.job.key,
-        "fors": spec.job.fors,
-        "rows": [{"correct": bool(r["correct"]), "radius": float(r["radius"]), "total_s": float(r["total_s"])}
-                 for r in rows],
-        "device": certifier.common["device"],
-        "host": socket.gethostname(),
-        "node_id": _node_id(),
-        "pid": os.getpid(),
-        "batch_size": certifier.batch_size,
-        "warmup_s": certifier.warmup_s,
-        "lipschitz_executed": certifier.lipschitz_executed,
-        "setup_s": certifier.setup_s,
-        "model": record,
-        "span": (started, time.time()),
-    }
-
-
-def collect_shard(manifest: dict, summary: dict, tally: _Tally) -> None:
-    """Fold one shard's summary (:func:`certify_shard`) into the manifest (model record, batch size, warm-up,
-    set-up, as-executed L) and the job's tally: the collection of the local pool and of Ray alike."""
-    for row in summary["rows"]:
-        tally.add(row)
-    manifest["models"].setdefault(str(summary["fors"]), summary["model"])
-    record_job_setup(manifest, summary["job"], summary["setup_s"], summary["batch_size"], summary["warmup_s"],
-                     summary["lipschitz_executed"])
+    where = {"host": socket.gethostname(), "node_id": _node_id(), "pid": os.getpid(), "span": (started, time.time())}
+    return {**shard_summary(certifier, record, rows), **where}
 
 
 def _node_id() -> str | None:
@@ -260,7 +228,7 @@ def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, t
         todo = plan.todo[job]
         if not todo:
             continue
-        plan.manifest["checkpoints"].setdefault(job.model_key, plan.checkpoints.record(plan.entries[job]))
+        plan.record_checkpoint(job)
         for start in range(0, len(todo), shard_size):
             shard = tuple(todo[start:start + shard_size])
             decided = frozenset(k for i in shard for k in decided_by_image.get((job.method, job.fors, job.sigma, i), ()))
@@ -348,7 +316,7 @@ class RayGridRunner(GridRunner):
         total = len(plan.jobs) * len(plan.indices)
         left = sum(len(v) for v in plan.todo.values())
         progress = grid_progress(opts.console, opts.quiet)
-        tally = _Tally()
+        tally = Tally()
         failures: list[str] = []
         usage_error: str | None = None
         pending: dict[Any, ShardSpec] = {}
@@ -400,16 +368,14 @@ class RayGridRunner(GridRunner):
                 f"{len(failures)} of {len(specs)} Ray tasks failed (first: {failures[0]}); the other shards are "
                 "stored: run the same command again to certify the rest"
             )
-        manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        store.write_json(self.out / store.MANIFEST, manifest)
-        return manifest
+        return finish_run(self.out, manifest)
 
     def _shards(self, plan) -> list[ShardSpec]:
         """Tasks in grid order (job-major, so a worker tends to reuse the model it has loaded)."""
         return shard_specs(self.config, self.options, plan, self.ray_options.shard_size,
                            threads=max(1, int(self.ray_options.num_cpus)))
 
-    def _collect(self, manifest: dict, summary: dict, tally: _Tally) -> None:
+    def _collect(self, manifest: dict, summary: dict, tally: Tally) -> None:
         collect_shard(manifest, summary, tally)
         spans = self._spans.setdefault(str(summary["node_id"]), [])
         spans.append(tuple(summary["span"]))
@@ -439,18 +405,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def clear_staging(out: Path) -> None:
-    """Remove what tasks killed between writing and renaming a part left in the staging folders."""
-    for folder in (out / STAGING_DIR, out / store.DECISIONS_DIR / STAGING_DIR):
-        if folder.is_dir():
-            try:
-                for leftover in folder.iterdir():
-                    leftover.unlink(missing_ok=True)
-                folder.rmdir()
-            except OSError:  # a cancelled task still writing: the next run clears it
-                pass
-
-
 def run_grid_ray(config: RunConfig, options: RunOptions, ray_options: RayOptions,
                  load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
     """:func:`bench.grid.runner.run_grid` over Ray: same store, same rows; returns the manifest.
@@ -461,13 +415,13 @@ def run_grid_ray(config: RunConfig, options: RunOptions, ray_options: RayOptions
     disconnect = connect(ray_options.address)
     try:
         dataset = load_test()
-        labels = _labels(dataset) if config.per_class else [0] * len(dataset)
+        labels = grid_labels(config, dataset)
         return RayGridRunner(config, options, ray_options).run_ray(dataset, labels, load_test)
     finally:
         disconnect()
 
 
 __all__ = [
-    "INSTALL_HINT", "RayGridRunner", "RayOptions", "ShardSpec", "certify_shard", "clear_staging",
+    "INSTALL_HINT", "RayGridRunner", "RayOptions", "ShardSpec", "certify_shard",
     "cluster_device_type", "connect", "import_ray", "run_grid_ray", "shard_specs",
 ]

@@ -4,11 +4,12 @@
 - :class:`LocalPool`: local worker processes (:func:`bench.grid.pool.run_grid_pool`, as ``bench demo`` runs it);
 - :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.grid.distributed.run_grid_ray`).
 
-All three plan the run with :meth:`bench.grid.runner.GridRunner.plan` and certify each job with
-:class:`bench.grid.runner.JobCertifier`; each job's set-up goes into the manifest through
-:func:`bench.grid.runner.record_job_setup` (the pool and Ray fold their shard summaries with
-:func:`bench.grid.distributed.collect_shard`). ``load_test`` must be picklable for the pool (a ``functools.partial``
-of a module-level function).
+All three plan the run with :meth:`bench.grid.runner.GridRunner.plan`, certify each job with
+:class:`bench.grid.runner.JobCertifier`, store its rows with :func:`bench.grid.shards.store_shard` and fold what
+they certified into the manifest and the progress tallies with :func:`bench.grid.shards.collect_shard` (one
+collection path: in this process each image as it is certified, in workers and tasks each shard as it finishes).
+``bench run`` and ``bench demo`` pick the executor with :func:`choose_executor`. ``load_test`` must be picklable
+for the pool (a ``functools.partial`` of a module-level function).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ class RayTasks:
         return run_grid_ray(config, options, self.options, load_test)
 
 
-def choose_executor(processes: int = 1, ray_options: Any | None = None) -> Executor:
-    """Ray tasks when given Ray options, local workers for ``processes`` > 1, else this process."""
+def choose_executor(processes: int = 1, ray_options: Any | None = None, threads: int = 1) -> Executor:
+    """Ray tasks when given Ray options, else ``processes`` > 1 local workers (``threads`` torch threads each),
+    else this process (``bench run`` and ``bench demo`` alike)."""
     if ray_options is not None:
         return RayTasks(ray_options)
-    return LocalPool(processes) if processes > 1 else InProcess()
+    return LocalPool(processes, threads) if processes > 1 else InProcess()

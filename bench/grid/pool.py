@@ -3,8 +3,9 @@
 The parent plans the run like a one-process run (:meth:`bench.grid.runner.GridRunner.plan`: same images, same
 resume), splits what is left into shards of (job × images), a job being one (method, FoR, σ, n) and certifies them in spawned worker processes
 with :func:`bench.grid.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
-one parquet part in a single atomic replace. Each image's noise is seeded from (run seed, image, method, FoR,
-σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
+one parquet part in a single atomic replace -- and collects their summaries with
+:func:`bench.grid.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
+image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
 keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
 """
 
@@ -13,14 +14,14 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from datetime import datetime, timezone
 
 import torch
 
 from bench.grid import store
 from bench.grid.console import grid_progress
-from bench.grid.distributed import certify_shard, clear_staging, collect_shard, shard_specs
-from bench.grid.runner import GridRunner, RunConfig, RunOptions, _labels, _Tally
+from bench.grid.distributed import certify_shard, shard_specs
+from bench.grid.runner import GridRunner, RunConfig, RunOptions, grid_labels
+from bench.grid.shards import Tally, clear_staging, collect_shard, finish_run
 
 SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
 
@@ -41,23 +42,18 @@ class PoolGridRunner(GridRunner):
         manifest = plan.manifest
         specs = shard_specs(self.config, opts, plan, shard_size, threads)
         progress = grid_progress(opts.console, opts.quiet)
-        total = len(plan.indices)
-        tallies = {job.key: _Tally() for job in plan.jobs}
+        tallies = {job: Tally() for job in plan.jobs}
         with progress:
-            bars = {job.key: progress.add_task(job.label, total=total, completed=total - len(plan.todo[job]),
-                                               summary="") for job in plan.jobs}
+            bars = plan.add_bars(progress)
             try:
                 for spec, summary in self._certify(specs, load_test, processes, threads):
-                    collect_shard(manifest, summary, tallies[spec.job.key])
-                    progress.update(bars[spec.job.key], advance=len(spec.indices),
-                                    summary=tallies[spec.job.key].summary())
+                    collect_shard(manifest, summary, tallies[spec.job])
+                    progress.update(bars[spec.job], advance=len(spec.indices), summary=tallies[spec.job].summary())
                     store.write_json(self.out / store.MANIFEST, manifest)
             finally:
                 store.write_json(self.out / store.MANIFEST, manifest)
                 clear_staging(self.out)
-        manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        store.write_json(self.out / store.MANIFEST, manifest)
-        return manifest
+        return finish_run(self.out, manifest)
 
     @staticmethod
     def _certify(specs, load_test, processes: int, threads: int):
@@ -82,8 +78,7 @@ class PoolGridRunner(GridRunner):
 def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset],
                   processes: int, threads: int = 1) -> dict:
     """:func:`bench.grid.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
-    dataset = load_test()
-    labels = _labels(dataset) if config.per_class else [0] * len(dataset)
+    labels = grid_labels(config, load_test())
     return PoolGridRunner(config, options).run_pool(labels, load_test, processes, threads)
 
 

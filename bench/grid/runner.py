@@ -28,15 +28,19 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.progress import Progress, TaskID
 
 import lsrs
 from bench import certifiers
 from bench.certifiers import Job
 from bench.cli.params import BenchUsageError
-from bench.grid import devices, store
+from bench.grid import store
 from bench.grid.console import grid_progress
-from bench.grid.devices import device_name
+from bench.grid.devices import device_name, usage_device
 from bench.grid.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
+from bench.grid.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
+from lsrs.architectures import Architecture, ArchitectureError, get_architecture
+from lsrs.data import dataset_labels
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
 from lsrs.timing import Stopwatch
 
@@ -138,6 +142,16 @@ class RunPlan:
     todo: dict[Job, list[int]]  # images not yet stored, per job
     decided: set[tuple]  # (method, fors, sigma, idx, radius) of the stored decisions
 
+    def record_checkpoint(self, job: Job) -> None:
+        """Record ``job``'s checkpoint (path, sha256) in the manifest, as a resume checks it."""
+        self.manifest["checkpoints"].setdefault(job.model_key, self.checkpoints.record(self.entries[job]))
+
+    def add_bars(self, progress: Progress) -> dict[Job, TaskID]:
+        """One progress bar per job, started at the images already stored."""
+        total = len(self.indices)
+        return {job: progress.add_task(job.label, total=total, completed=total - len(self.todo[job]), summary="")
+                for job in self.jobs}
+
 
 def grid_jobs(config: RunConfig) -> list[Job]:
     """The grid in paper order: per σ, the jobs of each certifier of ``config.methods`` in the registry's order
@@ -146,11 +160,6 @@ def grid_jobs(config: RunConfig) -> list[Job]:
     chosen = [c for c in certifiers.registered() if c.key in config.methods]
     jobs = [Job(c.key, *t) for sigma in config.sigmas for c in chosen for t in c.jobs(config, sigma)]
     return jobs + [Job(c.key, *t) for c in chosen for t in c.jobs(config, None)]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; a device that is not here is a usage error (exit 2)."""
-    return devices.resolve_device(device, error=BenchUsageError)
 
 
 def select_indices(labels: list[int], skip: int, max_images: int | None, per_class: int | None) -> list[int]:
@@ -229,10 +238,9 @@ class Checkpoints:
                 raise self._mismatch(other, like)
         if not same_fors:
             baseline = self._ckpt.find_checkpoint(self.entries, 0, sigma) if fors > 0 else None
-            if baseline is not None and baseline.get("imported"):  # a peer's model: IS-RS only
-                from lsrs.cohen_models import NO_TWIN
-
-                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {NO_TWIN}")
+            twinless = _twinless_architecture(baseline)
+            if twinless is not None:  # e.g. an imported peer's model: IS-RS only
+                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {twinless.no_twin_reason}")
             have = sorted({int(e["fors"]) for e in self.entries})
             raise BenchUsageError(
                 f"FoR {fors} is not in the checkpoint index {self.index_dir / 'index.json'} (it has FoR {have}); "
@@ -313,8 +321,9 @@ class GridRunner:
         self.config = config
         self.options = options
         # ``device``: where this process certifies (a Ray driver passes its own; workers resolve theirs).
-        self.device = device if device is not None else resolve_device(config.device_type)
+        self.device = device if device is not None else usage_device(config.device_type)
         self.out = Path(options.out)
+        self._certified = 0  # images certified in this session (``stop_after``)
 
     # -------------------------------------------------------------- setup
     def _open_store(self, checkpoints: Checkpoints | None = None, entries: dict[Job, dict] | None = None) -> dict:
@@ -417,91 +426,59 @@ class GridRunner:
 
     # -------------------------------------------------------------- main loop
     def run(self, dataset: torch.utils.data.Dataset, labels: list[int]) -> dict:
-        """Certify every job of the grid on the selected test images; returns the final manifest."""
+        """Certify every job of the grid on the selected test images; returns the final manifest.
+
+        Each image is collected as it is certified and the rows are stored every :data:`FLUSH_ROWS` images or
+        :data:`FLUSH_SECONDS` seconds, and whenever a job stops (:mod:`bench.grid.shards`)."""
         opts = self.options
         torch.backends.cudnn.benchmark = True
         plan = self.plan(labels)
-        jobs, checkpoints, entries, indices, manifest, todo = (
-            plan.jobs, plan.checkpoints, plan.entries, plan.indices, plan.manifest, plan.todo
-        )
-        self._decided = plan.decided
-        certified = 0
+        manifest = plan.manifest
+        self._certified = 0
         progress = grid_progress(opts.console, opts.quiet)
         with progress:
-            tasks = {
-                job: progress.add_task(job.label, total=len(indices), completed=len(indices) - len(todo[job]), summary="")
-                for job in jobs
-            }
+            bars = plan.add_bars(progress)
             loaded: dict[str, tuple] = {}  # the last model, reused by its next n (the certifiers copy it)
-            for job in jobs:
-                if not todo[job]:
+            for job in plan.jobs:
+                if not plan.todo[job]:
                     continue
                 load_s = 0.0
                 if job.model_key not in loaded:
                     with Stopwatch(self.device) as load_watch:
-                        loaded = {job.model_key: checkpoints.load(entries[job])}
+                        loaded = {job.model_key: plan.checkpoints.load(plan.entries[job])}
                     load_s = load_watch.seconds
-                model, sha256 = loaded[job.model_key]
-                sample_shape = tuple(dataset[todo[job][0]][0].shape)
-                manifest["checkpoints"].setdefault(job.model_key, checkpoints.record(entries[job]))  # checked on resume
-                manifest["models"].setdefault(str(job.fors), _model_record(model, sample_shape))
-                rows: list[dict] = []
-                decisions: list[dict] = []
-                tally = _Tally()
-                last_flush = time.monotonic()
-                try:
-                    certify = self._certify_job(job, model, dataset, todo[job], manifest, sha256, load_s)
-                    for row, decided in certify:
-                        rows.append(row)
-                        decisions.extend(decided)
-                        certified += 1
-                        tally.add(row)
-                        progress.update(tasks[job], advance=1, summary=tally.summary())
-                        if len(rows) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
-                            self._flush(rows, decisions, job)
-                            rows, decisions, last_flush = [], [], time.monotonic()
-                        if opts.stop_after is not None and certified >= opts.stop_after:
-                            raise _StopRequested
-                finally:
-                    self._flush(rows, decisions, job)
-                    store.write_json(self.out / store.MANIFEST, manifest)
-        manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        store.write_json(self.out / store.MANIFEST, manifest)
-        return manifest
+                self._certify_job(plan, job, dataset, *loaded[job.model_key], load_s, progress, bars[job])
+        return finish_run(self.out, manifest)
 
-    def _flush(self, rows: list[dict], decisions: list[dict], job: Job) -> None:
-        """Store decisions first, then the certification rows that mark the images as done."""
-        if decisions:
-            store.write_part(self.out / store.DECISIONS_DIR, decisions, job.key, schema=store.DECISION_SCHEMA)
-        if rows:
-            store.write_part(self.out, rows, job.key)
-
-    def _certify_job(
-        self, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, indices: list[int], manifest: dict,
-        checkpoint_sha256: str, load_s: float,
-    ) -> Iterator[tuple[dict, list[dict]]]:
-        certifier = JobCertifier(
-            self.config, job, model, dataset, indices[0], self.device, batch_size=self.options.batch_size,
-            channels_last=self.options.channels_last, device_label=manifest["device"],
-            checkpoint_sha256=checkpoint_sha256, load_s=load_s,
-        )
-        record_job_setup(manifest, job.key, certifier.setup_s, certifier.batch_size, certifier.warmup_s,
-                         certifier.lipschitz_executed)
-        yield from certifier.iter_rows(dataset, indices, self._decided)
-
-
-def record_job_setup(manifest: dict, key: str, setup_s: dict, batch_size: int | None, warmup_s: float,
-                     lipschitz_executed: float | None) -> None:
-    """Record one set-up of job ``key`` in the manifest (one process, a local worker or a Ray task alike): its
-    set-up seconds (the slowest set-up of the job, over workers and resumed sessions), batch size, warm-up
-    (the longest) and the encoder's bound as executed."""
-    setup = manifest.setdefault("setup_s", {})
-    if setup_s["total"] >= setup.get(key, {}).get("total", -1.0):
-        setup[key] = setup_s
-    if batch_size is not None:
-        manifest["batch_size"][key] = batch_size
-        manifest["warmup_s"][key] = max(warmup_s, manifest["warmup_s"].get(key, 0.0))
-        manifest.setdefault("lipschitz_executed", {})[key] = lipschitz_executed
+    def _certify_job(self, plan: RunPlan, job: Job, dataset: torch.utils.data.Dataset, model: torch.nn.Module,
+                     sha256: str, load_s: float, progress: Progress, bar: TaskID) -> None:
+        """Certify what is left of ``job``, collecting each image (its progress ``bar``) and storing the rows."""
+        todo, manifest, tally = plan.todo[job], plan.manifest, Tally()
+        plan.record_checkpoint(job)  # checked on resume
+        rows: list[dict] = []
+        decisions: list[dict] = []
+        last_store = time.monotonic()
+        try:
+            record = _model_record(model, tuple(dataset[todo[0]][0].shape))
+            certifier = JobCertifier(
+                self.config, job, model, dataset, todo[0], self.device, batch_size=self.options.batch_size,
+                channels_last=self.options.channels_last, device_label=manifest["device"],
+                checkpoint_sha256=sha256, load_s=load_s,
+            )
+            for row, decided in certifier.iter_rows(dataset, todo, plan.decided):
+                rows.append(row)
+                decisions.extend(decided)
+                collect_shard(manifest, shard_summary(certifier, record, [row]), tally)
+                progress.update(bar, advance=1, summary=tally.summary())
+                self._certified += 1
+                if len(rows) >= FLUSH_ROWS or time.monotonic() - last_store > FLUSH_SECONDS:
+                    store_shard(self.out, job.key, rows, decisions)
+                    rows, decisions, last_store = [], [], time.monotonic()
+                if self.options.stop_after is not None and self._certified >= self.options.stop_after:
+                    raise _StopRequested
+        finally:
+            store_shard(self.out, job.key, rows, decisions)
+            store.write_json(self.out / store.MANIFEST, manifest)
 
 
 class JobCertifier:
@@ -568,6 +545,17 @@ class JobCertifier:
         yield from self.run.rows(dataset, indices, decided)
 
 
+def _twinless_architecture(entry: dict | None) -> Architecture | None:
+    """The architecture record of a checkpoint index entry when it has FoR 0 only (no LS-RS twin), else None."""
+    if entry is None:
+        return None
+    try:
+        record = get_architecture(entry["arch"], source=entry.get("arch_source"))
+    except (KeyError, ArchitectureError):
+        return None
+    return record if tuple(record.fors) == (0,) else None
+
+
 def _model_keys(rows) -> list[str]:
     """:attr:`Job.model_key` of every stored row."""
     cols = (rows["method"], rows["fors"], rows["sigma"])
@@ -583,37 +571,16 @@ def _num_classes(model: torch.nn.Module, sample_shape: tuple[int, ...], device: 
         return int(model(torch.zeros((1, *sample_shape), device=device)).shape[-1])
 
 
-class _Tally:
-    """Running accuracy, ACR and s/image of the images certified so far in this session (progress line)."""
-
-    def __init__(self) -> None:
-        self.images = self.correct = 0
-        self.radius = self.seconds = 0.0
-
-    def add(self, row: dict) -> None:
-        self.images += 1
-        self.correct += bool(row["correct"])
-        self.radius += row["radius"] if row["correct"] else 0.0
-        self.seconds += row["total_s"]
-
-    def summary(self) -> str:
-        k = max(self.images, 1)
-        return f"acc {100 * self.correct / k:5.1f}%  ACR {self.radius / k:.3f}  {self.seconds / k:.3f} s/img"
-
-
-def _labels(dataset: torch.utils.data.Dataset) -> list[int]:
-    """Labels of a dataset without decoding images where the dataset exposes ``targets``."""
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        return [int(t) for t in targets]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
+def grid_labels(config: RunConfig, dataset: torch.utils.data.Dataset) -> list[int]:
+    """The test labels :meth:`GridRunner.plan` needs: read only for ``per_class`` (zeros otherwise: no image is
+    decoded to choose the images)."""
+    return dataset_labels(dataset) if config.per_class else [0] * len(dataset)
 
 
 def run_grid(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
     """Load the test split, run the grid, return the manifest (the library entry point of ``bench run``)."""
     dataset = load_test()
-    labels = _labels(dataset) if config.per_class else [0] * len(dataset)
     try:
-        return GridRunner(config, options).run(dataset, labels)
+        return GridRunner(config, options).run(dataset, grid_labels(config, dataset))
     except _StopRequested:
         return store.read_manifest(Path(options.out)) or {}

@@ -35,11 +35,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.grid.devices import device_name, resolve_device
+from bench.grid.devices import device_name
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import load_dataset
 from lsrs.datasets import DatasetInfo, get_dataset
+from lsrs.devices import resolve_device
 from lsrs.noise import derive_seed
 from lsrs.training import (
     TrainConfig,

@@ -20,9 +20,9 @@ from bench.grid.runner import (
     auto_batch_size,
     compile_classifier,
     device_name,
-    resolve_device,
     warm_up,
 )
+from lsrs.devices import resolve_device
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
 from lsrs.smoothing import smooth_model
@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", default="off", help=f"comma list of {'|'.join(COMPILE_MODES)} [off]")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     precisions = (args.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
     modes = args.compile.split(",")
     if bad := [m for m in modes if m not in COMPILE_MODES]:

@@ -24,7 +24,7 @@ summarised by its median, so a shared, noisy machine slows numerator and denomin
 * ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
 * ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
 
-Configurations (``PRESETS``, ``--preset``): ``bench`` (the default) is the engine as ``bench run`` configures
+Configurations (``SPEED_CONFIGS``, ``--preset``): ``bench`` (the default) is the engine as ``bench run`` configures
 it at width 24 with one thread; ``paper`` is the paper's CIFAR ResNet18 (width 64, batch 200) with torch's
 default threads, smoothed by the README's plain call (``Smooth(model, 10, sigma)``, ``LatentSmooth(...)``,
 no options), its overhead floor being the *fastest* pure forward of the same function (BatchNorm folded or
@@ -131,7 +131,7 @@ class SpeedConfig:
 
 
 #: Named configurations (see the module docstring); ``bench`` is the default and the CI guard's first case.
-PRESETS: dict[str, SpeedConfig] = {
+SPEED_CONFIGS: dict[str, SpeedConfig] = {
     "bench": SpeedConfig(),
     "paper": SpeedConfig(width=64, fors=(9, 13), batch_size=200, precisions=("fp32",), threads=None,
                          fold_bn=False, channels_last=False, plain_api=True, floor_variants=tuple(FORWARD_VARIANTS)),
@@ -803,7 +803,7 @@ def rounds_from_env(default: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.perf.speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="bench",
+    parser.add_argument("--preset", choices=sorted(SPEED_CONFIGS), default="bench",
                         help="bench: width 24, 1 thread, engine options [default]; paper: width 64, batch 200, "
                              "default threads, README call; paper-guard: paper at the CI guard's size")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per session [9]")
@@ -824,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, k) is not None}
     if args.threads == 0:
         overrides["threads"] = None  # torch's default
-    base = PRESETS[args.preset]
+    base = SPEED_CONFIGS[args.preset]
     cfg = replace(base, **overrides)
     floors_path = FLOORS_PATHS.get(args.preset)
     suite = SpeedSuite(cfg, device=args.device, slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))

@@ -14,7 +14,14 @@ import os
 import pytest
 import torch
 
-from bench.perf.speed import PRESETS, SLOWDOWN_ENV, SpeedConfig, SpeedSuite, parse_slowdown, torch_threads
+from bench.perf.speed import (
+    SLOWDOWN_ENV,
+    SPEED_CONFIGS,
+    SpeedConfig,
+    SpeedSuite,
+    parse_slowdown,
+    torch_threads,
+)
 
 #: pytest-benchmark rounds per case (after one warm-up round); CI default 1, ``nox -s benchmark`` more.
 BENCH_ROUNDS_ENV = "LSRS_BENCH_ROUNDS"
@@ -36,7 +43,7 @@ def _suite_threads(request):
     if "speed_suite" in request.fixturenames:
         threads = SpeedConfig().threads
     elif "paper_suite" in request.fixturenames:
-        threads = PRESETS["paper-guard"].threads or DEFAULT_THREADS
+        threads = SPEED_CONFIGS["paper-guard"].threads or DEFAULT_THREADS
     else:
         threads = None
     with torch_threads(threads):
@@ -53,9 +60,9 @@ def speed_suite():
 
 @pytest.fixture(scope="package")
 def paper_suite():
-    """The paper's width-64 ResNet18 at the guard's size (``PRESETS["paper-guard"]``), torch's default threads,
+    """The paper's width-64 ResNet18 at the guard's size (``SPEED_CONFIGS["paper-guard"]``), torch's default threads,
     smoothed by the README call with no options; ``LSRS_SPEED_SLOWDOWN`` applies here too."""
-    return SpeedSuite(PRESETS["paper-guard"], slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
+    return SpeedSuite(SPEED_CONFIGS["paper-guard"], slowdown=parse_slowdown(os.environ.get(SLOWDOWN_ENV)))
 
 
 @pytest.fixture(scope="session")

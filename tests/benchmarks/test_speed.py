@@ -79,7 +79,7 @@ def test_reference_loop(benchmark, speed_suite, bench_rounds) -> None:
 
 @pytest.mark.parametrize("method", ["is", "ls9", "ls13"])
 def test_certify_paper_size_plain_call(benchmark, paper_suite, bench_rounds, method: str) -> None:
-    """One CERTIFY at the paper's width 64 and batch 200 (``PRESETS["paper-guard"]``), torch's default threads,
+    """One CERTIFY at the paper's width 64 and batch 200 (``SPEED_CONFIGS["paper-guard"]``), torch's default threads,
     through the README call with no options."""
     cfg = paper_suite.cfg
     benchmark.group = "certify fp32, width 64, README call (one image)"

@@ -27,7 +27,7 @@ from bench.perf.speed import (
     FORWARD_VARIANTS,
     GUARD_METHODS,
     GUARDED,
-    PRESETS,
+    SPEED_CONFIGS,
     ReferenceSmooth,
     Slowed,
     SpeedConfig,
@@ -116,7 +116,7 @@ def test_speed_ratios_hold_their_floors(speed_suite, record_property) -> None:
 @pytest.mark.benchmark_guard
 def test_paper_size_default_path_holds_its_floors_and_catches_a_slowdown(paper_suite, record_property,
                                                                        default_threads) -> None:
-    """Width 64, batch 200, torch's default threads, the README call with no options (``PRESETS["paper-guard"]``);
+    """Width 64, batch 200, torch's default threads, the README call with no options (``SPEED_CONFIGS["paper-guard"]``);
     the overhead floor is the fastest pure forward of the same function (folded, NCHW or channels_last).
 
     A deliberate slowdown of that default path, timed in the same rounds: the README call (LS-RS FoR 13,
@@ -268,10 +268,10 @@ def test_the_floor_is_not_biased_by_equally_fast_variants() -> None:
 def test_paper_preset_uses_the_plain_call_and_every_variant() -> None:
     """The paper preset: smoothers built with no options (the library's folded channels_last copy of the
     unmodified models), one forward case per variant, and a table from a tiny real measurement."""
-    paper = PRESETS["paper"]
+    paper = SPEED_CONFIGS["paper"]
     assert (paper.width, paper.batch_size, paper.threads, paper.plain_api) == (64, 200, None, True)
     assert set(paper.floor_variants) == set(FORWARD_VARIANTS)
-    assert set(PRESETS["paper-guard"].floor_variants) <= set(FORWARD_VARIANTS)
+    assert set(SPEED_CONFIGS["paper-guard"].floor_variants) <= set(FORWARD_VARIANTS)
     cfg = replace(paper, width=2, in_size=8, n0=4, n=8, batch_size=4, matmul_size=8)
     suite = SpeedSuite(cfg)
     sm = suite.smoothers[("is", "fp32")]
