@@ -6,7 +6,7 @@ and the standardisation ``(x - mean) / std`` is the classifier's first layer, so
 of the raw image (their ``datasets.py``). Here the same function is ``Split(Identity, Sequential(normalize,
 net))`` with FoR 0: IS-RS adds the noise to the encoder's output, the raw image, before the normalisation.
 The normalisation is rebuilt from the dataset's published mean (:func:`lsrs.datasets.get_dataset`) and standard
-deviation (:data:`PUBLISHED_STD`); it holds no tensors in the state dict, as in their code.
+deviation (:data:`lsrs.cohen_published.PUBLISHED_STD`); it holds no tensors in the state dict, as in their code.
 
 Architectures (their ``architectures.py``):
 
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lsrs.architectures import register_architecture
+from lsrs.cohen_published import COHEN_DATASETS, PUBLISHED_STD
 from lsrs.datasets import get_dataset
 from lsrs.models import BasicBlock, Split
 
@@ -49,13 +50,6 @@ __all__ = [
     "resnet50",
 ]
 
-PUBLISHED_STD: dict[str, tuple[float, ...]] = {
-    "cifar10": (0.2023, 0.1994, 0.2010),
-    "imagenet": (0.229, 0.224, 0.225),
-}
-"""Per-channel standard deviations by which Cohen et al.'s ``NormalizeLayer`` divides (their ``datasets.py``)."""
-
-COHEN_DATASETS: tuple[str, ...] = tuple(PUBLISHED_STD)
 CIFAR_DEPTHS: dict[str, int] = {"cifar_resnet20": 20, "cifar_resnet110": 110}
 COHEN_ARCHS: tuple[str, ...] = (*CIFAR_DEPTHS, "resnet50")
 ARCH_DATASETS: dict[str, tuple[str, ...]] = {"cifar_resnet20": ("cifar10",), "cifar_resnet110": ("cifar10",),

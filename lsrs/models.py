@@ -38,6 +38,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lsrs.architectures import ANY_DATASET, get_architecture, register_architecture
+from lsrs.layer_counts import RESNET18_LAYERS
 from lsrs.layers import CayleyConv2d, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 from lsrs.proofs import LayerProof, ProofContext, compose
@@ -248,7 +249,8 @@ def _resnet18_latents(config: dict[str, Any]) -> dict[int, tuple[int, ...]]:
 
 
 @register_architecture(
-    "resnet18", fors=(0, *range(1, 18, 2), 18), fors_total=18, lipschitz_fors=18, paper_fors=9,
+    "resnet18", fors=(0, *range(1, RESNET18_LAYERS, 2), RESNET18_LAYERS), fors_total=RESNET18_LAYERS,
+    lipschitz_fors=RESNET18_LAYERS, paper_fors=9,
     paper_dataset="cifar10", width_param="width",
     defaults={ANY_DATASET: {"width": 64}, "digits": {"width": 8}},
     latent_shapes=_resnet18_latents,

@@ -38,11 +38,8 @@ from lsrs.devices import resolve_device
 from lsrs.margin import margin_loss
 from lsrs.models import is_lipschitz_twin
 from lsrs.noise import derive_seed
+from lsrs.training_choices import LOSSES, NOISE_LOCATIONS, OPTIMIZERS, SCHEDULES
 
-NOISE_LOCATIONS = ("input", "latent", "none")
-LOSSES = ("ce", "margin")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("step", "onecycle")
 STATE_FORMAT = "lsrs-train-state/1"
 
 

@@ -6,6 +6,9 @@ its set-up and rows, its label and colour, which columns apply) and calls :func:
 No other file of the harness changes: ``bench run --methods is,clean`` certifies it, and ``bench report`` and
 the run's console table show it. Its one job per run is the baseline trained at the run's first σ (that σ is
 stored in its rows, as the model's; it samples nothing, so its tables show σ as "-").
+
+Like the built-ins, it imports torch only in the code that certifies, so that listing the certifiers (``bench
+run --help``, ``--methods`` checked when the command line is parsed) does not import torch.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from bench.certifiers import Certifier, Job, register
 from bench.certifiers.rows import one_pass_row
-from lsrs.timing import Stopwatch
 
 KEY = "clean"
 
@@ -30,11 +30,15 @@ def jobs(config: Any, sigma: float | None) -> list[tuple[int, float, int]]:
 class CleanPrediction:
     """Set-up: nothing to prove or warm. Rows: the base classifier's argmax, radius 0, ``samples_used`` 0."""
 
-    def __init__(self, context: Any, x: torch.Tensor, batch_size: int | None, channels_last: bool) -> None:
+    def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
         self.context = context
         context.batch_size = 1
 
     def rows(self, dataset: Any, indices: list[int], decided: set[tuple] | frozenset) -> Iterator[tuple[dict, list[dict]]]:
+        import torch
+
+        from lsrs.timing import Stopwatch
+
         context = self.context
         for i in indices:
             x, label = dataset[i]

@@ -29,6 +29,10 @@ def test_builtins_are_registered_in_table_order_with_their_roles():
     assert (ls_rs.reference, ls_rs.fors_axis, ls_rs.noise) == (False, True, True)
     assert (lip.reference, lip.fors_axis, lip.noise) == (False, False, False)
     assert certifiers.reference_key() == "is"
+    from bench.certifiers.lipschitz import LIP_FORS
+    from lsrs.architectures import get_architecture
+
+    assert LIP_FORS == get_architecture("resnet18").lipschitz_fors  # the torch-free constant is the record's
     with pytest.raises(ValueError, match="already registered"):
         certifiers.register(certifiers.Certifier(key="is", defense="X", jobs=lambda c, s: [], start=None))
     with pytest.raises(KeyError, match="registered: is, ls, lip"):

@@ -72,6 +72,18 @@ def test_no_import_cycles() -> None:
         ("PRESETS", "bench.grid.demo"),  # the demo presets; the speed configurations are SPEED_CONFIGS
         ("SPEED_CONFIGS", "bench.perf.speed"),
         ("collect_shard", "bench.grid.shards"),  # one collection path for the three grid executors
+        # torch-free homes of what the CLI's help and parse-time checks read (bench CMD --help imports no torch)
+        ("PRECISION_CHOICES", "bench.grid.devices"),
+        ("COMPILE_MODES", "bench.grid.engine_setup"),
+        ("MARGIN_EPS", "bench.grid.training_defaults"),
+        ("MARGIN_TEMPERATURE", "bench.grid.training_defaults"),
+        ("OPTIMIZERS", "lsrs.training_choices"),
+        ("SCHEDULES", "lsrs.training_choices"),
+        ("FORMATS", "bench.report.formats"),
+        ("COHEN_DATASETS", "lsrs.cohen_published"),
+        ("PUBLISHED_STD", "lsrs.cohen_published"),
+        ("RESNET18_LAYERS", "lsrs.layer_counts"),
+        ("LIP_FORS", "bench.certifiers.lipschitz"),
     ],
 )
 def test_shared_name_is_defined_once(name: str, home: str) -> None:

@@ -14,7 +14,9 @@ A new certifier is one module that builds a :class:`Certifier` and passes it to 
 (the built-ins: :mod:`bench.certifiers.smoothed`, :mod:`bench.certifiers.lipschitz`), or that an installed
 package names under the entry-point group :data:`ENTRY_POINT_GROUP` (``bench.certifiers``; the entry point is
 its :class:`Certifier`, loaded on the registry's first use, so ``bench run --methods`` takes its key).
-Nothing here imports torch.
+Nothing here imports torch, and a certifier's module should import it only in the code that certifies
+(its ``start`` and rows, as the built-ins and ``tests/example_certifier.py`` do): listing the records (``bench
+run --help``, ``--methods`` checked when the command line is parsed) then needs no torch.
 """
 
 from __future__ import annotations

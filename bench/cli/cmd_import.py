@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from bench.cli.params import DATASET
-from lsrs.cohen_models import COHEN_DATASETS, NO_TWIN
+from lsrs.cohen_published import COHEN_DATASETS
 
 
 class Sigma(click.ParamType):
@@ -64,6 +64,7 @@ def cohen_model(checkpoint: Path, dataset: str, sigma: float, out: Path, name: s
     the source's name and sha256 in its metadata, found by `bench run --methods is`. It has no LS-RS twin.
     """
     from bench.grid.importers import import_cohen_model
+    from lsrs.cohen_models import NO_TWIN
 
     done = import_cohen_model(checkpoint, dataset, sigma, out, name)
     if not quiet:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bench.cli.params import BenchUsageError
-from bench.report.writer import FORMATS, PAPER_SUFFIX, ReportResult, format_cell, write_report
+from bench.report.formats import FORMATS
+
+if TYPE_CHECKING:
+    from bench.report.writer import ReportResult
 
 
 def _print_result(result: ReportResult) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
+
+    from bench.report.writer import PAPER_SUFFIX, format_cell
 
     console = Console()
     if result.tables:
@@ -90,6 +96,8 @@ def command(
         elif not quiet:
             _print_result(result)
         return
+    from bench.report.writer import write_report
+
     run_dir = run_dirs[0]
     out = out_dir if out_dir is not None else Path("reports") / run_dir.resolve().name
     result = write_report(

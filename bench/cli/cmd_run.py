@@ -11,8 +11,7 @@ from rich.console import Console
 from bench import certifiers
 from bench.cli.params import DATASET, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList, dataset_help
 from bench.grid.devices import PRECISION_CHOICES, resolve_precision, usage_device
-from bench.grid.executors import choose_executor
-from bench.grid.runner import COMPILE_MODES, RunConfig, RunOptions
+from bench.grid.engine_setup import COMPILE_MODES
 
 METHOD_LIST = CommaList(str, "method",
                         lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
@@ -129,7 +128,13 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
       bench run --dataset cifar10 --ray auto --ray-shard-size 20    # same results, on Ray workers
       bench run --dataset digits --n 1000,4000 --out results/front   # n axis: then bench report results/front
     """
+    if ray_address is not None and processes > 1:
+        raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
+    ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
+
     from bench.grid.console import print_table, summary_table
+    from bench.grid.executors import choose_executor
+    from bench.grid.runner import RunConfig, RunOptions
     from bench.report.writer import summarize
     from lsrs.checkpoint import index_architectures
 
@@ -140,9 +145,6 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
     for certifier in certifiers.registered():  # each certifier checks that the checkpoints' architectures serve it
         if certifier.key in methods and certifier.check is not None:
             certifier.check(archs, tuple(fors))
-    ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
-    if ray_options is not None and processes > 1:
-        raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
     if ray_options is not None:
         from bench.grid import distributed
 

@@ -6,14 +6,18 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from bench.cli.params import DATASET, FORS, SIGMAS, BenchUsageError, dataset_help
-from bench.grid.training import MARGIN_EPS, MARGIN_TEMPERATURE, TwinRecipe, default_twin_recipe
-from lsrs.training import OPTIMIZERS, SCHEDULES
+from bench.grid.training_defaults import MARGIN_EPS, MARGIN_TEMPERATURE
+from lsrs.training_choices import OPTIMIZERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from bench.grid.training import TwinRecipe
 
 
 def results_table(entries: list[dict], dataset: str) -> Table:
@@ -33,6 +37,8 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
     """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.grid.training.default_twin_recipe`)
     with every option the user gave (not ``None``) in its place."""
+    from bench.grid.training import default_twin_recipe
+
     return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
 

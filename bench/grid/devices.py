@@ -1,26 +1,35 @@
 """The compute device of every ``bench`` command: the library's rule (:func:`lsrs.devices.resolve_device`) as a
-usage error, the name the results record, and the precision it computes natively."""
+usage error, the name the results record, and the precision it computes natively.
+
+Importing it does not import torch (the functions do), so ``bench run --help`` lists :data:`PRECISION_CHOICES`
+without torch.
+"""
 
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.cli.params import BenchUsageError
-from lsrs.devices import resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 
 def usage_device(device: str | torch.device | None = "auto") -> torch.device:
     """:func:`lsrs.devices.resolve_device` for a ``bench`` command: a device that is not here is a usage error
     (exit 2, one line)."""
+    from lsrs.devices import resolve_device
+
     return resolve_device(device, error=BenchUsageError)
 
 
 def device_name(device: torch.device) -> str:
     """What the results record as the device: the GPU's name, or the CPU and torch's thread count."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -72,6 +81,8 @@ def native_support(precision: str, device_type: str) -> tuple[bool | None, str]:
             return True, f"this CPU has {' and '.join(found)}"
         return False, "this CPU has neither AVX-512 BF16 nor AMX (no avx512_bf16/amx_bf16 flag)"
     if device_type == "cuda":
+        import torch
+
         if not torch.cuda.is_available():
             return None, "no CUDA device here to check"
         major, minor = torch.cuda.get_device_capability()

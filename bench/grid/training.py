@@ -36,6 +36,7 @@ from rich.progress import (
 )
 
 from bench.grid.devices import device_name
+from bench.grid.training_defaults import MARGIN_EPS, MARGIN_TEMPERATURE
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import load_dataset
@@ -50,11 +51,6 @@ from lsrs.training import (
     read_state_meta,
     warm_start_classifier,
 )
-
-MARGIN_EPS = 0.5
-"""Default target l2 radius of the Lipschitz twin's margin loss (the offset is sqrt(2) * MARGIN_EPS)."""
-MARGIN_TEMPERATURE = 0.25
-"""Default temperature of the margin loss (Prach & Lampert 2022 offset cross-entropy)."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from bench.cli.params import BenchUsageError
 from bench.grid.store import MANIFEST
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
 from bench.report.equal_time import equal_time_table, front_figures
+from bench.report.formats import FORMATS
 from bench.report.labels import (
     N_AXIS,
     VARIANT_KEYS,
@@ -58,7 +59,6 @@ from lsrs.datasets import dataset_title
 from lsrs.smoothing import ABSTAIN
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-FORMATS: dict[str, str] = {"latex": ".tex", "markdown": ".md", "csv": ".csv"}
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
 _SIGMA_DECIMALS = 6
 MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
