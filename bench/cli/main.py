@@ -1,7 +1,8 @@
 """The ``bench`` command line: train | run | report | demo | info | import.
 
 Each command parses and validates its options, then calls one function of the harness or the library.
-Commands are imported on first use (:class:`LazyGroup`), so ``bench --help`` does not import torch.
+Commands are imported on first use (:class:`LazyGroup`), so ``bench --help`` does not import torch; nor does
+``bench CMD --help`` or an option refused while parsing: a command module imports torch only in its body.
 """
 
 from __future__ import annotations
