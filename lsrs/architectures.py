@@ -28,11 +28,19 @@ process (importing the installed module it names, never code carried by the file
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from lsrs.plugins import (
+    EntryPoint,
+    check_plugin_name,
+    entry_points_by_name,
+    import_attribute,
+    load_entry_point,
+    plugin_label,
+)
 
 ENTRY_POINT_GROUP = "lsrs.architectures"
 BUILTIN_MODULES: tuple[str, ...] = ("lsrs.models", "lsrs.cohen_models")
@@ -165,10 +173,6 @@ def _load_builtins() -> None:
             importlib.import_module(module)
 
 
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def _record_of(obj: Any, where: str) -> Architecture:
     """The record of a loaded object: a registered builder or an :class:`Architecture` (registered here)."""
     if isinstance(obj, Architecture):
@@ -185,31 +189,13 @@ def _record_of(obj: Any, where: str) -> Architecture:
 
 
 def _load_spec(spec: str) -> Architecture:
-    """Import ``package.module:function`` and return the record of ``function``."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # noqa: BLE001 - any failure of user code is reported by name
-        raise ArchitectureError(f"cannot load architecture {spec!r}: {type(exc).__name__}: {exc}") from None
-    return _record_of(obj, spec)
+    """Import ``package.module:function`` and return the record it names."""
+    return _record_of(import_attribute(spec, "architecture", ArchitectureError), spec)
 
 
-def _load_plugin(ep: importlib.metadata.EntryPoint) -> Architecture:
-    try:
-        obj = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not look like an unknown name
-        raise ArchitectureError(
-            f"plugin {ep.name!r} ({ep.value}) of entry-point group {ENTRY_POINT_GROUP} failed to load: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    record = _record_of(obj, f"plugin {ep.name!r} ({ep.value})")
-    if record.name != ep.name:
-        raise ArchitectureError(
-            f"plugin {ep.name!r} ({ep.value}) registers the architecture {record.name!r}: give the entry point "
-            "the registered name"
-        )
+def _load_plugin(ep: EntryPoint) -> Architecture:
+    record = _record_of(load_entry_point(ep, ENTRY_POINT_GROUP, ArchitectureError), plugin_label(ep))
+    check_plugin_name(ep, record.name, "architecture", ArchitectureError)
     return record
 
 
@@ -221,7 +207,7 @@ def get_architecture(name: str, source: str | None = None) -> Architecture:
         return _REGISTRY[name]
     if ":" in name:
         return _load_spec(name)
-    eps = _entry_points()
+    eps = entry_points_by_name(ENTRY_POINT_GROUP)
     if name in eps:
         return _load_plugin(eps[name])
     if source:
@@ -235,7 +221,7 @@ def get_architecture(name: str, source: str | None = None) -> Architecture:
 def list_architectures() -> list[str]:
     """Names of the built-in, registered and installed (plugin) architectures, sorted; plugins are not loaded."""
     _load_builtins()
-    return sorted(set(_REGISTRY) | set(_entry_points()))
+    return sorted(set(_REGISTRY) | set(entry_points_by_name(ENTRY_POINT_GROUP)))
 
 
 __all__ = [

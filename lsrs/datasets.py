@@ -21,12 +21,20 @@ plugin.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
+
+from lsrs.plugins import (
+    EntryPoint,
+    check_plugin_name,
+    entry_points_by_name,
+    import_attribute,
+    load_entry_point,
+    plugin_label,
+    resolve_attribute,
+)
 
 ENTRY_POINT_GROUP = "lsrs.datasets"
 HOW_TO_REGISTER = (
@@ -95,11 +103,7 @@ class DatasetInfo:
         """The loader itself (a ``module:function`` string is imported now)."""
         if not isinstance(self.loader, str):
             return self.loader
-        module, _, function = self.loader.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in function.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return resolve_attribute(self.loader)
 
     def as_dict(self) -> dict:
         """JSON-serialisable view (stored in checkpoint metadata)."""
@@ -258,10 +262,6 @@ BUILTIN_DATASETS: tuple[str, ...] = tuple(DATASETS)
 
 
 # ------------------------------------------------------------------------------------------------ lookup
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def _record_of(obj: Any, where: str) -> DatasetInfo:
     """The record of a loaded object: a :class:`DatasetInfo` (registered here) or a registered loader."""
     if isinstance(obj, DatasetInfo):
@@ -277,30 +277,12 @@ def _record_of(obj: Any, where: str) -> DatasetInfo:
 
 def _load_spec(spec: str) -> DatasetInfo:
     """Import ``package.module:attribute`` and return the record it names."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # noqa: BLE001 - any failure of user code is reported by name
-        raise DatasetError(f"cannot load dataset {spec!r}: {type(exc).__name__}: {exc}") from None
-    return _record_of(obj, spec)
+    return _record_of(import_attribute(spec, "dataset", DatasetError), spec)
 
 
-def _load_plugin(ep: importlib.metadata.EntryPoint) -> DatasetInfo:
-    try:
-        obj = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not look like an unknown name
-        raise DatasetError(
-            f"plugin {ep.name!r} ({ep.value}) of entry-point group {ENTRY_POINT_GROUP} failed to load: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    record = _record_of(obj, f"plugin {ep.name!r} ({ep.value})")
-    if record.name != ep.name:
-        raise DatasetError(
-            f"plugin {ep.name!r} ({ep.value}) registers the dataset {record.name!r}: give the entry point "
-            "the registered name"
-        )
+def _load_plugin(ep: EntryPoint) -> DatasetInfo:
+    record = _record_of(load_entry_point(ep, ENTRY_POINT_GROUP, DatasetError), plugin_label(ep))
+    check_plugin_name(ep, record.name, "dataset", DatasetError)
     return record
 
 
@@ -311,7 +293,7 @@ def get_dataset(name: str) -> DatasetInfo:
         return DATASETS[name]
     if ":" in name:
         return _load_spec(name)
-    eps = _entry_points()
+    eps = entry_points_by_name(ENTRY_POINT_GROUP)
     if name in eps:
         return _load_plugin(eps[name])
     raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}; {HOW_TO_REGISTER}")
@@ -329,7 +311,7 @@ def dataset_title(name: str) -> str:
 def list_datasets() -> list[str]:
     """The built-in datasets in registry order (digits, mnist, cifar10, imagenet), then the other registered
     and installed (plugin) ones, sorted; plugins are listed from their entry points, not loaded."""
-    others = sorted((set(DATASETS) | set(_entry_points())) - set(BUILTIN_DATASETS))
+    others = sorted((set(DATASETS) | set(entry_points_by_name(ENTRY_POINT_GROUP))) - set(BUILTIN_DATASETS))
     return [*BUILTIN_DATASETS, *others]
 
 

@@ -146,7 +146,7 @@ def test_an_unknown_dataset_exits_2_with_one_line_naming_the_known_ones(command)
 def test_a_dataset_plugin_that_fails_to_load_is_named(monkeypatch) -> None:
     broken = importlib.metadata.EntryPoint(name="broken_data", value="no_such_module_y:DATA",
                                            group=datasets.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(datasets, "_entry_points", lambda: {"broken_data": broken})
+    monkeypatch.setattr(datasets, "entry_points_by_name", lambda group: {"broken_data": broken})
     assert "broken_data" in list_datasets()  # listed without loading it
     result = CliRunner().invoke(cli, ["train", "--dataset", "broken_data", "-q", "--out", "unused"])
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -170,7 +170,7 @@ def test_installed_dataset_plugin_trains_certifies_and_reports_by_name(plugin: s
 def test_a_plugin_that_fails_to_load_is_named(monkeypatch) -> None:
     broken = importlib.metadata.EntryPoint(name="broken_net", value="no_such_module_x:build",
                                            group=architectures.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(architectures, "_entry_points", lambda: {"broken_net": broken})
+    monkeypatch.setattr(architectures, "entry_points_by_name", lambda group: {"broken_net": broken})
     with pytest.raises(architectures.ArchitectureError, match=r"plugin 'broken_net' \(no_such_module_x:build\).*"
                                                                r"failed to load: ModuleNotFoundError"):
         architectures.get_architecture("broken_net")
