@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli.main import cli
-from lsrs import architectures
+from lsrs import architectures, datasets
 
 PLUGIN = '''
 from torch import nn
@@ -104,6 +104,10 @@ def plugin(tmp_path_factory):
         yield name
     finally:
         _pip("uninstall", "-y", name)
+        # what the plugin registered in this process goes with it (later tests see the installed registry)
+        for registry in (architectures._REGISTRY, datasets.DATASETS):
+            for key in [k for k in registry if k.startswith(name)]:
+                del registry[key]
 
 
 def _invoke(*args: str):
