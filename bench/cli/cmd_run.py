@@ -60,7 +60,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               show_default=True, help="Failure probability of each certificate.")
 @click.option("--batch-size", type=BatchSize(), default="auto", show_default=True,
               help="Noise samples per forward pass; auto probes memory on CUDA, 256 on CPU.")
-@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True, help="Certify every k-th image.")
+@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Certify every k-th image. A stored --out given a selection that contains its images "
+                   "(--skip 2, then --skip 1) is extended: only the new images are certified.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many images.")
 @click.option("--per-class", type=click.IntRange(min=1), default=None,
               help="Only the first k images of each class (the paper uses 1 on ImageNet).")

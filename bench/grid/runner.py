@@ -326,7 +326,8 @@ class GridRunner:
         self._certified = 0  # images certified in this session (``stop_after``)
 
     # -------------------------------------------------------------- setup
-    def _open_store(self, checkpoints: Checkpoints | None = None, entries: dict[Job, dict] | None = None) -> dict:
+    def _open_store(self, labels: list[int], checkpoints: Checkpoints | None = None,
+                    entries: dict[Job, dict] | None = None) -> dict:
         """Open ``--out``: a new run, or the stored one to resume when its configuration and checkpoints match."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +341,7 @@ class GridRunner:
             store.clear_run(self.out)
             existing = None
         if existing is not None and existing.get("config_hash") != self.config.config_hash():
-            self._extend_n_axis(existing)
+            self._extend_run(existing, labels)
         if existing is None and store.part_files(self.out):
             raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
         if existing is not None and checkpoints is not None and entries:
@@ -352,26 +353,39 @@ class GridRunner:
         store.write_json(self.out / store.MANIFEST, manifest)
         return manifest
 
-    def _extend_n_axis(self, manifest: dict) -> None:
-        """Accept a stored run whose config differs from this one only by an n axis that this one contains
-        (``--n 1000`` extended by ``--n 1000,4000``): the manifest takes this config and hash, and lists the
-        earlier ones under ``extended``; the stored rows keep theirs (``run``) and only the new n are certified.
-        Any other difference is refused (exit 2)."""
+    def _extend_run(self, manifest: dict, labels: list[int]) -> None:
+        """Accept a stored run that this config extends: it differs only by an n axis that this one contains
+        (``--n 1000`` extended by ``--n 1000,4000``) and/or by an image selection (``--skip`` / ``--max-images``
+        / ``--per-class``) whose images include every stored one (``--skip 2`` extended by ``--skip 1``). The
+        manifest takes this config and hash and lists the earlier ones under ``extended``; the stored rows keep
+        theirs (``run``) and only the new (image, n) pairs are certified. Noise is keyed by (run seed, image,
+        method, FoR, σ), never by an image's position in the selection, so a stored row is the row this config
+        would have certified. Any other difference is refused (exit 2)."""
         stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        config = self.config
+        selection = {"n": list(config.n_values), "skip": config.skip, "max_images": config.max_images,
+                     "per_class": config.per_class}
         try:
             stored_n = n_axis(stored["n"])
-            same_but_n = hash_config({**stored, "n": list(self.config.n_values)}) == self.config.config_hash()
+            same_but_n = hash_config({**stored, "n": list(config.n_values)}) == config.config_hash()
+            extends = hash_config({**stored, **selection}) == config.config_hash()
+            stored_images = select_indices(labels, int(stored["skip"]), stored["max_images"], stored["per_class"])
         except (KeyError, TypeError, ValueError):
-            stored_n, same_but_n = (), False
-        if same_but_n and set(stored_n) <= set(self.config.n_values):
+            stored_n, same_but_n, extends, stored_images = (), False, False, []
+        new_images = set(select_indices(labels, config.skip, config.max_images, config.per_class))
+        if extends and set(stored_n) <= set(config.n_values) and set(stored_images) <= new_images:
             manifest.setdefault("extended", []).append({
-                "config_hash": manifest.get("config_hash"), "n": list(stored_n),
+                "config_hash": manifest.get("config_hash"), "n": list(stored_n), "skip": stored["skip"],
+                "max_images": stored["max_images"], "per_class": stored["per_class"],
                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
-            manifest["config"], manifest["config_hash"] = asdict(self.config), self.config.config_hash()
+            manifest["config"], manifest["config_hash"] = asdict(config), config.config_hash()
             return
         hint = (f"; it holds n = {','.join(map(str, stored_n))}: an --n list that contains these extends it"
                 if same_but_n else "")
+        if extends and set(stored_n) <= set(config.n_values):
+            hint = ("; its images are not all among this selection: a --skip / --max-images / --per-class that "
+                    "selects every stored image extends it")
         raise BenchUsageError(
             f"{self.out} holds a run with a different configuration (hash {manifest.get('config_hash')}){hint}; "
             "use another --out, or --fresh to discard it"
@@ -418,7 +432,7 @@ class GridRunner:
         indices = select_indices(labels, config.skip, config.max_images, config.per_class)
         if not indices:
             raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
-        manifest = self._open_store(checkpoints, entries)
+        manifest = self._open_store(labels, checkpoints, entries)
         done = self._done_keys(self.out)
         decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
         todo = {job: [i for i in indices if (job.method, job.fors, job.sigma, job.n, i) not in done] for job in jobs}
