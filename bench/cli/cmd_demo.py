@@ -32,7 +32,7 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
 
     Trains (or reuses) a ResNet18 baseline and its orthogonal twins (each twin warm-started from and
     distilled from its baseline: the measured twin recipe, docs/ablation.md). digits: FoR 9 and 13 of 18 at
-    σ = 0, 0.25, 0.5, 12 epochs, 45 test images with n0 = 64 and the n axis n = 100, 1,000 (an accuracy-time
+    σ = 0, 0.25, 0.5, 12 epochs, 90 test images with n0 = 64 and the n axis n = 100, 1,000 (an accuracy-time
     front and an equal-time table), plus the fully orthogonal Lipschitz twin (FoR 18, one forward pass,
     radius = logit margin / (√2 L)). mnist: FoR 9 and 13 at σ = 0.25, 0.5, 8 epochs, 50 images, n = 500.
     Cohen et al. use n = 100,000; the reduced counts keep the demo to minutes. Writes the report. Re-running
