@@ -99,13 +99,28 @@ def peer_cifar_model(depth: int = 20, seed: int = 0) -> nn.Sequential:
     return nn.Sequential(PeerNormalize(CIFAR_MEAN, CIFAR_STD), net).eval()
 
 
+class PeerDataParallel(nn.Module):
+    """``nn.DataParallel``'s state-dict layout (the wrapped net under ``module.``) without its device placement.
+
+    ``nn.DataParallel`` moves its net to ``cuda:0`` whenever a GPU is present, which breaks a meta-device
+    model and a CPU comparison; its state dict is the wrapped net's under the ``module.`` prefix, as here.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
 def peer_imagenet_model(device: str = "cpu") -> nn.Sequential:
     """``Sequential(NormalizeLayer, DataParallel(resnet50()))``: keys start with ``1.module.``."""
     from torchvision.models import resnet50
 
     with torch.device(device):
         net = resnet50(weights=None)
-    return nn.Sequential(PeerNormalize(IMAGENET_MEAN, IMAGENET_STD), nn.DataParallel(net)).eval()
+    return nn.Sequential(PeerNormalize(IMAGENET_MEAN, IMAGENET_STD), PeerDataParallel(net)).eval()
 
 
 def save_like_train_py(model: nn.Module, arch: str, path: Path, epoch: int = 90, **extra: object) -> Path:

@@ -15,8 +15,10 @@ from tiny_checkpoints import write_tiny_checkpoints
 
 from bench.cli.main import cli
 from bench.grid import store
+from bench.grid.devices import device_name
 from bench.grid.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
+from lsrs.devices import resolve_device
 
 FORS = (1, 9)
 SIGMAS = (0.0, 0.25, 0.5)
@@ -73,7 +75,7 @@ def test_run_writes_complete_grid_schema_and_manifest(checkpoints: Path, tmp_pat
     manifest = json.loads((out / store.MANIFEST).read_text())
     assert manifest["config_hash"] == frame["run"].iloc[0]
     assert manifest["config"]["n"] == 96 and manifest["config"]["fors"] == list(FORS)
-    assert manifest["finished"] and manifest["started"] and manifest["device"].startswith("cpu")
+    assert manifest["finished"] and manifest["started"] and manifest["device"] == device_name(resolve_device("auto"))
     assert {"python", "torch", "lsrs"} <= set(manifest["versions"])
     index = json.loads((checkpoints / "digits" / "index.json").read_text())["entries"]
     shas = {e["sha256"] for e in index}

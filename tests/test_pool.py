@@ -68,7 +68,8 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
 
     checkpoints = write_tiny_checkpoints(tmp_path / "ckpt", (9,), (0.0, 0.25))
     args = ["run", "--dataset", "digits", "--fors", "9", "--sigmas", "0,0.25", "--n0", "8", "--n", "48",
-            "--skip", "9", "--max-images", "4", "--precision", "fp32", "--checkpoints", str(checkpoints), "-q"]
+            "--skip", "9", "--max-images", "4", "--precision", "fp32", "--checkpoints", str(checkpoints), "-q",
+            "--device", "cpu"]  # bit-equal rows are a CPU property: on a GPU each process autotunes its kernels
     one = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     pool = CliRunner().invoke(cli, [*args, "--processes", "2", "--out", str(tmp_path / "pool")])

@@ -21,6 +21,7 @@ from bench.grid.runner import RunConfig, RunOptions, run_grid
 from bench.report.notes import ray_note, setup_note
 from lsrs.checkpoint import update_index
 from lsrs.data import DIGITS_SIZE, DIGITS_SOURCE_SIZE, DIGITS_UPSAMPLING_NORM, load_dataset
+from lsrs.devices import resolve_device
 
 FORS = (9,)
 SIGMAS = (0.0, 0.25)
@@ -47,7 +48,7 @@ def _args(checkpoints: Path, out: Path, *extra: str) -> list[str]:
 
 def _config(checkpoints: Path) -> RunConfig:
     return RunConfig(dataset="digits", fors=FORS, sigmas=SIGMAS, n0=16, n=64, skip=11, max_images=IMAGES,
-                     checkpoints=str(checkpoints))
+                     checkpoints=str(checkpoints), device_type=resolve_device("auto").type)  # as bench run chooses
 
 
 def _sha(path: Path) -> str:

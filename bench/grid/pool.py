@@ -5,7 +5,9 @@ resume), splits what is left into shards of (job × images), a job being one (me
 with :func:`bench.grid.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
 one parquet part in a single atomic replace -- and collects their summaries with
 :func:`bench.grid.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
-image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image. The parent
+image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image
+(bit for bit on the CPU; on a GPU each process's cuDNN autotuner picks its own kernels, whose last bits can move a
+borderline vote, as seen once in 16 rows on an H200). The parent
 keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
 """
 
