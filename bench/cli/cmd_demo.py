@@ -15,8 +15,8 @@ DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.grid.demo.PRESETS (chec
 
 @click.command("demo")
 @click.option("--dataset", type=click.Choice(DEMO_DATASETS), default="digits", show_default=True,
-              help="digits: scikit-learn's 8x8 scans (~2 min); mnist: 5,000 real MNIST scans at 32x32 from the "
-                   ".[mnist] extra (~11 min of CPU time).")
+              help="digits: scikit-learn's 8x8 scans (2-4 min on 2 cores); mnist: 5,000 real MNIST scans at 32x32 "
+                   "from the .[mnist] extra (5-8 min on 2 cores).")
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where checkpoints and the run go [default: results/demo, results/demo-mnist for mnist].")
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=None,
