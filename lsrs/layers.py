@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsrs.autograd_ops import frequency_product, max_min
 from lsrs.inverse import block_inverse
 from lsrs.threads import map_chunks, on_every_core
 
@@ -260,7 +261,7 @@ class CayleyConv2d(nn.Module):
         weight = self._effective_weight()
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return cayley_operator(weight, size)
-        q = self.fourier_matrices(size)
+        q = cayley(kernel_spectrum(weight, size))  # = fourier_matrices(size), by k^2 products instead of an FFT
         return q.reshape(-1, *q.shape[-2:]).mT.contiguous()
 
     def _param_key(self) -> tuple:
@@ -345,7 +346,7 @@ class CayleyConv2d(nn.Module):
         h, w = size
         m = w // 2 + 1
         xf = torch.fft.rfft2(x).permute(2, 3, 0, 1).reshape(h * m, b, -1).contiguous()
-        yf = torch.bmm(xf, q_t).reshape(h, m, b, self.out_channels).permute(2, 3, 0, 1).contiguous()
+        yf = frequency_product(xf, q_t).reshape(h, m, b, self.out_channels).permute(2, 3, 0, 1).contiguous()
         y = torch.fft.irfft2(yf, s=(h, w))
         if bias is not None:
             y = y + bias[:, None, None]
@@ -401,7 +402,7 @@ class MaxMin(nn.Module):
         if c % 2:
             raise ValueError(f"MaxMin needs an even number of channels, got {c}")
         a, b = x[:, : c // 2], x[:, c // 2 :]
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+        return max_min(a, b)
 
     def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
         return 1.0
