@@ -6,8 +6,8 @@ baseline and its FoR-9 twin (the paper's main setting and the goal of the ratio)
 :data:`bench.grid.training.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
 n = 100, 1,000 on 90 test images (every 4th), so that the report has an accuracy-time front and an equal-time
 table (the n = 100 point adds about 15 % to the sampling of n = 1,000 alone). No σ = 0 rows and no FoR 13
-twins, so that the preset fits its 150 s on a 2-core AVX2 CPU (docs/ablation.md: they took 87 s of training
-CPU time, the σ = 0 twins certify nothing at σ > 0); ``bench train``/``bench run --fors 9,13 --sigmas
+twins, so that the preset fits its 150 s on a 2-core AVX2 CPU (docs/ablation.md: on such a CPU they were 197 s
+of the 358 s of training CPU time of the 10-model preset); ``bench train``/``bench run --fors 9,13 --sigmas
 0,0.25,0.5`` adds them. On a CPU the 5 models are trained, and the grid certified, in one worker process per
 core, each on one intra-op thread (faster than oversubscribed threads for these tiny models); every model and
 every image is seeded on its own, so the checkpoints and certificates are those of a one-process run. The fully
