@@ -217,3 +217,21 @@ def test_cli_default_twin_recipe_is_the_measured_one_only_where_measured() -> No
     assert twin_recipe("cifar10") == TwinRecipe()  # the paper's plain recipe where nothing was measured
     plain = twin_recipe("digits", warm_start=False, distill=0.0, distill_temperature=None, optimizer=None)
     assert not plain.needs_baseline and plain.distill_temperature == 2.0
+
+
+def test_schedule_priority_is_the_critical_path_with_the_costlier_model_first_on_ties() -> None:
+    """Hand-computed chains (cost 1 + 2k/18): a baseline with a FoR-13 twin (1 + 2.44) before the Lipschitz
+    twin (3), the Lipschitz twin before a baseline with a FoR-9 twin (1 + 2 = 3, a tie it wins by its own cost),
+    and a finished baseline's twin by its own cost."""
+    from bench.grid.training import _recipe, schedule_priority
+
+    recipe = _recipe("digits", [0, 9, 13, 18], [0.25], epochs=1, lr=0.1, batch_size=64, device="cpu", seed=0,
+                     width=8, data_dir=None, download=False, workers=0, arch=None, lr_step=1, momentum=0.9,
+                     weight_decay=1e-4, margin_eps=0.0, temperature=1.0, twin=RECIPE)
+    deep = {(0, 0.25), (13, 0.25), (18, 0.0)}
+    assert sorted(deep - {(13, 0.25)}, key=lambda k: schedule_priority(recipe, k, deep)) == [(0, 0.25), (18, 0.0)]
+    shallow = {(0, 0.25), (9, 0.25), (18, 0.0)}
+    assert schedule_priority(recipe, (0, 0.25), shallow) == pytest.approx((-3.0, -1.0))
+    assert schedule_priority(recipe, (18, 0.0), shallow) == pytest.approx((-3.0, -3.0))
+    assert sorted(shallow - {(9, 0.25)}, key=lambda k: schedule_priority(recipe, k, shallow)) == [(18, 0.0), (0, 0.25)]
+    assert schedule_priority(recipe, (9, 0.25), {(9, 0.25)}) == pytest.approx((-2.0, -2.0))

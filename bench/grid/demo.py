@@ -106,6 +106,6 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
     options = RunOptions(out=run_dir, fresh=fresh, quiet=quiet, console=console)
     load_test = partial(load_dataset, preset.dataset, "test")  # picklable: the workers load it too
     manifest = choose_executor(processes, threads=preset.threads).run(config, options, load_test)
-    report = write_report(run_dir, reports, fmt="markdown")
+    report = write_report(run_dir, reports, fmt="markdown", figure_formats=("png",))  # PDFs: bench report
     return {"run": run_dir, "checkpoints": checkpoints, "report": report, "manifest": manifest}
 

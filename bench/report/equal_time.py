@@ -222,8 +222,8 @@ def front_figure(summary: pd.DataFrame):
     return fig
 
 
-def front_figures(summary: pd.DataFrame, out_dir: Path) -> tuple[list, list[str]]:
-    """Save :func:`front_figure` as PNG + PDF when the run has an n axis: (figure files, notes)."""
+def front_figures(summary: pd.DataFrame, out_dir: Path, formats: Sequence[str] | None = None) -> tuple[list, list[str]]:
+    """Save :func:`front_figure` as PNG + PDF (or ``formats``, :func:`bench.report.plots.save_figure`) when the run has an n axis: (figure files, notes)."""
     if N_AXIS not in summary.columns:
         return [], []
     from bench.report import plots
@@ -232,4 +232,4 @@ def front_figures(summary: pd.DataFrame, out_dir: Path) -> tuple[list, list[str]
         fig = front_figure(summary)
     except plots.NothingToPlot as exc:
         return [], [f"figure {FIGURE_NAME} not drawn: {exc}"]
-    return [plots.FigureFile(FIGURE_NAME, FRONT_CAPTION, plots.save_figure(fig, Path(out_dir) / FIGURE_NAME), fig)], []
+    return [plots.FigureFile(FIGURE_NAME, FRONT_CAPTION, plots.save_figure(fig, Path(out_dir) / FIGURE_NAME, formats), fig)], []

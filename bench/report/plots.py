@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,9 +272,14 @@ def time_breakdown_figure(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf``."""
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+FIGURE_FORMATS = ("png", "pdf")
+"""What :func:`save_figure` writes by default: PNG for pages, PDF for papers."""
+
+
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] | None = None) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (or the ``formats`` asked for; a PDF costs about 1.5 times a
+    PNG: its fonts are subset and embedded)."""
+    paths = [stem.with_suffix(f".{fmt}") for fmt in formats or FIGURE_FORMATS]
     with theme():
         for path in paths:
             fig.savefig(path, dpi=DPI)
@@ -282,7 +287,7 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
 
 
 def write_figures(
-    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path
+    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, formats: Sequence[str] | None = None
 ) -> tuple[list[FigureFile], list[str]]:
     """Build and save every figure the data allows (all FoRs each); notes say which were left out and why.
 
@@ -308,5 +313,5 @@ def write_figures(
         except NothingToPlot as exc:
             notes.append(f"figure {name} not drawn: {exc}")
             continue
-        written.append(FigureFile(name, caption, save_figure(fig, out_dir / name), fig))
+        written.append(FigureFile(name, caption, save_figure(fig, out_dir / name, formats), fig))
     return written, notes

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -632,8 +632,10 @@ def write_report(
     main_fors: int | None = None,
     compare_paper: bool = False,
     figures: bool = True,
+    figure_formats: Sequence[str] | None = None,
 ) -> ReportResult:
-    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF) and ``index.md`` to ``out_dir``.
+    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF, or ``figure_formats``) and
+    ``index.md`` to ``out_dir``.
 
     ``main_fors`` (the FoR of the main table) defaults to the paper's for the run's architecture: 9 of 18 for
     ResNet18, 16 of 34 for WRN-34."""
@@ -682,8 +684,8 @@ def write_report(
     if figures:
         from bench.report import plots
 
-        written, fig_notes = plots.write_figures(df, summary, out)
-        front, front_notes = front_figures(summary, out)  # the accuracy-time front, with an n axis
+        written, fig_notes = plots.write_figures(df, summary, out, figure_formats)
+        front, front_notes = front_figures(summary, out, figure_formats)  # the accuracy-time front, with an n axis
         written, fig_notes = written + front, fig_notes + front_notes
         result.missing += fig_notes
         for fig in written:
