@@ -125,6 +125,8 @@ def test_write_figures_skips_what_the_data_cannot_show(tmp_path):
 def test_write_figures_in_the_formats_asked_for(tmp_path):
     """PNG + PDF by default; the demo asks for PNG only (bench report writes the PDFs)."""
     df = make_results((9,), (0.0,), n_images=4, with_is=False)
+    for sub in ("both", "png"):
+        (tmp_path / sub).mkdir()
     (both,), _ = plots.write_figures(df, summarize(df, {}), tmp_path / "both")
     (png,), _ = plots.write_figures(df, summarize(df, {}), tmp_path / "png", formats=("png",))
     assert [p.suffix for p in both.paths] == [".png", ".pdf"] and all(p.is_file() for p in both.paths)
