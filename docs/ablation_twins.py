@@ -72,14 +72,14 @@ def main() -> None:
         result = fit(model, train, test, config, teacher=baseline if a.distill else None)
         cpu = time.process_time() - started
         noisy = sum(evaluate(model, test, sigma, config.noise, seed=s)[1] for s in range(4)) / 4
-        smoother = smooth_model(model.eval(), info.num_classes, sigma)
-        credit = []
-        for i in indices:
+        credit = []  # sigma 0: the clean accuracy only (nothing to smooth)
+        smoother = smooth_model(model.eval(), info.num_classes, sigma) if sigma > 0 else None
+        for i in indices if smoother is not None else []:
             x, y = test[i]
             cert = smoother.certify(x, 64, a.n, 0.001, 256, generator=derive_seed(0, "img", i))
             credit.append(cert.radius if cert.prediction == y else 0.0)
         print(json.dumps({"tag": a.tag, "fors": a.fors, "sigma": sigma, "clean": round(result.clean_acc, 4),
-                          "noisy4": round(noisy, 4), "acr": round(sum(credit) / len(credit), 4),
+                          "noisy4": round(noisy, 4), "acr": round(sum(credit) / len(credit), 4) if credit else None,
                           "train_cpu_s": round(cpu, 1)}), flush=True)
 
 

@@ -216,7 +216,8 @@ def test_cli_default_twin_recipe_is_the_measured_one_only_where_measured() -> No
     assert twin_recipe("digits").warm_start and twin_recipe("mnist").distill == 0.5
     assert twin_recipe("cifar10") == TwinRecipe()  # the paper's plain recipe where nothing was measured
     plain = twin_recipe("digits", warm_start=False, distill=0.0, distill_temperature=None, optimizer=None)
-    assert not plain.needs_baseline and plain.distill_temperature == 2.0
+    assert not plain.needs_baseline
+    assert plain.distill_temperature == MEASURED_TWIN_RECIPES["resnet18", "digits"].distill_temperature == 4.0
 
 
 def test_schedule_priority_is_the_critical_path_with_the_costlier_model_first_on_ties() -> None:

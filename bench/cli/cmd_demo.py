@@ -15,8 +15,8 @@ DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.grid.demo.PRESETS (chec
 
 @click.command("demo")
 @click.option("--dataset", type=click.Choice(DEMO_DATASETS), default="digits", show_default=True,
-              help="digits: scikit-learn's 8x8 scans (2-4 min on 2 cores); mnist: 5,000 real MNIST scans at 32x32 "
-                   "from the .[mnist] extra (5-8 min on 2 cores).")
+              help="digits: scikit-learn's 8x8 scans (about 2 min on 2 cores); mnist: 5,000 real MNIST scans at "
+                   "32x32 from the .[mnist] extra (5-8 min on 2 cores).")
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where checkpoints and the run go [default: results/demo, results/demo-mnist for mnist].")
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -31,8 +31,8 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     """Run the whole pipeline on an embedded dataset: train, certify, report.
 
     Trains (or reuses) a ResNet18 baseline and its orthogonal twins (each twin warm-started from and
-    distilled from its baseline: the measured twin recipe, docs/ablation.md). digits: FoR 9 and 13 of 18 at
-    σ = 0, 0.25, 0.5, 12 epochs, 90 test images with n0 = 64 and the n axis n = 100, 1,000 (an accuracy-time
+    distilled from its baseline: the measured twin recipe, docs/ablation.md). digits: FoR 9 of 18 at
+    σ = 0.25, 0.5, 12 epochs, 90 test images with n0 = 64 and the n axis n = 100, 1,000 (an accuracy-time
     front and an equal-time table), plus the fully orthogonal Lipschitz twin (FoR 18, one forward pass,
     radius = logit margin / (√2 L)). mnist: FoR 9 and 13 at σ = 0.25, 0.5, 8 epochs, 50 images, n = 500.
     Cohen et al. use n = 100,000; the reduced counts keep the demo to minutes. Writes the report. Re-running
