@@ -241,11 +241,13 @@ class CayleyConv2d(nn.Module):
     def fourier_matrices(self, size: tuple[int, int], onesided: bool = True) -> Tensor:
         """The per-frequency (semi-)orthogonal matrices ``Q``: ``(h, w or w//2+1, c_out, c_in*s^2)`` complex.
 
-        ``size`` is the spatial size at which the convolution runs (after the unshuffle).
+        ``size`` is the spatial size at which the convolution runs (after the unshuffle). The one-sided spectrum
+        is :func:`kernel_spectrum`'s k^2 tap products, cheaper in training than an FFT of the zero-padded kernel.
         """
-        kernel = circular_kernel(self._effective_weight(), size)
-        spectrum = torch.fft.rfft2(kernel) if onesided else torch.fft.fft2(kernel)
-        return cayley(spectrum.permute(2, 3, 0, 1))
+        weight = self._effective_weight()
+        if onesided:
+            return cayley(kernel_spectrum(weight, size))
+        return cayley(torch.fft.fft2(circular_kernel(weight, size)).permute(2, 3, 0, 1))
 
     def matrix(self) -> Tensor:
         """The ``c_out x c_in*s^2`` real (semi-)orthogonal matrix of a 1x1 kernel."""
@@ -261,7 +263,7 @@ class CayleyConv2d(nn.Module):
         weight = self._effective_weight()
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return cayley_operator(weight, size)
-        q = cayley(kernel_spectrum(weight, size))  # = fourier_matrices(size), by k^2 products instead of an FFT
+        q = self.fourier_matrices(size)
         return q.reshape(-1, *q.shape[-2:]).mT.contiguous()
 
     def _param_key(self) -> tuple:

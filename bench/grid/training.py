@@ -318,11 +318,10 @@ def depends_on(recipe: GridRecipe, key: tuple[int, float]) -> tuple[int, float] 
 
 
 def relative_cost(recipe: GridRecipe, key: tuple[int, float]) -> float:
-    """Training time of model ``key`` in units of its baseline's: ``1 + 2 k / L`` for FoR ``k`` of the Lipschitz
-    twin's ``L`` (a deeper orthogonal part trains slower). Measured on digits, 2-core AMD EPYC: baseline 17 s,
-    FoR 9 twin 33 s (1.9), FoR 13 46 s (2.7), the Lipschitz twin 46-56 s (2.7-3.3)."""
-    depth = get_architecture(recipe.arch).lipschitz_fors or 18
-    return 1.0 + 2.0 * key[0] / depth
+    """Training time of model ``key`` in units of its baseline's: ``1 + 2 k / L`` for FoR ``k`` of the
+    architecture's ``L`` layers (a deeper orthogonal part trains slower). Measured on digits, 2-core AMD EPYC:
+    baseline 17 s, FoR 9 twin 33 s (1.9), FoR 13 46 s (2.7), the Lipschitz twin 46-56 s (2.7-3.3)."""
+    return 1.0 + 2.0 * key[0] / get_architecture(recipe.arch).fors_total
 
 
 def schedule_priority(recipe: GridRecipe, key: tuple[int, float], waiting: set) -> tuple[float, float]:
