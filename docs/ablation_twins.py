@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from bench.grid.runner import select_indices
-from bench.grid.training import model_config_for
+from bench.run.runner import select_indices
+from bench.train.grid import model_config_for
 from lsrs import checkpoint as ckpt
 from lsrs.data import get_dataset, load_dataset
 from lsrs.models import build_model

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.grid.store import MANIFEST
+from bench.store import MANIFEST
 
 SCHEMA_COLUMNS = [
     "run", "dataset", "arch", "idx", "label", "method", "fors", "fors_total", "sigma", "prediction",

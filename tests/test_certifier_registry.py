@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bench import certifiers
 from bench.cli.main import cli
-from bench.grid.runner import RunConfig, grid_jobs
+from bench.run.runner import RunConfig, grid_jobs
 from tests.example_certifier import KEY, register_clean
 from tests.tiny_checkpoints import write_tiny_checkpoints
 

@@ -52,9 +52,9 @@ def test_every_commands_help_and_parse_errors_without_importing_torch() -> None:
     import json
 
     from bench import certifiers
+    from bench.certifiers.engine import COMPILE_MODES
     from bench.cli.main import COMMAND_MODULES
-    from bench.grid.devices import PRECISION_CHOICES
-    from bench.grid.engine_setup import COMPILE_MODES
+    from bench.devices import PRECISION_CHOICES
     from bench.report.formats import FORMATS
     from lsrs.cohen_published import COHEN_DATASETS
     from lsrs.datasets import list_datasets

@@ -116,6 +116,6 @@ def test_keep_freed_memory_tunes_glibc_where_there_is_one():
     import subprocess
     import sys
 
-    code = "from bench.grid.allocator import keep_freed_memory; print(keep_freed_memory())"
+    code = "from bench.memory import keep_freed_memory; print(keep_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(sys.platform.startswith("linux"))

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 from tiny_checkpoints import write_tiny_checkpoints
 
+from bench import store
 from bench.cli.main import cli
-from bench.grid import store
-from bench.grid.devices import device_name
-from bench.grid.runner import RunConfig, RunOptions, run_grid
+from bench.devices import device_name
+from bench.run.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 from lsrs.devices import resolve_device
 

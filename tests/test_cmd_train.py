@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli.main import cli
-from bench.grid.training import GridConfigError, train_grid
+from bench.train.grid import GridConfigError, train_grid
 from lsrs import checkpoint as ckpt
 
 

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 from rich.console import Console
 
-from bench.grid.console import print_table, summary_table
+from bench.run.console import print_table, summary_table
 
 HEADERS = ("Defense", "σ", "FoR", "images", "ACR", "Acc. (%)", "s/image", "speedup", "FLOP-ideal")
 
@@ -42,7 +42,7 @@ def test_summary_table_on_a_terminal_is_left_to_the_terminal_width() -> None:
 
 
 def test_progress_lines_in_a_log_are_not_cut_at_80_columns() -> None:
-    from bench.grid.console import grid_progress
+    from bench.run.console import grid_progress
 
     log = io.StringIO()
     with grid_progress(Console(file=log, width=80), quiet=False) as progress:

@@ -1,12 +1,12 @@
-"""One device rule for the library and every bench command (lsrs.devices; bench.grid.devices as a usage error)."""
+"""One device rule for the library and every bench command (lsrs.devices; bench.devices as a usage error)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.cli.params import BenchUsageError
-from bench.grid.devices import device_name, usage_device
+from bench.devices import device_name, usage_device
+from bench.errors import UsageError
 from lsrs.devices import resolve_device
 
 
@@ -31,7 +31,7 @@ def test_an_invalid_name_raises_the_callers_error_in_one_line(bad: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
 def test_a_missing_cuda_device_is_a_usage_error() -> None:
-    with pytest.raises(BenchUsageError, match="cuda"):
+    with pytest.raises(UsageError, match="cuda"):
         usage_device("cuda:7")
     with pytest.raises(ValueError, match="cuda"):  # the library's own error: the same rule, checked in lsrs too
         resolve_device("cuda:7")

@@ -1,4 +1,4 @@
-"""``bench.grid.executors``: one interface, and one collection path (``bench.grid.shards``) for every executor."""
+"""``bench.run.executors``: one interface, and one collection path (``bench.run.shards``) for every executor."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from rich.console import Console
 from tiny_checkpoints import write_tiny_checkpoints
 
-from bench.grid import demo, pool, runner, shards, store
-from bench.grid.executors import InProcess, LocalPool, RayTasks, choose_executor
-from bench.grid.runner import RunConfig, RunOptions
+from bench import store
+from bench.demo import pipeline as demo
+from bench.run import pool, runner, shards
+from bench.run.executors import InProcess, LocalPool, RayTasks, choose_executor
+from bench.run.runner import RunConfig, RunOptions
 from lsrs.data import load_dataset
 
 pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards
@@ -28,7 +30,7 @@ def _config(checkpoints: Path, **changes) -> RunConfig:
 
 
 def _recording(monkeypatch, module) -> list[dict]:
-    """Every summary ``module`` hands to :func:`bench.grid.shards.collect_shard` (which still folds it)."""
+    """Every summary ``module`` hands to :func:`bench.run.shards.collect_shard` (which still folds it)."""
     seen: list[dict] = []
 
     def collect(manifest: dict, summary: dict, tally: shards.Tally) -> None:
@@ -98,7 +100,7 @@ def test_bench_demo_runs_its_grid_through_choose_executor(tmp_path: Path, monkey
         return Recorder()
 
     monkeypatch.setattr(demo, "choose_executor", choose)
-    monkeypatch.setattr("bench.grid.training.train_grid", lambda *args, **kwargs: None)
+    monkeypatch.setattr("bench.train.grid.train_grid", lambda *args, **kwargs: None)
     monkeypatch.setattr("bench.report.writer.write_report", lambda *args, **kwargs: tmp_path / "report.md")
     out = demo.run_demo(tmp_path / "results", tmp_path / "reports", "cpu", Console(quiet=True), quiet=True,
                         processes=processes)

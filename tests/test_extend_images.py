@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from tiny_checkpoints import write_tiny_checkpoints
 
+from bench import store
 from bench.cli.main import cli
-from bench.grid import store
 
 KEY = ["sigma", "method", "fors", "n", "idx"]
 RESULT = KEY + ["label", "prediction", "radius", "counts_selection", "counts_estimation", "seed", "checkpoint_sha256"]

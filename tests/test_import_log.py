@@ -15,7 +15,7 @@ from cohen_format import LOG_HEADER, write_log
 from synthetic_results import make_manifest, make_results, write_run
 
 from bench.cli.main import cli
-from bench.grid.importers import parse_log_time
+from bench.peers.importers import parse_log_time
 from bench.report.writer import RADII, cert_acc_column
 
 # (idx, label, predict, radius, time): both time formats of their released files, an abstention, a wrong class

@@ -68,15 +68,15 @@ def test_no_import_cycles() -> None:
         ("fors_label", "bench.report.labels"),
         ("format_sigma", "bench.report.labels"),
         ("variant_keys", "bench.report.labels"),
-        ("resolve_device", "lsrs.devices"),  # one device rule (bench.grid.devices.usage_device: as a usage error)
-        ("PRESETS", "bench.grid.demo"),  # the demo presets; the speed configurations are SPEED_CONFIGS
+        ("resolve_device", "lsrs.devices"),  # one device rule (bench.devices.usage_device: as a usage error)
+        ("PRESETS", "bench.demo.pipeline"),  # the demo presets; the speed configurations are SPEED_CONFIGS
         ("SPEED_CONFIGS", "bench.perf.speed"),
-        ("collect_shard", "bench.grid.shards"),  # one collection path for the three grid executors
+        ("collect_shard", "bench.run.shards"),  # one collection path for the three grid executors
         # torch-free homes of what the CLI's help and parse-time checks read (bench CMD --help imports no torch)
-        ("PRECISION_CHOICES", "bench.grid.devices"),
-        ("COMPILE_MODES", "bench.grid.engine_setup"),
-        ("MARGIN_EPS", "bench.grid.training_defaults"),
-        ("MARGIN_TEMPERATURE", "bench.grid.training_defaults"),
+        ("PRECISION_CHOICES", "bench.devices"),
+        ("COMPILE_MODES", "bench.certifiers.engine"),
+        ("MARGIN_EPS", "bench.train.defaults"),
+        ("MARGIN_TEMPERATURE", "bench.train.defaults"),
         ("OPTIMIZERS", "lsrs.training_choices"),
         ("SCHEDULES", "lsrs.training_choices"),
         ("FORMATS", "bench.report.formats"),

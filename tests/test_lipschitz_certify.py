@@ -282,7 +282,7 @@ def test_train_config_margin_fields_leave_cross_entropy_hashes_alone():
 
 
 def test_the_lipschitz_twin_is_trained_once_at_sigma_zero():
-    from bench.grid.training import grid_pairs
+    from bench.train.grid import grid_pairs
 
     assert grid_pairs("resnet18", [0, 9, 18], [0.25, 0.5]) == [(0, 0.25), (0, 0.5), (9, 0.25), (9, 0.5), (18, 0.0)]
 
@@ -307,8 +307,8 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
     import pandas as pd
     from click.testing import CliRunner
 
+    from bench import store
     from bench.cli.main import cli
-    from bench.grid import store
     from bench.report.writer import write_report
     from lsrs.data import load_dataset
 
@@ -349,13 +349,13 @@ def test_bench_run_writes_lip_rows_and_report_shows_all_three(tmp_path):
 
 def test_bench_run_refuses_lip_on_a_model_without_a_bound(tmp_path):
     """A FoR-18 entry whose weights build an LS twin cannot happen; a lip job on a bad model is refused."""
-    from bench.cli.params import BenchUsageError
-    from bench.grid.runner import Job, JobCertifier, RunConfig
+    from bench.errors import UsageError
+    from bench.run.runner import Job, JobCertifier, RunConfig
     from lsrs.data import load_dataset
 
     config = RunConfig(dataset="digits", fors=(), sigmas=(0.25,), methods=("lip",))
     bad = resnet18(fors=9, width=4, in_size=16, in_channels=1).eval()
-    with pytest.raises(BenchUsageError, match="no proven Lipschitz bound"):
+    with pytest.raises(UsageError, match="no proven Lipschitz bound"):
         JobCertifier(config, Job("lip", 18, 0.0), bad, load_dataset("digits", "test"), 0, torch.device("cpu"))
 
 

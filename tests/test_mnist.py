@@ -91,7 +91,7 @@ def test_pad_to_is_exact_and_refuses_asymmetric_padding() -> None:
 
 
 def test_cifar_resnet18_shapes_hold_on_mnist(splits) -> None:
-    from bench.grid.training import model_config_for
+    from bench.train.grid import model_config_for
     from lsrs.architectures import get_architecture
     from lsrs.models import build_model
 
@@ -145,7 +145,7 @@ def test_cli_exits_2_with_one_line_when_the_extra_is_missing(no_mlxtend, tmp_pat
 def test_dataset_choices_follow_the_registries() -> None:
     from bench.cli.cmd_demo import DEMO_DATASETS
     from bench.cli.params import DATASET
-    from bench.grid.demo import PRESETS
+    from bench.demo.pipeline import PRESETS
     from lsrs.datasets import list_datasets
 
     assert set(list_datasets()) >= set(DATASETS) and DATASET.get_metavar(None) == f"[{'|'.join(list_datasets())}]"

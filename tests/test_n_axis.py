@@ -14,10 +14,8 @@ import pytest
 from click.testing import CliRunner
 from tiny_checkpoints import write_tiny_checkpoints
 
+from bench import store
 from bench.cli.main import cli
-from bench.grid import store
-from bench.grid.pool import run_grid_pool
-from bench.grid.runner import RunConfig, RunOptions, run_grid
 from bench.report.equal_time import (
     ABOVE,
     BELOW,
@@ -29,6 +27,8 @@ from bench.report.equal_time import (
     interpolate_log_time,
 )
 from bench.report.writer import summarize, write_report
+from bench.run.pool import run_grid_pool
+from bench.run.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
 IMAGES = 3
@@ -118,7 +118,7 @@ def test_n_list_run_schema_then_extension_adds_only_the_new_rows(checkpoints: Pa
 
 def test_certificates_at_different_n_share_their_first_samples(checkpoints: Path, tmp_path: Path) -> None:
     """Same noise key at every n: the same selection samples, and the n = 48 estimation samples are the first
-    48 of the n = 96 ones, so no class count can shrink from 48 to 96 samples (docstring of bench.grid.runner)."""
+    48 of the n = 96 ones, so no class count can shrink from 48 to 96 samples (docstring of bench.run.runner)."""
     out = tmp_path / "run"
     assert CliRunner().invoke(cli, _args(checkpoints, out, "48,96")).exit_code == 0
     rows = pd.read_parquet(out)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bench.certifiers.smoothed import check_latent_fors
-from bench.cli.params import BenchUsageError
-from bench.grid.runner import Checkpoints
+from bench.errors import UsageError
+from bench.run.runner import Checkpoints
 from lsrs.architectures import get_architecture
 from lsrs.cohen_models import NO_TWIN
 
@@ -33,7 +33,7 @@ def test_a_plugin_with_for_0_only_gets_the_generic_message_not_cohens(tmp_path: 
     (tmp_path / "twinless_arch.py").write_text(TWINLESS)
     monkeypatch.syspath_prepend(str(tmp_path))
     record = get_architecture("twinless_arch:build")
-    with pytest.raises(BenchUsageError) as info:
+    with pytest.raises(UsageError) as info:
         check_latent_fors([record], (1,))
     message = info.value.format_message()
     assert message == record.no_twin_reason == record.generic_no_twin_reason()
@@ -45,10 +45,10 @@ def test_cohens_models_register_their_own_message() -> None:
     for arch in ("cifar_resnet20", "cifar_resnet110", "resnet50"):
         record = get_architecture(arch)
         assert record.no_twin_reason == f"{arch}: {NO_TWIN}"
-        with pytest.raises(BenchUsageError, match="Cohen et al."):
+        with pytest.raises(UsageError, match="Cohen et al."):
             check_latent_fors([record], (9,))
     r20, r110 = get_architecture("cifar_resnet20"), get_architecture("cifar_resnet110")
-    with pytest.raises(BenchUsageError) as info:
+    with pytest.raises(UsageError) as info:
         check_latent_fors([r20, r110, r20], (9,))  # each architecture's reason once
     assert info.value.format_message() == f"{r20.no_twin_reason}; {r110.no_twin_reason}"
 
@@ -77,7 +77,7 @@ def test_the_runner_says_why_a_baseline_has_no_twin_from_its_record(tmp_path: Pa
     record = get_architecture("twinless_arch:build")
     name, source = ("twinless_tiny", record.source) if arch == "twinless" else ("resnet18", None)
     checkpoints = Checkpoints(_index_with_baseline(tmp_path / "ckpt", name, source), "digits", torch.device("cpu"))
-    with pytest.raises(BenchUsageError) as info:
+    with pytest.raises(UsageError) as info:
         checkpoints.entry(9, 0.25, allow_sigma_mismatch=False)
     message = info.value.format_message()
     if arch == "twinless":

@@ -1,4 +1,4 @@
-"""``bench.grid.pool``: the grid certified by local worker processes equals the one-process run, and resumes it."""
+"""``bench.run.pool``: the grid certified by local worker processes equals the one-process run, and resumes it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from tiny_checkpoints import write_tiny_checkpoints
 
-from bench.grid import store
-from bench.grid.pool import PoolGridRunner, run_grid_pool
-from bench.grid.runner import RunConfig, RunOptions, run_grid
+from bench import store
+from bench.run.pool import PoolGridRunner, run_grid_pool
+from bench.run.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
 pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards
@@ -76,7 +76,7 @@ def test_bench_run_processes_reaches_the_pool_with_the_one_process_rows(tmp_path
     assert pool.exit_code == 0, pool.output
     drop = [*TIMING, "device"]
     pd.testing.assert_frame_equal(_table(tmp_path / "one", drop), _table(tmp_path / "pool", drop))
-    def shards(run: str) -> list[bool]:  # a shard's part: part-<job>-i<first image>-<digest>.parquet (bench.grid.pool)
+    def shards(run: str) -> list[bool]:  # a shard's part: part-<job>-i<first image>-<digest>.parquet (bench.run.pool)
         return [bool(re.search(r"-i\d+-[0-9a-f]{10}\.parquet$", p.name)) for p in store.part_files(tmp_path / run)]
 
     assert all(shards("pool")) and not any(shards("one"))

@@ -1,4 +1,4 @@
-"""``--precision auto`` and the warning for a precision without native support (bench.grid.devices)."""
+"""``--precision auto`` and the warning for a precision without native support (bench.devices)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from tiny_checkpoints import write_tiny_checkpoints
 
+from bench import devices, store
 from bench.cli.main import cli
-from bench.grid import devices, store
-from bench.grid.runner import RunConfig
+from bench.run.runner import RunConfig
 
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
 

@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 from tiny_checkpoints import retrain, tiny_checkpoint, write_tiny_checkpoints
 
+from bench import store
 from bench.cli.main import cli
-from bench.grid import store
-from bench.grid.runner import RunConfig, RunOptions, run_grid
 from bench.report.notes import ray_note, setup_note
+from bench.run.runner import RunConfig, RunOptions, run_grid
 from lsrs.checkpoint import update_index
 from lsrs.data import DIGITS_SIZE, DIGITS_SOURCE_SIZE, DIGITS_UPSAMPLING_NORM, load_dataset
 from lsrs.devices import resolve_device

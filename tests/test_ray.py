@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 from tiny_checkpoints import retrain, write_tiny_checkpoints
 
+from bench import store
 from bench.cli.main import cli
-from bench.grid import store
-from bench.grid.runner import RunConfig, RunOptions, run_grid
+from bench.run.runner import RunConfig, RunOptions, run_grid
 from lsrs.data import load_dataset
 
 # One local Ray for the module, on the worker that also runs the speed guards, one after the other: on 2 cores
@@ -138,7 +138,7 @@ def test_task_killed_mid_way_is_retried_and_no_row_is_lost_or_duplicated(
     ray_cluster, checkpoints, reference, tmp_path, stage
 ):
     """A worker exits on its first attempt (after its first image, or after storing its part); Ray retries."""
-    from bench.grid.distributed import RayOptions, run_grid_ray
+    from bench.run.distributed import RayOptions, run_grid_ray
 
     marker = tmp_path / "killed"
 

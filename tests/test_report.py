@@ -19,7 +19,7 @@ from click.testing import CliRunner  # noqa: E402
 from synthetic_results import make_manifest, make_results, write_run  # noqa: E402
 
 from bench.cli.main import cli  # noqa: E402
-from bench.cli.params import BenchUsageError  # noqa: E402
+from bench.errors import UsageError  # noqa: E402
 from bench.report.writer import RADII, cert_acc_column, format_sigma, load_run, summarize, write_report  # noqa: E402
 
 FORS = (1, 5, 9, 13)
@@ -204,7 +204,7 @@ def _lacks_radius(path: Path) -> None:
 def test_load_run_rejects_what_is_not_a_run(tmp_path, make, message):
     path = tmp_path / "run"
     make(path)
-    with pytest.raises(BenchUsageError) as info:
+    with pytest.raises(UsageError) as info:
         load_run(path)
     text = info.value.format_message()
     assert message in text

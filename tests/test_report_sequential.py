@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.grid import store
+from bench import store
 from bench.report.writer import write_report
 
 

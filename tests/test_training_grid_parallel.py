@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.grid.training import train_grid
+from bench.train.grid import train_grid
 from lsrs import checkpoint as ckpt
 
 pytestmark = pytest.mark.xdist_group("exclusive")  # worker processes of their own: never beside the speed guards

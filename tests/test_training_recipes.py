@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from bench.cli.main import cli
-from bench.grid.training import TwinRecipe, train_grid
+from bench.train.grid import TwinRecipe, train_grid
 from lsrs import checkpoint as ckpt
 from lsrs.data import DATASETS, TensorImageDataset, load_dataset
 from lsrs.models import build_model
@@ -209,7 +209,7 @@ def test_cli_refuses_a_bad_twin_option_in_one_line() -> None:
 
 def test_cli_default_twin_recipe_is_the_measured_one_only_where_measured() -> None:
     from bench.cli.cmd_train import twin_recipe
-    from bench.grid.training import MEASURED_TWIN_RECIPES
+    from bench.train.grid import MEASURED_TWIN_RECIPES
 
     assert twin_recipe("digits") == MEASURED_TWIN_RECIPES["resnet18", "digits"]
     assert twin_recipe("digits", "tinynet") == TwinRecipe()  # measured on ResNet18 only
@@ -224,7 +224,7 @@ def test_schedule_priority_is_the_critical_path_with_the_costlier_model_first_on
     """Hand-computed chains (cost 1 + 2k/18): a baseline with a FoR-13 twin (1 + 2.44) before the Lipschitz
     twin (3), the Lipschitz twin before a baseline with a FoR-9 twin (1 + 2 = 3, a tie it wins by its own cost),
     and a finished baseline's twin by its own cost."""
-    from bench.grid.training import _recipe, schedule_priority
+    from bench.train.grid import _recipe, schedule_priority
 
     recipe = _recipe("digits", [0, 9, 13, 18], [0.25], epochs=1, lr=0.1, batch_size=64, device="cpu", seed=0,
                      width=8, data_dir=None, download=False, workers=0, arch=None, lr_step=1, momentum=0.9,

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.certifiers.registry import Certifier, Job, register
 from bench.certifiers.rows import one_pass_row
+from bench.errors import UsageError
 from lsrs.layer_counts import RESNET18_LAYERS
 
 LIP_FORS = RESNET18_LAYERS
@@ -27,11 +28,9 @@ def jobs(config: Any, sigma: float | None) -> list[tuple[int, float, int]]:
 
 def check(archs: list, fors: tuple[int, ...]) -> None:
     """The checkpoints' architectures must have a fully orthogonal twin."""
-    import click
-
     if archs and all(r.lipschitz_fors is None for r in archs):
-        raise click.BadParameter(f"lip certifies a fully orthogonal twin, and {', '.join(r.name for r in archs)} "
-                                 "has none; use is,ls", param_hint="--methods")
+        raise UsageError(f"lip certifies a fully orthogonal twin, and {', '.join(r.name for r in archs)} "
+                         "has none; use is,ls", option="--methods")
 
 
 def label(job: Job) -> str:
@@ -44,7 +43,6 @@ class MarginRun:
     ``samples_used`` = 1, NaN probabilities, no counts; ``precision`` is the float64 of the pass."""
 
     def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
-        from bench.cli.params import BenchUsageError
         from lsrs.margin import LipschitzCertifier
 
         self.context = context
@@ -52,7 +50,7 @@ class MarginRun:
         try:
             self.certifier = LipschitzCertifier(context.model, tuple(x.shape), device=context.device)
         except ValueError as exc:
-            raise BenchUsageError(f"{context.job.label}: {exc}") from None
+            raise UsageError(f"{context.job.label}: {exc}") from None
         self.certifier.certify(x)
         context.batch_size = 1
         context.warmup_s = time.perf_counter() - started

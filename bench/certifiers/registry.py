@@ -1,6 +1,6 @@
 """The registry of certifiers: one :class:`Certifier` record per ``--methods`` key (``is``, ``ls``, ``lip``, ...).
 
-A certifier turns one test image into one row of the run schema (:mod:`bench.grid.store`). Its record says how the
+A certifier turns one test image into one row of the run schema (:mod:`bench.store`). Its record says how the
 harness treats it, so that the runner, the console, the report and the figures iterate over the registry
 instead of comparing method strings:
 
@@ -71,7 +71,7 @@ class Certifier:
 
     ``jobs(config, sigma)``: the (FoR, σ, n) triples it certifies at ``sigma`` of the run's σ axis, in the
     grid's order, and with ``sigma=None`` the ones certified once per run (no σ). ``start(context, x,
-    batch_size, channels_last)``: set the job up on the runner's :class:`bench.grid.runner.JobCertifier` ``context``
+    batch_size, channels_last)``: set the job up on the runner's :class:`bench.run.runner.JobCertifier` ``context``
     (its model, config, job, device, common row fields and set-up records; ``x`` is the first image) and return
     the :class:`CertifierRun` that certifies images. ``check(archs, fors)``: raise a one-line usage error when
     the checkpoints' architectures cannot serve it (``bench run`` calls it before certifying anything).

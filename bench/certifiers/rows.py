@@ -10,7 +10,7 @@ def one_pass_row(context: Any, idx: int, label: int, prediction: int, radius: fl
                  lipschitz_source: str = "declared", **common: Any) -> dict:
     """A row of a certificate without sampling (σ = 0 clean accuracy, the Lipschitz margin): no counts, NaN
     probabilities, no rounding term, ``sampler`` / ``certificate`` repeating the run's (so that reports do not
-    split the run into variants). ``context``: the runner's :class:`bench.grid.runner.JobCertifier`; ``common``
+    split the run into variants). ``context``: the runner's :class:`bench.run.runner.JobCertifier`; ``common``
     overrides its common fields (e.g. ``precision``)."""
     return {
         **context.common,

@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.certifiers.registry import Certifier, register
 from bench.certifiers.rows import one_pass_row
+from bench.errors import UsageError
 
 
 def _n_values(config: Any, sigma: float) -> tuple[int, ...]:
@@ -32,18 +33,13 @@ def latent_space_jobs(config: Any, sigma: float | None) -> list[tuple[int, float
 def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
     """The run's FoRs must be FoRs of the checkpoints' architectures; an architecture with FoR 0 only has no
     twin, and the run is told why in its record's words (:attr:`lsrs.architectures.Architecture.no_twin_reason`)."""
-    import click
-
-    from bench.cli.params import BenchUsageError
-
     valid = sorted({k for record in archs for k in record.fors})
     bad = [k for k in fors if archs and k not in valid]
     if bad and valid == [0]:
-        raise BenchUsageError("; ".join(dict.fromkeys(record.no_twin_reason for record in archs)))
+        raise UsageError("; ".join(dict.fromkeys(record.no_twin_reason for record in archs)))
     if bad:
         names = ", ".join(r.name for r in archs)
-        raise click.BadParameter(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}",
-                                 param_hint="--fors")
+        raise UsageError(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}", option="--fors")
 
 
 def start(context: Any, x: Any, batch_size: int | None, channels_last: bool) -> SmoothedRun | CleanRun:
@@ -86,8 +82,7 @@ class SmoothedRun:
     warm-up (all untimed, in ``setup_s``); then one CERTIFY per image, and its ``--decide-radii`` decisions."""
 
     def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
-        from bench.cli.params import BenchUsageError
-        from bench.grid.engine_setup import auto_batch_size, compile_classifier, warm_up
+        from bench.certifiers.engine import auto_batch_size, compile_classifier, warm_up
         from lsrs.proofs import UnprovenModule
         from lsrs.timing import Stopwatch
 
@@ -101,7 +96,7 @@ class SmoothedRun:
                 )
             except UnprovenModule as exc:  # one line, in the CLI's words
                 why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")
-                raise BenchUsageError(f"{job.label}: {why}") from None
+                raise UsageError(f"{job.label}: {why}") from None
         context.setup_s["fold_bn"] = watch.seconds
         with Stopwatch(device) as watch:
             latent_shape = tuple(self.smoother.encode(x).shape[1:])

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from bench.cli.params import BenchUsageError
 
-DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.grid.demo.PRESETS (checked by the tests)
+DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.demo.pipeline.PRESETS (checked by the tests)
 
 
 @click.command("demo")
@@ -38,9 +38,9 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     Cohen et al. use n = 100,000; the reduced counts keep the demo to minutes. Writes the report. Re-running
     reuses what is already trained and certified.
     """
-    from bench.grid.console import print_table, summary_table
-    from bench.grid.demo import PRESETS, run_demo
+    from bench.demo.pipeline import PRESETS, run_demo
     from bench.report.writer import load_run, summarize
+    from bench.run.console import print_table, summary_table
     from lsrs.data import DatasetMissingError
 
     preset = PRESETS[dataset]

@@ -63,7 +63,7 @@ def cohen_model(checkpoint: Path, dataset: str, sigma: float, out: Path, name: s
     resnet50) is rebuilt here, every key and shape is checked, and the result is a safetensors checkpoint with
     the source's name and sha256 in its metadata, found by `bench run --methods is`. It has no LS-RS twin.
     """
-    from bench.grid.importers import import_cohen_model
+    from bench.peers.importers import import_cohen_model
     from lsrs.cohen_models import NO_TWIN
 
     done = import_cohen_model(checkpoint, dataset, sigma, out, name)
@@ -97,7 +97,7 @@ def certify_log(log: Path, dataset: str, sigma: float, n: int | None, alpha: flo
     H:MM:SS.ffffff). A truncated last line is dropped with a warning. What the log does not hold (n0, the
     counts, pA's bound, the device, ...) is stored as null and listed in the manifest's 'imported' entry.
     """
-    from bench.grid.importers import LogDeclaration, import_certify_log
+    from bench.peers.importers import LogDeclaration, import_certify_log
 
     declared = LogDeclaration(dataset=dataset, sigma=sigma, n=n, alpha=alpha, name=name, arch=arch)
     run_dir, parsed, manifest = import_certify_log(log, declared, out)

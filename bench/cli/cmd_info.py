@@ -183,7 +183,7 @@ def command(arch, fors, dataset, width, widen, base_width, in_size, stem_stride,
       bench info --dataset digits --width 16 --fors 13 --json
       bench info --model wide_resnet34 --fors 16 --no-empirical    # the paper's ImageNet WRN-34-2
     """
-    from bench.grid.allocator import keep_freed_memory
+    from bench.memory import keep_freed_memory
     from lsrs.executed import BoundCache
     from lsrs.models import build_model
 

@@ -9,9 +9,9 @@ import click
 from rich.console import Console
 
 from bench import certifiers
+from bench.certifiers.engine import COMPILE_MODES
 from bench.cli.params import DATASET, FORS, N_LIST, SIGMAS, BenchUsageError, CommaList, dataset_help
-from bench.grid.devices import PRECISION_CHOICES, resolve_precision, usage_device
-from bench.grid.engine_setup import COMPILE_MODES
+from bench.devices import PRECISION_CHOICES, resolve_precision, usage_device
 
 METHOD_LIST = CommaList(str, "method",
                         lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
@@ -134,10 +134,10 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         raise BenchUsageError("--processes runs local workers and --ray runs Ray tasks: give one of them")
     ray_options = _ray_options(ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus)
 
-    from bench.grid.console import print_table, summary_table
-    from bench.grid.executors import choose_executor
-    from bench.grid.runner import RunConfig, RunOptions
     from bench.report.writer import summarize
+    from bench.run.console import print_table, summary_table
+    from bench.run.executors import choose_executor
+    from bench.run.runner import RunConfig, RunOptions
     from lsrs.checkpoint import index_architectures
 
     try:  # the architecture is that of the checkpoints (no index: the runner says how to train one)
@@ -148,7 +148,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         if certifier.key in methods and certifier.check is not None:
             certifier.check(archs, tuple(fors))
     if ray_options is not None:
-        from bench.grid import distributed
+        from bench.run import distributed
 
         click.get_current_context().call_on_close(distributed.connect(ray_options.address))
         device_type = distributed.cluster_device_type(device)
@@ -190,7 +190,7 @@ def _ray_options(address: str | None, shard_size: int | None, num_cpus: float | 
         return None
     if not address.strip():
         raise BenchUsageError("--ray needs 'auto' or a cluster address such as head-node:6379")
-    from bench.grid.distributed import DEFAULT_SHARD_SIZE, RayOptions
+    from bench.run.distributed import DEFAULT_SHARD_SIZE, RayOptions
 
     return RayOptions(address=address.strip(), shard_size=shard_size or DEFAULT_SHARD_SIZE,
                       num_cpus=num_cpus if num_cpus is not None else 1.0, num_gpus=num_gpus)

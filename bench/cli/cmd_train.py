@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli.params import DATASET, FORS, SIGMAS, BenchUsageError, dataset_help
-from bench.grid.training_defaults import MARGIN_EPS, MARGIN_TEMPERATURE
+from bench.train.defaults import MARGIN_EPS, MARGIN_TEMPERATURE
 from lsrs.training_choices import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
-    from bench.grid.training import TwinRecipe
+    from bench.train.grid import TwinRecipe
 
 
 def results_table(entries: list[dict], dataset: str) -> Table:
@@ -35,9 +35,9 @@ def results_table(entries: list[dict], dataset: str) -> Table:
 
 
 def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
-    """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.grid.training.default_twin_recipe`)
+    """The measured twin recipe of ``arch`` on ``dataset`` (:func:`bench.train.grid.default_twin_recipe`)
     with every option the user gave (not ``None``) in its place."""
-    from bench.grid.training import default_twin_recipe
+    from bench.train.grid import default_twin_recipe
 
     return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
@@ -119,7 +119,7 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
       bench train --dataset digits --fors 0,1,5,9,13 --sigmas 0.25,0.5,1.0 --out results/checkpoints
       bench train --dataset imagenet --fors 0,16 --sigmas 0.25,0.5,1.0 --data-dir /data/imagenet
     """
-    from bench.grid.training import GridConfigError, train_grid
+    from bench.train.grid import GridConfigError, train_grid
     from lsrs.checkpoint import CheckpointError
     from lsrs.data import DatasetMissingError
 

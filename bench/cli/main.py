@@ -15,6 +15,7 @@ import click
 from click.utils import make_default_short_help
 
 from bench import __version__
+from bench.errors import IncompleteRun, UsageError
 
 
 class LazyGroup(click.Group):
@@ -33,11 +34,30 @@ class LazyGroup(click.Group):
             self.add_command(importlib.import_module(f"bench.cli.cmd_{name}").command, name)
         return self.commands.get(name)
 
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        """Run the command; the harness's own errors become click's: exit code 2 (1 for an incomplete run) and
+        one line, no traceback."""
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise usage_error(exc) from None
+        except IncompleteRun as exc:
+            raise click.ClickException(str(exc)) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
         rows = [(name, make_default_short_help(_summary(name), limit)) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def usage_error(exc: UsageError) -> click.ClickException:
+    """A :class:`bench.errors.UsageError` in click's words: a bad value of its option, or one line."""
+    if exc.option:
+        return click.BadParameter(exc.format_message(), param_hint=exc.option)
+    error = click.ClickException(exc.format_message())
+    error.exit_code = 2
+    return error
 
 
 def _available() -> list[str]:

@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from bench.grid.runner import (
+from bench.run.runner import (
     COMPILE_MODES,
     auto_batch_size,
     compile_classifier,

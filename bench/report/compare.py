@@ -1,7 +1,7 @@
 """Several runs side by side (``bench report RUN1 RUN2 ... [--name ...]``): one certified-accuracy table and
 one figure, one curve per (run, configuration, σ), the run names in the legend.
 
-Runs made here and runs imported from peers (:mod:`bench.grid.importers`) are read alike (:func:`bench.report.writer.load_run`)
+Runs made here and runs imported from peers (:mod:`bench.peers.importers`) are read alike (:func:`bench.report.writer.load_run`)
 and aggregated by the same :func:`bench.report.writer.summarize`, so a row of the table is the same number that
 ``bench report RUN`` prints for that run. Certified accuracy at r is the share of a run's images predicted
 correctly with radius >= r (Cohen et al. 2019); the radius is an l2 radius in that run's own input space.
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench import certifiers
-from bench.cli.params import BenchUsageError
+from bench.errors import UsageError
 from bench.report.labels import certified_mask, config_label, format_sigma, variant_keys
 from bench.report.writer import (
     FORMATS,
@@ -69,7 +69,7 @@ def default_name(path: Path, manifest: dict) -> str:
 def load_runs(paths: list[Path], names: list[str] | tuple[str, ...] = ()) -> list[NamedRun]:
     """Read every run; ``names`` (one per run, in order) replace the default names; names must be distinct."""
     if names and len(names) != len(paths):
-        raise BenchUsageError(f"--name was given {len(names)} times for {len(paths)} runs; give one per run, in order")
+        raise UsageError(f"--name was given {len(names)} times for {len(paths)} runs; give one per run, in order")
     runs = []
     for i, path in enumerate(paths):
         frame, manifest = load_run(path)
@@ -78,7 +78,7 @@ def load_runs(paths: list[Path], names: list[str] | tuple[str, ...] = ()) -> lis
     seen = [r.name for r in runs]
     repeated = sorted({n for n in seen if seen.count(n) > 1})
     if repeated:
-        raise BenchUsageError(f"two runs are named {repeated[0]!r}; tell them apart with --name, once per run")
+        raise UsageError(f"two runs are named {repeated[0]!r}; tell them apart with --name, once per run")
     return runs
 
 
@@ -143,7 +143,7 @@ def comparison_figure(runs: list[NamedRun]) -> Figure:
 
     curves = [curve for run in runs for curve in _groups(run)]
     if not curves:
-        raise BenchUsageError("no run holds certified rows (σ > 0 or the Lipschitz twin): nothing to compare")
+        raise UsageError("no run holds certified rows (σ > 0 or the Lipschitz twin): nothing to compare")
     rmax = max(float(rows["radius"].max()) for _, _, rows in curves) * 1.02 or 1.0
     grid = np.linspace(0.0, rmax, 300)
     configs = list(dict.fromkeys(c for c, _, _ in curves))
@@ -186,14 +186,14 @@ def write_comparison(
 ) -> ReportResult:
     """Write the comparison table (``fmt``), its figure (PNG + PDF) and an ``index.md`` naming every run's source."""
     if fmt not in FORMATS:
-        raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     runs = load_runs(paths, names)
     table = comparison_table(runs)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BenchUsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+        raise UsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
     summary = pd.concat([r.summary.assign(run=r.name) for r in runs], ignore_index=True)
     result = ReportResult(out_dir=out, missing=_notes(runs), summary=summary, tables=[table])
     table_path = out / f"{table.name}{FORMATS[fmt]}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.grid import store
+from bench import store
 from bench.report.labels import DEFENSES, at_largest_n
 
 KEYS = ["method", "fors", "sigma"]

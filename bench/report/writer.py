@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench import certifiers
-from bench.cli.params import BenchUsageError
-from bench.grid.store import MANIFEST
+from bench.errors import UsageError
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
 from bench.report.equal_time import equal_time_table, front_figures
 from bench.report.formats import FORMATS
@@ -54,6 +53,7 @@ from bench.report.labels import (
 from bench.report.notes import run_notes
 from bench.report.paper_data import ABLATION_TABLE, MAIN_TABLE, paper_values, reference_dataset
 from bench.report.sequential import sequential_tables
+from bench.store import MANIFEST
 from lsrs.architectures import get_architecture
 from lsrs.datasets import dataset_title
 from lsrs.smoothing import ABSTAIN
@@ -70,23 +70,23 @@ MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read ``run_dir``'s ``part-*.parquet`` files and its manifest (``{}`` if there is none).
 
-    The manifest is ``_manifest.json`` (:data:`bench.grid.store.MANIFEST`); a plain ``manifest.json`` is accepted too.
+    The manifest is ``_manifest.json`` (:data:`bench.store.MANIFEST`); a plain ``manifest.json`` is accepted too.
 
     Rows repeated for the same (idx, method, fors, sigma, variant) -- e.g. after a resumed chunk -- are kept
     once (the last); how many were dropped is in ``df.attrs["duplicates_dropped"]``.
-    Raises :class:`BenchUsageError` when the directory is missing, holds no readable rows, lacks a required
+    Raises :class:`UsageError` when the directory is missing, holds no readable rows, lacks a required
     column, or its manifest is not a JSON object.
     """
     path = Path(run_dir)
     if not path.exists():
-        raise BenchUsageError(
+        raise UsageError(
             f"{path}: no such run directory (expected results/<run> written by `bench run`)"
         )
     if not path.is_dir():
-        raise BenchUsageError(f"{path}: not a directory (expected results/<run> written by `bench run`)")
+        raise UsageError(f"{path}: not a directory (expected results/<run> written by `bench run`)")
     parts = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
     if not parts:
-        raise BenchUsageError(
+        raise UsageError(
             f"{path}: no part-*.parquet files; is this a run directory written by `bench run`?"
         )
     frames = []
@@ -95,15 +95,15 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             frame = pd.read_parquet(part)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BenchUsageError(f"{part}: not a readable parquet file ({first})") from None
+            raise UsageError(f"{part}: not a readable parquet file ({first})") from None
         if len(frame):
             frames.append(frame)
     if not frames:
-        raise BenchUsageError(f"{path}: the parquet parts hold no rows; has `bench run` finished any chunk?")
+        raise UsageError(f"{path}: the parquet parts hold no rows; has `bench run` finished any chunk?")
     df = pd.concat(frames, ignore_index=True)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise BenchUsageError(
+        raise UsageError(
             f"{path}: results lack column(s) {', '.join(missing)} (see docs/results-schema.md)"
         )
 
@@ -113,9 +113,9 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BenchUsageError(f"{manifest_path}: not valid JSON ({exc})") from None
+            raise UsageError(f"{manifest_path}: not valid JSON ({exc})") from None
         if not isinstance(manifest, dict):
-            raise BenchUsageError(f"{manifest_path}: expected a JSON object at the top level")
+            raise UsageError(f"{manifest_path}: expected a JSON object at the top level")
 
     df["method"] = df["method"].astype(str).str.lower()
     df["fors"] = pd.to_numeric(df["fors"], errors="coerce").fillna(0).astype(int)
@@ -511,7 +511,7 @@ def render(table: Table, fmt: str) -> str:
         return f"**{table.caption}**\n\n" + to_markdown(table)
     if fmt == "csv":
         return to_csv(table)
-    raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 # ------------------------------------------------------------------------------------- missing configs
@@ -640,7 +640,7 @@ def write_report(
     ``main_fors`` (the FoR of the main table) defaults to the paper's for the run's architecture: 9 of 18 for
     ResNet18, 16 of 34 for WRN-34."""
     if fmt not in FORMATS:
-        raise BenchUsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     df, manifest = load_run(run_dir)
     summary = summarize(df, manifest)
@@ -661,7 +661,7 @@ def write_report(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BenchUsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+        raise UsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
     result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables)
     table_links: list[str] = []
     for table in tables:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.grid.devices import native_support
+from bench.devices import native_support
 from bench.perf.speed import SpeedConfig
 
 # Under xdist one worker builds the suite; pytest-benchmark then runs each case once, untimed, and the

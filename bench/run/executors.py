@@ -1,12 +1,12 @@
 """Where a certification grid runs: one interface, three executors with the same store, resume and rows.
 
-- :class:`InProcess`: this process (:func:`bench.grid.runner.run_grid`);
-- :class:`LocalPool`: local worker processes (:func:`bench.grid.pool.run_grid_pool`, as ``bench demo`` runs it);
-- :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.grid.distributed.run_grid_ray`).
+- :class:`InProcess`: this process (:func:`bench.run.runner.run_grid`);
+- :class:`LocalPool`: local worker processes (:func:`bench.run.pool.run_grid_pool`, as ``bench demo`` runs it);
+- :class:`RayTasks`: Ray tasks on a cluster (:func:`bench.run.distributed.run_grid_ray`).
 
-All three plan the run with :meth:`bench.grid.runner.GridRunner.plan`, certify each job with
-:class:`bench.grid.runner.JobCertifier`, store its rows with :func:`bench.grid.shards.store_shard` and fold what
-they certified into the manifest and the progress tallies with :func:`bench.grid.shards.collect_shard` (one
+All three plan the run with :meth:`bench.run.runner.GridRunner.plan`, certify each job with
+:class:`bench.run.runner.JobCertifier`, store its rows with :func:`bench.run.shards.store_shard` and fold what
+they certified into the manifest and the progress tallies with :func:`bench.run.shards.collect_shard` (one
 collection path: in this process each image as it is certified, in workers and tasks each shard as it finishes).
 ``bench run`` and ``bench demo`` pick the executor with :func:`choose_executor`. ``load_test`` must be picklable
 for the pool (a ``functools.partial`` of a module-level function).
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bench.grid.runner import RunConfig, RunOptions
+from bench.run.runner import RunConfig, RunOptions
 
 
 class Executor(Protocol):
@@ -30,7 +30,7 @@ class Executor(Protocol):
 @dataclass(frozen=True)
 class InProcess:
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.grid.runner import run_grid
+        from bench.run.runner import run_grid
 
         return run_grid(config, options, load_test)
 
@@ -41,17 +41,17 @@ class LocalPool:
     threads: int = 1
 
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.grid.pool import run_grid_pool
+        from bench.run.pool import run_grid_pool
 
         return run_grid_pool(config, options, load_test, self.processes, threads=self.threads)
 
 
 @dataclass(frozen=True)
 class RayTasks:
-    options: Any  # bench.grid.distributed.RayOptions
+    options: Any  # bench.run.distributed.RayOptions
 
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
-        from bench.grid.distributed import run_grid_ray
+        from bench.run.distributed import run_grid_ray
 
         return run_grid_ray(config, options, self.options, load_test)
 

@@ -3,7 +3,7 @@
 Preset (:data:`PRESET`, documented in the README): ResNet18 at width 8 on digits upsampled to 16×16, the
 baseline and its FoR-9 twin (the paper's main setting and the goal of the ratio) for σ in 0.25, 0.5, trained
 12 epochs each (the twins warm-started from and distilled from the baseline at their σ,
-:data:`bench.grid.training.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
+:data:`bench.train.grid.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
 n = 100, 1,000 on 90 test images (every 4th), so that the report has an accuracy-time front and an equal-time
 table (the n = 100 point adds about 15 % to the sampling of n = 1,000 alone). No σ = 0 rows and no FoR 13
 twins, so that the preset fits its 150 s on a 2-core AVX2 CPU (docs/ablation.md: on such a CPU they were 197 s
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bench.grid import store
-from bench.grid.devices import usage_device
-from bench.grid.executors import choose_executor
-from bench.grid.runner import RunConfig, RunOptions
-from bench.grid.training import TwinRecipe, default_twin_recipe
+from bench import store
+from bench.devices import usage_device
+from bench.run.executors import choose_executor
+from bench.run.runner import RunConfig, RunOptions
+from bench.train.grid import TwinRecipe, default_twin_recipe
 from lsrs.data import load_dataset
 
 
@@ -83,8 +83,8 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
 
     ``processes`` (default :func:`default_processes`) models train, and shards certify, side by side.
     """
-    from bench.grid.training import train_grid
     from bench.report.writer import write_report
+    from bench.train.grid import train_grid
 
     device_type = usage_device(device).type
     processes = processes or default_processes(device_type)

@@ -1,10 +1,10 @@
 """The certification grid over local worker processes: every core of one machine, the same rows.
 
-The parent plans the run like a one-process run (:meth:`bench.grid.runner.GridRunner.plan`: same images, same
+The parent plans the run like a one-process run (:meth:`bench.run.runner.GridRunner.plan`: same images, same
 resume), splits what is left into shards of (job × images), a job being one (method, FoR, σ, n) and certifies them in spawned worker processes
-with :func:`bench.grid.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
+with :func:`bench.run.distributed.certify_shard` -- the code of the Ray tasks, which writes each shard's rows as
 one parquet part in a single atomic replace -- and collects their summaries with
-:func:`bench.grid.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
+:func:`bench.run.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
 image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image
 (bit for bit on the CPU; on a GPU each process's cuDNN autotuner picks its own kernels, whose last bits can move a
 borderline vote, as seen once in 16 rows on an H200). The parent
@@ -19,11 +19,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import torch
 
-from bench.grid import store
-from bench.grid.console import grid_progress
-from bench.grid.distributed import certify_shard, shard_specs
-from bench.grid.runner import GridRunner, RunConfig, RunOptions, grid_labels
-from bench.grid.shards import Tally, clear_staging, collect_shard, finish_run
+from bench import store
+from bench.run.console import grid_progress
+from bench.run.distributed import certify_shard, shard_specs
+from bench.run.runner import GridRunner, RunConfig, RunOptions, grid_labels
+from bench.run.shards import Tally, clear_staging, collect_shard, finish_run
 
 SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
 
@@ -79,7 +79,7 @@ class PoolGridRunner(GridRunner):
 
 def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[], torch.utils.data.Dataset],
                   processes: int, threads: int = 1) -> dict:
-    """:func:`bench.grid.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
+    """:func:`bench.run.runner.run_grid` over ``processes`` local workers (``threads`` torch threads each)."""
     labels = grid_labels(config, load_test())
     return PoolGridRunner(config, options).run_pool(labels, load_test, processes, threads)
 

@@ -1,15 +1,15 @@
-"""The one collection path of the three grid executors (:mod:`bench.grid.executors`): shards of a job.
+"""The one collection path of the three grid executors (:mod:`bench.run.executors`): shards of a job.
 
-A shard is some of one job's images, certified by one :class:`bench.grid.runner.JobCertifier` and stored as one
+A shard is some of one job's images, certified by one :class:`bench.run.runner.JobCertifier` and stored as one
 parquet part; its summary (:func:`shard_summary`) is what the process that drives the run folds into the
 manifest and the job's progress tally (:func:`collect_shard`). Every executor goes through these functions:
 
-- in this process (:meth:`bench.grid.runner.GridRunner.run`), a job's images are certified one after another; each
+- in this process (:meth:`bench.run.runner.GridRunner.run`), a job's images are certified one after another; each
   image is collected as it is certified (so the bar and its tally move per image), and the rows are stored
-  every :data:`bench.grid.runner.FLUSH_ROWS` images or :data:`bench.grid.runner.FLUSH_SECONDS` seconds, and
+  every :data:`bench.run.runner.FLUSH_ROWS` images or :data:`bench.run.runner.FLUSH_SECONDS` seconds, and
   when the job stops for any reason, as a part of a new name (:func:`store_shard` without ``name``): a killed
   run loses at most the rows of the last few seconds;
-- in local workers and Ray tasks (:func:`bench.grid.distributed.certify_shard`), the shards are fixed before the
+- in local workers and Ray tasks (:func:`bench.run.distributed.certify_shard`), the shards are fixed before the
   run; each is stored under a name fixed by (job, images) in one atomic replace, so a task that is retried
   rewrites its part instead of adding one, and its summary goes back to the driver to be collected.
 
@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.grid import store
+from bench import store
 
 STAGING_DIR = ".staging"  # leading ".": neither pandas.read_parquet(run_dir) nor the store reads it
 
@@ -92,8 +92,8 @@ def clear_staging(out: Path) -> None:
 
 
 def shard_summary(certifier: Any, model_record: dict, rows: list[dict]) -> dict:
-    """What the driver collects of a shard certified by ``certifier`` (a :class:`bench.grid.runner.JobCertifier`):
-    per row what the tally needs, the job's set-up and its model's record (``bench.grid.runner._model_record``)."""
+    """What the driver collects of a shard certified by ``certifier`` (a :class:`bench.run.runner.JobCertifier`):
+    per row what the tally needs, the job's set-up and its model's record (``bench.run.runner._model_record``)."""
     job = certifier.job
     return {
         "job": job.key,

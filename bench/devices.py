@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.cli.params import BenchUsageError
+from bench.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,7 @@ def usage_device(device: str | torch.device | None = "auto") -> torch.device:
     (exit 2, one line)."""
     from lsrs.devices import resolve_device
 
-    return resolve_device(device, error=BenchUsageError)
+    return resolve_device(device, error=UsageError)
 
 
 def device_name(device: torch.device) -> str:

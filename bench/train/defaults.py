@@ -1,4 +1,4 @@
-"""Defaults of the paired grid's training (:mod:`bench.grid.training`) that ``bench train --help`` shows;
+"""Defaults of the paired grid's training (:mod:`bench.train.grid`) that ``bench train --help`` shows;
 importable without torch."""
 
 from __future__ import annotations

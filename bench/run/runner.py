@@ -1,7 +1,7 @@
 """The certification grid: for every σ, IS-RS on the baseline and LS-RS on each FoR twin, same images;
 with method ``lip``, also the fully orthogonal twin certified by its logit margin (:mod:`lsrs.margin`).
 
-One row per (image, method, FoR, σ, n) goes to the run store (:mod:`bench.grid.store`). Noise is seeded per
+One row per (image, method, FoR, σ, n) goes to the run store (:mod:`bench.store`). Noise is seeded per
 (run seed, image, method, FoR, σ), so the radii do not depend on batch size or on where a run was resumed.
 
 The n axis (``RunConfig.n`` as a tuple, ``bench run --n 1000,4000``). The noise key holds no n, so the
@@ -31,14 +31,13 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 import lsrs
-from bench import certifiers
+from bench import certifiers, store
 from bench.certifiers import Job
-from bench.cli.params import BenchUsageError
-from bench.grid import store
-from bench.grid.console import grid_progress
-from bench.grid.devices import device_name, usage_device
-from bench.grid.engine_setup import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
-from bench.grid.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
+from bench.certifiers.engine import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
+from bench.devices import device_name, usage_device
+from bench.errors import UsageError
+from bench.run.console import grid_progress
+from bench.run.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
 from lsrs.architectures import Architecture, ArchitectureError, get_architecture
 from lsrs.data import dataset_labels
 from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
@@ -126,7 +125,7 @@ class RunOptions:
     fresh: bool = False
     quiet: bool = False
     stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
-    precision: dict | None = None  # requested / resolved precision and why (bench.grid.devices.resolve_precision)
+    precision: dict | None = None  # requested / resolved precision and why (bench.devices.resolve_precision)
     console: Console = field(default_factory=Console)
 
 
@@ -192,7 +191,7 @@ class Checkpoints:
             self.entries = checkpoint.read_index(self.root, dataset)
             self.index_dir = checkpoint.index_folder(self.root, dataset)  # the root or the dataset folder
         except checkpoint.CheckpointError as exc:  # its message names the file and how to train the pairs
-            raise BenchUsageError(str(exc)) from None
+            raise UsageError(str(exc)) from None
 
     def family(self, entry: dict) -> tuple:
         """What a baseline and its twins must share: (dataset, arch, width, input size)."""
@@ -217,8 +216,8 @@ class Checkpoints:
                     raise self._mismatch(found[job], twin)
         return {job: found[job] for job in jobs}
 
-    def _mismatch(self, baseline: dict, twin: dict) -> BenchUsageError:
-        return BenchUsageError(
+    def _mismatch(self, baseline: dict, twin: dict) -> UsageError:
+        return UsageError(
             f"the IS-RS baseline {self.describe(baseline)} does not match its LS-RS twin {self.describe(twin)}; "
             f"train a matching baseline: bench train --dataset {self.dataset} --fors 0 --sigmas {float(twin['sigma']):g} "
             f"--width {int(twin['width'])} --out {self.index_dir.parent}"
@@ -240,15 +239,15 @@ class Checkpoints:
             baseline = self._ckpt.find_checkpoint(self.entries, 0, sigma) if fors > 0 else None
             twinless = _twinless_architecture(baseline)
             if twinless is not None:  # e.g. an imported peer's model: IS-RS only
-                raise BenchUsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {twinless.no_twin_reason}")
+                raise UsageError(f"no FoR {fors} twin in {self.index_dir / 'index.json'}: {twinless.no_twin_reason}")
             have = sorted({int(e["fors"]) for e in self.entries})
-            raise BenchUsageError(
+            raise UsageError(
                 f"FoR {fors} is not in the checkpoint index {self.index_dir / 'index.json'} (it has FoR {have}); "
                 f"train it with: bench train --dataset {self.dataset} --fors {fors} --sigmas {sigma:g}"
             )
         if not allow_sigma_mismatch:
             have = sorted({float(e['sigma']) for e in same_fors})
-            raise BenchUsageError(
+            raise UsageError(
                 f"no FoR {fors} checkpoint trained at σ={sigma:g} (trained σ: {have}); train it, or pass "
                 "--allow-sigma-mismatch to certify with the nearest σ"
             )
@@ -285,7 +284,7 @@ class Checkpoints:
                 expected={"fors": int(entry["fors"])},
             )
         except self._ckpt.CheckpointError as exc:
-            raise BenchUsageError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         return model.eval(), str(meta["sha256"])
 
 
@@ -335,7 +334,7 @@ class GridRunner:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise BenchUsageError(f"cannot write to --out {self.out}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write to --out {self.out}: {exc.strerror or exc}") from None
         existing = store.read_manifest(self.out)
         if existing is not None and self.options.fresh:
             store.clear_run(self.out)
@@ -343,7 +342,7 @@ class GridRunner:
         if existing is not None and existing.get("config_hash") != self.config.config_hash():
             self._extend_run(existing, labels)
         if existing is None and store.part_files(self.out):
-            raise BenchUsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
+            raise UsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
         if existing is not None and checkpoints is not None and entries:
             self._refuse_changed_checkpoints(existing, checkpoints, entries)
         manifest = existing or _manifest(self.config, self.device)
@@ -386,7 +385,7 @@ class GridRunner:
         if extends and set(stored_n) <= set(config.n_values):
             hint = ("; its images are not all among this selection: a --skip / --max-images / --per-class that "
                     "selects every stored image extends it")
-        raise BenchUsageError(
+        raise UsageError(
             f"{self.out} holds a run with a different configuration (hash {manifest.get('config_hash')}){hint}; "
             "use another --out, or --fresh to discard it"
         )
@@ -404,7 +403,7 @@ class GridRunner:
             stored = set(by_job.get(job.model_key, ())) | {recorded}
             why = checkpoints.changed(entry, {s for s in stored if isinstance(s, str)})
             if why:
-                raise BenchUsageError(f"{why}; pass --fresh to discard {self.out}, or use another --out")
+                raise UsageError(f"{why}; pass --fresh to discard {self.out}, or use another --out")
 
     def _done_keys(self, folder: Path, radius: bool = False) -> set[tuple]:
         """Keys of the rows already stored in ``folder``: (method, fors, sigma, n, idx) of the certification
@@ -423,15 +422,15 @@ class GridRunner:
         """Validate the grid, open (or resume) the store and list what is left to certify per job."""
         config = self.config
         if config.precision not in PRECISIONS:
-            raise BenchUsageError(f"--precision must be one of {sorted(PRECISIONS)}")
+            raise UsageError(f"--precision must be one of {sorted(PRECISIONS)}")
         jobs = grid_jobs(config)
         if not jobs:
-            raise BenchUsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
+            raise UsageError("the grid is empty: give --methods is and/or --fors with a FoR > 0")
         checkpoints = Checkpoints(config.checkpoints, config.dataset, self.device, config.allow_pickle)
         entries = checkpoints.entries_for(jobs, config.allow_sigma_mismatch)
         indices = select_indices(labels, config.skip, config.max_images, config.per_class)
         if not indices:
-            raise BenchUsageError("no test images selected; check --skip / --max-images / --per-class")
+            raise UsageError("no test images selected; check --skip / --max-images / --per-class")
         manifest = self._open_store(labels, checkpoints, entries)
         done = self._done_keys(self.out)
         decided = self._done_keys(self.out / store.DECISIONS_DIR, radius=True)
@@ -443,7 +442,7 @@ class GridRunner:
         """Certify every job of the grid on the selected test images; returns the final manifest.
 
         Each image is collected as it is certified and the rows are stored every :data:`FLUSH_ROWS` images or
-        :data:`FLUSH_SECONDS` seconds, and whenever a job stops (:mod:`bench.grid.shards`)."""
+        :data:`FLUSH_SECONDS` seconds, and whenever a job stops (:mod:`bench.run.shards`)."""
         opts = self.options
         torch.backends.cudnn.benchmark = True
         plan = self.plan(labels)

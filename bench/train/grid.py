@@ -35,8 +35,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.grid.devices import device_name
-from bench.grid.training_defaults import MARGIN_EPS, MARGIN_TEMPERATURE
+from bench.devices import device_name
+from bench.train.defaults import MARGIN_EPS, MARGIN_TEMPERATURE
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import load_dataset

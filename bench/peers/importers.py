@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.cli.params import BenchUsageError
-from bench.grid import store
+from bench import store
+from bench.errors import UsageError
 from lsrs import checkpoint as ckpt
 from lsrs.cohen_models import COHEN_ARCHS, build_cohen_model, cohen_to_local, local_to_cohen
 from lsrs.smoothing import ABSTAIN
@@ -50,7 +50,7 @@ LOG_BY_DEFINITION: dict[str, object] = {
 time; ``radius_latent = radius``) with the fixed-n, binary CERTIFY of Cohen et al.'s ``certify.py``."""
 
 
-class ImportRefused(BenchUsageError):
+class ImportRefused(UsageError):
     """A peer file that cannot be imported; the message names the file and what is wrong (exit code 2)."""
 
 
@@ -270,7 +270,7 @@ class LogDeclaration:
 
 
 def log_rows(log: CertifyLog, declared: LogDeclaration, run: str) -> list[dict]:
-    """The log's lines as rows of :data:`bench.grid.store.ROW_SCHEMA`; a column the log does not hold is null."""
+    """The log's lines as rows of :data:`bench.store.ROW_SCHEMA`; a column the log does not hold is null."""
     known = {"run": run, "dataset": declared.dataset, "sigma": float(declared.sigma), "n": declared.n,
              "alpha": declared.alpha, "arch": declared.arch, **LOG_BY_DEFINITION}
     base = dict.fromkeys(store.ROW_SCHEMA.names)

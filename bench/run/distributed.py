@@ -1,8 +1,8 @@
 """``bench run --ray``: the same certification grid over Ray workers, with the same results.
 
 The driver (the ``bench run`` process) plans the run exactly like a single-process run
-(:meth:`bench.grid.runner.GridRunner.plan`: same images, same resume logic), then splits what is left into Ray
-tasks of (image shard × job), a job being one (method, FoR, σ, n) of the grid. A task certifies its shard with :class:`bench.grid.runner.JobCertifier` -- the same
+(:meth:`bench.run.runner.GridRunner.plan`: same images, same resume logic), then splits what is left into Ray
+tasks of (image shard × job), a job being one (method, FoR, σ, n) of the grid. A task certifies its shard with :class:`bench.run.runner.JobCertifier` -- the same
 code as the local loop, so the per-image seeding makes every row identical to a single-process run -- and
 writes its rows as one parquet part in a single atomic ``os.replace`` at the end, under a name fixed by
 (job, shard): a task that Ray retries after its worker died rewrites the same part instead of adding one,
@@ -28,15 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 
-from bench import certifiers
-from bench.cli.params import BenchUsageError
-from bench.grid import store
-from bench.grid.console import grid_progress
-from bench.grid.devices import usage_device
-from bench.grid.runner import (
+from bench import certifiers, store
+from bench.devices import usage_device
+from bench.errors import IncompleteRun, UsageError
+from bench.run.console import grid_progress
+from bench.run.runner import (
     Checkpoints,
     GridRunner,
     Job,
@@ -46,7 +44,7 @@ from bench.grid.runner import (
     _model_record,
     grid_labels,
 )
-from bench.grid.shards import (
+from bench.run.shards import (
     Tally,
     clear_staging,
     collect_shard,
@@ -84,7 +82,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise BenchUsageError(f"--ray needs Ray, which is not installed; install the extra: {INSTALL_HINT}") from None
+        raise UsageError(f"--ray needs Ray, which is not installed; install the extra: {INSTALL_HINT}") from None
     return ray
 
 
@@ -101,7 +99,7 @@ def connect(address: str) -> Callable[[], None]:
         ray.init(address=None if address == "auto" else address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BenchUsageError(f"cannot connect to Ray at {address!r}: {first}") from None
+        raise UsageError(f"cannot connect to Ray at {address!r}: {first}") from None
     return ray.shutdown
 
 
@@ -110,7 +108,7 @@ def cluster_device_type(device: str) -> str:
     ray = import_ray()
     gpus = float(ray.cluster_resources().get("GPU", 0))
     if device == "cuda" and gpus <= 0:
-        raise BenchUsageError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu")
+        raise UsageError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu")
     if device == "auto":
         return "cuda" if gpus > 0 else "cpu"
     return device
@@ -120,7 +118,7 @@ def task_num_gpus(options: RayOptions, device_type: str) -> float:
     """GPUs each task asks for: ``--ray-num-gpus``, else one per task on CUDA and none on CPU."""
     num_gpus = options.num_gpus if options.num_gpus is not None else (1.0 if device_type == "cuda" else 0.0)
     if device_type == "cuda" and num_gpus <= 0:
-        raise BenchUsageError("--device cuda needs --ray-num-gpus > 0 (e.g. 1, or 0.5 for two tasks per GPU)")
+        raise UsageError("--device cuda needs --ray-num-gpus > 0 (e.g. 1, or 0.5 for two tasks per GPU)")
     return num_gpus
 
 
@@ -299,9 +297,9 @@ class RayGridRunner(GridRunner):
         ray = import_ray()
         config, opts, ray_opts = self.config, self.options, self.ray_options
         if ray_opts.shard_size < 1:
-            raise BenchUsageError(f"--ray-shard-size must be >= 1, got {ray_opts.shard_size}")
+            raise UsageError(f"--ray-shard-size must be >= 1, got {ray_opts.shard_size}")
         if ray_opts.num_cpus <= 0:
-            raise BenchUsageError(f"--ray-num-cpus must be > 0, got {ray_opts.num_cpus:g}")
+            raise UsageError(f"--ray-num-cpus must be > 0, got {ray_opts.num_cpus:g}")
         num_gpus = task_num_gpus(ray_opts, config.device_type)
         plan = self.plan(labels)
         manifest = plan.manifest
@@ -336,7 +334,7 @@ class RayGridRunner(GridRunner):
                             summary = ray.get(ref)
                         except ray.exceptions.RayTaskError as exc:
                             cause = getattr(exc, "cause", None)
-                            if isinstance(cause, click.ClickException):
+                            if isinstance(cause, UsageError):
                                 usage_error = cause.format_message()
                                 for other in pending:
                                     ray.cancel(other)
@@ -362,9 +360,9 @@ class RayGridRunner(GridRunner):
                 store.write_json(self.out / store.MANIFEST, manifest)
         clear_staging(self.out)
         if usage_error is not None:
-            raise BenchUsageError(usage_error)
+            raise UsageError(usage_error)
         if failures:
-            raise click.ClickException(
+            raise IncompleteRun(
                 f"{len(failures)} of {len(specs)} Ray tasks failed (first: {failures[0]}); the other shards are "
                 "stored: run the same command again to certify the rest"
             )
@@ -407,7 +405,7 @@ def _first_line(exc: BaseException) -> str:
 
 def run_grid_ray(config: RunConfig, options: RunOptions, ray_options: RayOptions,
                  load_test: Callable[[], torch.utils.data.Dataset]) -> dict:
-    """:func:`bench.grid.runner.run_grid` over Ray: same store, same rows; returns the manifest.
+    """:func:`bench.run.runner.run_grid` over Ray: same store, same rows; returns the manifest.
 
     ``load_test`` is sent to the workers: a lambda, a closure or a ``functools.partial`` of a library function
     (cloudpickle sends those by value or by an importable name), not a function of a module they cannot import.
