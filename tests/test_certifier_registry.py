@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from bench import certifiers
 from bench.cli.main import cli
 from bench.run.runner import RunConfig, grid_jobs
+from lsrs.checkpoint import update_index
 from tests.example_certifier import KEY, register_clean
 from tests.tiny_checkpoints import write_tiny_checkpoints
 
@@ -29,18 +30,18 @@ def test_builtins_are_registered_in_table_order_with_their_roles():
     assert (ls_rs.reference, ls_rs.fors_axis, ls_rs.noise) == (False, True, True)
     assert (lip.reference, lip.fors_axis, lip.noise) == (False, False, False)
     assert certifiers.reference_key() == "is"
-    from bench.certifiers.lipschitz import LIP_FORS
-    from lsrs.architectures import get_architecture
-
-    assert LIP_FORS == get_architecture("resnet18").lipschitz_fors  # the torch-free constant is the record's
     with pytest.raises(ValueError, match="already registered"):
         certifiers.register(certifiers.Certifier(key="is", defense="X", jobs=lambda c, s: [], start=None))
     with pytest.raises(KeyError, match="registered: is, ls, lip"):
         certifiers.get("nope")
 
 
-def test_grid_order_is_unchanged_per_sigma_then_once():
-    config = RunConfig(dataset="digits", fors=(1, 9), sigmas=(0.0, 0.25), methods=("lip", "ls", "is"), n=(10, 20))
+def test_grid_order_is_unchanged_per_sigma_then_once(tmp_path):
+    update_index(tmp_path, "digits", [{"arch": "resnet18", "fors": 18, "sigma": 0.0, "path": "lip.safetensors",
+                                       "sha256": "0" * 64, "width": 4, "in_size": 16, "num_classes": 10,
+                                       "clean_acc": 0.0, "noisy_acc": 0.0}])
+    config = RunConfig(dataset="digits", fors=(1, 9), sigmas=(0.0, 0.25), methods=("lip", "ls", "is"), n=(10, 20),
+                       checkpoints=str(tmp_path))
     got = [(j.method, j.fors, j.sigma, j.n) for j in grid_jobs(config)]
     assert got == [("is", 0, 0.0, 0), ("ls", 1, 0.0, 0), ("ls", 9, 0.0, 0),
                    ("is", 0, 0.25, 10), ("is", 0, 0.25, 20), ("ls", 1, 0.25, 10), ("ls", 1, 0.25, 20),

@@ -83,7 +83,6 @@ def test_no_import_cycles() -> None:
         ("COHEN_DATASETS", "lsrs.cohen_published"),
         ("PUBLISHED_STD", "lsrs.cohen_published"),
         ("RESNET18_LAYERS", "lsrs.layer_counts"),
-        ("LIP_FORS", "bench.certifiers.lipschitz"),
     ],
 )
 def test_shared_name_is_defined_once(name: str, home: str) -> None:

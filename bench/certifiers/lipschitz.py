@@ -10,20 +10,26 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.certifiers.registry import Certifier, Job, register
+from bench.certifiers.context import CertifyContext, RunSettings
+from bench.certifiers.registry import Certifier, Job, register_certifier
 from bench.certifiers.rows import one_pass_row
 from bench.errors import UsageError
-from lsrs.layer_counts import RESNET18_LAYERS
-
-LIP_FORS = RESNET18_LAYERS
-"""ResNet18's fully orthogonal twin, FoR 18/18 (its record's ``lipschitz_fors``), the one built-in architecture
-with a Lipschitz-margin twin; a torch-free constant, so that the record (and ``bench run --help``) builds
-without torch."""
 
 
-def jobs(config: Any, sigma: float | None) -> list[tuple[int, float, int]]:
-    """Once per run (``sigma`` None): the Lipschitz twin at σ = 0, sampling nothing."""
-    return [(LIP_FORS, 0.0, 0)] if sigma is None else []
+def jobs(config: RunSettings, sigma: float | None) -> list[tuple[int, float, int]]:
+    """Once per run (``sigma`` None): the fully orthogonal twin of each architecture in the run's checkpoint
+    index, at its record's FoR (:attr:`lsrs.architectures.Architecture.lipschitz_fors`), σ = 0, sampling
+    nothing."""
+    return [(fors, 0.0, 0) for fors in lipschitz_fors(config)] if sigma is None else []
+
+
+def lipschitz_fors(config: RunSettings) -> list[int]:
+    """The FoRs of the Lipschitz twins of the architectures in ``config``'s checkpoint index (none without an
+    index: the run then says how to train one)."""
+    from lsrs.checkpoint import index_architectures
+
+    records = index_architectures(config.checkpoints, config.dataset)
+    return sorted({r.lipschitz_fors for r in records if r.lipschitz_fors is not None})
 
 
 def check(archs: list, fors: tuple[int, ...]) -> None:
@@ -42,7 +48,7 @@ class MarginRun:
     caches); a model without a bound is a usage error. Rows: prediction and radius = margin / (sqrt(2) L),
     ``samples_used`` = 1, NaN probabilities, no counts; ``precision`` is the float64 of the pass."""
 
-    def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> None:
         from lsrs.margin import LipschitzCertifier
 
         self.context = context
@@ -72,8 +78,9 @@ class MarginRun:
                                lipschitz_source="proven"), []
 
 
-LIPSCHITZ_MARGIN = register(Certifier(
+LIPSCHITZ_MARGIN = register_certifier(Certifier(
     key="lip", defense="Lipschitz", jobs=jobs, start=MarginRun, noise=False, color="tab:red", line_style=":",
-    check=check, job_label=label, caption=f"the Lipschitz-margin twin (FoR {LIP_FORS}, one forward pass)",
-    help=f"Lipschitz-margin certificate of the FoR {LIP_FORS} twin (trained by bench train --fors {LIP_FORS})",
+    check=check, job_label=label, caption="the Lipschitz-margin twin (one forward pass)",
+    help="Lipschitz-margin certificate of the architecture's fully orthogonal twin (trained by bench train "
+         "--fors with the architecture's Lipschitz FoR)",
 ))

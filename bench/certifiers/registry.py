@@ -10,7 +10,7 @@ instead of comparing method strings:
   smoothed classifier at σ, so σ and n apply and its σ = 0 rows are clean accuracy; ``reference``: the
   baseline of the speedups; ``fors_axis``: one configuration per FoR, the FoR ablation of the paper's Table 2).
 
-A new certifier is one module that builds a :class:`Certifier` and passes it to :func:`register`
+A new certifier is one module that builds a :class:`Certifier` and passes it to :func:`register_certifier`
 (the built-ins: :mod:`bench.certifiers.smoothed`, :mod:`bench.certifiers.lipschitz`), or that an installed
 package names under the entry-point group :data:`ENTRY_POINT_GROUP` (``bench.certifiers``; the entry point is
 its :class:`Certifier`, loaded on the registry's first use, so ``bench run --methods`` takes its key).
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol
+
+from lsrs.plugins import entry_points_by_name, load_entry_point, plugin_label
 
 ENTRY_POINT_GROUP = "bench.certifiers"
 
@@ -62,7 +63,7 @@ class CertifierRun(Protocol):
 
 
 def _smoothing_label(job: Job) -> str:
-    return f"{get(job.method).defense} FoR {job.fors} σ={job.sigma:g}" + (f" n={job.n:,}" if job.n else "")
+    return f"{get_certifier(job.method).defense} FoR {job.fors} σ={job.sigma:g}" + (f" n={job.n:,}" if job.n else "")
 
 
 @dataclass(frozen=True)
@@ -98,22 +99,20 @@ _PLUGINS_LOADED = False
 
 def load_plugins() -> None:
     """Register, once, the certifiers that installed packages declare under :data:`ENTRY_POINT_GROUP` (a key
-    already registered keeps its record); one that fails to load is an error naming it."""
+    already registered keeps its record), through the one loading path of :mod:`lsrs.plugins`; one that fails
+    to load, or is not a :class:`Certifier`, is an error naming it."""
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            record = point.load()
-        except Exception as exc:  # a broken plugin: name it rather than fail somewhere later
-            raise RuntimeError(f"certifier plugin {point.name} ({point.value}) failed to load: {exc}") from exc
+    for point in entry_points_by_name(ENTRY_POINT_GROUP).values():
+        record = load_entry_point(point, ENTRY_POINT_GROUP, RuntimeError)
         if not isinstance(record, Certifier):
-            raise RuntimeError(f"certifier plugin {point.name} ({point.value}) is not a bench.certifiers.Certifier")
+            raise RuntimeError(f"{plugin_label(point)} is not a bench.certifiers.Certifier")
         _REGISTRY.setdefault(record.key, record)
 
 
-def register(certifier: Certifier, *, replace: bool = False) -> Certifier:
+def register_certifier(certifier: Certifier, *, replace: bool = False) -> Certifier:
     """Add ``certifier`` under its key (a key taken by another record is an error unless ``replace``)."""
     if certifier.key in _REGISTRY and not replace and _REGISTRY[certifier.key] is not certifier:
         raise ValueError(f"a certifier is already registered as {certifier.key!r}")
@@ -123,12 +122,12 @@ def register(certifier: Certifier, *, replace: bool = False) -> Certifier:
     return certifier
 
 
-def unregister(key: str) -> None:
+def unregister_certifier(key: str) -> None:
     """Remove the certifier registered as ``key`` (tests register an example and remove it again)."""
     _REGISTRY.pop(key, None)
 
 
-def get(key: str) -> Certifier:
+def get_certifier(key: str) -> Certifier:
     """The certifier registered as ``key``; an unknown key is a :class:`KeyError` naming the registered ones."""
     load_plugins()
     try:
@@ -143,7 +142,8 @@ def registered() -> tuple[Certifier, ...]:
     return tuple(_REGISTRY.values())
 
 
-def keys() -> tuple[str, ...]:
+def list_certifiers() -> tuple[str, ...]:
+    """The registered keys in registration order (installed plugins loaded)."""
     load_plugins()
     return tuple(_REGISTRY)
 
@@ -206,3 +206,10 @@ def color(method: object) -> str | None:
     """The figures' fixed colour of ``method``; None: the colour of its FoR in the palette."""
     found = _known(method)
     return found.color if found is not None else None
+
+
+# The names of the first release, kept so that existing certifier plugins run unchanged.
+register = register_certifier
+unregister = unregister_certifier
+get = get_certifier
+keys = list_certifiers

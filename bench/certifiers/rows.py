@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.certifiers.context import CertifyContext
 
-def one_pass_row(context: Any, idx: int, label: int, prediction: int, radius: float, radius_latent: float,
+
+def one_pass_row(context: CertifyContext, idx: int, label: int, prediction: int, radius: float, radius_latent: float,
                  lipschitz: float, *, samples_used: int, sample_s: float, total_s: float,
                  lipschitz_source: str = "declared", **common: Any) -> dict:
     """A row of a certificate without sampling (σ = 0 clean accuracy, the Lipschitz margin): no counts, NaN
     probabilities, no rounding term, ``sampler`` / ``certificate`` repeating the run's (so that reports do not
-    split the run into variants). ``context``: the runner's :class:`bench.run.runner.JobCertifier`; ``common``
+    split the run into variants). ``context``: the job's :class:`bench.certifiers.context.CertifyContext`; ``common``
     overrides its common fields (e.g. ``precision``)."""
     return {
         **context.common,

@@ -11,21 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from bench.certifiers.registry import Certifier, register
+from bench.certifiers.context import CertifyContext, RunSettings
+from bench.certifiers.registry import Certifier, register_certifier
 from bench.certifiers.rows import one_pass_row
 from bench.errors import UsageError
 
 
-def _n_values(config: Any, sigma: float) -> tuple[int, ...]:
+def _n_values(config: RunSettings, sigma: float) -> tuple[int, ...]:
     return config.n_values if sigma > 0 else (0,)  # σ = 0: one clean pass, no samples
 
 
-def input_space_jobs(config: Any, sigma: float | None) -> list[tuple[int, float, int]]:
+def input_space_jobs(config: RunSettings, sigma: float | None) -> list[tuple[int, float, int]]:
     """IS-RS: the baseline (FoR 0) at ``sigma``, at every n of the n axis."""
     return [] if sigma is None else [(0, sigma, n) for n in _n_values(config, sigma)]
 
 
-def latent_space_jobs(config: Any, sigma: float | None) -> list[tuple[int, float, int]]:
+def latent_space_jobs(config: RunSettings, sigma: float | None) -> list[tuple[int, float, int]]:
     """LS-RS: each FoR k > 0 of the run at ``sigma``, at every n of the n axis."""
     return [] if sigma is None else [(k, sigma, n) for k in config.fors if k > 0 for n in _n_values(config, sigma)]
 
@@ -42,7 +43,7 @@ def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
         raise UsageError(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}", option="--fors")
 
 
-def start(context: Any, x: Any, batch_size: int | None, channels_last: bool) -> SmoothedRun | CleanRun:
+def start(context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> SmoothedRun | CleanRun:
     """σ > 0: the smoother; σ = 0: plain forwards of the base network."""
     return CleanRun(context, channels_last) if context.job.sigma == 0 else SmoothedRun(context, x, batch_size,
                                                                                         channels_last)
@@ -52,7 +53,7 @@ class CleanRun:
     """σ = 0: clean accuracy of the base network (the paper's σ = 0 rows), with the engine's rewrites; no
     certificate (radius 0)."""
 
-    def __init__(self, context: Any, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, channels_last: bool) -> None:
         from lsrs.inference import inference_copy
         from lsrs.timing import Stopwatch
 
@@ -81,16 +82,17 @@ class SmoothedRun:
     """σ > 0: the smoother, its first encode (builds the LS encoder's operator cache), batch size, compile and
     warm-up (all untimed, in ``setup_s``); then one CERTIFY per image, and its ``--decide-radii`` decisions."""
 
-    def __init__(self, context: Any, x: Any, batch_size: int | None, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> None:
         from bench.certifiers.engine import auto_batch_size, compile_classifier, warm_up
         from lsrs.proofs import UnprovenModule
+        from lsrs.smoothing import smooth_model
         from lsrs.timing import Stopwatch
 
         self.context = context
         config, device, job = context.config, context.device, context.job
         with Stopwatch(device) as watch:  # the smoother makes its folded, channels_last copy of the classifier
             try:
-                self.smoother = context.smooth(
+                self.smoother = smooth_model(
                     context.model, context.num_classes, job.sigma, device=device, precision=config.precision,
                     fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
                 )
@@ -173,11 +175,11 @@ class SmoothedRun:
         }
 
 
-INPUT_SPACE = register(Certifier(
+INPUT_SPACE = register_certifier(Certifier(
     key="is", defense="IS-RS", jobs=input_space_jobs, start=start, reference=True, color="black", line_style="--",
     help="IS-RS (Cohen et al. 2019) on the FoR-0 baseline",
 ))
-LATENT_SPACE = register(Certifier(
+LATENT_SPACE = register_certifier(Certifier(
     key="ls", defense="LS-RS", jobs=latent_space_jobs, start=start, fors_axis=True, check=check_latent_fors,
     help="LS-RS on the FoR twins",
 ))

@@ -14,7 +14,7 @@ from bench.cli.params import DATASET, FORS, N_LIST, SIGMAS, BenchUsageError, Com
 from bench.devices import PRECISION_CHOICES, resolve_precision, usage_device
 
 METHOD_LIST = CommaList(str, "method",
-                        lambda m: None if m in certifiers.keys() else f"methods are {certifiers.describe_keys()}")
+                        lambda m: None if m in certifiers.list_certifiers() else f"methods are {certifiers.describe_keys()}")
 
 
 def _radius_ok(r: object) -> str | None:

@@ -24,15 +24,15 @@ class _Defenses(Mapping[str, str]):
     """Method key -> defense name, read live from the certifier registry (a registered certifier shows up)."""
 
     def __getitem__(self, key: str) -> str:
-        if key not in certifiers.keys():
+        if key not in certifiers.list_certifiers():
             raise KeyError(key)
         return certifiers.defense(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(certifiers.keys())
+        return iter(certifiers.list_certifiers())
 
     def __len__(self) -> int:
-        return len(certifiers.keys())
+        return len(certifiers.list_certifiers())
 
 
 DEFENSES: Mapping[str, str] = _Defenses()

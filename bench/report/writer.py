@@ -408,7 +408,7 @@ def build_tables(
         fors_txt = (
             "" if main_fors is None else f" at FoR {fors_label(main_fors, ls_rows['fors_total'].max())}"
         )
-        others = [certifiers.get(m) if m in certifiers.keys() else None for m in dict.fromkeys(lip_rows["method"])]
+        others = [certifiers.get_certifier(m) if m in certifiers.list_certifiers() else None for m in dict.fromkeys(lip_rows["method"])]
         lip_txt = "".join(f", and {c.caption or c.defense}" for c in others if c is not None)
         caption = (
             f"Efficiency and robustness on {name}: IS-RS and LS-RS{fors_txt}{lip_txt} "

@@ -170,8 +170,8 @@ def _certifier(spec: ShardSpec, dataset: torch.utils.data.Dataset, device: torch
         model, sha256 = Checkpoints(spec.checkpoints, spec.config.dataset, device,
                                     spec.config.allow_pickle).load(spec.entry)
     record = _model_record(model, tuple(dataset[spec.indices[0]][0].shape))
-    if spec.certifier is not None and spec.job.method not in certifiers.keys():  # registered in the driver only
-        certifiers.register(spec.certifier)
+    if spec.certifier is not None and spec.job.method not in certifiers.list_certifiers():  # registered in the driver only
+        certifiers.register_certifier(spec.certifier)
     certifier = JobCertifier(spec.config, spec.job, model, dataset, spec.indices[0], device,
                              batch_size=spec.batch_size, channels_last=spec.channels_last,
                              checkpoint_sha256=sha256, load_s=watch.seconds)
@@ -233,7 +233,7 @@ def shard_specs(config: RunConfig, options: RunOptions, plan, shard_size: int, t
             specs.append(ShardSpec(
                 config=config, job=job, indices=shard, decided=decided, out=out, checkpoints=root,
                 entry=dict(plan.entries[job]), batch_size=options.batch_size, channels_last=options.channels_last,
-                threads=threads, certifier=certifiers.get(job.method),
+                threads=threads, certifier=certifiers.get_certifier(job.method),
             ))
     return specs
 

@@ -33,6 +33,7 @@ from rich.progress import Progress, TaskID
 import lsrs
 from bench import certifiers, store
 from bench.certifiers import Job
+from bench.certifiers.context import CertifyContext
 from bench.certifiers.engine import COMPILE_MODES, auto_batch_size, compile_classifier, warm_up  # noqa: F401 (re-exported)
 from bench.devices import device_name, usage_device
 from bench.errors import UsageError
@@ -40,7 +41,7 @@ from bench.run.console import grid_progress
 from bench.run.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
 from lsrs.architectures import Architecture, ArchitectureError, get_architecture
 from lsrs.data import dataset_labels
-from lsrs.smoothing import PRECISIONS, LatentSmooth, smooth_model
+from lsrs.smoothing import PRECISIONS
 from lsrs.timing import Stopwatch
 
 DEFAULT_METHODS = ("is", "ls")
@@ -497,14 +498,14 @@ class GridRunner:
 class JobCertifier:
     """Certifies images for one job with its loaded model: the unit of work of the local loop and of Ray tasks.
 
-    Built once per (process, job): it holds what every row shares (``common``) and hands the set-up to the
-    job's certifier (:func:`bench.certifiers.get` of ``job.method``: its ``start``), which may replace
-    ``model`` by its own copy and records ``batch_size``, the warm-up (excluded from timing, kept in
-    ``warmup_s``) and ``lipschitz_executed``. ``setup_s`` has the seconds of each untimed set-up stage:
-    ``load`` (given by the caller), then the certifier's (e.g. ``fold_bn``, ``first_encode``, ``batch_probe``,
-    ``warmup``) and ``total``. Every row carries ``checkpoint_sha256``. ``iter_rows`` / ``certify`` then take
-    any list of image indices; a certifier's rows do not depend on which process certifies which images, or
-    in what order.
+    Built once per (process, job): it builds the job's :class:`bench.certifiers.context.CertifyContext` (what
+    every row shares, the model, the set-up records) and hands it to the job's certifier
+    (:func:`bench.certifiers.get_certifier` of ``job.method``: its ``start``), which may replace ``model`` by
+    its own copy and records ``batch_size``, the warm-up (excluded from timing, kept in ``warmup_s``) and
+    ``lipschitz_executed``. ``setup_s`` has the seconds of each untimed set-up stage: ``load`` (given by the
+    caller), then the certifier's (e.g. ``fold_bn``, ``first_encode``, ``batch_probe``, ``warmup``) and
+    ``total``. Every row carries ``checkpoint_sha256``. ``iter_rows`` / ``certify`` then take any list of image
+    indices; a certifier's rows do not depend on which process certifies which images, or in what order.
     """
 
     def __init__(
@@ -513,32 +514,45 @@ class JobCertifier:
         device_label: str | None = None, checkpoint_sha256: str | None = None, load_s: float = 0.0,
     ) -> None:
         self.config, self.job, self.device = config, job, device
-        self.setup_s: dict[str, float] = {"load": load_s}  # per-model set-up seconds, none of it in the timings
-        self.model = model
         x = dataset[first_idx][0]
-        self.num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, tuple(x.shape), device))
-        self.common = {
+        common = {
             "run": config.config_hash(),
             "dataset": config.dataset,
             "arch": getattr(model, "arch", "unknown"),
             "method": job.method,
             "fors": job.fors,
-            "fors_total": int(getattr(model, "fors_total", 18)),
+            "fors_total": _fors_total(model),
             "sigma": job.sigma,
             "alpha": config.alpha,
             "precision": config.precision,
             "device": device_label if device_label is not None else device_name(device),
             "checkpoint_sha256": checkpoint_sha256,
         }
-        self.batch_size: int | None = None  # None for σ = 0 (plain forward passes)
-        self.warmup_s = 0.0
-        self.lipschitz_executed: float | None = None  # the encoder's bound as executed (lsrs.executed)
-        self.run: certifiers.CertifierRun = certifiers.get(job.method).start(self, x, batch_size, channels_last)
+        num_classes = int(getattr(model, "num_classes", 0) or _num_classes(model, tuple(x.shape), device))
+        self.context = CertifyContext(config, job, model, device, num_classes, common, {"load": load_s})
+        self.run: certifiers.CertifierRun = certifiers.get_certifier(job.method).start(
+            self.context, x, batch_size, channels_last)
         self.setup_s["total"] = sum(self.setup_s.values())
 
-    def smooth(self, *args: object, **kwargs: object) -> LatentSmooth:
-        """The smoother of a model (:func:`lsrs.smoothing.smooth_model`), for the certifiers that smooth."""
-        return smooth_model(*args, **kwargs)
+    @property
+    def common(self) -> dict:
+        return self.context.common
+
+    @property
+    def setup_s(self) -> dict[str, float]:
+        return self.context.setup_s
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.context.batch_size
+
+    @property
+    def warmup_s(self) -> float:
+        return self.context.warmup_s
+
+    @property
+    def lipschitz_executed(self) -> float | None:
+        return self.context.lipschitz_executed
 
     def certify(
         self, dataset: torch.utils.data.Dataset, indices: list[int], decided: set[tuple] | frozenset = frozenset()
@@ -577,6 +591,17 @@ def _model_keys(rows) -> list[str]:
 
 class _StopRequested(Exception):
     """Raised by ``stop_after`` to simulate a crash in tests."""
+
+
+def _fors_total(model: torch.nn.Module) -> int:
+    """The denominator of the model's FoR: its own, else its architecture record's (``fors_total``)."""
+    total = getattr(model, "fors_total", None)
+    if total is None:
+        try:
+            total = get_architecture(getattr(model, "arch", "")).fors_total
+        except (ArchitectureError, ValueError):
+            total = 0  # an architecture nobody registered: no FoR denominator (labels show the FoR alone)
+    return int(total)
 
 
 def _num_classes(model: torch.nn.Module, sample_shape: tuple[int, ...], device: torch.device) -> int:
