@@ -16,7 +16,7 @@ DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.grid.demo.PRESETS (chec
 @click.command("demo")
 @click.option("--dataset", type=click.Choice(DEMO_DATASETS), default="digits", show_default=True,
               help="digits: scikit-learn's 8x8 scans (the quick preset); mnist: 5,000 real MNIST scans at "
-                   "32x32 from the .[mnist] extra (6 larger models: several times as long). Times: "
+                   "32x32 from the .[mnist] extra (6 models on larger images: several times as long). Times: "
                    "docs/benchmarks.md.")
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where checkpoints and the run go [default: results/demo, results/demo-mnist for mnist].")
