@@ -2,13 +2,13 @@
 operator-sized blocks over and over.
 
 glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns it on
-``free``, so each new 300 MB complex operator of a WRN-34 at 224x224 is page-faulted in afresh. With
-``M_MMAP_MAX = 0`` and a huge ``M_TRIM_THRESHOLD`` freed blocks stay in the heap and are reused: ``bench info
---model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical`` took 107 s instead of 146 s
-(system time 66 s instead of 109 s) on a 2-core AVX2 machine. The price: the process keeps its peak memory.
-(One arena for all threads, ``M_ARENA_MAX = 1``, was tried and left out: it cut that command's system time
-a little but not its wall time, and made the default ``bench info``, whose empirical estimates run autograd
-on several threads, take 86 s instead of 40 s.)
+``free``, so each new complex operator of a WRN-34 at 224x224 (hundreds of MB) is page-faulted in afresh.
+With ``M_MMAP_MAX = 0`` and a huge ``M_TRIM_THRESHOLD`` freed blocks stay in the heap and are reused, which
+saves ``bench info --model wide_resnet34 --fors 16 --in-size 224 --stem-stride 4 --no-empirical`` most of its
+system time. The price: the process keeps its peak memory. (One arena for all threads, ``M_ARENA_MAX = 1``,
+is left out: it did not shorten that command, and it serialises the allocations of the default
+``bench info``, whose empirical estimates run autograd on several threads.) Measured:
+docs/data/benchmarks.yaml.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class DatasetInfo:
     per-dataset default (:meth:`lsrs.architectures.Architecture.default_width`). The recipe defaults
     (``epochs``, ``lr``, ``lr_step``, ``batch_size``) are the paper's CIFAR-10 ones unless a record says
     otherwise; the digits recipe (10 epochs, lr 0.1 divided by 10 after epoch 7, batch 64, ResNet18 width 8)
-    is sized for a 2-core CPU.
+    is sized for a small CPU.
     """
 
     name: str

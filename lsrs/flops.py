@@ -98,7 +98,7 @@ def flop_split(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
             z = model.encoder(x)  # warm-up: builds the eval caches outside the counter
         enc = count_flops(model.encoder, x)
         cls = count_flops(model.classifier, z)
-        total = enc + cls  # Split.forward is classifier(encoder(x)): no third pass (minutes at 224x224)
+        total = enc + cls  # Split.forward is classifier(encoder(x)): no third pass (the costliest at 224x224)
     finally:
         model.train(was_training)
     out: dict = {

@@ -8,8 +8,8 @@ classifier that is actually evaluated, and the run records which one it was). On
 z are affected: the orthogonal encoder contains no BatchNorm.
 
 ``inference_copy`` is the one place that decides how the certification engine runs a base classifier:
-folded and in ``channels_last`` memory by default (the fastest sound configuration measured on CPU, see
-``bench/perf/speed.py``), each rewrite optional, on a private copy so that the caller's module is never altered.
+folded and in ``channels_last`` memory by default (the fastest sound configuration on CPU, as
+``bench/perf/speed.py`` measures), each rewrite optional, on a private copy so that the caller's module is never altered.
 """
 
 from __future__ import annotations

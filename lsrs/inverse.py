@@ -18,12 +18,11 @@ where ``H(X) = (X + X^H) / 2``. If ``H(M)`` is positive definite so is ``H(A)`` 
 level: no block is singular or badly conditioned.
 
 Most of the work becomes batched matrix products (six half-size products per level), which BLAS runs closer
-to peak than LAPACK's batched inverse on small matrices. Building and bounding the WRN-34 encoder at 224x224
-(``bench info ... --no-empirical``) took 48.5-49.9 s against 49.4-57.9 s with ``torch.linalg.inv`` (2-core
-AVX2 CPU, four runs each, interleaved), 75-85 s of CPU time against 87-101 s. The rounding differs a little:
-at initialisation the largest ``|Q|_2 - 1`` of a 160-channel 56x56 Cayley operator was 3.3e-6 against 3.0e-6,
-of a 320-channel 28x28 one 5.3e-6 against 4.5e-6. Rounding never affects soundness: :mod:`lsrs.executed`
-bounds whatever operator is built.
+to peak than LAPACK's batched inverse on small matrices (building and bounding the WRN-34 encoder at 224x224,
+``bench info ... --no-empirical``, against ``torch.linalg.inv``: docs/data/benchmarks.yaml). The rounding
+differs a little: at initialisation the largest ``|Q|_2 - 1`` of a 160-channel 56x56 Cayley operator was
+3.3e-6 against 3.0e-6, of a 320-channel 28x28 one 5.3e-6 against 4.5e-6. Rounding never affects soundness:
+:mod:`lsrs.executed` bounds whatever operator is built.
 """
 
 from __future__ import annotations

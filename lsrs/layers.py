@@ -155,13 +155,12 @@ def cayley_operator(weight: Tensor, size: tuple[int, int], chunk: int | None = N
     matrix entries: 40 for 160 x 160 matrices, 5 for 640 x 320).
 
     ``cayley(kernel_spectrum(weight, size))`` transposed, up to the rounding of the spectrum product (whose
-    blocking depends on the number of rows), but every temporary is chunk-sized and reused: built whole, each
-    330 MB operator of a WRN-34 at 224x224 left 1-2 GB of freshly page-faulted temporaries behind it (glibc
-    maps large blocks afresh), and building and bounding that encoder spent 14 % of its CPU time clearing new
-    pages. The chunks run on all cores (:func:`lsrs.threads.map_chunks`). Small chunks keep each worker
-    thread's temporaries inside one glibc heap (64 MB), which is then reused instead of unmapped: building three
-    160-channel 56x56 operators 32 frequencies at a time faulted 0.95 GB (the operators themselves) and took
-    3.2-3.4 s, against 2.5-3.0 GB and 4.0-4.2 s 128 at a time.
+    blocking depends on the number of rows), but every temporary is chunk-sized and reused: built whole, an
+    operator of a WRN-34 at 224x224 (hundreds of MB) leaves several times its size of temporaries behind it,
+    which glibc maps afresh for every large block, so the process spends its time clearing new pages. The
+    chunks run on all cores (:func:`lsrs.threads.map_chunks`). Small chunks keep each worker thread's
+    temporaries inside one glibc heap (64 MB), which is then reused instead of unmapped, so only the operators
+    themselves are page-faulted (costs: docs/data/benchmarks.yaml).
     """
     c_out, c_in = weight.shape[:2]
     chunk = chunk or max(1, 2**20 // (c_out * c_in))
@@ -342,7 +341,7 @@ class CayleyConv2d(nn.Module):
         """Per-frequency products as one complex batched matmul: ``(F, b, c_in) @ (F, c_in, c_out)``.
 
         Both operands are made contiguous: a strided batch operand (e.g. ``b = 1``) sends ``bmm`` down a
-        per-frequency loop that was 3x slower for the single-image encoder of LS-RS.
+        per-frequency loop, the slow path for the single-image encoder of LS-RS.
         """
         b = x.shape[0]
         h, w = size

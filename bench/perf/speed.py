@@ -30,8 +30,8 @@ default threads, smoothed by the README's plain call (``Smooth(model, 10, sigma)
 no options), its overhead floor being the *fastest* pure forward of the same function (BatchNorm folded or
 not, NCHW or channels_last: ``floor_variants``, all timed every round; the floor is the variant with the
 smallest median time, :func:`with_fastest_forward`); ``paper-guard`` is
-``paper`` at n = 200 with the folded channels_last forward only (never beaten here by a folded NCHW one:
-16.8 against 21.6 ms per sample for IS), the size the CI guard affords.
+``paper`` at n = 200 with the folded channels_last forward only (the faster of the folded forwards on CPU,
+docs/data/benchmarks.yaml), the size the CI guard affords.
 
 The regression guard (``tests/benchmarks/test_speed_guard.py``) compares the guarded ratios with the floors
 stored per guarded preset (``FLOORS_PATHS``); regenerate them deliberately with
@@ -634,8 +634,8 @@ class Guarded(NamedTuple):
 
 
 #: Guarded ratios, all higher-is-better. The reference loop's share of memory-bound work makes "vs reference"
-#: move more with the machine's load (seen: 2.3x to 2.9x in bf16 between sessions) than the overhead ratios
-#: (a few percent), hence its wider margin; a 1.5x engine slowdown (a 33% drop) still fails both.
+#: move more with the machine's load (its spread between sessions: docs/data/benchmarks.yaml) than the
+#: overhead ratios (a few percent), hence its wider margin; a 1.5x engine slowdown (a 33% drop) still fails both.
 GUARDED: dict[str, Guarded] = {
     "efficiency[is]": Guarded(True, DEFAULT_MARGIN),
     "efficiency[ls9]": Guarded(True, DEFAULT_MARGIN),

@@ -7,7 +7,7 @@ one parquet part in a single atomic replace -- and collects their summaries with
 :func:`bench.run.shards.collect_shard`, as every executor does. Each image's noise is seeded from (run seed,
 image, method, FoR, σ), so the certificates equal those of the one-process loop whichever worker certifies an image
 (bit for bit on the CPU; on a GPU each process's cuDNN autotuner picks its own kernels, whose last bits can move a
-borderline vote, as seen once in 16 rows on an H200). The parent
+borderline vote). The parent
 keeps the only progress display (one bar per job, advanced as shards finish) and writes the manifest.
 """
 

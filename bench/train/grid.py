@@ -319,8 +319,9 @@ def depends_on(recipe: GridRecipe, key: tuple[int, float]) -> tuple[int, float] 
 
 def relative_cost(recipe: GridRecipe, key: tuple[int, float]) -> float:
     """Training time of model ``key`` in units of its baseline's: ``1 + 2 k / L`` for FoR ``k`` of the
-    architecture's ``L`` layers (a deeper orthogonal part trains slower). Measured on digits, 2-core AMD EPYC:
-    baseline 17 s, FoR 9 twin 33 s (1.9), FoR 13 46 s (2.7), the Lipschitz twin 46-56 s (2.7-3.3)."""
+    architecture's ``L`` layers (a deeper orthogonal part trains slower: the Cayley convolutions cost more than
+    the plain ones they replace). A model of the scheduler's order, fitted to measured training times
+    (docs/data/benchmarks.yaml)."""
     return 1.0 + 2.0 * key[0] / get_architecture(recipe.arch).fors_total
 
 
