@@ -11,7 +11,7 @@ small CPU (times: docs/data/benchmarks.yaml); ``bench train``/``bench run --fors
 adds them. On a CPU the 5 models are trained, and the grid certified, in one worker process per
 core, each on one intra-op thread (faster than oversubscribed threads for these tiny models); every model and
 every image is seeded on its own, so the checkpoints and certificates are those of a one-process run. The fully
-orthogonal Lipschitz twin (FoR 18, ``lip_fors``) is trained once with the margin loss, no noise, and
+orthogonal Lipschitz twin (ResNet18's FoR 18/18, the record's ``lipschitz_fors``; ``lipschitz_twin``) is trained once with the margin loss, no noise, and
 certified by its logit margin (method ``lip``) on the same images.
 """
 
@@ -30,7 +30,9 @@ from bench.devices import usage_device
 from bench.run.executors import choose_executor
 from bench.run.runner import RunConfig, RunOptions
 from bench.train.grid import TwinRecipe, default_twin_recipe
+from lsrs.architectures import get_architecture
 from lsrs.data import load_dataset
+from lsrs.datasets import get_dataset
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class DemoPreset:
 
     dataset: str = "digits"
     fors: tuple[int, ...] = (9,)
-    lip_fors: tuple[int, ...] = (18,)
+    lipschitz_twin: bool = True  # the architecture's fully orthogonal twin, at its record's lipschitz_fors
     methods: tuple[str, ...] = ("is", "ls", "lip")
     sigmas: tuple[float, ...] = (0.25, 0.5)
     width: int = 8
@@ -66,7 +68,7 @@ PRESET = DemoPreset()
 # docs/ablation.md). No σ = 0 rows and no Lipschitz twin: 6 models, to keep the preset short on a CPU.
 PRESETS: dict[str, DemoPreset] = {
     "digits": PRESET,
-    "mnist": DemoPreset(dataset="mnist", fors=(9, 13), lip_fors=(), methods=("is", "ls"), sigmas=(0.25, 0.5),
+    "mnist": DemoPreset(dataset="mnist", fors=(9, 13), lipschitz_twin=False, methods=("is", "ls"), sigmas=(0.25, 0.5),
                         epochs=8, lr_step=7, n=500, max_images=50, skip=20, twin=default_twin_recipe("mnist")),
 }
 
@@ -92,7 +94,7 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
     checkpoints = results / "checkpoints"
     run_dir = results / "run"
     train_grid(
-        preset.dataset, [0, *preset.fors, *preset.lip_fors], list(preset.sigmas), checkpoints, epochs=preset.epochs, lr=preset.lr,
+        preset.dataset, [0, *preset.fors, *lipschitz_fors(preset)], list(preset.sigmas), checkpoints, epochs=preset.epochs, lr=preset.lr,
         lr_step=preset.lr_step, batch_size=preset.batch_size, device=device, seed=preset.seed, width=preset.width,
         threads=preset.threads, processes=processes, quiet=quiet, console=console, twin=preset.twin,
     )
@@ -110,3 +112,8 @@ def run_demo(results: Path, reports: Path, device: str, console: Console, quiet:
     report = write_report(run_dir, reports, fmt="markdown", figure_formats=("png",))  # PDFs: bench report
     return {"run": run_dir, "checkpoints": checkpoints, "report": report, "manifest": manifest}
 
+
+def lipschitz_fors(preset: DemoPreset) -> list[int]:
+    """The FoR of the dataset's default architecture's Lipschitz twin, when the preset trains one."""
+    lip = get_architecture(get_dataset(preset.dataset).default_arch).lipschitz_fors
+    return [lip] if preset.lipschitz_twin and lip is not None else []

@@ -20,11 +20,13 @@ KEYS = ["method", "fors", "sigma"]
 
 
 def _label(frame: pd.DataFrame) -> pd.DataFrame:
-    total = frame["fors_total"].astype(int).astype(str) if "fors_total" in frame.columns else "18"
+    fors = frame["fors"].astype(int).astype(str)
+    if "fors_total" in frame.columns:  # without the column (an old store) the FoR alone
+        fors = fors + "/" + frame["fors_total"].astype(int).astype(str)
     return pd.DataFrame({
         "Defense": frame["method"].map(DEFENSES).tolist(),
         "σ": frame["sigma"].astype(float).tolist(),
-        "FoR": (frame["fors"].astype(int).astype(str) + "/" + total).tolist(),
+        "FoR": fors.tolist(),
     })
 
 
