@@ -111,7 +111,8 @@ def test_an_installed_package_registers_a_certifier_by_entry_point(tmp_path, mon
     from bench.certifiers import registry
 
     point = EntryPoint(name=KEY, value="tests.example_certifier:CLEAN", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "entry_points_by_name",
+                        lambda group: {KEY: point} if group == registry.ENTRY_POINT_GROUP else {})
     monkeypatch.setattr(registry, "_PLUGINS_LOADED", False)
     try:
         write_tiny_checkpoints(tmp_path / "ckpt", fors=(9,), sigmas=(0.25,))

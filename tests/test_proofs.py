@@ -324,17 +324,17 @@ def test_bench_run_refuses_an_unproven_encoder_in_one_line_and_trusts_it_on_requ
     from click.testing import CliRunner
     from tiny_checkpoints import write_tiny_checkpoints
 
-    import bench.run.runner
+    import lsrs.smoothing
     from bench.cli.main import cli
 
-    real = bench.run.runner.smooth_model
+    real = lsrs.smoothing.smooth_model
 
     def with_unproven(model, *args, **kwargs):
         if model.fors:
             model.encoder = nn.Sequential(model.encoder, _Tripled())
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(bench.run.runner, "smooth_model", with_unproven)
+    monkeypatch.setattr(lsrs.smoothing, "smooth_model", with_unproven)
     ckpt = write_tiny_checkpoints(tmp_path / "ckpt", (1,), (0.25,))
     args = ["run", "--dataset", "digits", "--fors", "1", "--sigmas", "0.25", "--n0", "8", "--n", "32",
             "--max-images", "2", "--checkpoints", str(ckpt), "-q"]
