@@ -155,7 +155,7 @@ def power_line(paired: pd.DataFrame, confidence: float) -> str | None:
     images = int(rows["images"].max())
     return (f"- **Power**: on {images} images a difference in certified accuracy is detectable only when it is larger "
             f"than the half-width of its paired {100 * confidence:g} % interval: {np.median(half):.1f} points (median "
-            f"over the comparisons below; {half.min():.1f} to {half.max():.1f}). `bench run --help` gives the images "
+            f"over the run's comparisons; {half.min():.1f} to {half.max():.1f}). `bench run --help` gives the images "
             "needed for a given precision.")
 
 
