@@ -17,9 +17,17 @@ import pandas as pd
 
 from bench import certifiers
 from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE
-from bench.report.labels import N_AXIS, config_label, format_sigma, fors_axis_mask, reference_mask, variant_keys
+from bench.report.labels import (
+    N_AXIS,
+    config_label,
+    format_sigma,
+    fors_axis_mask,
+    noise_mask,
+    reference_mask,
+    variant_keys,
+)
 from bench.report.paired import Paired, compare_means, compare_proportions
-from bench.report.uncertainty import SIGMA_DECIMALS, image_outcomes
+from bench.report.uncertainty import image_outcomes
 
 PAIRED_COLUMNS: tuple[str, ...] = (
     "config_a", "config_b", "metric", "radius", "value_a", "value_b", "diff", "diff_lo", "diff_hi", "ratio",
@@ -46,6 +54,24 @@ def _row(a: str, b: str, metric: str, radius: float, p: Paired, scale: float = 1
     }  # fmt: skip
 
 
+def compare_groups(rows: pd.DataFrame, base: pd.DataFrame, label_a: str, label_b: str, radii: Sequence[float],
+                   confidence: float, seed: int) -> list[dict]:
+    """``paired.csv`` records of configuration A (``rows``, from :func:`bench.report.uncertainty.image_outcomes`)
+    against B (``base``) on the images both hold (matched by ``idx``); none without shared images."""
+    both = rows.merge(base, on="idx", suffixes=("_a", "_b"))
+    if both.empty:
+        return []
+    records = []
+    for r in radii:
+        p = compare_proportions(both[f"_c{r}_a"].to_numpy(bool), both[f"_c{r}_b"].to_numpy(bool), confidence)
+        records.append(_row(label_a, label_b, CERT_ACC, r, p, scale=100.0))
+    p = compare_means(both["_credit_a"].to_numpy(float), both["_credit_b"].to_numpy(float), confidence, seed)
+    records.append(_row(label_a, label_b, "acr", math.nan, p))
+    p = compare_means(both["total_s_b"].to_numpy(float), both["total_s_a"].to_numpy(float), confidence, seed)
+    records.append(_row(label_b, label_a, "time_s", math.nan, p))
+    return records
+
+
 def paired_frame(
     df: pd.DataFrame,
     radii: Sequence[float],
@@ -60,7 +86,7 @@ def paired_frame(
     work = work[work["sigma"] > 0]
     variants = variant_keys(df)
     keys = ["sigma", *variants]
-    total = float(pd.to_numeric(df["fors_total"], errors="coerce").max()) if "fors_total" in df else math.nan
+    total = _fors_total(df)
     records: list[dict] = []
     base_rows = work[reference_mask(work)]
     for rows_key, rows in work[fors_axis_mask(work)].groupby(["method", "fors", *keys], sort=True, dropna=False):
@@ -71,19 +97,39 @@ def paired_frame(
             base = base[base[k] == v]
         if base.empty:
             continue
-        both = rows.merge(base, on="idx", suffixes=("_a", "_b"))
-        if both.empty:
-            continue
         setting = _setting(key, variants)
         ls = f"{config_label(method, int(fors), total)}, {setting}"
         ref = f"{config_label(certifiers.reference_key(), 0, total)}, {setting}"
-        for r in radii:
-            p = compare_proportions(both[f"_c{r}_a"].to_numpy(bool), both[f"_c{r}_b"].to_numpy(bool), confidence)
-            records.append(_row(ls, ref, CERT_ACC, r, p, scale=100.0))
-        p = compare_means(both["_credit_a"].to_numpy(float), both["_credit_b"].to_numpy(float), confidence, seed)
-        records.append(_row(ls, ref, "acr", math.nan, p))
-        p = compare_means(both["total_s_b"].to_numpy(float), both["total_s_a"].to_numpy(float), confidence, seed)
-        records.append(_row(ref, ls, "time_s", math.nan, p))
+        records += compare_groups(rows, base, ls, ref, radii, confidence, seed)
+    return pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS))
+
+
+def _fors_total(df: pd.DataFrame) -> float:
+    return float(pd.to_numeric(df["fors_total"], errors="coerce").max()) if "fors_total" in df else math.nan
+
+
+def paired_between_runs(
+    runs: Sequence[tuple[str, pd.DataFrame]],
+    radii: Sequence[float],
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> pd.DataFrame:
+    """``paired.csv`` of a comparison report: for every pair of runs (in order) and every pair of their
+    certified configurations at the same σ, A against B on the images both certified (by ``idx``)."""
+    radii = tuple(radii)
+    groups = []
+    for name, df in runs:
+        work = image_outcomes(df, radii)
+        work = work[(work["sigma"] > 0) & noise_mask(work)]
+        total = _fors_total(df)
+        for (method, fors, sigma), rows in work.groupby(["method", "fors", "sigma"], sort=True):
+            label = f"{name}: {config_label(method, int(fors), total)}, σ = {format_sigma(float(sigma))}"
+            groups.append((name, float(sigma), label, rows))
+    records: list[dict] = []
+    for i, (run_a, sigma_a, label_a, rows_a) in enumerate(groups):
+        for run_b, sigma_b, label_b, rows_b in groups[i + 1:]:
+            if run_a != run_b and sigma_a == sigma_b:
+                records += compare_groups(rows_a, rows_b, label_a, label_b, radii, confidence, seed)
     return pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS))
 
 
