@@ -191,6 +191,17 @@ def paired_sentences(paired: pd.DataFrame, confidence: float) -> list[str]:
     return out
 
 
+def headline_sentences(paired: pd.DataFrame, confidence: float, radius: float = 0.25) -> list[str]:
+    """The sentences of certified accuracy at ``radius`` and of ACR, at the largest n where the run has an n
+    axis: a short summary of ``paired`` for a console."""
+    if paired.empty:
+        return []
+    n = paired["config_a"].str.extract(r"n = ([\d,]+)")[0].str.replace(",", "").astype(float)
+    rows = paired[(n == n.max()) | n.isna()] if n.notna().any() else paired
+    rows = rows[((rows["metric"] == CERT_ACC) & (rows["radius"] == radius)) | (rows["metric"] == "acr")]
+    return paired_sentences(rows, confidence)
+
+
 def power_line(paired: pd.DataFrame, confidence: float) -> str | None:
     """The smallest detectable difference in certified accuracy of the run's comparisons (median and range of
     the half-widths of their paired intervals), or None without comparisons."""

@@ -181,3 +181,15 @@ def precision_lines(confidence: float = DEFAULT_CONFIDENCE) -> list[str]:
     lines = [f"± points ({conf} CI)   images at 50 %   images at 90 %"]
     lines += [f"{h:>18.0f}   {a:>14,}   {b:>14,}" for h, a, b in precision_table(confidence)]
     return lines
+
+
+def precision_markdown(confidence: float = DEFAULT_CONFIDENCE) -> str:
+    """:func:`precision_table` as a markdown table (docs/concepts/statistics.md holds its output)."""
+    conf = f"{100 * confidence:g} %"
+    rows = [f"| ± {h:.0f} | {a:,} | {b:,} |" for h, a, b in precision_table(confidence)]
+    header = f"| half-width of the {conf} interval (points) | images at accuracy 50 % | images at accuracy 90 % |"
+    return "\n".join([header, "|---:|---:|---:|", *rows]) + "\n"
+
+
+if __name__ == "__main__":  # python -m bench.report.intervals: the table of docs/concepts/statistics.md
+    print(precision_markdown(), end="")
