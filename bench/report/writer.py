@@ -36,6 +36,7 @@ from bench.report.cells import INTERVAL_NOTE, confidence_text, table_intervals, 
 from bench.report.comparisons import alpha_note, paired_frame, paired_sentences, power_line
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
 from bench.report.equal_time import equal_time_table, front_figures
+from bench.report.equal_time_intervals import equal_time_uncertainty
 from bench.report.formats import FORMATS
 from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, check_confidence
 from bench.report.labels import (
@@ -716,6 +717,13 @@ def write_report(
     missing += notes
     for name, caption, data, formats in sequential_tables(run_dir, df) + [t for t in [equal_time_table(summary)] if t]:
         tables.append(Table(name, caption, data, formats, latex_caption=_latex_text(caption)))
+    equal_time_records: list[dict] = []
+    if tables and tables[-1].name == EQUAL_TIME:
+        tables[-1].intervals, equal_time_records = equal_time_uncertainty(df, summary, confidence, BOOTSTRAP_SEED)
+        tables[-1].caption += (f" Cells: value {INTERVAL_NOTE.format(conf=confidence_text(confidence))} (LS-RS "
+                               "readings: a paired bootstrap of the reading at the IS-RS time; paired.csv has each "
+                               "gain over IS-RS).")
+        tables[-1].latex_caption = _latex_text(tables[-1].caption)
 
     out = Path(out_dir)
     try:
@@ -741,6 +749,8 @@ def write_report(
         f"with its {confidence_text(confidence)} interval over the images (`M_lo`, `M_hi`)."
     )
     result.paired = paired_frame(df, RADII, confidence, BOOTSTRAP_SEED)
+    if equal_time_records:
+        result.paired = pd.concat([result.paired, pd.DataFrame.from_records(equal_time_records)], ignore_index=True)
     result.sentences = paired_sentences(result.paired, confidence)
     paired_path = out / "paired.csv"
     result.paired.to_csv(paired_path, index=False)
