@@ -217,3 +217,14 @@ def test_figures_show_bands_and_the_pa_ecdf(tmp_path):
     fig = certified_accuracy_figure(make_results((9,), (0.25,), n_images=20))
     bands = [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2  # one band per curve (IS-RS, LS-RS 9/18)
+
+
+def test_lipschitz_speedup_has_a_paired_interval(tmp_path):
+    df = make_results((9,), (0.25, 0.5), n_images=30)
+    lip = df[(df["method"] == "is") & (df["sigma"] == 0.25)].assign(method="lip", fors=18, sigma=0.0)
+    lip["total_s"] = lip["total_s"] * 0.01
+    result, summary, _ = _report(tmp_path, pd.concat([df, lip], ignore_index=True))
+    row = summary[summary["method"] == "lip"].iloc[0]
+    is_times = df[(df["method"] == "is") & (df["sigma"] > 0)].groupby("sigma")["total_s"].mean().mean()
+    assert row["speedup"] == pytest.approx(is_times / lip["total_s"].mean())
+    assert row["speedup_lo"] < row["speedup"] < row["speedup_hi"]

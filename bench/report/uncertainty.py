@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, bootstrap_mean, clopper_pearson_bounds
-from bench.report.labels import cert_acc_column, noise_mask, reference_mask, variant_keys
+from bench.report.labels import N_AXIS, cert_acc_column, noise_mask, reference_mask, variant_keys
 from bench.report.paired import compare_means
 from lsrs.smoothing import ABSTAIN
 
@@ -104,23 +104,37 @@ def _speedup_bounds(summary: pd.DataFrame, groups: dict, keys: list[str], confid
     is_row = reference_mask(summary).to_numpy()
     noise = noise_mask(summary).to_numpy()
     for i, rec in enumerate(summary.to_dict("records")):
-        if rec["speedup"] != rec["speedup"] or not noise[i]:
+        if rec["speedup"] != rec["speedup"]:
             continue
         if is_row[i]:
             lo[i] = hi[i] = 1.0
             continue
         key = _group_key(rec, keys)
-        ref = summary[is_row & (summary["sigma"].round(SIGMA_DECIMALS) == key[2])]
-        for k, v in zip(keys[3:], key[3:], strict=True):
-            ref = ref[ref[k] == v]
-        if ref.empty:
-            continue
-        base = groups.get(_group_key(ref.iloc[0].to_dict(), keys))
         rows = groups.get(key)
+        base = _is_times(summary, is_row, groups, keys, key, noise[i])
         if base is None or rows is None:
             continue
-        both = base[["idx", "total_s"]].merge(rows[["idx", "total_s"]], on="idx", suffixes=("_b", "_a"))
+        both = base.merge(rows[["idx", "total_s"]], on="idx", suffixes=("_b", "_a"))
         ci = compare_means(both["total_s_b"].to_numpy(float), both["total_s_a"].to_numpy(float), confidence,
                            seed).ratio_ci
         lo[i], hi[i] = ci
     return lo, hi
+
+
+def _is_times(summary: pd.DataFrame, is_row: np.ndarray, groups: dict, keys: list[str], key: tuple,
+              noise: bool) -> pd.DataFrame | None:
+    """Per image (``idx``, ``total_s``): the IS-RS time a row's speedup divides, at the row's σ and variant; for a
+    certifier without noise (``lip``) the mean over the IS-RS σ > 0 (at the largest n), as
+    :func:`bench.report.writer._lip_speedup` does for the means."""
+    ref = summary[is_row & ((summary["sigma"].round(SIGMA_DECIMALS) == key[2]) if noise else (summary["sigma"] > 0))]
+    for k, v in zip(keys[3:], key[3:], strict=True):
+        if k == N_AXIS and not noise:
+            ref = ref[ref[k] == ref[k].max()]
+        else:
+            ref = ref[ref[k] == v]
+    frames = [groups.get(_group_key(r, keys)) for r in ref.to_dict("records")]
+    frames = [f[["idx", "total_s"]].set_index("idx")["total_s"] for f in frames if f is not None]
+    if not frames:
+        return None
+    joined = pd.concat(frames, axis=1, join="inner")
+    return pd.DataFrame({"idx": joined.index, "total_s": joined.mean(axis=1).to_numpy()})
