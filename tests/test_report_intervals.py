@@ -228,3 +228,9 @@ def test_lipschitz_speedup_has_a_paired_interval(tmp_path):
     is_times = df[(df["method"] == "is") & (df["sigma"] > 0)].groupby("sigma")["total_s"].mean().mean()
     assert row["speedup"] == pytest.approx(is_times / lip["total_s"].mean())
     assert row["speedup_lo"] < row["speedup"] < row["speedup_hi"]
+
+
+def test_rows_without_image_indices_pair_nothing(tmp_path):
+    df = make_results((9,), (0.25,), n_images=10).drop(columns=["idx"])
+    result, summary, paired = _report(tmp_path, df)
+    assert paired.empty and summary["acr_lo"].notna().all() and summary["speedup_lo"].isna().sum() == 1

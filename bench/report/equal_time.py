@@ -213,6 +213,7 @@ def front_figure(summary: pd.DataFrame):
                     (dot,) = ax.plot([rec["time_s"]], [rec[metric]], marker="D", markersize=4, ls="none",
                                      color=certifiers.color(rec["method"]) or "grey")
                     handles.setdefault(config_label(rec["method"], int(rec["fors"]), rec["fors_total"]), dot)
+                    _interval_bars(ax, pd.DataFrame([rec]), metric, dot.get_color())
                 ax.set_xscale("log")
                 if row == 0:
                     ax.set_title(f"σ = {format_sigma(sigma)}")

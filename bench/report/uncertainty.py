@@ -28,6 +28,7 @@ def image_outcomes(df: pd.DataFrame, radii: tuple[float, ...]) -> pd.DataFrame:
     keys = ["method", "fors", "sigma", *variant_keys(df)]
     work = pd.DataFrame({k: df[k] for k in keys})
     work["sigma"] = work["sigma"].round(SIGMA_DECIMALS)
+    # without image indices every row gets its own id: nothing pairs, so no paired comparison is made up
     work["idx"] = df["idx"] if "idx" in df.columns else np.arange(len(df))
     correct = df["correct"].astype(bool)
     if "prediction" in df.columns:
