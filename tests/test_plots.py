@@ -102,6 +102,7 @@ def test_write_figures_writes_nonempty_png_and_pdf(run_tables, tmp_path):
     assert notes == []
     assert [f.name for f in written] == [
         "certified_accuracy",
+        "pa_lower_ecdf",
         "ablation_accuracy",
         "ablation_speed",
         "time_breakdown",
@@ -119,7 +120,7 @@ def test_write_figures_skips_what_the_data_cannot_show(tmp_path):
     df = make_results((9,), (0.0,), n_images=4, with_is=False)
     written, notes = plots.write_figures(df, summarize(df, {}), tmp_path)
     assert [f.name for f in written] == ["ablation_accuracy"]
-    assert len(notes) == 3 and all("not drawn" in n for n in notes)
+    assert len(notes) == 4 and all("not drawn" in n for n in notes)
 
 
 def test_write_figures_in_the_formats_asked_for(tmp_path):

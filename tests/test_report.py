@@ -100,7 +100,10 @@ def assert_cell(cell: str, expected: float, decimals: int) -> None:
     if isinstance(expected, float) and math.isnan(expected):
         assert cell == "-", f"expected '-', got {cell!r}"
         return
-    assert re.fullmatch(rf"-?\d+\.\d{{{decimals}}}", cell), f"{cell!r} is not shown with {decimals} decimals"
+    num = rf"-?\d+\.\d{{{decimals}}}"
+    match = re.fullmatch(rf"({num})(?: \[(?:n/a|{num}, {num})\])?", cell)  # value [lo, hi]: its interval
+    assert match, f"{cell!r} is not shown with {decimals} decimals"
+    cell = match.group(1)
     assert abs(float(cell) - expected) <= 0.5 * 10**-decimals + 1e-9, f"{cell} != {expected}"
 
 
@@ -319,7 +322,8 @@ def test_csv_tables_hold_the_displayed_numbers(full_run, tmp_path):
     write_report(run, tmp_path, fmt="csv", figures=False)
     expected = expected_aggregates(df, manifest)
     table = pd.read_csv(tmp_path / "table1.csv")
-    assert list(table.columns) == ["Defense", "σ", "FoR", *MAIN_COLUMNS]
+    with_ci = [c for m in MAIN_COLUMNS for c in ((m, f"{m} lo", f"{m} hi") if m != "FLOP-ideal" else (m,))]
+    assert list(table.columns) == ["Defense", "σ", "FoR", *with_ci]
     for rec in table.to_dict("records"):
         e = expected[row_key(rec["Defense"], str(rec["σ"]), rec["FoR"])]
         assert rec["ACR"] == pytest.approx(round(e["acr"], 3))
@@ -484,7 +488,7 @@ def test_cli_report_writes_the_report(full_run, tmp_path):
     payload = json.loads(res.output)
     assert payload["main_fors"] == 9 and payload["missing"] == []
     assert {Path(p).name for p in payload["paths"]} == {
-        "table1.tex", "table2.tex", "certified_accuracy.tex", "summary.csv", "index.md"
+        "table1.tex", "table2.tex", "certified_accuracy.tex", "summary.csv", "paired.csv", "index.md"
     }  # fmt: skip
 
 

@@ -40,6 +40,7 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
     reuses what is already trained and certified.
     """
     from bench.demo.pipeline import PRESETS, run_demo
+    from bench.report.comparisons import headline_sentences
     from bench.report.writer import load_run, summarize
     from bench.run.console import print_table, summary_table
     from lsrs.data import DatasetMissingError
@@ -54,11 +55,18 @@ def command(dataset: str, results: Path | None, reports: Path | None, device: st
         out = run_demo(results, reports, device, console, quiet=quiet, preset=preset, processes=processes)
     except DatasetMissingError as exc:
         raise BenchUsageError(str(exc)) from None
-    frame, manifest = load_run(out["run"])
+    report = out["report"]
+    summary = getattr(report, "summary", None)
+    if summary is None:
+        summary = summarize(*load_run(out["run"]))
     ns = preset.n if isinstance(preset.n, tuple) else (preset.n,)
     title = f"Demo: {dataset}, ResNet18 (width {preset.width}), n = {', '.join(f'{n:,}' for n in ns)}"
-    print_table(console, summary_table(summarize(frame, manifest), title=title))
-    report = out["report"]
+    print_table(console, summary_table(summary, title=title))
+    paired = getattr(report, "paired", None)
+    if paired is not None:
+        conf = float(summary["confidence"].iloc[0]) if "confidence" in summary and len(summary) else 0.95
+        for sentence in headline_sentences(paired, conf):
+            console.print(f"paired: {sentence}", highlight=False)
     console.print(f"checkpoints: {out['checkpoints']}")
     console.print(f"run:         {out['run']}  (pandas.read_parquet('{out['run']}'))")
     console.print(f"report:      {reports / 'index.md'}")

@@ -20,19 +20,18 @@ def _print_result(result: ReportResult) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from bench.report.writer import PAPER_SUFFIX, format_cell
+    from bench.report.writer import PAPER_SUFFIX, display_cells
 
     console = Console()
     if result.tables:
         main = result.tables[0]
-        data = main.data[[c for c in main.data.columns if not c.endswith(PAPER_SUFFIX)]]
+        keep = [i for i, c in enumerate(main.data.columns) if not c.endswith(PAPER_SUFFIX)]
         rich_table = RichTable(title=main.caption, title_justify="left")
-        for col in data.columns:
+        for i in keep:
+            col = main.data.columns[i]
             rich_table.add_column(col, justify="right" if col in main.formats else "left")
-        for rec in data.itertuples(index=False, name=None):
-            rich_table.add_row(
-                *(format_cell(v, main.formats.get(c)) for c, v in zip(data.columns, rec, strict=True))
-            )
+        for row in display_cells(main):
+            rich_table.add_row(*(row[i] for i in keep))
         console.print(rich_table)
     err = Console(stderr=True)
     for note in result.missing:
@@ -56,6 +55,9 @@ def _print_result(result: ReportResult) -> None:
               help="LS-RS FoR k of the main table (the middle available FoR if the run lacks it) [default: the "
                    "paper's for the run's architecture: 9 for ResNet18, 16 for WRN-34].")  # fmt: skip
 @click.option("--compare-paper", is_flag=True, help="Put the paper's published values beside ours.")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+              show_default=True,
+              help="Confidence of every interval over the test images (Clopper-Pearson, BCa bootstrap, paired).")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the figures.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths and notes as JSON.")
@@ -66,6 +68,7 @@ def command(
     out_dir: Path | None,
     main_fors: int | None,
     compare_paper: bool,
+    confidence: float,
     figures: bool,
     quiet: bool,
     as_json: bool,
@@ -89,7 +92,7 @@ def command(
         if compare_paper:
             raise BenchUsageError("--compare-paper applies to the report of one run, not to a comparison")
         out = out_dir or Path("reports") / "+".join(p.resolve().name for p in run_dirs)
-        result = write_comparison(list(run_dirs), names, out, fmt=fmt, figures=figures)
+        result = write_comparison(list(run_dirs), names, out, fmt=fmt, figures=figures, confidence=confidence)
         if as_json:
             click.echo(json.dumps({"out_dir": str(result.out_dir), "index": str(result.index),
                                    "paths": [str(p) for p in result.paths], "missing": result.missing}, indent=2))
@@ -101,7 +104,8 @@ def command(
     run_dir = run_dirs[0]
     out = out_dir if out_dir is not None else Path("reports") / run_dir.resolve().name
     result = write_report(
-        run_dir, out, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures
+        run_dir, out, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures,
+        confidence=confidence,
     )
     if as_json:
         payload = {

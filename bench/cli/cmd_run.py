@@ -38,11 +38,28 @@ class BatchSize(click.ParamType):
         return size
 
 
+class RunCommand(click.Command):
+    """``bench run`` with an epilog computed on demand: how many images a certified accuracy needs for a given
+    precision (exact Clopper-Pearson widths, :func:`bench.report.intervals.precision_lines`)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:  # noqa: D102
+        from bench.report.intervals import precision_lines
+
+        formatter.write_paragraph()
+        formatter.write_text("Images needed: the certified accuracy of N images is known to ± the half-width of its "
+                             "95 % Clopper-Pearson interval (widest at 50 %). A difference between two methods on the "
+                             "same images is known more precisely the more often they agree; bench report states "
+                             "each comparison's (docs/concepts/statistics.md).")
+        with formatter.indentation():
+            for line in precision_lines():
+                formatter.write(" " * formatter.current_indent + line + "\n")
+
+
 def default_out(dataset: str, config_hash: str) -> Path:
     return Path("results") / f"{dataset}-{config_hash[:8]}"
 
 
-@click.command("run")
+@click.command("run", cls=RunCommand)
 @click.option("--dataset", type=DATASET, default="digits", show_default=True,
               help=dataset_help("Test set to certify."))
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,

@@ -20,7 +20,11 @@ from matplotlib.lines import Line2D
 
 from bench import certifiers
 from bench.errors import UsageError
+from bench.report.cells import INTERVAL_NOTE, confidence_text
+from bench.report.comparisons import paired_between_runs, paired_sentences
+from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, check_confidence
 from bench.report.labels import certified_mask, config_label, format_sigma, variant_keys
+from bench.report.uncertainty import add_intervals
 from bench.report.writer import (
     FORMATS,
     RADII,
@@ -89,8 +93,14 @@ def _certified(summary: pd.DataFrame) -> pd.DataFrame:
 def comparison_table(runs: list[NamedRun]) -> Table:
     """ACR and certified accuracy (%) at :data:`bench.report.writer.RADII`, one row per run and configuration (σ > 0)."""
     records = []
+    intervals: dict[str, tuple[list, list]] = {}
     for run in runs:
         rows = _certified(run.summary)
+        for title, metric in {"ACR": "acr", **{f"r = {r:.2f}": cert_acc_column(r) for r in RADII}}.items():
+            if f"{metric}_lo" in rows.columns:
+                lows, highs = intervals.setdefault(title, ([], []))
+                lows += rows[f"{metric}_lo"].astype(float).tolist()
+                highs += rows[f"{metric}_hi"].astype(float).tolist()
         dataset = run.frame["dataset"].dropna().astype(str).unique() if "dataset" in run.frame else []
         for rec in rows.to_dict(orient="records"):
             out = {
@@ -107,7 +117,10 @@ def comparison_table(runs: list[NamedRun]) -> Table:
     formats = {**_formats_for(data.columns), "images": "{:.0f}"}
     caption = ("Certified accuracy (%) at l2 radius r and ACR, run by run (Cohen et al. 2019); each radius is in its "
                "run's own input space; r = 0 is the accuracy.")
-    return Table(TABLE_NAME, caption, data, formats, latex_caption=_latex_text(caption))
+    if intervals:
+        conf = confidence_text(float(runs[0].summary["confidence"].iloc[0]))
+        caption += f" Cells: value {INTERVAL_NOTE.format(conf=conf)}."
+    return Table(TABLE_NAME, caption, data, formats, latex_caption=_latex_text(caption), intervals=intervals)
 
 
 def _curve(frame: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
@@ -182,12 +195,20 @@ def _notes(runs: list[NamedRun]) -> list[str]:
 
 
 def write_comparison(
-    paths: list[Path], names: list[str] | tuple[str, ...], out_dir: Path, fmt: str = "markdown", figures: bool = True
+    paths: list[Path], names: list[str] | tuple[str, ...], out_dir: Path, fmt: str = "markdown", figures: bool = True,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> ReportResult:
-    """Write the comparison table (``fmt``), its figure (PNG + PDF) and an ``index.md`` naming every run's source."""
+    """Write the comparison table (``fmt``, with intervals at ``confidence``), ``paired.csv`` (every pair of runs
+    on their shared images), its figure (PNG + PDF) and an ``index.md`` naming every run's source."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        confidence = check_confidence(confidence)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; e.g. --confidence 0.95") from None
     runs = load_runs(paths, names)
+    for run in runs:
+        run.summary = add_intervals(run.summary, run.frame, RADII, confidence, BOOTSTRAP_SEED)
     table = comparison_table(runs)
     out = Path(out_dir)
     try:
@@ -200,11 +221,18 @@ def write_comparison(
     table_path.write_text(render(table, fmt), encoding="utf-8")
     summary_path = out / "summary.csv"
     summary.to_csv(summary_path, index=False)
-    result.paths += [table_path, summary_path]
+    result.paired = paired_between_runs([(r.name, r.frame) for r in runs], RADII, confidence, BOOTSTRAP_SEED)
+    result.sentences = paired_sentences(result.paired, confidence)
+    paired_path = out / "paired.csv"
+    result.paired.to_csv(paired_path, index=False)
+    result.paths += [table_path, summary_path, paired_path]
     lines = ["# Report: " + " vs ".join(r.name for r in runs), "", "## Runs", ""]
     lines += [f"- **{r.name}**: `{r.path}`, {r.source}, {len(r.frame)} rows" for r in runs]
     lines += ["", "## Tables", "", f"- [{table_path.name}]({table_path.name}): {table.caption}",
-              f"- [{summary_path.name}]({summary_path.name}): every aggregate of every run, with a `run` column."]
+              f"- [{summary_path.name}]({summary_path.name}): every aggregate of every run, with a `run` column and "
+              f"{confidence_text(confidence)} intervals (`M_lo`, `M_hi`).",
+              f"- [{paired_path.name}]({paired_path.name}): every pair of runs at the same σ on the images both "
+              "certified (matched by image index): differences, ratios, intervals, exact McNemar tests."]
     if figures:
         from bench.report.plots import save_figure
 
@@ -212,6 +240,10 @@ def write_comparison(
         result.paths += paths_fig
         lines += ["", "## Figures", "", f"- [{paths_fig[0].name}]({paths_fig[0].name}) ([PDF]({paths_fig[1].name})): "
                   "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run and configuration; style: σ)."]
+    if result.sentences:
+        lines += ["", "## Paired comparisons", "", *[f"- {s}" for s in result.sentences]]
+    elif len(runs) > 1:
+        result.missing.append("no two runs share certified images at the same σ: no paired comparison")
     if result.missing:
         lines += ["", "## Notes", "", *[f"- {m}" for m in result.missing]]
     index = out / "index.md"

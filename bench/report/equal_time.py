@@ -54,7 +54,8 @@ NOT_MONOTONE = "times not increasing with n"
 WITHIN, OVER = "within budget", "over budget"
 FRONT_CAPTION = (
     "Accuracy-time front: certified accuracy at r and ACR against mean seconds per image (log scale), one line "
-    "per method / FoR / σ through its n values; the Lipschitz twin (one forward pass) is a single point."
+    "per method / FoR / σ through its n values, with interval bars over the images on both axes; the Lipschitz "
+    "twin (one forward pass) is a single point."
 )
 
 
@@ -207,10 +208,12 @@ def front_figure(summary: pd.DataFrame):
                                       ls=certifiers.line_style(rec.method),
                                       color=certifiers.color(rec.method) or colors.get(rec.fors, "grey"))
                     handles.setdefault(label, line)
+                    _interval_bars(ax, pts, metric, line.get_color())
                 for rec in lip.to_dict("records"):
                     (dot,) = ax.plot([rec["time_s"]], [rec[metric]], marker="D", markersize=4, ls="none",
                                      color=certifiers.color(rec["method"]) or "grey")
                     handles.setdefault(config_label(rec["method"], int(rec["fors"]), rec["fors_total"]), dot)
+                    _interval_bars(ax, pd.DataFrame([rec]), metric, dot.get_color())
                 ax.set_xscale("log")
                 if row == 0:
                     ax.set_title(f"σ = {format_sigma(sigma)}")
@@ -220,6 +223,26 @@ def front_figure(summary: pd.DataFrame):
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)),
                    fontsize="small")
     return fig
+
+
+def _error(points: pd.DataFrame, column: str) -> np.ndarray | None:
+    """(below, above) distances from each value to its interval's ends (0 where undefined), or None."""
+    if f"{column}_lo" not in points.columns:
+        return None
+    value = points[column].to_numpy(float)
+    below = np.nan_to_num(value - points[f"{column}_lo"].to_numpy(float), nan=0.0).clip(min=0)
+    above = np.nan_to_num(points[f"{column}_hi"].to_numpy(float) - value, nan=0.0).clip(min=0)
+    return np.vstack([below, above])
+
+
+def _interval_bars(ax, points: pd.DataFrame, metric: str, color) -> None:
+    """Interval bars on both axes of a front's points (time: bootstrap; metric: Clopper-Pearson or bootstrap),
+    when the summary carries intervals (``bench report`` adds them)."""
+    xerr, yerr = _error(points, "time_s"), _error(points, metric)
+    if xerr is None and yerr is None:
+        return
+    ax.errorbar(points["time_s"], points[metric], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, lw=0.6,
+                capsize=1.5)
 
 
 def front_figures(summary: pd.DataFrame, out_dir: Path, formats: Sequence[str] | None = None) -> tuple[list, list[str]]:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench import certifiers
+from bench.report.intervals import DEFAULT_CONFIDENCE, clopper_pearson_bounds
 from bench.report.labels import (
     N_AXIS,
     VARIANT_KEYS,
@@ -100,9 +101,16 @@ def certified_accuracy_curve(radius: np.ndarray, correct: np.ndarray, grid: np.n
     return 100.0 * counts / max(len(certified), 1)
 
 
-def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
+def certified_accuracy_band(curve: np.ndarray, images: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clopper--Pearson bounds (%) of each point of a certified-accuracy ``curve`` (%) over ``images`` images."""
+    lo, hi = clopper_pearson_bounds(np.rint(curve * images / 100.0), np.full(curve.shape, images), confidence)
+    return 100 * lo, 100 * hi
+
+
+def certified_accuracy_figure(df: pd.DataFrame, confidence: float | None = DEFAULT_CONFIDENCE) -> Figure:
     """Certified accuracy vs radius: one panel per sigma > 0, IS-RS against each LS-RS FoR; the
-    Lipschitz-margin twin (method ``lip``, no noise, stored at sigma 0) is drawn dotted in every panel."""
+    Lipschitz-margin twin (method ``lip``, no noise, stored at sigma 0) is drawn dotted in every panel. Each
+    curve has its pointwise Clopper--Pearson band at ``confidence`` (none when None)."""
     is_lip = ~noise_mask(df)
     lip = df[is_lip]
     data = df[(df["sigma"] > 0) & ~is_lip]
@@ -141,6 +149,9 @@ def certified_accuracy_figure(df: pd.DataFrame) -> Figure:
                 curve = certified_accuracy_curve(sel["radius"].fillna(0.0).to_numpy(float), correct, grid)
                 ax.plot(grid, curve, drawstyle="steps-post", color=palette[label], lw=1.1,
                         ls=styles[label], label=label)  # fmt: skip
+                if confidence is not None:
+                    lo, hi = certified_accuracy_band(curve, len(sel), confidence)
+                    ax.fill_between(grid, lo, hi, step="post", color=palette[label], alpha=0.15, lw=0)
             ax.set_title(_sigma_text(sigma) if sigma > 0 else "Lipschitz margin")
             ax.set_xlabel(RADIUS_LABEL)
             ax.set_ylabel(CERT_ACC_LABEL if i % ncols == 0 else "")
@@ -272,6 +283,44 @@ def time_breakdown_figure(summary: pd.DataFrame) -> Figure:
     return fig
 
 
+PA_LABEL = "lower bound of p_A"
+
+
+def pa_ecdf_figure(df: pd.DataFrame) -> Figure:
+    """ECDF of the lower confidence bound of p_A per configuration, one panel per sigma > 0: how far each
+    image is from abstaining (p_A lower < 1/2) and from larger radii (the arXiv 2410.06895 view, beside ACR)."""
+    if "p_a_lower" not in df.columns:
+        raise NothingToPlot("the rows hold no p_a_lower")
+    data = df[(df["sigma"] > 0) & noise_mask(df)].copy()
+    data["p_a_lower"] = pd.to_numeric(data["p_a_lower"], errors="coerce")
+    data = data.dropna(subset=["p_a_lower"])
+    if data.empty:
+        raise NothingToPlot("no sigma > 0 rows with a p_a_lower")
+    variants = variant_keys(data)
+    total = data["fors_total"].max() if "fors_total" in data else float("nan")
+    data["configuration"] = [
+        config_label(rec["method"], rec["fors"], total) + _variant_suffix(rec, variants)
+        for rec in data.to_dict("records")
+    ]
+    order = sorted(data["configuration"].unique(), key=lambda lab: (not lab.startswith("IS-RS"), lab))
+    palette = _config_palette(order)
+    sigmas = sorted(data["sigma"].round(6).unique())
+    with theme():
+        fig = Figure(figsize=(COLUMN_WIDTH_IN, 0.9 + 1.6 * len(sigmas)), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(len(sigmas), 1, sharex=True, squeeze=False)).ravel()
+        for ax, sigma in zip(axes, sigmas, strict=True):
+            sel = data[data["sigma"].round(6) == sigma]
+            sns.ecdfplot(data=sel, x="p_a_lower", hue="configuration", hue_order=[c for c in order
+                         if c in set(sel["configuration"])], palette=palette, ax=ax, legend=False, lw=1.1)
+            ax.axvline(0.5, color="grey", lw=0.6, ls=":")
+            ax.set_title(_sigma_text(sigma))
+            ax.set_ylabel("share of images")
+        axes[-1].set_xlabel(PA_LABEL + " (abstain below 1/2)")
+        handles = [Line2D([], [], color=palette[lab]) for lab in order]
+        fig.legend(handles, order, loc="outside lower center", ncols=min(2, len(order)), fontsize="x-small")
+    return fig
+
+
 FIGURE_FORMATS = ("png", "pdf")
 """What :func:`save_figure` writes by default: PNG for pages, PDF for papers."""
 
@@ -287,7 +336,8 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] | None = None) -
 
 
 def write_figures(
-    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, formats: Sequence[str] | None = None
+    df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, formats: Sequence[str] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[list[FigureFile], list[str]]:
     """Build and save every figure the data allows (all FoRs each); notes say which were left out and why.
 
@@ -296,8 +346,11 @@ def write_figures(
     out_dir = Path(out_dir)
     df, summary = at_largest_n(df), at_largest_n(summary)  # with an n axis, the paper's figures show its largest n
     specs = [
-        ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR, and the Lipschitz-margin twin (dotted, the same in every panel).",
-         lambda: certified_accuracy_figure(df)),
+        ("certified_accuracy", "Certified accuracy vs l2 radius, one panel per σ: IS-RS (dashed) against each LS-RS FoR, and the Lipschitz-margin twin (dotted, the same in every panel); "
+         f"shaded: the pointwise {100 * confidence:g} % Clopper–Pearson band over the images.",
+         lambda: certified_accuracy_figure(df, confidence)),
+        ("pa_lower_ecdf", "Distribution (ECDF) of the lower confidence bound of p_A over the images, per configuration and σ; an image abstains below 1/2.",
+         lambda: pa_ecdf_figure(df)),
         ("ablation_accuracy", "FoR ablation: ACR and accuracy vs FoR per σ; IS-RS dashed in the σ's colour.",
          lambda: ablation_accuracy_figure(summary)),
         ("ablation_speed", "FoR ablation: time per image vs FoR (IS-RS dashed) and measured speedup vs FoR with the FLOP-ideal curve.",

@@ -31,9 +31,13 @@ import pandas as pd
 
 from bench import certifiers
 from bench.errors import UsageError
+from bench.report.cells import INTERVAL_NOTE, confidence_text, table_intervals, with_interval
+from bench.report.comparisons import alpha_note, paired_frame, paired_sentences, power_line
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
 from bench.report.equal_time import equal_time_table, front_figures
+from bench.report.equal_time_intervals import equal_time_uncertainty
 from bench.report.formats import FORMATS
+from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, check_confidence
 from bench.report.labels import (
     N_AXIS,
     VARIANT_KEYS,
@@ -53,6 +57,7 @@ from bench.report.labels import (
 from bench.report.notes import run_notes
 from bench.report.paper_data import ABLATION_TABLE, MAIN_TABLE, paper_values, reference_dataset
 from bench.report.sequential import sequential_tables
+from bench.report.uncertainty import add_intervals
 from bench.store import MANIFEST
 from lsrs.architectures import get_architecture
 from lsrs.datasets import dataset_title
@@ -272,6 +277,7 @@ class Table:
     data: pd.DataFrame
     formats: dict[str, str | Callable[[float], str]]
     latex_caption: str = ""
+    intervals: dict[str, tuple[list, list]] = field(default_factory=dict)  #: column -> (lows, highs)
 
 
 @dataclass
@@ -285,6 +291,8 @@ class ReportResult:
     main_fors: int | None = None
     summary: pd.DataFrame | None = None
     tables: list[Table] = field(default_factory=list)
+    paired: pd.DataFrame | None = None  #: ``paired.csv``
+    sentences: list[str] = field(default_factory=list)  #: the paired comparisons in words
 
 
 _METRIC_FORMATS: dict[str, str | Callable[[float], str]] = {
@@ -415,12 +423,14 @@ def build_tables(
             f"(layout of the paper's Table {main_no})."
         )
         data = _main_display(main_rows, variants, paper_main)
-        tables.append(Table(f"table{main_no}", caption + main_note, data, _formats_for(data.columns)))
+        tables.append(Table(f"table{main_no}", caption + main_note, data, _formats_for(data.columns),
+                            intervals=table_intervals(main_rows, _MAIN_INTERVALS)))
 
     if len(ls_rows):
         caption = f"Depth of the latent space (FoR ablation) on {name}, every LS-RS FoR in the run (layout of the paper's Table 2)."
         data = _main_display(ls_rows, variants, paper_abl)
-        tables.append(Table("table2", caption + abl_note, data, _formats_for(data.columns)))
+        tables.append(Table("table2", caption + abl_note, data, _formats_for(data.columns),
+                            intervals=table_intervals(ls_rows, _MAIN_INTERVALS)))
     else:
         notes.append("no LS-RS rows: the FoR ablation table (Table 2) is not written")
 
@@ -430,12 +440,22 @@ def build_tables(
         for r in RADII:
             data[f"r = {r:.2f}"] = certified[cert_acc_column(r)].astype(float).tolist()
         caption = f"Certified accuracy (%) on {name} at l2 radius r (Cohen et al. 2019); r = 0 is the Accuracy column."
-        tables.append(Table("certified_accuracy", caption, data, _formats_for(data.columns)))
+        intervals = table_intervals(certified, {f"r = {r:.2f}": cert_acc_column(r) for r in RADII})
+        tables.append(Table("certified_accuracy", caption, data, _formats_for(data.columns), intervals=intervals))
     else:
         notes.append("no sigma > 0 rows: nothing was certified, the certified-accuracy table is not written")
     for t in tables:
+        if t.intervals:
+            t.caption += f" Cells: value {INTERVAL_NOTE.format(conf=confidence_text(_confidence(summary)))}."
         t.latex_caption = _latex_text(t.caption)
     return tables, notes
+
+
+_MAIN_INTERVALS = {"ACR": "acr", "Accuracy (%)": "accuracy", "time (s/example)": "time_s", "Speedup": "speedup"}
+
+
+def _confidence(summary: pd.DataFrame) -> float:
+    return float(summary["confidence"].iloc[0]) if "confidence" in summary and len(summary) else DEFAULT_CONFIDENCE
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -450,13 +470,26 @@ def format_cell(value: object, fmt: str | Callable[[float], str] | None, na_rep:
     return str(value)
 
 
+def display_cells(table: Table) -> list[list[str]]:
+    """Every body cell as text: ``value [lo, hi]`` in the columns with intervals, else :func:`format_cell`."""
+    cols = list(table.data.columns)
+    out = []
+    for i, rec in enumerate(table.data.itertuples(index=False, name=None)):
+        row = []
+        for c, v in zip(cols, rec, strict=True):
+            if c in table.intervals:
+                lows, highs = table.intervals[c]
+                row.append(with_interval(v, lows[i], highs[i], table.formats[c]))
+            else:
+                row.append(format_cell(v, table.formats.get(c)))
+        out.append(row)
+    return out
+
+
 def to_markdown(table: Table) -> str:
     """A GitHub-flavoured pipe table: text columns left-aligned, numeric ones right-aligned, padded."""
     cols = list(table.data.columns)
-    rows = [
-        [format_cell(v, table.formats.get(c)).replace("|", r"\|") for c, v in zip(cols, rec, strict=True)]
-        for rec in table.data.itertuples(index=False, name=None)
-    ]
+    rows = [[cell.replace("|", r"\|") for cell in row] for row in display_cells(table)]
     numeric = [c in table.formats for c in cols]
     widths = [max(3, len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
 
@@ -477,9 +510,14 @@ def to_markdown(table: Table) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs ``table`` environment via :meth:`pandas.io.formats.style.Styler.to_latex`."""
-    data = table.data.rename(columns=lambda c: c.replace("σ", r"$\sigma$"))
-    formats = {c.replace("σ", r"$\sigma$"): f for c, f in table.formats.items()}
-    col_format = "".join("r" if c in formats else "l" for c in data.columns)
+    data = table.data.copy()
+    cells = display_cells(table)
+    for j, c in enumerate(table.data.columns):
+        if c in table.intervals:
+            data[c] = [row[j] for row in cells]
+    data = data.rename(columns=lambda c: c.replace("σ", r"$\sigma$"))
+    col_format = "".join("r" if c in table.formats else "l" for c in table.data.columns)
+    formats = {c.replace("σ", r"$\sigma$"): f for c, f in table.formats.items() if c not in table.intervals}
     styler = (
         data.style.hide(axis="index")
         .format(formats, na_rep="-", escape="latex")
@@ -500,6 +538,11 @@ def to_csv(table: Table) -> str:
     for c, fmt in table.formats.items():
         if isinstance(fmt, str) and "." in fmt:
             data[c] = data[c].astype(float).round(int(fmt.split(".")[1][0]))
+            if c in table.intervals:
+                at = data.columns.get_loc(c) + 1
+                digits = int(fmt.split(".")[1][0])
+                data.insert(at, f"{c} lo", np.round(np.asarray(table.intervals[c][0], float), digits))
+                data.insert(at + 1, f"{c} hi", np.round(np.asarray(table.intervals[c][1], float), digits))
     return data.to_csv(index=False)
 
 
@@ -625,6 +668,19 @@ _DEFINITIONS = """\
 """
 
 
+def _intervals_note(confidence: float) -> str:
+    conf = confidence_text(confidence)
+    return (
+        f"- **Intervals** (`[lo, hi]` in the tables, `M_lo`/`M_hi` in summary.csv): {conf} intervals for the "
+        "population of test images the certified ones were drawn from: exact Clopper–Pearson on the image counts "
+        f"for percentages; BCa bootstrap over the images for means (ACR, times; seed {BOOTSTRAP_SEED}); a paired "
+        "bootstrap over the shared images for the speedup; \"n/a\" where the data do not define one (one image, "
+        "no times). paired.csv: certified accuracy at r with Newcombe's paired interval and the exact McNemar "
+        "test; ACR with a paired bootstrap of the difference and the ratio LS/IS; its `time_s` rows put IS-RS "
+        "first, so their ratio is the speedup. docs/concepts/statistics.md explains each."
+    )
+
+
 def write_report(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -633,17 +689,22 @@ def write_report(
     compare_paper: bool = False,
     figures: bool = True,
     figure_formats: Sequence[str] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> ReportResult:
-    """Write the tables (in ``fmt``), ``summary.csv``, the figures (PNG + PDF, or ``figure_formats``) and
-    ``index.md`` to ``out_dir``.
+    """Write the tables (in ``fmt``), ``summary.csv`` (with each metric's interval at ``confidence``),
+    ``paired.csv``, the figures (PNG + PDF, or ``figure_formats``) and ``index.md`` to ``out_dir``.
 
     ``main_fors`` (the FoR of the main table) defaults to the paper's for the run's architecture: 9 of 18 for
     ResNet18, 16 of 34 for WRN-34."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        confidence = check_confidence(confidence)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; e.g. --confidence 0.95") from None
     run_dir = Path(run_dir)
     df, manifest = load_run(run_dir)
-    summary = summarize(df, manifest)
+    summary = add_intervals(summarize(df, manifest), df, RADII, confidence, BOOTSTRAP_SEED)
     dataset = _dataset_of(df, manifest)
     if main_fors is None:
         record = _architecture_of(df, manifest)
@@ -656,6 +717,13 @@ def write_report(
     missing += notes
     for name, caption, data, formats in sequential_tables(run_dir, df) + [t for t in [equal_time_table(summary)] if t]:
         tables.append(Table(name, caption, data, formats, latex_caption=_latex_text(caption)))
+    equal_time_records: list[dict] = []
+    if tables and tables[-1].name == EQUAL_TIME:
+        tables[-1].intervals, equal_time_records = equal_time_uncertainty(df, summary, confidence, BOOTSTRAP_SEED)
+        tables[-1].caption += (f" Cells: value {INTERVAL_NOTE.format(conf=confidence_text(confidence))} (LS-RS "
+                               "readings: a paired bootstrap of the reading at the IS-RS time; paired.csv has each "
+                               "gain over IS-RS).")
+        tables[-1].latex_caption = _latex_text(tables[-1].caption)
 
     out = Path(out_dir)
     try:
@@ -677,14 +745,26 @@ def write_report(
     summary.to_csv(summary_path, index=False)
     result.paths.append(summary_path)
     table_links.append(
-        f"- [{summary_path.name}]({summary_path.name}): every aggregate at full precision, one row per configuration."
+        f"- [{summary_path.name}]({summary_path.name}): every aggregate at full precision, one row per configuration, "
+        f"with its {confidence_text(confidence)} interval over the images (`M_lo`, `M_hi`)."
+    )
+    result.paired = paired_frame(df, RADII, confidence, BOOTSTRAP_SEED)
+    if equal_time_records:
+        result.paired = pd.concat([result.paired, pd.DataFrame.from_records(equal_time_records)], ignore_index=True)
+    result.sentences = paired_sentences(result.paired, confidence)
+    paired_path = out / "paired.csv"
+    result.paired.to_csv(paired_path, index=False)
+    result.paths.append(paired_path)
+    table_links.append(
+        f"- [{paired_path.name}]({paired_path.name}): each LS-RS configuration against IS-RS on the same images "
+        "(differences, ratios, their intervals and tests)."
     )
 
     figure_links: list[str] = []
     if figures:
         from bench.report import plots
 
-        written, fig_notes = plots.write_figures(df, summary, out, figure_formats)
+        written, fig_notes = plots.write_figures(df, summary, out, figure_formats, confidence=confidence)
         front, front_notes = front_figures(summary, out, figure_formats)  # the accuracy-time front, with an n axis
         written, fig_notes = written + front, fig_notes + front_notes
         result.missing += fig_notes
@@ -710,9 +790,14 @@ def write_report(
     ]
     if figure_links:
         lines += ["", "## Figures", "", *figure_links]
+    if result.sentences:
+        lines += ["", "## Paired comparisons", "", *[f"- {s}" for s in result.sentences]]
     if result.missing:
         lines += ["", "## Missing or incomplete", "", *[f"- {m}" for m in result.missing]]
-    lines += ["", _DEFINITIONS + "\n".join(run_notes(df, manifest, dataset)) + "\n"]
+    stats_notes = [_intervals_note(confidence), *alpha_note(df, confidence)]
+    power = power_line(result.paired, confidence)
+    stats_notes += [power] if power else []
+    lines += ["", _DEFINITIONS + "\n".join([*stats_notes, *run_notes(df, manifest, dataset)]) + "\n"]
     index = out / "index.md"
     index.write_text("\n".join(lines), encoding="utf-8")
     result.paths.append(index)

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -26,9 +27,23 @@ def _fmt(value: float, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _with_ci(row: object, metric: str, spec: str, show: bool = True) -> str:
+    """``value [lo, hi]`` when the summary has the metric's interval (``bench report`` adds them), else the value."""
+    value = getattr(row, metric) if show else float("nan")
+    text = _fmt(value, spec)
+    lo, hi = getattr(row, f"{metric}_lo", None), getattr(row, f"{metric}_hi", None)
+    if text == "-" or lo is None:
+        return text
+    return escape(f"{text} [n/a]" if math.isnan(lo) or math.isnan(hi) else f"{text} [{lo:{spec}}, {hi:{spec}}]")
+
+
 def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -> Table:
-    """ACR, accuracy, s/image and speedup over IS-RS per (method, FoR, σ) from ``bench.report.writer.summarize``."""
+    """ACR, accuracy, s/image and speedup over IS-RS per (method, FoR, σ) from ``bench.report.writer.summarize``;
+    with the intervals of ``bench.report.uncertainty.add_intervals`` where the summary has them."""
     table = Table(title=title)
+    if "acr_lo" in summary and len(summary):
+        conf = float(summary["confidence"].iloc[0]) if "confidence" in summary else 0.95
+        table.caption = escape(f"[lo, hi]: {100 * conf:g} % interval over the images")
     n_axis = "n" in summary.columns  # a run with an n axis (bench run --n 1000,4000): one row per n
     for name in ("Defense", "σ", "FoR", *(["n"] if n_axis else []), "images", "ACR", "Acc. (%)", "s/image", "speedup",
                  "FLOP-ideal"):
@@ -42,10 +57,10 @@ def summary_table(summary: pd.DataFrame, title: str = "Certification summary") -
             f"{row.fors}/{row.fors_total}",
             *([f"{row.n:,}" if row.n else "-"] if n_axis else []),
             str(row.images),
-            _fmt(row.acr, ".3f"),
-            _fmt(row.accuracy, ".2f"),
-            _fmt(row.time_s if timed else float("nan"), ".4f"),
-            _fmt(row.speedup if not certifiers.is_reference(row.method) and timed else float("nan"), ".2f"),
+            _with_ci(row, "acr", ".3f"),
+            _with_ci(row, "accuracy", ".2f"),
+            _with_ci(row, "time_s", ".4f", timed),
+            _with_ci(row, "speedup", ".2f", not certifiers.is_reference(row.method) and timed),
             _fmt(row.flop_ideal if certifiers.has_fors_axis(row.method) else float("nan"), ".2f"),
         )
     return table
