@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,14 +65,14 @@ from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream
 
 __all__ = [
     "INPUT_LEVELS", "LATENT_PENALTY", "NOISES", "LatticeNoiseStream", "LatticeSpec", "LatticeTable",
-    "cell_probabilities", "latent_denominator", "lattice_spec", "lattice_table", "on_input_lattice",
-    "quantization_penalty", "to_input_lattice", "uniform_words",
+    "cell_probabilities", "compute_table", "draws_from_words", "latent_denominator", "lattice_spec", "lattice_table", "on_input_lattice",
+    "padded_table", "quantization_penalty", "to_input_lattice", "uniform_words",
 ]
 
 NOISES = ("gaussian", "lattice")
 INPUT_LEVELS = 255  # 8-bit images: the input lattice is (1/255) Z^d
 LATENT_PENALTY = 64  # the latent step h satisfies h sqrt(d) <= sigma / LATENT_PENALTY
-TAIL_SIGMAS = 9.8  # Phi(-9.8) < 2^-70: the table's tails
+TAIL_SIGMAS = 9.8  # the tail cells beyond K = ceil(9.8 sigma / h) steps hold < 2^-64 each
 PRECISION = 128  # mpmath bits for the thresholds
 EXACT_INTEGERS = 2**24  # float32 holds every integer of smaller magnitude exactly
 _Q = 2**64
@@ -106,8 +108,45 @@ def _upper_tail(t: object) -> int:
     return int(mpmath.floor(mpmath.erfc(t / mpmath.sqrt(2)) / 2 * _Q))
 
 
+def _cache_file(scale: float) -> Path:
+    root = Path(os.environ.get("LSRS_CACHE", Path.home() / ".cache" / "lsrs"))
+    return root / "lattice" / f"{float(scale).hex()}-p{PRECISION}-t{TAIL_SIGMAS}.npy"
+
+
 @functools.lru_cache(maxsize=16)
 def lattice_table(scale: float) -> LatticeTable:
+    """:func:`compute_table`, kept in memory and on disk (``$LSRS_CACHE/lattice``, default ``~/.cache/lsrs``).
+
+    A stored table is used only if it has the right length, is sorted and matches 16 entries recomputed here.
+    """
+    path = _cache_file(scale)
+    half = math.ceil(TAIL_SIGMAS * scale)
+    if path.exists():
+        values = np.load(path)
+        if values.shape == (2 * half,) and bool((np.diff(values) >= 0).all()):
+            probe = np.random.default_rng(len(values)).integers(0, half, 16)
+            if all(_threshold(scale, int(k)) == int(values[half + k]) for k in probe):
+                return LatticeTable(float(scale), half, values)
+    table = compute_table(scale)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, table.thresholds)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the table stays in memory
+    return table
+
+
+def _threshold(scale: float, k: int) -> int:
+    """``T_k - 2^63`` for ``k >= 0`` (as stored), from one tail value."""
+    import mpmath
+
+    with mpmath.workprec(PRECISION):
+        return _Q - _upper_tail((mpmath.mpf(k) + mpmath.mpf(1) / 2) / mpmath.mpf(scale)) - 1 - _OFFSET
+
+
+def compute_table(scale: float) -> LatticeTable:
     """Integer thresholds of the rounded Gaussian with standard deviation ``scale`` lattice steps.
 
     ``T_k = floor(2^64 Phi((k + 1/2) / scale))``, by symmetry ``Phi(-t) = 1 - Phi(t)`` from ``K`` tail values:
@@ -121,7 +160,9 @@ def lattice_table(scale: float) -> LatticeTable:
     half = math.ceil(TAIL_SIGMAS * scale)
     with mpmath.workprec(PRECISION):
         s = mpmath.mpf(scale)
-        upper = [_upper_tail((mpmath.mpf(k) + mpmath.mpf(1) / 2) / s) for k in range(half)]  # k = 0 .. K-1
+        root2s = mpmath.sqrt(2) * s
+        upper = [int(mpmath.floor(mpmath.erfc((k + mpmath.mpf(1) / 2) / root2s) * (_Q // 2)))
+                 for k in range(half)]  # floor(2^64 (1 - Phi((k + 1/2) / s))), k = 0 .. K-1
     # thresholds for k = -K .. -1 are the upper tails of k' = K-1 .. 0 (Phi((k+1/2)/s) = 1 - Phi((-k-1/2)/s))
     lower = upper[::-1]  # T_k for k = -K..-1: floor(2^64 Phi(-(|k| - 1/2)/s)) = floor(v) with t = (|k|-1/2)/s
     positive = [_Q - u - 1 for u in upper]  # T_k for k = 0..K-1
@@ -233,18 +274,31 @@ class LatticeNoiseStream(NoiseStream):
         table = lattice_table(float(sigma) * denominator)
         t = torch.as_tensor(table.thresholds, device=self.device)
         self._table = t
-        self._padded = torch.cat([t[:1], t, t[-1:]])  # T_{i-1} = padded[i], T_i = padded[i + 1]; ends repeat
+        self._padded = padded_table(t)
         self.half_width = table.half_width
         self.inexact = torch.zeros((), dtype=torch.long, device=self.device)
         self._words = torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device)
 
     def _draw_block(self, out: torch.Tensor) -> None:
-        u = uniform_words(self._gen, self._words).view(-1)
-        i = torch.searchsorted(self._table, u)  # #{T < u}
-        below = u - self._padded[i]  # > 0 inside the table: a gap of one cell (< 2^63, one cell < 1/2 the mass)
-        above = self._padded[i + 1] - u
-        near = (below < 2) | (above < 2)
-        near |= (i == 0) | (i == self._table.numel())
-        self.inexact += near.sum()
-        out.view(-1).copy_(i - self.half_width)
+        k, inexact = draws_from_words(uniform_words(self._gen, self._words).view(-1), self._table, self._padded,
+                                      self.half_width)
+        self.inexact += inexact.sum()
+        out.view(-1).copy_(k)
         self.blocks_drawn += 1
+
+
+def padded_table(table: torch.Tensor) -> torch.Tensor:
+    """``table`` with its end values repeated: ``T_{i-1} = padded[i]`` and ``T_i = padded[i + 1]``."""
+    return torch.cat([table[:1], table, table[-1:]])
+
+
+def draws_from_words(
+    u: torch.Tensor, table: torch.Tensor, padded: torch.Tensor, half_width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k, inexact)`` of signed words ``u`` (module docstring, "Exact sampling"): ``k = i - K`` with
+    ``i = #{T < u}``, inexact where a neighbouring threshold is within one unit or ``u`` lies in a tail cell."""
+    i = torch.searchsorted(table, u)
+    below = u - padded[i]  # > 0 inside: at most one cell's width, < 2^63 as a cell holds < 1/2 the mass
+    above = padded[i + 1] - u
+    inexact = (below < 2) | (above < 2) | (i == 0) | (i == table.numel())
+    return i - half_width, inexact
