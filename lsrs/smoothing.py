@@ -220,7 +220,7 @@ class LatentSmooth:
         with Stopwatch(self.device) as total:
             with Stopwatch(self.device) as enc:
                 z, bound, (err_a, err_b) = self._encode_bounded(x)
-                z, spec = self._noise_centre(z)
+                z, spec = self.noise_centre(z)
             with Stopwatch(self.device) as smp:
                 stream = self.noise_stream(z, key, spec)
                 counts0 = self.sample_counts(z, n0, batch_size, stream)
@@ -328,7 +328,7 @@ class LatentSmooth:
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
             z, bound, (err_a, err_b) = self._encode_bounded(x)
-            z, spec = self._noise_centre(z)
+            z, spec = self.noise_centre(z)
             needed = bound.latent_radius_needed(radius, err_a, err_b) + spec.quantization
             p_required = required_probability(needed, self.sigma)
             stream = self.noise_stream(z, key, spec)
@@ -367,7 +367,7 @@ class LatentSmooth:
         _check_positive_int("n", n)
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
-        z, spec = self._noise_centre(self.encode(x))
+        z, spec = self.noise_centre(self.encode(x))
         stream = self.noise_stream(z, (seed_from(generator), "predict"), spec)
         counts = self.sample_counts(z, n, batch_size, stream)
         if _inexact_draws(stream):  # no claim (lsrs.lattice, "Accounting")
@@ -420,7 +420,7 @@ class LatentSmooth:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _noise_centre(self, z: torch.Tensor) -> tuple[torch.Tensor, LatticeSpec]:
+    def noise_centre(self, z: torch.Tensor) -> tuple[torch.Tensor, LatticeSpec]:
         """What the noise is added to: ``z`` itself (Gaussian noise), or the integer lattice centre ``m`` of
         ``z`` with its lattice (:func:`lsrs.lattice.lattice_spec`; refuses an off-lattice input)."""
         if self.noise == "gaussian":
@@ -430,10 +430,10 @@ class LatentSmooth:
     def noise_stream(self, z: torch.Tensor, key: NoiseKey, spec: LatticeSpec | None = None) -> NoiseStream:
         """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once); with
         ``noise="lattice"`` the stream of integer draws on ``spec``'s lattice (``z`` is then the integer centre
-        that :meth:`_noise_centre` returned with ``spec``)."""
+        that :meth:`noise_centre` returned with ``spec``)."""
         if self.noise == "lattice":
             if spec is None or not spec.denominator:
-                raise ValueError("noise='lattice': pass the lattice of the centre (_noise_centre returns both)")
+                raise ValueError("noise='lattice': pass the lattice of the centre (noise_centre returns both)")
             return LatticeNoiseStream(z.shape[1:], key, device=self.device, block=self.noise_block,
                                       sigma=self.sigma, denominator=spec.denominator)
         return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
@@ -458,7 +458,7 @@ class LatentSmooth:
         only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
         """
         if not isinstance(noise, NoiseStream):
-            z, spec = self._noise_centre(z)
+            z, spec = self.noise_centre(z)
             noise = self.noise_stream(z, noise, spec)
         stream = noise
         buffer = stream.new_buffer(min(batch_size, num))

@@ -29,6 +29,8 @@ def one_pass_row(context: Any, idx: int, label: int, prediction: int, radius: fl
         "p_b_upper": float("nan"),
         "sampler": context.config.sampler,
         "certificate": context.config.certificate,
+        "noise": context.config.noise,
+        "quantization": 0.0,
         "counts_selection": [],
         "counts_estimation": [],
         "n0": 0,
