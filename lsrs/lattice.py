@@ -256,8 +256,9 @@ class LatticeNoiseStream(NoiseStream):
 
     Blocks, seeding and the guarantees of :class:`lsrs.noise.NoiseStream` are unchanged: each block is one
     :func:`uniform_words` call of ``block * prod(shape)`` words from the stream's single generator, mapped
-    through the table on the device (``torch.searchsorted``). ``inexact`` counts, on the device, the draws
-    the table cannot decide exactly (module docstring); a certificate with any of them abstains.
+    through the table on the device (``torch.searchsorted``; on CPU first through :class:`BucketIndex`, the
+    same draws). ``inexact`` counts, on the device, the draws the table cannot decide exactly (module
+    docstring); a certificate with any of them abstains.
     """
 
     def __init__(
@@ -271,20 +272,65 @@ class LatticeNoiseStream(NoiseStream):
     ) -> None:
         super().__init__(sample_shape, seed, device=device, dtype=torch.float32, block=block, std=sigma)
         self.denominator = denominator
-        table = lattice_table(float(sigma) * denominator)
-        t = torch.as_tensor(table.thresholds, device=self.device)
-        self._table = t
-        self._padded = padded_table(t)
-        self.half_width = table.half_width
+        self._index = device_index(float(sigma) * denominator, self.device)
+        self.half_width = self._index.half_width
         self.inexact = torch.zeros((), dtype=torch.long, device=self.device)
         self._words = torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device)
 
     def _draw_block(self, out: torch.Tensor) -> None:
-        k, inexact = draws_from_words(uniform_words(self._gen, self._words).view(-1), self._table, self._padded,
-                                      self.half_width)
-        self.inexact += inexact.sum()
+        k, inexact = self._index.draws(uniform_words(self._gen, self._words).view(-1))
+        self.inexact += inexact
         out.view(-1).copy_(k)
         self.blocks_drawn += 1
+
+
+BUCKET_BITS = (16, 22)  # CPU bucket index: 2^b buckets of the top b bits, b in this range
+
+
+class BucketIndex:
+    """The table on one device, and on CPU a bucket index of the top ``b`` bits of a word.
+
+    A bucket ``[s, e]`` of words is *clean* when no threshold lies in ``[s - 2, e + 2]`` and it is not a tail cell:
+    then every word in it has ``i = #{T < u}`` equal to the bucket's count and both neighbours at least two
+    units away, i.e. :func:`draws_from_words` returns that ``i - K``, exact. Words in other buckets go through
+    :func:`draws_from_words` itself. Same draws, one gather for most words instead of a binary search.
+    """
+
+    def __init__(self, table: LatticeTable, device: torch.device) -> None:
+        self.half_width = table.half_width
+        self.table = torch.as_tensor(table.thresholds, device=device)
+        self.padded = padded_table(self.table)
+        self.buckets: torch.Tensor | None = None
+        if device.type == "cpu":
+            bits = min(max(BUCKET_BITS[0], math.ceil(math.log2(32 * table.cells))), BUCKET_BITS[1])
+            self.shift = 64 - bits
+            starts = (torch.arange(2**bits, dtype=torch.int64) - 2 ** (bits - 1)) << self.shift
+            ends = starts + ((1 << self.shift) - 1)
+            before = torch.searchsorted(self.table, starts - 2)  # #{T < s - 2}
+            through = torch.searchsorted(self.table, ends + 2, right=True)  # #{T <= e + 2}
+            clean = (before == through) & (before > 0) & (before < self.table.numel())
+            self.offset = 2 ** (bits - 1)
+            self.buckets = torch.where(clean, before, -1).to(torch.int32)
+
+    def draws(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k, number of inexact draws)`` of the words ``u`` (the count stays on the device)."""
+        if self.buckets is None:
+            k, inexact = draws_from_words(u, self.table, self.padded, self.half_width)
+            return k, inexact.sum()
+        i = self.buckets[(u >> self.shift) + self.offset].long()
+        rest = (i < 0).nonzero().squeeze(1)
+        if rest.numel() == 0:
+            return i.sub_(self.half_width), torch.zeros((), dtype=torch.long)
+        k_rest, inexact = draws_from_words(u[rest], self.table, self.padded, self.half_width)
+        k = i.sub_(self.half_width)
+        k[rest] = k_rest
+        return k, inexact.sum()
+
+
+@functools.lru_cache(maxsize=16)
+def device_index(scale: float, device: torch.device) -> BucketIndex:
+    """The :class:`BucketIndex` of :func:`lattice_table` ``(scale)`` on ``device`` (built once per process)."""
+    return BucketIndex(lattice_table(scale), device)
 
 
 def padded_table(table: torch.Tensor) -> torch.Tensor:

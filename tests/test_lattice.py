@@ -284,3 +284,20 @@ def test_table_cache_round_trip(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     lattice_table.cache_clear()
     assert np.array_equal(lattice_table(4.25).thresholds, compute_table(4.25).thresholds)
     lattice_table.cache_clear()
+
+
+@pytest.mark.parametrize("scale", [63.75, 900.0])
+def test_cpu_bucket_index_gives_the_same_draws_as_the_search(scale: float) -> None:
+    """The CPU fast path (one gather for words in clean buckets) against the binary search, on random words and
+    on words at and around every threshold (where it must defer to the search and flag the same words)."""
+    from lsrs.lattice import BucketIndex
+
+    table = lattice_table(scale)
+    index = BucketIndex(table, torch.device("cpu"))
+    t = index.table
+    random = torch.empty(200_000, dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(0))
+    inner = t[1:-1]
+    words = torch.cat([random, *(inner + d for d in (-3, -2, -1, 0, 1, 2, 3))])
+    k, flags = draws_from_words(words, t, padded_table(t), table.half_width)
+    k_fast, count = index.draws(words)
+    assert torch.equal(k_fast, k) and int(count) == int(flags.sum()) > 0
