@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream
+from lsrs.noise import DEFAULT_BLOCK, NoiseKey, _storage_shape, as_nchw, stream_generator
 
 __all__ = [
     "INPUT_LEVELS", "LATENT_PENALTY", "NOISES", "LatticeNoiseStream", "LatticeSpec", "LatticeTable",
@@ -251,13 +251,17 @@ def lattice_spec(
     return m, spec
 
 
-class LatticeNoiseStream(NoiseStream):
+class LatticeNoiseStream:
     """A stream of rounded-Gaussian draws ``k`` (integers, as float32) on ``(1/denominator) Z`` at ``sigma``.
 
-    Blocks, seeding and the guarantees of :class:`lsrs.noise.NoiseStream` are unchanged: each block is one
-    :func:`uniform_words` call of ``block * prod(shape)`` words from the stream's single generator, mapped
-    through the table on the device (``torch.searchsorted``; on CPU first through :class:`BucketIndex`, the
-    same draws). ``inexact`` counts, on the device, the draws the table cannot decide exactly (module
+    The interface and block discipline of :class:`lsrs.noise.NoiseStream`, with a word source of its own:
+    one generator per stream (:func:`lsrs.noise.stream_generator` of ``(key, "lattice")``, so never the
+    Gaussian stream of the same key), seeded once; each block is one :func:`uniform_words` call of
+    ``block * prod(shape)`` words, mapped through the table on the device (``torch.searchsorted``; on CPU
+    first through :class:`BucketIndex`, the same draws). Sample ``j`` is the same whatever the batch sizes (a
+    batch ending inside a block keeps the rest for the next), :meth:`finish_block` starts a fresh block, and
+    within a stream every block comes from a distinct generator state (the guarantees of :mod:`lsrs.noise`
+    for one generator). ``inexact`` counts, on the device, the draws the table cannot decide exactly (module
     docstring); a certificate with any of them abstains.
     """
 
@@ -270,18 +274,52 @@ class LatticeNoiseStream(NoiseStream):
         sigma: float = 1.0,
         denominator: int = INPUT_LEVELS,
     ) -> None:
-        super().__init__(sample_shape, seed, device=device, dtype=torch.float32, block=block, std=sigma)
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.storage_shape = _storage_shape(sample_shape)
+        self.seed = seed
+        self.device = torch.device(device)
+        self.block = block
         self.denominator = denominator
+        self.blocks_drawn = 0
+        self._pending: torch.Tensor | None = None
+        self._gen = stream_generator((seed, "lattice") if isinstance(seed, int) else (*seed, "lattice"), self.device)
         self._index = device_index(float(sigma) * denominator, self.device)
         self.half_width = self._index.half_width
         self.inexact = torch.zeros((), dtype=torch.long, device=self.device)
         self._words = torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device)
+
+    def new_buffer(self, batch: int) -> torch.Tensor:
+        """An uninitialised float32 drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
+        return torch.empty((batch, *self.storage_shape), device=self.device, dtype=torch.float32)
+
+    def finish_block(self) -> None:
+        """Drop the unused rest of the current block: the next sample is the first of a new block."""
+        self._pending = None
 
     def _draw_block(self, out: torch.Tensor) -> None:
         k, inexact = self._index.draws(uniform_words(self._gen, self._words).view(-1))
         self.inexact += inexact
         out.view(-1).copy_(k)
         self.blocks_drawn += 1
+
+    def fill(self, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b draws; return its NCHW view."""
+        b, done = out.shape[0], 0
+        if self._pending is not None:
+            take = min(b, self._pending.shape[0])
+            out[:take].copy_(self._pending[:take])
+            self._pending = self._pending[take:] if take < self._pending.shape[0] else None
+            done = take
+        while b - done >= self.block:
+            self._draw_block(out[done : done + self.block])
+            done += self.block
+        if done < b:
+            spare = self.new_buffer(self.block)
+            self._draw_block(spare)
+            out[done:].copy_(spare[: b - done])
+            self._pending = spare[b - done :]
+        return as_nchw(out)
 
 
 BUCKET_BITS = (16, 22)  # CPU bucket index: 2^b buckets of the top b bits, b in this range

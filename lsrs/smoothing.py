@@ -427,7 +427,9 @@ class LatentSmooth:
             return z, LatticeSpec.none()
         return lattice_spec(z, self.sigma, self.input_lattice, self.lattice_denominator)
 
-    def noise_stream(self, z: torch.Tensor, key: NoiseKey, spec: LatticeSpec | None = None) -> NoiseStream:
+    def noise_stream(
+        self, z: torch.Tensor, key: NoiseKey, spec: LatticeSpec | None = None
+    ) -> NoiseStream | LatticeNoiseStream:
         """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once); with
         ``noise="lattice"`` the stream of integer draws on ``spec``'s lattice (``z`` is then the integer centre
         that :meth:`noise_centre` returned with ``spec``)."""
@@ -440,7 +442,7 @@ class LatentSmooth:
                            std=self.sigma)
 
     def sample_counts(
-        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | LatticeNoiseStream | NoiseKey
     ) -> torch.Tensor:
         """Class counts (on the device) of ``classifier(z + sigma * noise)`` over the next ``num`` samples of
         ``noise`` (a stream, or the key of a fresh one: with lattice noise, ``z`` is then the latent, rounded
@@ -450,14 +452,14 @@ class LatentSmooth:
 
     @torch.inference_mode()
     def _cumulative_counts(
-        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey, stops: Sequence[int] = ()
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | LatticeNoiseStream | NoiseKey, stops: Sequence[int] = ()
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(samples drawn so far, counts so far)`` after each batch; batches also end at ``stops``.
 
         The counts tensor lives on the device and is updated in place; reading it costs a host sync, so
         only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
         """
-        if not isinstance(noise, NoiseStream):
+        if not isinstance(noise, (NoiseStream, LatticeNoiseStream)):
             z, spec = self.noise_centre(z)
             noise = self.noise_stream(z, noise, spec)
         stream = noise
@@ -490,7 +492,7 @@ class LatentSmooth:
             yield drawn, counts
 
 
-def _inexact_draws(stream: NoiseStream) -> int:
+def _inexact_draws(stream: NoiseStream | LatticeNoiseStream) -> int:
     """Lattice draws of ``stream`` the integer table could not decide exactly (0 for Gaussian noise)."""
     return int(stream.inexact.item()) if isinstance(stream, LatticeNoiseStream) else 0
 
