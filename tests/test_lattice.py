@@ -301,3 +301,16 @@ def test_cpu_bucket_index_gives_the_same_draws_as_the_search(scale: float) -> No
     k, flags = draws_from_words(words, t, padded_table(t), table.half_width)
     k_fast, count = index.draws(words)
     assert torch.equal(k_fast, k) and int(count) == int(flags.sum()) > 0
+
+
+def test_division_by_255_is_ieee_at_every_offset() -> None:
+    """F(m) = fl32(m) / 255 must be a function of m alone: torch's float32 division equals IEEE division
+    (numpy) for every integer the lattice engine can meet near the 8-bit range, at every memory offset."""
+    m = np.arange(-(2**15), 2**15, dtype=np.float32)
+    want = m / np.float32(255)
+    t = torch.from_numpy(m)
+    for offset in range(8):  # vectorised main loops and scalar tails see different elements
+        got = (t[offset:] / 255.0).numpy()
+        assert np.array_equal(got, want[offset:])
+    buffer = torch.from_numpy(m.reshape(64, 1024)).contiguous(memory_format=torch.contiguous_format)
+    assert np.array_equal(buffer.div_(255).numpy().ravel(), want)
