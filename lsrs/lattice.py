@@ -5,7 +5,7 @@ rounded again, whose law depends on ``x`` beyond a shift (the grid of the sum is
 even), so Cohen et al.'s Neyman-Pearson argument does not cover it; Voracek & Hein (ICLR 2023, "Sound
 randomized smoothing in floating-point arithmetic") build false certificates from exactly this.
 
-The construction (Voracek & Hein, Section 5). Work on the lattice ``hZ^d`` with ``h = 1/D`` for an integer
+The construction (Voracek & Hein's, for images). Work on the lattice ``hZ^d`` with ``h = 1/D`` for an integer
 ``D`` (``D = 255`` for 8-bit images, ``D = 2^e`` for latents). The noise is the Gaussian *rounded to the
 lattice*, ``eps = h round(g / h)`` with ``g ~ N(0, sigma^2 I)`` (Voracek & Hein's "discrete Gaussian"; not the
 distribution proportional to ``exp(-|k h|^2 / 2 sigma^2)``, whose radius has no closed form):
@@ -35,8 +35,9 @@ bits, an error far below one unit, so ``T_k - 1 <= 2^64 Phi_k < T_k + 2``),
 threshold) and ``0 < i < 2K``, then ``U' > Phi_k`` exactly for the thresholds below and ``U' < Phi_k`` for
 those above, so ``k(U') = i - K`` **exactly** (the tails lie beyond the end thresholds). Otherwise the draw is
 *inexact*: probability at most ``3 (2K) / 2^64 + 2 Phi(-(K - 1/2) h / sigma)`` per coordinate, about ``1e-16``
-for 8-bit images. **Accounting:** a certificate with any inexact draw abstains. On the coupling above, a certificate without one
-used ideal draws, so P(wrong certificate) <= P(ideal certificate wrong) <= alpha: nothing is added to alpha.
+for 8-bit images. **Accounting:** a certificate with any inexact draw abstains. On the coupling above, a
+certificate without one used ideal draws, so P(wrong certificate) <= P(ideal certificate wrong) <= alpha:
+nothing is added to alpha. (The same holds for the multiclass bound, Cohen et al.'s theorem with p_A, p_B.)
 
 **LS-RS.** The executed latent ``z32(x)`` is quantized to ``q(z) = h round(z / h)`` on ``h = 2^-e`` (``z D`` is
 exact in float32, so ``q`` is exact) and smoothed as above. For ``|x' - x| <= r``, each coordinate moves by at
