@@ -323,46 +323,56 @@ class LatticeNoiseStream:
         return as_nchw(out)
 
 
-BUCKET_BITS = (16, 22)  # CPU bucket index: 2^b buckets of the top b bits, b in this range
+BUCKET_BITS = (14, 18)  # CPU bucket index: 2^b buckets of the top b bits, b in this range (an index in cache)
 
 
 class BucketIndex:
     """The table on one device, and on CPU a bucket index of the top ``b`` bits of a word.
 
-    A bucket ``[s, e]`` of words is *clean* when no threshold lies in ``[s - 2, e + 2]`` and it is not a tail cell:
-    then every word in it has ``i = #{T < u}`` equal to the bucket's count and both neighbours at least two
-    units away, i.e. :func:`draws_from_words` returns that ``i - K``, exact. Words in other buckets go through
-    :func:`draws_from_words` itself. Same draws, one gather for most words instead of a binary search.
+    For a bucket ``[s, e]`` of words let ``lo = #{T < s - 2}`` and ``c`` the number of thresholds in
+    ``[s - 2, e + 2]``. ``c = 0``: every word has ``i = #{T < u} = lo`` and both neighbours at least two units away.
+    ``c = 1``: ``i = lo + [T_lo < u]``, and the word is within one unit of a threshold iff ``|u - T_lo| <= 1``
+    (the others are at least three away). Either way :func:`draws_from_words` gives the same ``k = i - K`` and the
+    same flag (tail cells ``i = 0``, ``i = 2K`` included); words in buckets with ``c >= 2`` (and the two end
+    buckets, where ``s - 2`` or ``e + 2`` would wrap) go through :func:`draws_from_words` itself. Same draws, two
+    gathers for most words instead of a binary search.
     """
 
     def __init__(self, table: LatticeTable, device: torch.device) -> None:
         self.half_width = table.half_width
         self.table = torch.as_tensor(table.thresholds, device=device)
         self.padded = padded_table(self.table)
-        self.buckets: torch.Tensor | None = None
+        self.lo: torch.Tensor | None = None
         if device.type == "cpu":
-            bits = min(max(BUCKET_BITS[0], math.ceil(math.log2(32 * table.cells))), BUCKET_BITS[1])
+            bits = min(max(BUCKET_BITS[0], math.ceil(math.log2(4 * table.cells))), BUCKET_BITS[1])
             self.shift = 64 - bits
-            starts = (torch.arange(2**bits, dtype=torch.int64) - 2 ** (bits - 1)) << self.shift
-            ends = starts + ((1 << self.shift) - 1)
-            before = torch.searchsorted(self.table, starts - 2)  # #{T < s - 2}
-            through = torch.searchsorted(self.table, ends + 2, right=True)  # #{T <= e + 2}
-            clean = (before == through) & (before > 0) & (before < self.table.numel())
             self.offset = 2 ** (bits - 1)
-            self.buckets = torch.where(clean, before, -1).to(torch.int32)
+            starts = (torch.arange(2**bits, dtype=torch.int64) - self.offset) << self.shift
+            ends = starts + ((1 << self.shift) - 1)
+            self.lo = torch.searchsorted(self.table, starts - 2)  # #{T < s - 2}
+            count = torch.searchsorted(self.table, ends + 2, right=True) - self.lo  # #{T in [s - 2, e + 2]}
+            count[0] = count[-1] = 2  # s - 2 and e + 2 wrap around there
+            self.count = count.clamp(max=2).to(torch.int8)
+            self.extended = torch.cat([self.table, self.table[-1:]])  # T_lo for lo = 2K too
 
     def draws(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(k, number of inexact draws)`` of the words ``u`` (the count stays on the device)."""
-        if self.buckets is None:
+        if self.lo is None:
             k, inexact = draws_from_words(u, self.table, self.padded, self.half_width)
             return k, inexact.sum()
-        i = self.buckets[(u >> self.shift) + self.offset].long()
-        rest = (i < 0).nonzero().squeeze(1)
-        if rest.numel() == 0:
-            return i.sub_(self.half_width), torch.zeros((), dtype=torch.long)
-        k_rest, inexact = draws_from_words(u[rest], self.table, self.padded, self.half_width)
+        b = (u >> self.shift).add_(self.offset)
+        count = self.count[b]
+        one = count == 1
+        lo = self.lo[b]
+        d = u - self.extended[lo]  # no wrap-around where one: T_lo lies within the word's bucket (+-2)
+        i = lo.add_(one & (d > 0))
+        inexact = (one & (d.abs_() <= 1)) | (i == 0) | (i == self.table.numel())
+        rest = (count == 2).nonzero().squeeze(1)
         k = i.sub_(self.half_width)
-        k[rest] = k_rest
+        if rest.numel():
+            k_rest, inexact_rest = draws_from_words(u[rest], self.table, self.padded, self.half_width)
+            k[rest] = k_rest
+            inexact[rest] = inexact_rest
         return k, inexact.sum()
 
 
