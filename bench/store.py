@@ -30,11 +30,13 @@ ROW_SCHEMA = pa.schema(
         ("certificate", pa.string()), ("encode_s", pa.float64()), ("sample_s", pa.float64()),
         ("total_s", pa.float64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("precision", pa.string()),
         ("device", pa.string()), ("checkpoint_sha256", pa.string()), ("lipschitz_source", pa.string()),
+        ("noise", pa.string()), ("quantization", pa.float64()),
     ]
 )
 """Columns of a certification row (docs/results-schema.md); every part is written with this schema."""
 
-OPTIONAL_COLUMNS = frozenset({"lipschitz_source"})
+OPTIONAL_COLUMNS = frozenset({"lipschitz_source", "noise", "quantization"})
+NOISE_DEFAULT = "gaussian"  # what rows written before the ``noise`` column used
 """Columns added after runs were stored: null when a row lacks them (as in the parts written before)."""
 
 DECISION_SCHEMA = pa.schema(
@@ -109,7 +111,9 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
     parts = part_files(run_dir)
     if not parts:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    rows["noise"] = rows["noise"].fillna(NOISE_DEFAULT) if "noise" in rows else NOISE_DEFAULT
+    return rows
 
 
 def clear_run(run_dir: Path) -> None:

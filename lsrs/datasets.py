@@ -56,6 +56,9 @@ class DatasetInfo:
     string keeps torch out of imports). ``embedded`` datasets ship with a package (no files, no crop/flip
     augmentation by default); ``extra`` is the command that installs the package a dataset needs, if any;
     ``obtain`` says how to get the data (shown by ``--help``). ``title`` is the name reports print.
+    ``input_lattice`` says whether the loader's images lie on the 8-bit lattice (``"exact"``: values
+    ``fl32(m / 255)``) or are computed off it (``"rounded"``: ``bench run --noise lattice`` rounds each image
+    once to the nearest lattice point, :func:`lsrs.lattice.to_input_lattice`).
     ``default_arch`` is the paper's architecture for the dataset; its width there is the architecture's own
     per-dataset default (:meth:`lsrs.architectures.Architecture.default_width`). The recipe defaults
     (``epochs``, ``lr``, ``lr_step``, ``batch_size``) are the paper's CIFAR-10 ones unless a record says
@@ -81,6 +84,7 @@ class DatasetInfo:
     extra: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    input_lattice: str = "exact"  # "exact": images are fl32(m / 255); "rounded": rounded once for lattice noise
 
     @property
     def display_name(self) -> str:
@@ -133,6 +137,8 @@ def _check(record: DatasetInfo) -> None:
         raise DatasetError(
             f"dataset {name!r}: mean must give one value in [0, 1] per channel ({record.in_channels}), got {record.mean!r}"
         )
+    if record.input_lattice not in ("exact", "rounded"):
+        raise DatasetError(f"dataset {name!r}: input_lattice must be 'exact' or 'rounded', got {record.input_lattice!r}")
     if not (isinstance(record.loader, str) and ":" in record.loader) and not callable(record.loader):
         raise DatasetError(f"dataset {name!r}: loader must be a function or 'module:function', got {record.loader!r}")
 
@@ -182,6 +188,7 @@ register_dataset(DatasetInfo(
         "sklearn load_digits 8x8, /16 -> [0,1], bilinear upsampling to 16x16 (align_corners=False); "
         "stratified split random_state=0 (1437 train / 360 test); mean subtracted in the model, no std"
     ),
+    input_lattice="rounded",  # /16 and bilinear upsampling leave the 8-bit lattice: lattice noise rounds once
     epochs=10,
     lr=0.1,
     lr_step=7,

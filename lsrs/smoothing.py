@@ -29,6 +29,7 @@ from torch import nn
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
+from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
 from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
 from lsrs.sequential import (
@@ -78,6 +79,10 @@ class Certificate:
     latent_error: float = 0.0
     lipschitz_declared: float = math.nan
     lipschitz_source: str = "proven"  # "proven": as executed, from the per-layer proofs; "trusted": declared
+    noise: str = "gaussian"  # "lattice": rounded-Gaussian noise on (1/D) Z^d, sound as executed (lsrs.lattice)
+    lattice_step: float = math.nan  # h = 1/D of the lattice noise
+    quantization: float = 0.0  # h sqrt(d) subtracted from the latent radius (a quantized latent; lsrs.lattice)
+    inexact_draws: int = 0  # lattice draws the integer table could not decide exactly (any one: abstain)
 
     @property
     def abstained(self) -> bool:
@@ -116,6 +121,14 @@ class LatentSmooth:
     statistics, so the counts would depend on the batch size and Clopper-Pearson would not apply. The
     caller's modules never change, and later changes to the encoder are not seen (build a new smoother); the bound is
     recomputed whenever anything of ``self.encoder`` that runs changes (:func:`lsrs.proofs.state_key`).
+
+    ``noise="lattice"`` (:mod:`lsrs.lattice`, Voracek & Hein 2023): the noise is the Gaussian rounded to the
+    lattice ``(1/D) Z^d``, drawn exactly from integer thresholds, and the classifier sees ``fl32((m + k) / D)``
+    for the integer centre ``m`` and draw ``k``: a fixed function of a lattice point, so the certificate covers
+    the arithmetic that runs. With an identity encoder (IS-RS) ``D = 255`` and the input must be an 8-bit
+    image (values ``m / 255`` in float32; anything else is refused); otherwise the executed latent is rounded to
+    ``D = 2^e`` (``lattice_denominator``, default :func:`lsrs.lattice.latent_denominator`) and
+    ``h sqrt(d)`` is subtracted from the latent radius before ``delta`` and ``L`` are applied.
     """
 
     def __init__(
@@ -132,8 +145,14 @@ class LatentSmooth:
         channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
         trust_lipschitz: bool = False,
+        noise: str = "gaussian",
+        lattice_denominator: int | None = None,
     ) -> None:
         _check_positive_int("num_classes", num_classes)
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+        if lattice_denominator is not None:
+            _check_positive_int("lattice_denominator", lattice_denominator)
         _check_positive_float("sigma", sigma)
         _check_positive_float("lipschitz", lipschitz)
         _check_positive_int("noise_block", noise_block)
@@ -154,6 +173,9 @@ class LatentSmooth:
         self.precision = precision
         self.channels_last = channels_last
         self.noise_block = noise_block
+        self.noise = noise
+        self.lattice_denominator = lattice_denominator
+        self.input_lattice = isinstance(encoder, nn.Identity)  # IS-RS: inputs are 8-bit images, never quantized
         if device is None:
             param = next(iter(classifier.parameters()), None)
             device = param.device if param is not None else "cpu"
@@ -198,8 +220,9 @@ class LatentSmooth:
         with Stopwatch(self.device) as total:
             with Stopwatch(self.device) as enc:
                 z, bound, (err_a, err_b) = self._encode_bounded(x)
+                z, spec = self.noise_centre(z)
             with Stopwatch(self.device) as smp:
-                stream = self.noise_stream(z, key)
+                stream = self.noise_stream(z, key, spec)
                 counts0 = self.sample_counts(z, n0, batch_size, stream)
                 c_a = int(counts0.argmax().item())
                 stream.finish_block()  # estimation starts at a fresh block: disjoint from selection
@@ -210,11 +233,14 @@ class LatentSmooth:
                         break
             counts0_t = tuple(int(c) for c in counts0.tolist())
             counts_t = tuple(int(c) for c in counts.tolist())
+            inexact = _inexact_draws(stream)
             if drawn < n:  # curtailed: abstention is certain, the final bounds are never computed
                 prediction, radius_latent, p_a_lower, p_b_upper = ABSTAIN, 0.0, math.nan, math.nan
             else:
                 prediction, radius_latent, p_a_lower, p_b_upper = self._bound(counts_t, c_a, n, alpha, certificate)
-            radius = bound.radius(radius_latent, err_a, err_b)
+            if inexact:  # a draw the table could not decide: no claim (lsrs.lattice, "Accounting")
+                prediction, radius_latent = ABSTAIN, 0.0
+            radius = bound.radius(radius_latent - spec.quantization, err_a, err_b) if radius_latent > 0 else 0.0
         return Certificate(
             prediction=prediction,
             radius=radius,
@@ -237,6 +263,10 @@ class LatentSmooth:
             latent_error=err_a + err_b * radius,
             lipschitz_declared=self.lipschitz,
             lipschitz_source="trusted" if bound.trusted else "proven",
+            noise=self.noise,
+            lattice_step=spec.step,
+            quantization=spec.quantization,
+            inexact_draws=inexact,
         )
 
     def _bound(
@@ -298,8 +328,10 @@ class LatentSmooth:
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
             z, bound, (err_a, err_b) = self._encode_bounded(x)
-            p_required = required_probability(bound.latent_radius_needed(radius, err_a, err_b), self.sigma)
-            stream = self.noise_stream(z, key)
+            z, spec = self.noise_centre(z)
+            needed = bound.latent_radius_needed(radius, err_a, err_b) + spec.quantization
+            p_required = required_probability(needed, self.sigma)
+            stream = self.noise_stream(z, key, spec)
             c_a = int(self.sample_counts(z, n0, batch_size, stream).argmax().item())
             stream.finish_block()
             for drawn, counts in self._cumulative_counts(z, max_n, batch_size, stream, stops=looks):
@@ -307,6 +339,8 @@ class LatentSmooth:
                     answer, lower, upper = sequential_look(int(counts[c_a].item()), drawn, p_required, alpha_look)
                     if answer is not None:
                         break
+            if _inexact_draws(stream):  # no claim (lsrs.lattice, "Accounting")
+                answer = None
         return Decision(
             certified=answer,
             prediction=c_a if answer else ABSTAIN,
@@ -333,8 +367,11 @@ class LatentSmooth:
         _check_positive_int("n", n)
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
-        z = self.encode(x)
-        counts = self.sample_counts(z, n, batch_size, (seed_from(generator), "predict"))
+        z, spec = self.noise_centre(self.encode(x))
+        stream = self.noise_stream(z, (seed_from(generator), "predict"), spec)
+        counts = self.sample_counts(z, n, batch_size, stream)
+        if _inexact_draws(stream):  # no claim (lsrs.lattice, "Accounting")
+            return ABSTAIN
         top2 = counts.topk(min(2, self.num_classes))
         n_a = int(top2.values[0].item())
         n_b = int(top2.values[1].item()) if self.num_classes > 1 else 0
@@ -383,29 +420,49 @@ class LatentSmooth:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def noise_stream(self, z: torch.Tensor, key: NoiseKey) -> NoiseStream:
-        """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once)."""
+    def noise_centre(self, z: torch.Tensor) -> tuple[torch.Tensor, LatticeSpec]:
+        """What the noise is added to: ``z`` itself (Gaussian noise), or the integer lattice centre ``m`` of
+        ``z`` with its lattice (:func:`lsrs.lattice.lattice_spec`; refuses an off-lattice input)."""
+        if self.noise == "gaussian":
+            return z, LatticeSpec.none()
+        return lattice_spec(z, self.sigma, self.input_lattice, self.lattice_denominator)
+
+    def noise_stream(
+        self, z: torch.Tensor, key: NoiseKey, spec: LatticeSpec | None = None
+    ) -> NoiseStream | LatticeNoiseStream:
+        """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once); with
+        ``noise="lattice"`` the stream of integer draws on ``spec``'s lattice (``z`` is then the integer centre
+        that :meth:`noise_centre` returned with ``spec``)."""
+        if self.noise == "lattice":
+            if spec is None or not spec.denominator:
+                raise ValueError("noise='lattice': pass the lattice of the centre (noise_centre returns both)")
+            return LatticeNoiseStream(z.shape[1:], key, device=self.device, block=self.noise_block,
+                                      sigma=self.sigma, denominator=spec.denominator)
         return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
                            std=self.sigma)
 
     def sample_counts(
-        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | LatticeNoiseStream | NoiseKey
     ) -> torch.Tensor:
         """Class counts (on the device) of ``classifier(z + sigma * noise)`` over the next ``num`` samples of
-        ``noise`` (a stream, or the key of a fresh one)."""
+        ``noise`` (a stream, or the key of a fresh one: with lattice noise, ``z`` is then the latent, rounded
+        here to its lattice centre; with a stream, the centre that came with it)."""
         _, counts = deque(self._cumulative_counts(z, num, batch_size, noise), maxlen=1)[0]
         return counts
 
     @torch.inference_mode()
     def _cumulative_counts(
-        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey, stops: Sequence[int] = ()
+        self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | LatticeNoiseStream | NoiseKey, stops: Sequence[int] = ()
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(samples drawn so far, counts so far)`` after each batch; batches also end at ``stops``.
 
         The counts tensor lives on the device and is updated in place; reading it costs a host sync, so
         only sequential samplers do that per batch. The noise stream does not depend on the batch bounds.
         """
-        stream = noise if isinstance(noise, NoiseStream) else self.noise_stream(z, noise)
+        if not isinstance(noise, (NoiseStream, LatticeNoiseStream)):
+            z, spec = self.noise_centre(z)
+            noise = self.noise_stream(z, noise, spec)
+        stream = noise
         buffer = stream.new_buffer(min(batch_size, num))
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         if z.dim() == 4:  # the buffer is channels_last: adding a z of the same layout is one contiguous pass
@@ -419,6 +476,8 @@ class LatentSmooth:
             if pending_stops:
                 b = min(b, pending_stops[0] - drawn)
             noisy = stream.fill(buffer[:b]).add_(z)
+            if isinstance(stream, LatticeNoiseStream):
+                noisy.div_(stream.denominator)  # fl32((m + k) / D): a fixed function of the lattice point
             if not self.channels_last:
                 noisy = noisy.contiguous()
             with self._autocast():
@@ -431,6 +490,11 @@ class LatentSmooth:
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             drawn += b
             yield drawn, counts
+
+
+def _inexact_draws(stream: NoiseStream | LatticeNoiseStream) -> int:
+    """Lattice draws of ``stream`` the integer table could not decide exactly (0 for Gaussian noise)."""
+    return int(stream.inexact.item()) if isinstance(stream, LatticeNoiseStream) else 0
 
 
 def _private_classifier(classifier: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:

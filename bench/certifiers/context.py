@@ -35,6 +35,7 @@ class RunSettings(Protocol):
     compile: str
     trust_lipschitz: bool
     checkpoints: str
+    noise: str
 
     @property
     def n_values(self) -> tuple[int, ...]: ...

@@ -43,6 +43,18 @@ def check_latent_fors(archs: list, fors: tuple[int, ...]) -> None:
         raise UsageError(f"FoR {bad} invalid for {names}; valid: {','.join(map(str, valid))}", option="--fors")
 
 
+def lattice_input(config: RunSettings, x: Any) -> Any:
+    """With ``--noise lattice``, an image of a dataset whose loader computes off-lattice values (its record's
+    ``input_lattice == "rounded"``, e.g. digits' upsampling) rounded once to the 8-bit lattice; others as loaded
+    (an off-lattice image of a dataset that claims the lattice is refused by the smoother)."""
+    if config.noise != "lattice":
+        return x
+    from lsrs.datasets import get_dataset
+    from lsrs.lattice import to_input_lattice
+
+    return to_input_lattice(x) if get_dataset(config.dataset).input_lattice == "rounded" else x
+
+
 def start(context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> SmoothedRun | CleanRun:
     """σ > 0: the smoother; σ = 0: plain forwards of the base network."""
     return CleanRun(context, channels_last) if context.job.sigma == 0 else SmoothedRun(context, x, batch_size,
@@ -95,14 +107,21 @@ class SmoothedRun:
                 self.smoother = smooth_model(
                     context.model, context.num_classes, job.sigma, device=device, precision=config.precision,
                     fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
+                    noise=config.noise,
                 )
             except UnprovenModule as exc:  # one line, in the CLI's words
                 why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")
                 raise UsageError(f"{job.label}: {why}") from None
         context.setup_s["fold_bn"] = watch.seconds
+        x = lattice_input(config, x)
         with Stopwatch(device) as watch:
             latent_shape = tuple(self.smoother.encode(x).shape[1:])
         context.setup_s["first_encode"] = watch.seconds
+        if config.noise == "lattice":  # an off-lattice image or a latent float32 cannot hold: one line
+            try:
+                self.smoother.noise_centre(self.smoother.encode(x))
+            except ValueError as exc:
+                raise UsageError(f"{job.label}: {str(exc).replace('noise=', '--noise ')}") from None
         with Stopwatch(device) as watch:
             batch = batch_size or auto_batch_size(self.smoother.classifier, latent_shape, job.n, device)
         context.setup_s["batch_probe"] = watch.seconds
@@ -121,6 +140,7 @@ class SmoothedRun:
         smoother, batch = self.smoother, self.batch_size
         for i in indices:
             x, label = dataset[i]
+            x = lattice_input(config, x)
             seed = derive_seed(config.seed, i, job.method, job.fors, job.sigma)
             cert = smoother.certify(x, config.n0, job.n, config.alpha, batch, generator=seed,
                                     sampler=config.sampler, certificate=config.certificate)
@@ -145,6 +165,8 @@ class SmoothedRun:
                 "p_b_upper": cert.p_b_upper,
                 "sampler": cert.sampler,
                 "certificate": cert.certificate,
+                "noise": cert.noise,
+                "quantization": cert.quantization,
                 "counts_selection": list(cert.counts_selection),
                 "counts_estimation": list(cert.counts_estimation),
                 "n0": cert.n0,

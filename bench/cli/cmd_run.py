@@ -110,6 +110,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="curtail: stop drawing once abstention is certain (same certificates as fixed).")
 @click.option("--certificate", type=click.Choice(["binary", "multiclass"]), default="binary", show_default=True,
               help="binary: Cohen et al. (pB = 1 - pA); multiclass: paper Eq. 3 with a Bonferroni split of α.")
+@click.option("--noise", type=click.Choice(["gaussian", "lattice"]), default="gaussian", show_default=True,
+              help="lattice: the Gaussian rounded to the 8-bit lattice (latents: a fine power-of-two lattice), drawn "
+                   "exactly, so the certificate covers the float arithmetic that runs (lsrs.lattice).")
 @click.option("--decide-radii", type=CommaList(float, "radius", _radius_ok), default=None,
               help="Also decide, per image, certified robustness at these input radii (anytime-valid test).")
 @click.option("--max-n", type=click.IntRange(min=1), default=100_000, show_default=True,
@@ -134,7 +137,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
 def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_images, per_class, device,
             precision, channels_last, fold_bn, compile_mode, seed, checkpoints, data_dir, out, allow_sigma_mismatch, fresh,
             allow_pickle, sampler,
-            certificate, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
+            certificate, noise, decide_radii, max_n, ray_address, ray_shard_size, ray_num_cpus, ray_num_gpus,
             processes, trust_lipschitz, quiet) -> None:
     """Certify the same test images with IS-RS (baseline) and LS-RS (each FoR twin) for every σ.
 
@@ -179,7 +182,7 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
         skip=skip, max_images=max_images, per_class=per_class, seed=seed,
         device_type=device_type, precision=choice.resolved, fold_bn=fold_bn, checkpoints=str(checkpoints),
         allow_sigma_mismatch=allow_sigma_mismatch, data_dir=data_dir, allow_pickle=allow_pickle, sampler=sampler,
-        certificate=certificate,
+        certificate=certificate, noise=noise,
         decide_radii=tuple(decide_radii or ()), max_n=max_n, compile=compile_mode, trust_lipschitz=trust_lipschitz,
     )
     out = out or default_out(dataset, config.config_hash())

@@ -77,6 +77,7 @@ class RunConfig:
     max_n: int = 100_000
     compile: str = "off"
     trust_lipschitz: bool = False  # an encoder without a proof: divide by its declared bound (lsrs.proofs)
+    noise: str = "gaussian"  # "lattice": exact lattice noise (lsrs.lattice)
 
     def __post_init__(self) -> None:
         values = n_axis(self.n)
@@ -90,8 +91,8 @@ class RunConfig:
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded).
 
-        ``compile`` and ``trust_lipschitz`` enter the hash only when on, so runs made before the options existed
-        keep their hash.
+        ``compile``, ``trust_lipschitz`` and ``noise`` enter the hash only when not at their defaults, so runs
+        made before the options existed keep their hash.
         """
         return hash_config(asdict(self))
 
@@ -111,6 +112,8 @@ def hash_config(config: dict) -> str:
         keyed.pop("compile", None)
     if not keyed.get("trust_lipschitz", False):  # enters the hash only when on: older runs keep theirs
         keyed.pop("trust_lipschitz", None)
+    if keyed.get("noise", "gaussian") == "gaussian":  # likewise
+        keyed.pop("noise", None)
     values = n_axis(keyed["n"])
     keyed["n"] = values[0] if len(values) == 1 else list(values)
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
