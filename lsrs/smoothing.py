@@ -26,11 +26,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
-from lsrs.executed import ExecutedBound, encode_executed
+from lsrs.arguments import (
+    check_image,
+    module_dtype,
+    nonnegative_float,
+    plain_generator,
+    positive_float,
+    positive_int,
+    probability,
+)
+from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
+from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
-from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
+from lsrs.proofs import UnprovenModule, executable_copy, executed_bound, first_unproven, state_key
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,
@@ -77,21 +86,11 @@ class Certificate:
     certificate: str = "binary"
     latent_error: float = 0.0
     lipschitz_declared: float = math.nan
-    lipschitz_source: str = "proven"  # "proven": as executed, from the per-layer proofs; "trusted": declared
+    lipschitz_source: str = SOURCE_PROVEN  # lsrs.executed.LIPSCHITZ_SOURCES: the library's proofs, a user's, trusted
 
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_positive_float(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 class LatentSmooth:
@@ -132,21 +131,28 @@ class LatentSmooth:
         channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
         trust_lipschitz: bool = False,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_float("sigma", sigma)
-        _check_positive_float("lipschitz", lipschitz)
-        _check_positive_int("noise_block", noise_block)
+        num_classes, noise_block = positive_int("num_classes", num_classes), positive_int("noise_block", noise_block)
+        sigma, lipschitz = positive_float("sigma", sigma), positive_float("lipschitz", lipschitz)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         unproven = first_unproven(encoder)
         if unproven is not None and not trust_lipschitz:
-            raise unproven.within("encoder", "LatentSmooth certifies only what it proves: use layers with a proof "
-                                  "(lsrs.proofs) or pass trust_lipschitz=True to vouch for the declared "
-                                  f"lipschitz={float(lipschitz)!r}")
+            raise unproven.within("encoder", _trust_advice(lipschitz))
         self.trusted = unproven is not None
-        self.encoder = executable_copy(encoder, widen=not self.trusted)
+        encoder_dtype = module_dtype(encoder, "encoder")
+        if not self.trusted and encoder_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"the encoder is {encoder_dtype}: the proofs cover float32 and float64 encoders (call "
+                             ".float() on it), or pass trust_lipschitz=True to run it as it is")
+        try:
+            self.encoder = executable_copy(encoder, widen=not self.trusted, verify=not self.trusted)
+        except UnprovenModule as err:
+            raise err.within("encoder", _trust_advice(lipschitz)) from None
+        self._encoder_dtype = encoder_dtype
+        self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
         self.classifier = _private_classifier(classifier, fold_bn, channels_last)
+        self._classifier_dtype = module_dtype(self.classifier, "classifier")
         self.fold_bn = fold_bn
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -186,10 +192,8 @@ class LatentSmooth:
         ``sampler="curtail"`` stops drawing once abstention is certain and returns exactly the prediction and
         radius of ``sampler="fixed"`` for the same seed; ``samples_used`` tells how many samples it drew.
         """
-        _check_positive_int("n0", n0)
-        _check_positive_int("n", n)
-        _check_positive_int("batch_size", batch_size)
-        check_alpha(alpha)
+        n0, n, batch_size = positive_int("n0", n0), positive_int("n", n), positive_int("batch_size", batch_size)
+        alpha, generator = probability("alpha", alpha), plain_generator(generator)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if certificate not in CERTIFICATES:
@@ -236,7 +240,7 @@ class LatentSmooth:
             certificate=certificate,
             latent_error=err_a + err_b * radius,
             lipschitz_declared=self.lipschitz,
-            lipschitz_source="trusted" if bound.trusted else "proven",
+            lipschitz_source=bound.source,
         )
 
     def _bound(
@@ -283,14 +287,9 @@ class LatentSmooth:
         most ``alpha`` whatever the data-dependent stopping time; a fixed-n Clopper-Pearson bound re-checked
         after every batch would not be (optional stopping). ``certified`` is None if ``max_n`` did not settle it.
         """
-        _check_positive_int("n0", n0)
-        _check_positive_int("max_n", max_n)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("first_look", first_look)
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius)
-                                                                                  and radius >= 0):
-            raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
-        check_alpha(alpha)
+        n0, max_n = positive_int("n0", n0), positive_int("max_n", max_n)
+        batch_size, first_look = positive_int("batch_size", batch_size), positive_int("first_look", first_look)
+        alpha, generator, radius = probability("alpha", alpha), plain_generator(generator), nonnegative_float(radius)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
         key = (seed_from(generator), "certify")
@@ -330,9 +329,8 @@ class LatentSmooth:
 
         With probability at least ``1 - alpha``, a returned class is the smoothed classifier's prediction.
         """
-        _check_positive_int("n", n)
-        _check_positive_int("batch_size", batch_size)
-        check_alpha(alpha)
+        n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
+        alpha, generator = probability("alpha", alpha), plain_generator(generator)
         z = self.encode(x)
         counts = self.sample_counts(z, n, batch_size, (seed_from(generator), "predict"))
         top2 = counts.topk(min(2, self.num_classes))
@@ -350,31 +348,47 @@ class LatentSmooth:
     def executed_bound(self, input_shape: Sequence[int]) -> ExecutedBound:
         """The bound the certificates divide by: :func:`lsrs.proofs.executed_bound` of ``self.encoder``, with
         ``L`` raised to the declared ``lipschitz`` if that is larger; the declared bound alone (no rounding
-        term, ``trusted``) with ``trust_lipschitz`` for an encoder without a proof. Keyed on everything that
-        runs (:func:`lsrs.proofs.state_key`: modules, parameters, buffers, cached operators), read before the
-        forward pass that may rebuild a cache, and recomputed whenever it changed."""
-        key = (tuple(input_shape), state_key(self.encoder))
+        term, ``trusted``) with ``trust_lipschitz`` for an encoder without a proof. Keyed on the declared bound
+        and everything that determines what runs (:func:`lsrs.digest.state_key`: tensor contents, attributes,
+        hooks, the classes' code), read before the forward pass that may rebuild a cache, and proven again (or
+        refused) whenever it changed."""
+        key = self._bound_key(input_shape)
         if self._executed is None or key != self._executed_for:
+            lipschitz = positive_float("lipschitz", self.lipschitz)
             if self.trusted:
-                bound = ExecutedBound(self.lipschitz, self.lipschitz, (), trusted=True)
+                bound = ExecutedBound(lipschitz, lipschitz, (), trusted=True)
             else:
-                with torch.inference_mode(False):
-                    bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
-                bound.lipschitz = max(bound.lipschitz, self.lipschitz)
+                try:
+                    with torch.inference_mode(False):
+                        bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
+                except UnprovenModule as err:
+                    raise err.within("encoder", _trust_advice(lipschitz)) from None
+                bound.lipschitz = max(bound.lipschitz, lipschitz)
             self._executed = bound
-            self._executed_for = (tuple(input_shape), state_key(self.encoder))  # after the pass's cache builds
+            self._executed_for = self._bound_key(input_shape)  # after the pass's cache builds
         return self._executed
+
+    def _bound_key(self, input_shape: Sequence[int]) -> tuple:
+        """What the bound depends on: the input shape, the declared bound, and (unless trusted) the encoder."""
+        state = None if self.trusted else state_key(self.encoder)
+        return tuple(input_shape), repr(self.lipschitz), self.trusted, state
 
     @torch.inference_mode()
     def _encode_bounded(self, x: torch.Tensor) -> tuple[torch.Tensor, ExecutedBound, tuple[float, float]]:
-        """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image."""
-        x = x.to(self.device).unsqueeze(0)
+        """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image.
+        The input is checked (:func:`lsrs.arguments.check_image`, against ``input_range``) and copied: the caller's tensor is never
+        written, even by an encoder that starts with an in-place operation."""
+        check_image(x, self.input_range)
+        x = x.detach().to(self.device).clone().unsqueeze(0)
         bound = self.executed_bound(tuple(x.shape[1:]))
         with one_cpu_thread(self.device):  # one image: too small to share; 2 threads cost 6-12x the CPU here
-            if bound.trusted or not bound.terms:  # a declared bound, or the identity (no arithmetic at all)
-                return self.encoder(x).float(), bound, (0.0, 0.0)
+            if bound.trusted or not (bound.terms or bound.user_proof):  # declared, or no arithmetic at all
+                z = self.encoder(x.to(self._encoder_dtype or x.dtype)).float()
+                _check_latent(z)
+                return z, bound, (0.0, 0.0)
             z64, norms = encode_executed(self.encoder, x, bound)
         z = z64.float()
+        _check_latent(z)
         return z, bound, bound.latent_error(norms, float(z64.norm()), z64.numel())
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -421,6 +435,8 @@ class LatentSmooth:
             noisy = stream.fill(buffer[:b]).add_(z)
             if not self.channels_last:
                 noisy = noisy.contiguous()
+            if self._classifier_dtype not in (None, noisy.dtype):  # a half / bf16 classifier: in its precision
+                noisy = noisy.to(self._classifier_dtype)
             with self._autocast():
                 logits = self.classifier(noisy)
             if logits.dim() != 2 or logits.shape != (b, self.num_classes):
@@ -431,6 +447,20 @@ class LatentSmooth:
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             drawn += b
             yield drawn, counts
+
+
+def _trust_advice(lipschitz: float) -> str:
+    return ("LatentSmooth certifies only what it proves: use layers with a proof (lsrs.proofs) or pass "
+            f"trust_lipschitz=True to vouch for the declared lipschitz={float(lipschitz)!r} (recorded as "
+            "lipschitz_source='trusted')")
+
+
+def _check_latent(z: torch.Tensor) -> None:
+    """Refuse an empty or non-finite latent in one line."""
+    if z.numel() == 0:
+        raise ValueError(f"the encoder returned an empty latent (shape {tuple(z.shape[1:])}): nothing to smooth")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("the encoder returned a latent with NaN or Inf entries: check its weights and the image")
 
 
 def _private_classifier(classifier: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:
