@@ -66,8 +66,8 @@ def plain_generator(generator: object) -> object:
 def check_plain_tensor(name: str, x: object) -> None:
     """Refuse anything but a plain ``torch.Tensor`` / ``nn.Parameter``."""
     if type(x) not in (Tensor, nn.Parameter):
-        raise ValueError(f"{name} must be a torch.Tensor, got a {type(x).__name__} (a tensor subclass can change "
-                         "what the certified pass computes): pass torch.Tensor(x) or x.as_subclass(torch.Tensor)")
+        raise ValueError(f"the certifier takes a torch.Tensor as {name}, got a {type(x).__name__} (a tensor subclass "
+                         "can change what the certified pass computes): pass x.as_subclass(torch.Tensor)")
 
 
 def check_image(x: Tensor, value_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
