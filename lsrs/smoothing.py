@@ -39,7 +39,14 @@ from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomi
 from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
-from lsrs.proofs import UnprovenModule, executable_copy, executed_bound, first_unproven, state_key
+from lsrs.proofs import (
+    UnprovenModule,
+    executable_copy,
+    executed_bound,
+    first_unproven,
+    probe_dtype,
+    state_key,
+)
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,
@@ -141,15 +148,15 @@ class LatentSmooth:
         if unproven is not None and not trust_lipschitz:
             raise unproven.within("encoder", _trust_advice(lipschitz))
         self.trusted = unproven is not None
-        encoder_dtype = module_dtype(encoder, "encoder")
-        if not self.trusted and encoder_dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"the encoder is {encoder_dtype}: the proofs cover float32 and float64 encoders (call "
-                             ".float() on it), or pass trust_lipschitz=True to run it as it is")
         try:
             self.encoder = executable_copy(encoder, widen=not self.trusted, verify=not self.trusted)
         except UnprovenModule as err:
             raise err.within("encoder", _trust_advice(lipschitz)) from None
-        self._encoder_dtype = encoder_dtype
+        low = {t.dtype for t in (*self.encoder.parameters(), *self.encoder.buffers())} & {torch.float16, torch.bfloat16}
+        if low and not self.trusted:  # the float64 forward upcasts nn.Linear / nn.Conv2d exactly, nothing else
+            raise ValueError(f"the encoder holds {sorted(map(str, low))[0]} tensors in layers that the float64 "
+                             "forward does not upcast: call .float() on it, or pass trust_lipschitz=True")
+        self._encoder_dtype = module_dtype(self.encoder, "encoder") if self.trusted else None
         self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
         self.classifier = _private_classifier(classifier, fold_bn, channels_last)
         self._classifier_dtype = module_dtype(self.classifier, "classifier")
@@ -358,6 +365,7 @@ class LatentSmooth:
             if self.trusted:
                 bound = ExecutedBound(lipschitz, lipschitz, (), trusted=True)
             else:
+                self._check_latent_size(input_shape)
                 try:
                     with torch.inference_mode(False):
                         bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
@@ -367,6 +375,16 @@ class LatentSmooth:
             self._executed = bound
             self._executed_for = self._bound_key(input_shape)  # after the pass's cache builds
         return self._executed
+
+    def _check_latent_size(self, input_shape: Sequence[int]) -> None:
+        """Refuse an encoder whose latent is empty on inputs of ``input_shape``, before proving it."""
+        probe = torch.zeros(1, *input_shape, dtype=probe_dtype(self.encoder), device=self.device)
+        with torch.inference_mode():
+            z = self.encoder(probe)
+        if not isinstance(z, torch.Tensor) or z.numel() == 0:
+            shape = tuple(z.shape[1:]) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"the encoder returns an empty latent ({shape}) on inputs of shape {tuple(input_shape)}: "
+                             "nothing to smooth")
 
     def _bound_key(self, input_shape: Sequence[int]) -> tuple:
         """What the bound depends on: the input shape, the declared bound, and (unless trusted) the encoder."""
