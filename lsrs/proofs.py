@@ -698,8 +698,8 @@ def executable_copy(module: nn.Module, widen: bool = True, *, verify: bool = Fal
     if verify:
         refused = first_unproven(clone)
         if refused is not None:
-            refused.args = (f"{refused.args[0]} (found in the private copy, after copying)",)
-            raise refused
+            raise UnprovenModule(refused.path, refused.module, f"{refused.why} (found in the private copy, after "
+                                                               "copying)")
     return clone
 
 
