@@ -173,6 +173,7 @@ class LatentSmooth:
         self.device = torch.device(device)
         self._executed: ExecutedBound | None = None
         self._executed_for: tuple | None = None
+        self._rekey = False
 
     # ------------------------------------------------------------------ public API (Cohen et al. names)
     def certify(
@@ -374,6 +375,7 @@ class LatentSmooth:
                 bound.lipschitz = max(bound.lipschitz, lipschitz)
             self._executed = bound
             self._executed_for = self._bound_key(input_shape)  # after the pass's cache builds
+            self._rekey = True  # and once more after the first certified pass (float64 operator copies)
         return self._executed
 
     def _check_latent_size(self, input_shape: Sequence[int]) -> None:
@@ -405,6 +407,8 @@ class LatentSmooth:
                 _check_latent(z)
                 return z, bound, (0.0, 0.0)
             z64, norms = encode_executed(self.encoder, x, bound)
+        if self._rekey:
+            self._executed_for, self._rekey = self._bound_key(tuple(x.shape[1:])), False
         z = z64.float()
         _check_latent(z)
         return z, bound, bound.latent_error(norms, float(z64.norm()), z64.numel())
