@@ -19,9 +19,11 @@ way that defines anything besides ``__init__``, ``extra_repr`` and documentation
 or a helper the inherited ``forward`` calls) ends the search with no proof. So ``OrthogonalBlock``, an
 ``nn.Sequential`` subclass with only an ``__init__``, is proven as a sequence, and an ``nn.Identity`` subclass
 returning ``3 * x`` is refused; so is one with a mixin after ``nn.Identity`` among its bases (every class of the
-MRO outside the proven class's own must be inert). A module with forward hooks, or with a function stored on the instance over one
-of its class's, is refused too (a hook can change what runs), and so is a module in training mode or one whose
-parameters or buffers are tensor subclasses (their ``__torch_function__`` can change any operation).
+MRO outside the proven class's own must be inert). What runs must be exactly the code the proof was registered for
+(:mod:`lsrs.pristine`: no class patch, no custom metaclass, no callable or compiled call path on the instance, no
+forward hook, per module or global); a module in training mode, or one whose tensors are tensor subclasses (their
+``__torch_function__`` can change any operation) or hold NaN / Inf, is refused too. Proofs from outside the
+library are recorded as such (:attr:`lsrs.executed.ExecutedBound.source`).
 
 Adding a layer is one function here with ``@proves(TheLayer)``; a user's layer can carry ``lipschitz_proof``.
 """
@@ -643,13 +645,13 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     operator-norm bounds (:class:`lsrs.executed.BoundCache`); ``shapes`` (:func:`input_shapes` of a forward pass
     that included ``encoder``) spares the pass. Builds the cached operators if needed.
     """
-    if type(encoder) is nn.Identity and not encoder._forward_hooks and not encoder._forward_pre_hooks:
-        return ExecutedBound(1.0, 1.0, ())
     missing = first_unproven(encoder)
     if missing is not None:
         if strict:
             raise missing
         return None
+    if type(encoder) is nn.Identity:  # checked above: no hook, no patch
+        return ExecutedBound(1.0, 1.0, ())
     if any(m.training for m in encoder.modules()):
         raise ValueError("the encoder is in training mode: call .eval() on it before certifying "
                          "(its cached operators are what runs and what the bound covers)")

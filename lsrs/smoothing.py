@@ -121,7 +121,12 @@ class LatentSmooth:
     its eval-mode function (for the classifier a warning says so): in training mode BatchNorm normalises each batch by its own
     statistics, so the counts would depend on the batch size and Clopper-Pearson would not apply. The
     caller's modules never change, and later changes to the encoder are not seen (build a new smoother); the bound is
-    recomputed whenever anything of ``self.encoder`` that runs changes (:func:`lsrs.proofs.state_key`).
+    proven again (or refused) whenever anything of ``self.encoder`` that runs, or the declared ``lipschitz``,
+    changes (:func:`lsrs.digest.state_key`; what counts as the proven function: :mod:`lsrs.pristine`).
+
+    Inputs are plain float tensors with every value in ``input_range`` (default ``(0, 1)``, the scale a radius is
+    stated on; ``None`` for inputs that are not images), copied before the encoder runs. Numbers may be Python or
+    numpy scalars. A float16 / bfloat16 classifier gets its inputs in its own precision.
     """
 
     def __init__(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsrs import LatentSmooth
+from lsrs import LatentSmooth, Smooth
 from lsrs.margin import LipschitzCertifier
 from lsrs.proofs import find_proof
 
@@ -132,6 +132,16 @@ def test_a_torch_class_patched_before_the_smoother_is_built_is_refused(monkeypat
         LipschitzCertifier(_identity_net(), (2,))
     with pytest.raises(ValueError, match=r"Linear\.forward .*trust_lipschitz=True"):
         _smoother(_identity_net())
+
+
+def test_is_rs_refuses_a_patched_identity(monkeypatch):
+    """``Smooth`` smooths through an ``nn.Identity`` encoder of bound 1: patched to ``3 x`` it was still taken
+    as the identity (no proof walked), certifying radii three times too large."""
+    smooth = Smooth(nn.Sequential(nn.Flatten(), nn.Linear(2, 2)).eval(), 2, 0.5)
+    smooth.certify(torch.tensor([0.6, 0.2]), 8, 32, 0.01, 32, generator=0)
+    monkeypatch.setattr(nn.Identity, "forward", lambda self, x: 3 * x)
+    with pytest.raises(ValueError, match=r"Identity\.forward is not the code"):
+        smooth.certify(torch.tensor([0.6, 0.2]), 8, 32, 0.01, 32, generator=0)
 
 
 def test_a_class_patch_after_the_first_certificate_is_refused(monkeypatch):
