@@ -13,9 +13,12 @@ means the bound is proven again (or refused). It covers, by any route of change:
   MRO (read through ``type``'s descriptors, :mod:`lsrs.pristine`) and of the functions of the namespaces the
   proofs were registered against; every forward hook, per module and global; the training flag.
 
-Cached operators of the library's layers (``CayleyConv2d``, ``OrthogonalLinear``: derived from the parameters
-by the library and rebuilt when those change) are keyed by identity, storage and version, not content: hashing
-them would cost more than the forward pass that reads them.
+The library's orthogonal layers (``CayleyConv2d``, ``OrthogonalLinear``) run a cached operator, computed from
+``weight`` and ``scale`` and rebuilt only when one of them changes storage or version. What runs is that
+operator, so in a layer that runs it (``eval()``, caching, frozen) these two parameters are keyed as the layer
+keys its cache (storage and version: an edit through ``.data`` leaves both the cached operator that runs and
+its proof unchanged) and the cached operators by identity, storage and version, not content: hashing them would
+cost more than the forward pass that reads them. Their bias, which the forward reads directly, is digested.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from lsrs.pristine import _FORWARD_REGISTRIES, _NAMESPACES, class_dict, true_mro
 __all__ = ["canonical", "state_key", "tensor_digest"]
 
 _CACHES = {CayleyConv2d: frozenset({"_cache", "_cache64"}), OrthogonalLinear: frozenset({"_cache"})}
+_OPERATOR_PARAMS = frozenset({"weight", "scale"})  # what the orthogonal layers build their cached operator from
 _STRUCTURE = frozenset({"_parameters", "_buffers", "_modules"})
 _MAX_DEPTH = 8
 
@@ -98,15 +102,24 @@ def canonical(value: object, depth: int = 0, path: frozenset[int] = frozenset())
             tuple((s, canonical(getattr(value, s, None), depth + 1, inner)) for s in slots if isinstance(s, str)))
 
 
+def _runs_cached_operator(m: nn.Module) -> bool:
+    """Whether ``m`` is a library layer whose forward runs its cached operator (not ``weight`` itself)."""
+    if m.training or not isinstance(m, tuple(_CACHES)) or any(p.requires_grad for p in m.parameters()):
+        return False
+    return not isinstance(m, CayleyConv2d) or m.cache is True
+
+
 def _module_entry(m: nn.Module, depth: int = 0, path: frozenset[int] = frozenset()) -> tuple:
-    """One module's own state: class, mode, hooks, every attribute; parameters and buffers by content."""
+    """One module's own state: class, mode, hooks, every attribute; parameters and buffers by content (the
+    operator parameters of a layer that runs its cached operator: as its cache keys them)."""
     caches = next((names for cls, names in _CACHES.items() if isinstance(m, cls)), frozenset())
     attrs = []
     for k, v in vars(m).items():
         if k in _STRUCTURE:
             continue
         attrs.append((k, _cache_key(v) if k in caches else canonical(v, depth, path)))
-    tensors = tuple((k, None if t is None else tensor_digest(t))
+    by_storage = _OPERATOR_PARAMS if _runs_cached_operator(m) else frozenset()
+    tensors = tuple((k, None if t is None else _cache_key(t) if k in by_storage else tensor_digest(t))
                     for k, t in (*m._parameters.items(), *m._buffers.items()))
     children = tuple((k, id(c)) for k, c in m._modules.items())
     return (id(type(m)), m.training, tuple(attrs), tensors, children)

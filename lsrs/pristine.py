@@ -87,8 +87,10 @@ def remember(cls: type) -> None:
 
 
 def _remember_namespace(name: str) -> None:
+    """Remember the functions of the library's and torch's module ``name`` (a user's namespace, e.g. a notebook's
+    ``__main__``, is the user's: its proofs are recorded as theirs)."""
     mod = sys.modules.get(name)
-    if mod is None or name in _NAMESPACES:
+    if mod is None or name in _NAMESPACES or _root(name) not in ("torch", "lsrs"):
         return
     _NAMESPACES[name] = {k: v for k, v in vars(mod).items()
                          if callable(v) or isinstance(v, types.ModuleType)}

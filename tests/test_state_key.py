@@ -237,3 +237,37 @@ def test_fuzz_every_mutation_is_proven_again_or_refused(seed):
     finally:
         for f in reversed(undo):
             f()
+
+
+@pytest.mark.parametrize("edit", ["in_place", "new_storage", "through_data"])
+def test_an_orthogonal_layer_is_keyed_by_the_operator_it_runs(edit):
+    """A Cayley convolution runs its cached operator, rebuilt when ``weight`` changes storage or version. An
+    in-place edit or a new tensor rebuilds it: proven again, as a fresh proof. An edit through ``.data`` leaves
+    the operator that runs (and so its proof) as it was: the certificate is unchanged."""
+    from lsrs.layers import CayleyConv2d
+    from lsrs.models import resnet18
+
+    model = resnet18(num_classes=2, fors=3, width=4, in_size=8, in_channels=1).eval()
+    ls = LatentSmooth(model.encoder, model.classifier, 2, sigma=0.5, lipschitz=0.01)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = ls.certify(x, 8, 16, 0.01, 16, generator=0)
+    layer = next(m for m in ls.encoder.modules() if isinstance(m, CayleyConv2d))
+    runs = dict(layer._cache)
+    with torch.no_grad():
+        if edit == "in_place":
+            layer.weight.mul_(-1.5)
+        elif edit == "new_storage":
+            layer.weight.data = torch.randn_like(layer.weight)
+        else:
+            layer.weight.data.mul_(-1.5)
+    after = ls.certify(x, 8, 16, 0.01, 16, generator=0)
+    if edit == "through_data":
+        assert all(layer._cache[k] is v for k, v in runs.items())
+        assert (after.lipschitz, after.latent_error, after.radius) == (before.lipschitz, before.latent_error,
+                                                                       before.radius)
+    else:
+        assert not any(layer._cache.get(k) is v for k, v in runs.items())
+        fresh = LatentSmooth(copy.deepcopy(ls.encoder), ls.classifier, 2, sigma=0.5, lipschitz=0.01)
+        again = fresh.certify(x, 8, 16, 0.01, 16, generator=0)
+        assert (after.lipschitz, after.latent_error) == (again.lipschitz, again.latent_error) != (
+            before.lipschitz, before.latent_error)
