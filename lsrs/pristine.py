@@ -7,8 +7,10 @@ instance only when what the instance runs *is* that code:
   class's own ``lipschitz_proof``) the dictionary of every class of the proven class's MRO is remembered, with
   the module namespaces those classes are defined in (and ``torch.nn.functional``); a class whose dictionary
   or namespace no longer holds the same objects (a patched ``forward``, ``_call_impl``, ``_conv_forward``, a
-  replaced ``F``) is refused. Keys that Python itself adds later (``__slotnames__`` on the first copy) are
-  inert and tolerated;
+  replaced ``F``) is refused. Attributes that cannot change what a built module computes (``__init__``, the
+  documentation, ``__slotnames__`` that Python adds on the first copy, the ``__setstate__`` that ``torch.compile``
+  wraps) are tolerated: they run only when a module is built or copied, and the private copy is checked after
+  copying;
 * **no custom metaclass** - every class of the MRO must be an instance of ``type`` itself (a metaclass can
   report a different ``__mro__`` or ``__dict__``); the MRO and the dictionaries are read through ``type``'s own
   descriptors, never through attributes a class could override;
@@ -30,13 +32,20 @@ import torch.nn.functional
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-__all__ = ["class_dict", "global_hook_refusal", "instance_refusal", "metaclass_refusal", "reference_refusal",
+__all__ = ["INERT", "class_dict", "global_hook_refusal", "instance_refusal", "metaclass_refusal", "reference_refusal",
            "remember", "true_mro"]
 
 _MRO = type.__dict__["__mro__"].__get__
 _DICT = type.__dict__["__dict__"].__get__
 _ALLOWED_META = frozenset({type})
-_ADDED_BY_PYTHON = frozenset({"__slotnames__", "__abstractmethods__", "_abc_impl"})
+INERT = frozenset({
+    "__module__", "__qualname__", "__doc__", "__init__", "__annotations__", "__dict__", "__weakref__",
+    "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "__slotnames__", "extra_repr",
+})  # class attributes that cannot change what an instance computes once built
+# run only when a module is built or copied (the copy is checked after copying); torch.compile wraps nn.Module's
+# __init__ / __setstate__ and tags the class with ___needs_generation_tag_patch
+_TOLERATED = INERT | {"__setstate__", "__getstate__", "___needs_generation_tag_patch", "__abstractmethods__",
+                      "_abc_impl"}
 _REFERENCE: dict[type, dict[str, object]] = {}
 _NAMESPACES: dict[str, dict[str, object]] = {}
 _TAINTED: dict[type, str] = {}
@@ -106,10 +115,11 @@ def metaclass_refusal(cls: type) -> str | None:
 
 
 def _changed_key(now: Mapping[str, object], ref: dict[str, object]) -> str | None:
+    """The first attribute (outside ``_TOLERATED``) that differs between a class dictionary and its reference."""
     for name, value in ref.items():
-        if now.get(name, _MISSING) is not value:
+        if name not in _TOLERATED and now.get(name, _MISSING) is not value:
             return name
-    extra = set(now) - set(ref) - _ADDED_BY_PYTHON
+    extra = set(now) - set(ref) - _TOLERATED
     return min(extra) if extra else None
 
 

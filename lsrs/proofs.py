@@ -54,6 +54,7 @@ from lsrs.executed import (
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
 from lsrs.pristine import (
+    INERT,
     class_dict,
     global_hook_refusal,
     instance_refusal,
@@ -85,10 +86,6 @@ __all__ = [
 
 _MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (first-order reasoning)
 EXPLICIT_MAX_ENTRIES = 2**21  # a conv's explicit matrix is built (and its SVD taken) only up to this size
-_INERT = frozenset({
-    "__module__", "__qualname__", "__doc__", "__init__", "__annotations__", "__dict__", "__weakref__",
-    "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "__slotnames__", "extra_repr",
-})
 
 
 class UnprovenModule(ValueError):
@@ -216,8 +213,8 @@ def find_proof(module: nn.Module) -> ProofFn | None:
 
 
 def _is_active(cls: type) -> bool:
-    """Whether ``cls`` defines anything that can change what runs (more than ``_INERT``)."""
-    return bool(set(class_dict(cls)) - _INERT)
+    """Whether ``cls`` defines anything that can change what runs (more than ``lsrs.pristine.INERT``)."""
+    return bool(set(class_dict(cls)) - INERT)
 
 
 def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> tuple[ProofFn, bool]:

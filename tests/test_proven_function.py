@@ -209,3 +209,18 @@ def test_the_library_models_pass_every_check():
     model = resnet18(num_classes=3, fors=18, width=4, in_size=8, in_channels=1).eval()
     cert = LipschitzCertifier(model, (1, 8, 8)).certify(torch.rand(2, 1, 8, 8))
     assert cert.radius.shape == (2,) and math.isfinite(cert.lipschitz)
+
+
+def test_what_torch_compile_wraps_in_nn_module_is_tolerated(monkeypatch):
+    """``torch.compile`` (dynamo) wraps ``nn.Module.__init__`` and ``__setstate__`` to tag new modules, process-wide:
+    they run only when a module is built or copied (and the copy is checked), so certificates go on; a wrapped
+    ``_call_impl`` is refused."""
+    init, setstate = nn.Module.__init__, nn.Module.__setstate__
+    monkeypatch.setattr(nn.Module, "__init__", lambda self, *a, **k: init(self, *a, **k))
+    monkeypatch.setattr(nn.Module, "__setstate__", lambda self, state: setstate(self, state))
+    monkeypatch.setattr(nn.Module, "___needs_generation_tag_patch", False, raising=False)
+    assert _certify(_smoother(_identity_net())).lipschitz == pytest.approx(1.0)
+    call = nn.Module._call_impl
+    monkeypatch.setattr(nn.Module, "_call_impl", lambda self, *a, **k: call(self, *a, **k))
+    with pytest.raises(ValueError, match=r"Module\._call_impl is not the code"):
+        _smoother(_identity_net())
