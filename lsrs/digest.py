@@ -24,6 +24,7 @@ cost more than the forward pass that reads them. Their bias, which the forward r
 from __future__ import annotations
 
 import hashlib
+import sys
 import types
 from collections.abc import Iterable
 
@@ -34,7 +35,7 @@ from torch.nn.modules import module as _torch_module
 
 from lsrs.layers import CayleyConv2d
 from lsrs.lipschitz_layers import OrthogonalLinear
-from lsrs.pristine import _FORWARD_REGISTRIES, _NAMESPACES, class_dict, true_mro
+from lsrs.pristine import _FORWARD_REGISTRIES, _NAMESPACES, ALWAYS_CLASSES, class_dict, true_mro
 
 __all__ = ["canonical", "state_key", "tensor_digest"]
 
@@ -139,8 +140,6 @@ def _code_key(classes: Iterable[type]) -> tuple:
 
 
 def _namespace(name: str) -> dict | None:
-    import sys
-
     mod = sys.modules.get(name)
     return None if mod is None else vars(mod)
 
@@ -149,4 +148,4 @@ def state_key(module: nn.Module) -> tuple:
     """The key of everything that determines what ``module`` computes (see the module docstring)."""
     entries = tuple((name, id(m), _module_entry(m)) for name, m in module.named_modules())
     hooks = tuple(tuple(id(h) for h in getattr(_torch_module, name, {}).values()) for name in _FORWARD_REGISTRIES)
-    return entries, hooks, _code_key({type(m) for m in module.modules()})
+    return entries, hooks, _code_key({type(m) for m in module.modules()} | set(ALWAYS_CLASSES))

@@ -5,7 +5,8 @@ instance only when what the instance runs *is* that code:
 
 * **reference code** - when a proof is registered (at import time for the library's; on first use for a
   class's own ``lipschitz_proof``) the dictionary of every class of the proven class's MRO is remembered, with
-  the module namespaces those classes are defined in (and ``torch.nn.functional``); a class whose dictionary
+  the module namespaces those classes are defined in (and ``torch``'s operators, ``torch.nn.functional``,
+  ``torch.fft``, ``torch.linalg``, ``torch.Tensor``'s methods); a class whose dictionary
   or namespace no longer holds the same objects (a patched ``forward``, ``_call_impl``, ``_conv_forward``, a
   replaced ``F``) is refused. Attributes that cannot change what a built module computes (``__init__``, the
   documentation, ``__slotnames__`` that Python adds on the first copy, the ``__setstate__`` that ``torch.compile``
@@ -28,6 +29,9 @@ import sys
 import types
 from collections.abc import Mapping
 
+import torch
+import torch.fft
+import torch.linalg
 import torch.nn.functional
 from torch import nn
 from torch.nn.modules import module as _torch_module
@@ -77,11 +81,12 @@ def _function_of(value: object) -> object:
     return value
 
 
-def remember(cls: type) -> None:
+def remember(cls: type, *, any_metaclass: bool = False) -> None:
     """Remember the reference code of ``cls``: the dictionary of every class of its MRO (``object`` excepted)
     and their modules' namespaces. A class whose functions were defined outside its own package when first
-    seen (a patch made before the library was imported) is remembered as tainted."""
-    if metaclass_refusal(cls) is not None:
+    seen (a patch made before the library was imported) is remembered as tainted. ``any_metaclass``: torch's
+    own classes with torch's metaclass (``torch.Tensor``)."""
+    if not any_metaclass and metaclass_refusal(cls) is not None:
         return  # refused at every use anyway
     for k in true_mro(cls):
         if k is object or k in _REFERENCE:
@@ -101,8 +106,10 @@ def _remember_namespace(name: str) -> None:
     mod = sys.modules.get(name)
     if mod is None or name in _NAMESPACES or _root(name) not in ("torch", "lsrs"):
         return
+    ops_only = name == "torch"  # its operators (C builtins); wrappers such as torch.manual_seed compute nothing
     _NAMESPACES[name] = {k: v for k, v in vars(mod).items()
-                         if callable(v) or isinstance(v, types.ModuleType)}
+                         if (isinstance(v, types.BuiltinFunctionType) if ops_only
+                             else callable(v) or isinstance(v, types.ModuleType))}
 
 
 def metaclass_refusal(cls: type) -> str | None:
@@ -137,7 +144,11 @@ def reference_refusal(proven_cls: type) -> str | None:
         changed = _changed_key(class_dict(k), ref)
         if changed is not None:
             return f"{k.__qualname__}.{changed} is not the code its proof was registered for (a class patch)"
-    for name in ("torch.nn.functional", *(k.__module__ for k in true_mro(proven_cls) if k is not object)):
+    for k in ALWAYS_CLASSES:
+        changed = _changed_key(class_dict(k), _REFERENCE[k])
+        if changed is not None:
+            return f"{k.__qualname__}.{changed} is not the method the proofs were registered with"
+    for name in (*ALWAYS_NAMESPACES, *(k.__module__ for k in true_mro(proven_cls) if k is not object)):
         changed = _namespace_change(name)
         if changed is not None:
             return f"{name}.{changed} is not the function its proof was registered for"
@@ -179,5 +190,10 @@ def global_hook_refusal() -> str | None:
     return None
 
 
+ALWAYS_NAMESPACES = ("torch", "torch.nn.functional", "torch.fft", "torch.linalg")  # what every forward may call
+ALWAYS_CLASSES = (torch.Tensor,)  # its operators and methods
 remember(nn.Module)
-_remember_namespace(torch.nn.functional.__name__)
+for _k in ALWAYS_CLASSES:
+    remember(_k, any_metaclass=True)
+for _name in ALWAYS_NAMESPACES:
+    _remember_namespace(_name)

@@ -224,3 +224,18 @@ def test_what_torch_compile_wraps_in_nn_module_is_tolerated(monkeypatch):
     monkeypatch.setattr(nn.Module, "_call_impl", lambda self, *a, **k: call(self, *a, **k))
     with pytest.raises(ValueError, match=r"Module\._call_impl is not the code"):
         _smoother(_identity_net())
+
+
+def test_a_patched_tensor_operator_is_refused(monkeypatch):
+    """``MeanShift`` computes ``x - mean``: with ``torch.Tensor.__sub__`` patched to triple it the encoder computes
+    ``3 (x - mean)`` under the translation's proof of 1. ``torch.compile`` itself (which wraps ``torch.manual_seed``
+    and ``nn.Module.__init__``) is no reason to refuse."""
+    from lsrs.layers import MeanShift
+
+    ls = LatentSmooth(nn.Sequential(MeanShift([0.5]), nn.Flatten()), nn.Linear(4, 2).eval(), 2, 0.5, 1.0)
+    x = torch.rand(1, 2, 2)
+    assert ls.certify(x, 8, 16, 0.01, 16, generator=0).lipschitz_source == "proven"
+    sub = torch.Tensor.__sub__
+    monkeypatch.setattr(torch.Tensor, "__sub__", lambda a, b: 3 * sub(a, b))
+    with pytest.raises(ValueError, match=r"Tensor\.__sub__ is not the method"):
+        ls.certify(x, 8, 16, 0.01, 16, generator=0)
