@@ -239,3 +239,21 @@ def test_a_patched_tensor_operator_is_refused(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__sub__", lambda a, b: 3 * sub(a, b))
     with pytest.raises(ValueError, match=r"Tensor\.__sub__ is not the method"):
         ls.certify(x, 8, 16, 0.01, 16, generator=0)
+
+
+def test_a_torch_class_patched_before_the_library_is_imported_is_refused():
+    """A patch made before ``import lsrs`` is in the reference itself; a function of a torch class defined outside
+    torch gives it away."""
+    import subprocess
+    import sys
+
+    code = ("import torch, torch.nn.functional as F\n"
+            "from torch import nn\n"
+            "nn.Linear.forward = lambda self, x: 3 * F.linear(x, self.weight, self.bias)\n"
+            "from lsrs.margin import LipschitzCertifier\n"
+            "try:\n"
+            "    LipschitzCertifier(nn.Sequential(nn.Linear(2, 2)).eval(), (2,))\n"
+            "except ValueError as err:\n"
+            "    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "Linear.forward was replaced before the library was imported" in out.stdout
