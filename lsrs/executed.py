@@ -39,9 +39,15 @@ from torch import Tensor, nn
 from lsrs.threads import map_chunks
 
 __all__ = [
+    "LIPSCHITZ_SOURCES", "SOURCE_PROVEN", "SOURCE_TRUSTED", "SOURCE_USER_PROOF",
     "BoundCache", "ExecutedBound", "Output", "Term", "encode_executed", "fft_error", "gamma", "operator_norm_bound",
     "refuse_active_modes",
 ]
+
+SOURCE_PROVEN = "proven"  # every layer proven by the library's own proofs (lsrs.proofs)
+SOURCE_USER_PROOF = "user-proof"  # some layer proven by a class's own lipschitz_proof / @proves outside lsrs
+SOURCE_TRUSTED = "trusted"  # the declared bound, taken on trust (trust_lipschitz=True)
+LIPSCHITZ_SOURCES = (SOURCE_PROVEN, SOURCE_USER_PROOF, SOURCE_TRUSTED)
 
 U64 = 2.0**-53  # unit roundoff of float64
 U32 = 2.0**-24  # unit roundoff of float32
@@ -219,13 +225,19 @@ class ExecutedBound:
 
     ``lipschitz`` is ``L``; ``lipschitz_plus`` (``>= 1``) bounds the Lipschitz constant of every partial
     composition of the encoder (a product of ``max(1, L_atom)``), used to carry each layer's rounding error to
-    the latent. (:func:`lsrs.proofs.state_key` tells a smoother when what runs changes.)
+    the latent. (:func:`lsrs.digest.state_key` tells a smoother when what runs changes.)
     """
 
     lipschitz: float
     lipschitz_plus: float
     terms: tuple[Term, ...]
     trusted: bool = False  # True: a declared bound taken on trust (no as-executed analysis was possible)
+    user_proof: bool = False  # True: some layer is proven by a proof from outside the library
+
+    @property
+    def source(self) -> str:
+        """Where ``lipschitz`` comes from (:data:`LIPSCHITZ_SOURCES`): the library's proofs, a user's, or trust."""
+        return SOURCE_TRUSTED if self.trusted else SOURCE_USER_PROOF if self.user_proof else SOURCE_PROVEN
 
     @property
     def rel_total(self) -> float:

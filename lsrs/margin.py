@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsrs.arguments import check_image
+from lsrs.digest import state_key
 from lsrs.executed import U32, U64, ExecutedBound, Output, gamma, refuse_active_modes
 from lsrs.lipschitz import proven_bound
 from lsrs.proofs import ProofContext, UnprovenModule, executable_copy, first_unproven, input_shapes
@@ -98,21 +100,39 @@ class LipschitzCertifier:
         unproven = first_unproven(model)  # before copying: some unproven modules cannot be copied
         if unproven is not None:
             raise unproven.within("", _ADVICE)
-        # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy)
-        self.model = executable_copy(model, widen=False).to(device=self.device, dtype=dtype)
+        # a private eval-mode copy (its own caches, every Cayley convolution caching: lsrs.proofs.executable_copy),
+        # checked again after copying (a __deepcopy__ can add hooks or call paths)
+        try:
+            self.model = executable_copy(model, widen=False, verify=True).to(device=self.device, dtype=dtype)
+        except UnprovenModule as err:
+            raise err.within("", _ADVICE) from None
         self._root = self.model  # proven as its class: a Split as classifier o encoder (Split.lipschitz_proof)
-        shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=dtype, device=self.device))
-        ctx = ProofContext(shapes, u=_UNIT_ROUNDOFF[dtype])
+        self._proven_for: tuple | None = None
+        self._prove()
+
+    def _prove(self) -> None:
+        """Prove ``self.model`` as it is now (``lipschitz``, ``bound``, ``source``) and remember the key of what
+        was proven (:func:`lsrs.digest.state_key`): :meth:`forward` proves again whenever the key changes."""
+        shapes = input_shapes(self._root, torch.zeros(1, *self.input_shape, dtype=self.dtype, device=self.device))
+        ctx = ProofContext(shapes, u=_UNIT_ROUNDOFF[self.dtype])
         try:
             proof = ctx.prove(self._root, "")
         except UnprovenModule as err:
             raise err.within("", _ADVICE) from None
-        self.lipschitz = proof.executed
-        self.bound = ExecutedBound(proof.executed, proof.expansion, proof.terms)
-        rho = self.bound.lipschitz_plus * self.bound.rel_total
+        bound = ExecutedBound(proof.executed, proof.expansion, proof.terms, user_proof=bool(ctx.user_proofs))
+        rho = bound.lipschitz_plus * bound.rel_total
         if not rho <= 1.0 / 3.0:
-            raise ValueError(f"rounding analysis out of its first-order range in {dtype} (L+ * relative error "
+            raise ValueError(f"rounding analysis out of its first-order range in {self.dtype} (L+ * relative error "
                              f"{rho:.2e} > 1/3): certify in torch.float64")
+        self.lipschitz, self.bound, self.source = proof.executed, bound, bound.source
+        self._proven_for = state_key(self._root)
+
+    def current_bound(self) -> ExecutedBound:
+        """The bound of ``self.model`` as it is now: proven again (or refused) if anything that determines what it
+        computes changed since the last proof (tensor contents, attributes, hooks, code)."""
+        if state_key(self._root) != self._proven_for:
+            self._prove()
+        return self.bound
 
     def rounding_bound(self, norms: dict, radius: Tensor) -> Tensor:
         """A bound ``delta`` per image on ``||g(x') - f(x')||`` (computed minus exact logits) for every
@@ -126,8 +146,9 @@ class LipschitzCertifier:
         """Logits of the batch ``x`` as executed, and per image the norms the rounding terms track (each
         module's input, a residual branch's output; the largest over calls), in float64, rounded up."""
         refuse_active_modes()
+        check_image(x, None)
+        terms = self.current_bound().terms
         norms: dict = {}
-        terms = self.bound.terms
         inputs = {m for t in terms for m in t.tracked if not isinstance(m, Output)}
         outputs = {m.module: m for t in terms for m in t.tracked if isinstance(m, Output)}
 
@@ -144,7 +165,8 @@ class LipschitzCertifier:
             torch.backends.cuda.matmul.allow_tf32 = False
             # the caller's autocast would run float32 products in bfloat16 / float16
             with torch.backends.cudnn.flags(enabled=False), torch.autocast(self.device.type, enabled=False):
-                logits = self._root(x.to(device=self.device, dtype=self.dtype))
+                # a copy: the caller's tensor is never written, even by a network starting with an in-place op
+                logits = self._root(x.detach().to(device=self.device, dtype=self.dtype, copy=True))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             for h in handles:
@@ -154,8 +176,7 @@ class LipschitzCertifier:
     @torch.no_grad()
     def certify(self, x: Tensor) -> LipschitzCertificates:
         """Prediction, radius and margin of every image of ``x`` (a batch ``B x C x H x W``, or one image)."""
-        if type(x) is not Tensor:  # a subclass's __torch_function__ could change every operation of the pass
-            raise ValueError(f"certify takes a torch.Tensor, got a {type(x).__name__}")
+        check_image(x, None)  # a plain float tensor: a subclass's __torch_function__ could change every operation
         if x.dim() == len(self.input_shape):
             x = x.unsqueeze(0)
         if tuple(x.shape[1:]) != self.input_shape:  # the proofs (conv norms, pool counts) hold for one size

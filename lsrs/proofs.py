@@ -19,9 +19,11 @@ way that defines anything besides ``__init__``, ``extra_repr`` and documentation
 or a helper the inherited ``forward`` calls) ends the search with no proof. So ``OrthogonalBlock``, an
 ``nn.Sequential`` subclass with only an ``__init__``, is proven as a sequence, and an ``nn.Identity`` subclass
 returning ``3 * x`` is refused; so is one with a mixin after ``nn.Identity`` among its bases (every class of the
-MRO outside the proven class's own must be inert). A module with forward hooks, or with a function stored on the instance over one
-of its class's, is refused too (a hook can change what runs), and so is a module in training mode or one whose
-parameters or buffers are tensor subclasses (their ``__torch_function__`` can change any operation).
+MRO outside the proven class's own must be inert). What runs must be exactly the code the proof was registered for
+(:mod:`lsrs.pristine`: no class patch, no custom metaclass, no callable or compiled call path on the instance, no
+forward hook, per module or global); a module in training mode, or one whose tensors are tensor subclasses (their
+``__torch_function__`` can change any operation) or hold NaN / Inf, is refused too. Proofs from outside the
+library are recorded as such (:attr:`lsrs.executed.ExecutedBound.source`).
 
 Adding a layer is one function here with ``@proves(TheLayer)``; a user's layer can carry ``lipschitz_proof``.
 """
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsrs.digest import state_key
 from lsrs.executed import (
     U64,
     BoundCache,
@@ -50,6 +53,16 @@ from lsrs.executed import (
 )
 from lsrs.layers import CayleyConv2d, ChannelPad, ConvexResidual, MaxMin, MeanShift
 from lsrs.lipschitz_layers import NormPool, OrthogonalLinear
+from lsrs.pristine import (
+    INERT,
+    class_dict,
+    global_hook_refusal,
+    instance_refusal,
+    metaclass_refusal,
+    reference_refusal,
+    remember,
+    true_mro,
+)
 
 __all__ = [
     "U64",
@@ -73,10 +86,6 @@ __all__ = [
 
 _MAX_EPS = 1e-6  # refuse an analysis whose relative error terms are not tiny (first-order reasoning)
 EXPLICIT_MAX_ENTRIES = 2**21  # a conv's explicit matrix is built (and its SVD taken) only up to this size
-_INERT = frozenset({
-    "__module__", "__qualname__", "__doc__", "__init__", "__annotations__", "__dict__", "__weakref__",
-    "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "__slotnames__", "extra_repr",
-})
 
 
 class UnprovenModule(ValueError):
@@ -118,19 +127,35 @@ class ProofContext:
     norm_bound: Callable[[Tensor], float] = operator_norm_bound
     proofs: dict[nn.Module, LayerProof] = field(default_factory=dict)
     u: float = U64  # unit roundoff of the forward whose rounding the terms bound (float64; float32: 2^-24)
+    user_proofs: list[str] = field(default_factory=list)  # paths proven by a proof from outside the library
 
     def prove(self, module: nn.Module, path: str) -> LayerProof:
         """The proof of ``module`` (its path ``path`` for errors); raises :class:`UnprovenModule` (``ValueError``
         while a torch mode is active: :func:`lsrs.executed.refuse_active_modes`)."""
         refuse_active_modes()
-        proof_fn = _checked_proof(module, path)
+        proof_fn, library = _checked_proof(module, path)
         if module not in self.shapes:
             raise UnprovenModule(path, module, "it did not run on the probe input, so its input size is unknown")
         if self.shapes[module] is None:
             raise UnprovenModule(path, module, "it runs on inputs of several sizes; the proofs take one per module")
-        proof = proof_fn(module, self, path)
+        proof = _as_floats(proof_fn(module, self, path), module, path)
+        if not library:
+            self.user_proofs.append(path or "model")
         self.proofs[module] = proof
         return proof
+
+
+def _as_floats(proof: object, module: nn.Module, path: str) -> LayerProof:
+    """``proof`` with Python floats (a proof may compute them as tensors or numpy scalars); refused unless it is a
+    :class:`LayerProof` with finite, non-negative bounds."""
+    if not isinstance(proof, LayerProof):
+        raise UnprovenModule(path, module, f"its proof returned a {type(proof).__name__}, not a LayerProof")
+    values = [float(proof.exact), float(proof.executed)] + ([] if proof.plus is None else [float(proof.plus)])
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UnprovenModule(path, module, f"its proof returned the bound {values[1]!r}, not a finite number >= 0")
+    plus = None if proof.plus is None else values[2]
+    terms = tuple(Term(t.tracked, float(t.rel), float(t.absolute)) for t in proof.terms)
+    return LayerProof(values[0], values[1], terms, plus)
 
 
 ProofFn = Callable[[nn.Module, ProofContext, str], LayerProof]
@@ -138,14 +163,40 @@ _PROOFS: dict[type, ProofFn] = {}
 
 
 def proves(*classes: type) -> Callable[[ProofFn], ProofFn]:
-    """Register the decorated function as the proof of exactly ``classes`` (and their inert subclasses)."""
+    """Register the decorated function as the proof of exactly ``classes`` (and their inert subclasses); the
+    classes' code is remembered now (:func:`lsrs.pristine.remember`): a later patch of it is refused."""
 
     def register(fn: ProofFn) -> ProofFn:
         for cls in classes:
+            remember(cls)
             _PROOFS[cls] = fn
         return fn
 
     return register
+
+
+def _is_library(fn: object) -> bool:
+    """Whether ``fn`` (a proof) is the library's own (defined in ``lsrs``), not a user's."""
+    return str(getattr(fn, "__module__", "")).split(".")[0] == "lsrs"
+
+
+def _find(module: nn.Module) -> tuple[type, ProofFn, bool] | None:
+    """``(class that supplies the proof, proof, whether it is the library's)`` by the MRO rule, or None."""
+    mro = true_mro(type(module))
+    for cls in mro:
+        proof = _PROOFS.get(cls)
+        library = _is_library(proof)
+        own = class_dict(cls).get("lipschitz_proof")
+        if proof is None and callable(own):
+            proof = lambda m, ctx, path, _own=own: _own(m, ctx, path)  # noqa: E731
+            library = _is_library(own)
+            remember(cls)  # a class's own proof: its code as first seen is the reference
+        if proof is not None:
+            others = [k for k in mro if k not in true_mro(cls)]
+            return None if any(_is_active(k) for k in others) else (cls, proof, library)
+        if cls is nn.Module or _is_active(cls):
+            return None
+    return None
 
 
 def find_proof(module: nn.Module) -> ProofFn | None:
@@ -153,52 +204,55 @@ def find_proof(module: nn.Module) -> ProofFn | None:
 
     Every class of the MRO outside the proven class's own MRO must be inert too: with multiple inheritance a
     mixin listed after the proven class (``class X(nn.Identity, Mixin)``) comes after it in the MRO, yet its
-    ``__call__`` or ``_call_impl`` runs."""
-    mro = type(module).__mro__
-    for cls in mro:
-        proof = _PROOFS.get(cls)
-        own = cls.__dict__.get("lipschitz_proof")
-        if proof is None and callable(own):
-            proof = lambda m, ctx, path, _own=own: _own(m, ctx, path)  # noqa: E731
-        if proof is not None:
-            others = [k for k in mro if k not in cls.__mro__]
-            return None if any(_is_active(k) for k in others) else proof
-        if cls is nn.Module or _is_active(cls):
-            return None
-    return None
+    ``__call__`` or ``_call_impl`` runs. The MRO and class dictionaries are read through ``type``'s own
+    descriptors (:mod:`lsrs.pristine`)."""
+    if metaclass_refusal(type(module)) is not None:
+        return None
+    found = _find(module)
+    return None if found is None else found[1]
 
 
 def _is_active(cls: type) -> bool:
-    """Whether ``cls`` defines anything that can change what runs (more than ``_INERT``)."""
-    return bool(set(cls.__dict__) - _INERT)
+    """Whether ``cls`` defines anything that can change what runs (more than ``lsrs.pristine.INERT``)."""
+    return bool(set(class_dict(cls)) - INERT)
 
 
-def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> ProofFn:
-    """:func:`find_proof`, after checking that nothing but the class's own code runs (hooks, overrides, mode)."""
-    proof = find_proof(module)
-    if proof is None:
-        raise UnprovenModule(path, module, "the library has no proof for this class (or for a subclass that "
-                                           "changes what its base runs)")
-    hooks = (module._forward_hooks, module._forward_pre_hooks, nn.modules.module._global_forward_hooks,
-             nn.modules.module._global_forward_pre_hooks)
-    if any(len(h) for h in hooks):
-        raise UnprovenModule(path, module, "a forward hook can change what it computes")
-    shadowed = [k for k in vars(module) if callable(getattr(type(module), k, None))]
-    if shadowed:
-        raise UnprovenModule(path, module, f"the instance overrides {shadowed[0]!r}")
-    odd = [k for k, t in (*module._parameters.items(), *module._buffers.items())
-           if t is not None and type(t) not in (Tensor, nn.Parameter)]
-    if odd:  # a tensor subclass's __torch_function__ can change what every operation on it computes
-        raise UnprovenModule(path, module, f"its tensor {odd[0]!r} is a {type(getattr(module, odd[0])).__name__}, "
-                                           "a tensor subclass")
-    if check_mode and module.training:
-        raise UnprovenModule(path, module, "it is in training mode (call .eval(); the proof is of the eval function)")
-    return proof
+def _checked_proof(module: nn.Module, path: str, check_mode: bool = True) -> tuple[ProofFn, bool]:
+    """``(proof, whether it is the library's)`` after checking that what ``module`` runs is exactly the code its
+    proof covers (:mod:`lsrs.pristine`: metaclass, class patches, instance overrides, hooks), that its tensors
+    are plain and finite, and its mode."""
+    why = metaclass_refusal(type(module))
+    found = None if why is not None else _find(module)
+    if why is None and found is None:
+        why = "the library has no proof for this class (or for a subclass that changes what its base runs)"
+    why = why or reference_refusal(found[0]) or global_hook_refusal() or instance_refusal(module)
+    why = why or _tensor_refusal(module)
+    if why is None and check_mode and module.training:
+        why = "it is in training mode (call .eval(); the proof is of the eval function)"
+    if why is not None:
+        raise UnprovenModule(path, module, why)
+    return found[1], found[2]
+
+
+def _tensor_refusal(module: nn.Module) -> str | None:
+    """Why a tensor of ``module`` (parameter, buffer or tensor attribute) cannot be proven: a tensor subclass
+    (its ``__torch_function__`` can change what every operation on it computes) or non-finite entries."""
+    named = [(k, t) for k, t in (*module._parameters.items(), *module._buffers.items()) if t is not None]
+    named += [(k, t) for k, t in vars(module).items() if isinstance(t, Tensor)]
+    for k, t in named:
+        if type(t) not in (Tensor, nn.Parameter):
+            return f"its tensor {k!r} is a {type(t).__name__}, a tensor subclass"
+    for k, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t.detach()).all()):
+            return f"its tensor {k!r} has NaN or Inf entries (a diverged training run?)"
+    return None
 
 
 def first_unproven(module: nn.Module) -> UnprovenModule | None:
     """The first module of the tree without a proof (as :func:`prove` would refuse it, before any forward pass),
     or None. Training mode is not checked here (the smoother proves an eval-mode copy)."""
+    if not isinstance(module, nn.Module):
+        return UnprovenModule("", module, "it is not a torch.nn.Module")
     for path, m in module.named_modules():
         try:
             _checked_proof(m, path, check_mode=False)
@@ -588,25 +642,26 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
     operator-norm bounds (:class:`lsrs.executed.BoundCache`); ``shapes`` (:func:`input_shapes` of a forward pass
     that included ``encoder``) spares the pass. Builds the cached operators if needed.
     """
-    if type(encoder) is nn.Identity and not encoder._forward_hooks and not encoder._forward_pre_hooks:
-        return ExecutedBound(1.0, 1.0, ())
     missing = first_unproven(encoder)
     if missing is not None:
         if strict:
             raise missing
         return None
+    if type(encoder) is nn.Identity:  # checked above: no hook, no patch
+        return ExecutedBound(1.0, 1.0, ())
     if any(m.training for m in encoder.modules()):
         raise ValueError("the encoder is in training mode: call .eval() on it before certifying "
                          "(its cached operators are what runs and what the bound covers)")
     if shapes is None:
         shapes = input_shapes(encoder, torch.zeros(1, *input_shape, dtype=probe_dtype(encoder), device=device))
+    ctx = ProofContext(shapes, cache.norm_bound if cache is not None else operator_norm_bound)
     try:
-        proof = prove(encoder, shapes, cache)
+        proof = ctx.prove(encoder, "")
     except UnprovenModule:
         if strict:
             raise
         return None
-    bound = ExecutedBound(proof.executed, proof.expansion, proof.terms)
+    bound = ExecutedBound(proof.executed, proof.expansion, proof.terms, user_proof=bool(ctx.user_proofs))
     if bound.rel_total * bound.lipschitz_plus > _MAX_EPS:
         raise ValueError(f"rounding analysis out of its first-order range (relative error {bound.rel_total:.2e})")
     return bound
@@ -615,13 +670,15 @@ def executed_bound(encoder: nn.Module, input_shape: Sequence[int], device: torch
 _WIDENED = (_linear, _conv2d)  # proofs of layers whose float64 forward needs float64 weights
 
 
-def executable_copy(module: nn.Module, widen: bool = True) -> nn.Module:
+def executable_copy(module: nn.Module, widen: bool = True, *, verify: bool = False) -> nn.Module:
     """A private ``eval()`` copy of ``module`` with frozen parameters, the one a certificate proves and runs.
 
     Cached Cayley operators are not copied (the copy builds its own, so the caller's memory is not doubled)
     and every Cayley convolution caches (``cache=True``: the bound covers the cached operator, see
-    :func:`_cayley_conv`). With ``widen``, the weights of standard layers (``nn.Linear``, ``nn.Conv2d``) are
-    upcast exactly to float64, so the as-executed float64 forward applies the stored values.
+    :func:`_cayley_conv`). With ``widen``, the weights of standard layers (``nn.Linear``, ``nn.Conv2d``) and the
+    own tensors of layers proven outside the library are upcast exactly to float64, so the as-executed float64
+    forward applies the stored values. With ``verify``, the copy itself is checked (:func:`first_unproven`):
+    copying runs ``__deepcopy__`` methods of whatever the module holds, which could add hooks or call paths.
     """
     memo: dict[int, object] = {}
     for m in module.modules():
@@ -630,49 +687,23 @@ def executable_copy(module: nn.Module, widen: bool = True) -> nn.Module:
                 memo[id(getattr(m, name))] = {}
     clone = copy.deepcopy(module, memo).eval().requires_grad_(False)
     for m in clone.modules():
-        if find_proof(m) is _cayley_conv:
+        found = _find(m) if metaclass_refusal(type(m)) is None else None
+        if found is None:
+            continue
+        if found[1] is _cayley_conv:
             m.cache = True
-        if widen and find_proof(m) in _WIDENED:
-            m.to(torch.float64)
+        if widen and (found[1] in _WIDENED or not found[2]):
+            m._apply(_to_float64, recurse=False)
+    if verify:
+        refused = first_unproven(clone)
+        if refused is not None:
+            raise UnprovenModule(refused.path, refused.module, f"{refused.why} (found in the private copy, after "
+                                                               "copying)")
     return clone
 
 
-def _tensor_key(t: Tensor | None) -> tuple:
-    if t is None:
-        return (None,)
-    return (t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device))
-
-
-def _plain(v: object) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, tuple) and all(isinstance(e, (bool, int, float, str)) for e in v))
-
-
-def state_key(module: nn.Module) -> tuple:
-    """Everything the bound depends on: the module tree (identity, class, mode, hooks, plain attributes such as
-    stride, padding or ``cache``), every parameter and buffer (storage and version: ``load_state_dict`` and
-    in-place edits change it; and its float64 sum, which sees edits through ``.data``) and every cached
-    operator (storage and version). A change detector for what runs, linear in the number of parameters (one
-    float64 sum per tensor); not a cryptographic digest."""
-    out: list[tuple] = []
-    tensors: list[Tensor] = []
-    for name, m in module.named_modules():
-        attrs = tuple((k, v) for k, v in vars(m).items() if not k.startswith("_") and _plain(v))
-        hooks = len(m._forward_hooks) + len(m._forward_pre_hooks)
-        out.append((name, id(m), type(m), m.training, hooks, attrs))
-        out.extend((k, *_tensor_key(t)) for k, t in m._parameters.items())
-        out.extend((k, *_tensor_key(t)) for k, t in m._buffers.items())
-        tensors.extend(t for t in (*m._parameters.values(), *m._buffers.values())
-                       if t is not None and (t.is_floating_point() or t.is_complex()))
-        cache = getattr(m, "_cache", None)
-        if isinstance(cache, dict):
-            out.extend((str(k), *_tensor_key(v)) for k, v in cache.items() if isinstance(v, Tensor))
-    if tensors:  # edits through ``.data`` bypass the version counter: a float64 sum of each tensor sees them
-        with torch.no_grad():
-            out.append(tuple(torch.stack([t.detach().sum(dtype=torch.float64) if not t.is_complex()
-                                          else torch.view_as_real(t.detach()).sum(dtype=torch.float64)
-                                          for t in tensors]).tolist()))
-    return tuple(out)
+def _to_float64(t: Tensor) -> Tensor:
+    return t.to(torch.float64) if t.is_floating_point() else t
 
 
 def named_proofs(module: nn.Module, shapes: dict[nn.Module, tuple[int, ...]]) -> Iterator[tuple[str, LayerProof]]:

@@ -26,12 +26,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
-from lsrs.executed import ExecutedBound, encode_executed
+from lsrs.arguments import (
+    check_image,
+    module_dtype,
+    nonnegative_float,
+    plain_generator,
+    positive_float,
+    positive_int,
+    probability,
+)
+from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
+from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
 from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
 from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
-from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
+from lsrs.proofs import (
+    UnprovenModule,
+    executable_copy,
+    executed_bound,
+    first_unproven,
+    probe_dtype,
+    state_key,
+)
 from lsrs.sequential import (
     CERTIFICATES,
     SAMPLERS,
@@ -78,7 +94,7 @@ class Certificate:
     certificate: str = "binary"
     latent_error: float = 0.0
     lipschitz_declared: float = math.nan
-    lipschitz_source: str = "proven"  # "proven": as executed, from the per-layer proofs; "trusted": declared
+    lipschitz_source: str = SOURCE_PROVEN  # lsrs.executed.LIPSCHITZ_SOURCES: the library's proofs, a user's, trusted
     noise: str = "gaussian"  # "lattice": rounded-Gaussian noise on (1/D) Z^d, sound as executed (lsrs.lattice)
     lattice_step: float = math.nan  # h = 1/D of the lattice noise
     quantization: float = 0.0  # h sqrt(d) subtracted from the latent radius (a quantized latent; lsrs.lattice)
@@ -87,16 +103,6 @@ class Certificate:
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_positive_float(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 class LatentSmooth:
@@ -120,7 +126,12 @@ class LatentSmooth:
     its eval-mode function (for the classifier a warning says so): in training mode BatchNorm normalises each batch by its own
     statistics, so the counts would depend on the batch size and Clopper-Pearson would not apply. The
     caller's modules never change, and later changes to the encoder are not seen (build a new smoother); the bound is
-    recomputed whenever anything of ``self.encoder`` that runs changes (:func:`lsrs.proofs.state_key`).
+    proven again (or refused) whenever anything of ``self.encoder`` that runs, or the declared ``lipschitz``,
+    changes (:func:`lsrs.digest.state_key`; what counts as the proven function: :mod:`lsrs.pristine`).
+
+    Inputs are plain float tensors with every value in ``input_range`` (default ``(0, 1)``, the scale a radius is
+    stated on; ``None`` for inputs that are not images), copied before the encoder runs. Numbers may be Python or
+    numpy scalars. A float16 / bfloat16 classifier gets its inputs in its own precision.
 
     ``noise="lattice"`` (:mod:`lsrs.lattice`, Voracek & Hein 2023): the noise is the Gaussian rounded to the
     lattice ``(1/D) Z^d``, drawn exactly from integer thresholds, and the classifier sees ``fl32((m + k) / D)``
@@ -147,25 +158,32 @@ class LatentSmooth:
         trust_lipschitz: bool = False,
         noise: str = "gaussian",
         lattice_denominator: int | None = None,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
-        _check_positive_int("num_classes", num_classes)
+        num_classes, noise_block = positive_int("num_classes", num_classes), positive_int("noise_block", noise_block)
+        sigma, lipschitz = positive_float("sigma", sigma), positive_float("lipschitz", lipschitz)
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
         if lattice_denominator is not None:
-            _check_positive_int("lattice_denominator", lattice_denominator)
-        _check_positive_float("sigma", sigma)
-        _check_positive_float("lipschitz", lipschitz)
-        _check_positive_int("noise_block", noise_block)
+            lattice_denominator = positive_int("lattice_denominator", lattice_denominator)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         unproven = first_unproven(encoder)
         if unproven is not None and not trust_lipschitz:
-            raise unproven.within("encoder", "LatentSmooth certifies only what it proves: use layers with a proof "
-                                  "(lsrs.proofs) or pass trust_lipschitz=True to vouch for the declared "
-                                  f"lipschitz={float(lipschitz)!r}")
+            raise unproven.within("encoder", _trust_advice(lipschitz))
         self.trusted = unproven is not None
-        self.encoder = executable_copy(encoder, widen=not self.trusted)
+        try:
+            self.encoder = executable_copy(encoder, widen=not self.trusted, verify=not self.trusted)
+        except UnprovenModule as err:
+            raise err.within("encoder", _trust_advice(lipschitz)) from None
+        low = {t.dtype for t in (*self.encoder.parameters(), *self.encoder.buffers())} & {torch.float16, torch.bfloat16}
+        if low and not self.trusted:  # the float64 forward upcasts nn.Linear / nn.Conv2d exactly, nothing else
+            raise ValueError(f"the encoder holds {sorted(map(str, low))[0]} tensors in layers that the float64 "
+                             "forward does not upcast: call .float() on it, or pass trust_lipschitz=True")
+        self._encoder_dtype = module_dtype(self.encoder, "encoder") if self.trusted else None
+        self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
         self.classifier = _private_classifier(classifier, fold_bn, channels_last)
+        self._classifier_dtype = module_dtype(self.classifier, "classifier")
         self.fold_bn = fold_bn
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -182,6 +200,7 @@ class LatentSmooth:
         self.device = torch.device(device)
         self._executed: ExecutedBound | None = None
         self._executed_for: tuple | None = None
+        self._rekey = False
 
     # ------------------------------------------------------------------ public API (Cohen et al. names)
     def certify(
@@ -208,10 +227,8 @@ class LatentSmooth:
         ``sampler="curtail"`` stops drawing once abstention is certain and returns exactly the prediction and
         radius of ``sampler="fixed"`` for the same seed; ``samples_used`` tells how many samples it drew.
         """
-        _check_positive_int("n0", n0)
-        _check_positive_int("n", n)
-        _check_positive_int("batch_size", batch_size)
-        check_alpha(alpha)
+        n0, n, batch_size = positive_int("n0", n0), positive_int("n", n), positive_int("batch_size", batch_size)
+        alpha, generator = probability("alpha", alpha), plain_generator(generator)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if certificate not in CERTIFICATES:
@@ -262,7 +279,7 @@ class LatentSmooth:
             certificate=certificate,
             latent_error=err_a + err_b * radius,
             lipschitz_declared=self.lipschitz,
-            lipschitz_source="trusted" if bound.trusted else "proven",
+            lipschitz_source=bound.source,
             noise=self.noise,
             lattice_step=spec.step,
             quantization=spec.quantization,
@@ -313,14 +330,9 @@ class LatentSmooth:
         most ``alpha`` whatever the data-dependent stopping time; a fixed-n Clopper-Pearson bound re-checked
         after every batch would not be (optional stopping). ``certified`` is None if ``max_n`` did not settle it.
         """
-        _check_positive_int("n0", n0)
-        _check_positive_int("max_n", max_n)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("first_look", first_look)
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius)
-                                                                                  and radius >= 0):
-            raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
-        check_alpha(alpha)
+        n0, max_n = positive_int("n0", n0), positive_int("max_n", max_n)
+        batch_size, first_look = positive_int("batch_size", batch_size), positive_int("first_look", first_look)
+        alpha, generator, radius = probability("alpha", alpha), plain_generator(generator), nonnegative_float(radius)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
         key = (seed_from(generator), "certify")
@@ -364,9 +376,8 @@ class LatentSmooth:
 
         With probability at least ``1 - alpha``, a returned class is the smoothed classifier's prediction.
         """
-        _check_positive_int("n", n)
-        _check_positive_int("batch_size", batch_size)
-        check_alpha(alpha)
+        n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
+        alpha, generator = probability("alpha", alpha), plain_generator(generator)
         z, spec = self.noise_centre(self.encode(x))
         stream = self.noise_stream(z, (seed_from(generator), "predict"), spec)
         counts = self.sample_counts(z, n, batch_size, stream)
@@ -387,31 +398,61 @@ class LatentSmooth:
     def executed_bound(self, input_shape: Sequence[int]) -> ExecutedBound:
         """The bound the certificates divide by: :func:`lsrs.proofs.executed_bound` of ``self.encoder``, with
         ``L`` raised to the declared ``lipschitz`` if that is larger; the declared bound alone (no rounding
-        term, ``trusted``) with ``trust_lipschitz`` for an encoder without a proof. Keyed on everything that
-        runs (:func:`lsrs.proofs.state_key`: modules, parameters, buffers, cached operators), read before the
-        forward pass that may rebuild a cache, and recomputed whenever it changed."""
-        key = (tuple(input_shape), state_key(self.encoder))
+        term, ``trusted``) with ``trust_lipschitz`` for an encoder without a proof. Keyed on the declared bound
+        and everything that determines what runs (:func:`lsrs.digest.state_key`: tensor contents, attributes,
+        hooks, the classes' code), read before the forward pass that may rebuild a cache, and proven again (or
+        refused) whenever it changed."""
+        key = self._bound_key(input_shape)
         if self._executed is None or key != self._executed_for:
+            lipschitz = positive_float("lipschitz", self.lipschitz)
             if self.trusted:
-                bound = ExecutedBound(self.lipschitz, self.lipschitz, (), trusted=True)
+                bound = ExecutedBound(lipschitz, lipschitz, (), trusted=True)
             else:
-                with torch.inference_mode(False):
-                    bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
-                bound.lipschitz = max(bound.lipschitz, self.lipschitz)
+                self._check_latent_size(input_shape)
+                try:
+                    with torch.inference_mode(False):
+                        bound = executed_bound(self.encoder, tuple(input_shape), self.device, strict=True)
+                except UnprovenModule as err:
+                    raise err.within("encoder", _trust_advice(lipschitz)) from None
+                bound.lipschitz = max(bound.lipschitz, lipschitz)
             self._executed = bound
-            self._executed_for = (tuple(input_shape), state_key(self.encoder))  # after the pass's cache builds
+            self._executed_for = self._bound_key(input_shape)  # after the pass's cache builds
+            self._rekey = True  # and once more after the first certified pass (float64 operator copies)
         return self._executed
+
+    def _check_latent_size(self, input_shape: Sequence[int]) -> None:
+        """Refuse an encoder whose latent is empty on inputs of ``input_shape``, before proving it."""
+        probe = torch.zeros(1, *input_shape, dtype=probe_dtype(self.encoder), device=self.device)
+        with torch.inference_mode():
+            z = self.encoder(probe)
+        if not isinstance(z, torch.Tensor) or z.numel() == 0:
+            shape = tuple(z.shape[1:]) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"the encoder returns an empty latent ({shape}) on inputs of shape {tuple(input_shape)}: "
+                             "nothing to smooth")
+
+    def _bound_key(self, input_shape: Sequence[int]) -> tuple:
+        """What the bound depends on: the input shape, the declared bound, and (unless trusted) the encoder."""
+        state = None if self.trusted else state_key(self.encoder)
+        return tuple(input_shape), repr(self.lipschitz), self.trusted, state
 
     @torch.inference_mode()
     def _encode_bounded(self, x: torch.Tensor) -> tuple[torch.Tensor, ExecutedBound, tuple[float, float]]:
-        """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image."""
-        x = x.to(self.device).unsqueeze(0)
+        """``(z32, bound, (a, b))``: the float32 latent, the bound, and ``delta(r) = a + b r`` for this image.
+        The input is checked (:func:`lsrs.arguments.check_image`, against ``input_range``) and copied: the caller's tensor is never
+        written, even by an encoder that starts with an in-place operation."""
+        check_image(x, self.input_range)
+        x = x.detach().to(self.device).clone().unsqueeze(0)
         bound = self.executed_bound(tuple(x.shape[1:]))
         with one_cpu_thread(self.device):  # one image: too small to share between threads (lsrs.threads)
-            if bound.trusted or not bound.terms:  # a declared bound, or the identity (no arithmetic at all)
-                return self.encoder(x).float(), bound, (0.0, 0.0)
+            if bound.trusted or not (bound.terms or bound.user_proof):  # declared, or no arithmetic at all
+                z = self.encoder(x.to(self._encoder_dtype or x.dtype)).float()
+                _check_latent(z)
+                return z, bound, (0.0, 0.0)
             z64, norms = encode_executed(self.encoder, x, bound)
+        if self._rekey:
+            self._executed_for, self._rekey = self._bound_key(tuple(x.shape[1:])), False
         z = z64.float()
+        _check_latent(z)
         return z, bound, bound.latent_error(norms, float(z64.norm()), z64.numel())
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -480,6 +521,8 @@ class LatentSmooth:
                 noisy.div_(stream.denominator)  # fl32((m + k) / D): a fixed function of the lattice point
             if not self.channels_last:
                 noisy = noisy.contiguous()
+            if self._classifier_dtype not in (None, noisy.dtype):  # a half / bf16 classifier: in its precision
+                noisy = noisy.to(self._classifier_dtype)
             with self._autocast():
                 logits = self.classifier(noisy)
             if logits.dim() != 2 or logits.shape != (b, self.num_classes):
@@ -495,6 +538,18 @@ class LatentSmooth:
 def _inexact_draws(stream: NoiseStream | LatticeNoiseStream) -> int:
     """Lattice draws of ``stream`` the integer table could not decide exactly (0 for Gaussian noise)."""
     return int(stream.inexact.item()) if isinstance(stream, LatticeNoiseStream) else 0
+def _trust_advice(lipschitz: float) -> str:
+    return ("LatentSmooth certifies only what it proves: use layers with a proof (lsrs.proofs) or pass "
+            f"trust_lipschitz=True to vouch for the declared lipschitz={float(lipschitz)!r} (recorded as "
+            "lipschitz_source='trusted')")
+
+
+def _check_latent(z: torch.Tensor) -> None:
+    """Refuse an empty or non-finite latent in one line."""
+    if z.numel() == 0:
+        raise ValueError(f"the encoder returned an empty latent (shape {tuple(z.shape[1:])}): nothing to smooth")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("the encoder returned a latent with NaN or Inf entries: check its weights and the image")
 
 
 def _private_classifier(classifier: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:

@@ -40,7 +40,7 @@ def _share_class0(inputs: np.ndarray) -> float:
 
 def test_gaussian_float_pipeline_certifies_a_false_class() -> None:
     x = torch.full((DIM,), CENTRE / 255, dtype=torch.float32)
-    cert = Smooth(EvenBits().eval(), 2, SIGMA).certify(x, 100, 1000, 0.001, 250, generator=0)
+    cert = Smooth(EvenBits().eval(), 2, SIGMA, input_range=None).certify(x, 100, 1000, 0.001, 250, generator=0)
     assert cert.prediction == 0 and cert.radius > 0.2
     # the smoothed classifier of the theorem at x: exact sums x + g (float64, one rounding to float32)
     g = np.random.default_rng(0).normal(0.0, SIGMA, (2000, DIM))
@@ -50,7 +50,7 @@ def test_gaussian_float_pipeline_certifies_a_false_class() -> None:
 
 def test_lattice_noise_certifies_what_the_lattice_smoothed_classifier_does() -> None:
     x = torch.full((DIM,), CENTRE / 255, dtype=torch.float32)
-    cert = Smooth(EvenBits().eval(), 2, SIGMA, noise="lattice").certify(x, 100, 1000, 0.001, 250, generator=0)
+    cert = Smooth(EvenBits().eval(), 2, SIGMA, noise="lattice", input_range=None).certify(x, 100, 1000, 0.001, 250, generator=0)
     assert cert.prediction == 1 and cert.radius > 0.2  # the honest class: the attack does not get through
     rng = np.random.default_rng(1)
 

@@ -174,7 +174,7 @@ def test_classifier_sees_exact_lattice_points() -> None:
 
 
 def test_off_lattice_input_is_refused_and_rounding_once_helps() -> None:
-    x = _image(1) + 1e-4
+    x = _image(1) * 0.999 + 1e-4  # in [0, 1], off the lattice
     smooth = Smooth(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval(), 3, 0.25, noise="lattice")
     with pytest.raises(ValueError, match="lattice"):
         smooth.certify(x, 10, 20, 0.001, 10, generator=0)
@@ -248,14 +248,14 @@ def test_latent_certificate_holds_for_the_quantized_latents_brute_force() -> Non
         clf[1].weight.zero_()
         clf[1].bias.copy_(torch.tensor([3.0, 0.0]))
     x = _image(4)
-    smooth = LatentSmooth(encoder, clf, 2, 0.5, 1.0, noise="lattice", lattice_denominator=2**5)
+    smooth = LatentSmooth(encoder, clf, 2, 0.5, 1.0, noise="lattice", lattice_denominator=2**5, input_range=None)
     cert = smooth.certify(x, 20, 500, 0.001, 100, generator=0)
     assert cert.prediction == 0 and cert.quantization == quantization_penalty(2**5, 64)
     bound = smooth.executed_bound(tuple(x.shape))
     z0 = smooth.encode(x)
     _, (a, b) = bound, smooth._encode_bounded(x)[2]
     assert cert.radius == pytest.approx(bound.radius(cert.radius_latent - cert.quantization, a, b))
-    gauss = LatentSmooth(encoder, clf, 2, 0.5, 1.0).certify(x, 20, 500, 0.001, 100, generator=0)
+    gauss = LatentSmooth(encoder, clf, 2, 0.5, 1.0, input_range=None).certify(x, 20, 500, 0.001, 100, generator=0)
     assert cert.radius < gauss.radius  # the quantization costs radius
     q0 = torch.round(z0 * 32)
     rng = torch.Generator().manual_seed(1)

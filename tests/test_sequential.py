@@ -37,7 +37,7 @@ def _not_above_alpha(failures: int, trials: int, alpha: float) -> bool:
 def linear_setup():
     w = torch.tensor([0.6, -0.8])  # |w| = 1: the margin is the distance to the boundary
     sigma = 0.5
-    return w, sigma, Smooth(_two_class(w, 0.0), 2, sigma)
+    return w, sigma, Smooth(_two_class(w, 0.0), 2, sigma, input_range=None)
 
 
 def test_curtail_returns_fixed_certificates_and_saves_samples_on_abstentions(linear_setup) -> None:
@@ -109,7 +109,7 @@ def test_naive_fixed_n_bound_at_a_stopping_time_exceeds_alpha() -> None:
     sigma, radius = 0.5, 0.25
     w = torch.tensor([1.0])
     classifier = _two_class(w, 0.0)
-    smooth = Smooth(classifier, 2, sigma)
+    smooth = Smooth(classifier, 2, sigma, input_range=None)
     margin = radius - 0.01  # exact radius just below the asked one: pA < required
     x = torch.tensor([margin])
     p_required = norm.cdf(radius / sigma)
@@ -158,7 +158,7 @@ def test_multiclass_certificates_wrong_at_most_alpha_on_three_class_oracle() -> 
         lin.weight.copy_(torch.tensor(W, dtype=torch.float32))
         lin.bias.zero_()
     sigma = 0.5
-    smooth = Smooth(lin, 3, sigma)
+    smooth = Smooth(lin, 3, sigma, input_range=None)
     rng = np.random.default_rng(3)
     trials = TRIALS
     points = []

@@ -193,7 +193,7 @@ def linear_problem():
 @pytest.fixture(scope="module")
 def is_rs_trials(linear_problem):
     lp = linear_problem
-    smoother = Smooth(LinearTwoClass(lp["w"], lp["b"]), num_classes=2, sigma=lp["sigma"])
+    smoother = Smooth(LinearTwoClass(lp["w"], lp["b"]), num_classes=2, sigma=lp["sigma"], input_range=None)
     return certify_points(smoother, lp["xs"], N0, N_SMALL, ALPHA, seed0=10_000)
 
 
@@ -201,7 +201,7 @@ def test_linear_oracle_smoothed_probability_is_phi(linear_problem) -> None:
     """Sanity of the oracle itself: empirical pA over 200k samples matches Phi(margin / (sigma ||w||))."""
     lp = linear_problem
     x = lp["xs"][0]
-    smoother = Smooth(LinearTwoClass(lp["w"], lp["b"]), num_classes=2, sigma=lp["sigma"])
+    smoother = Smooth(LinearTwoClass(lp["w"], lp["b"]), num_classes=2, sigma=lp["sigma"], input_range=None)
     cert = smoother.certify(torch.from_numpy(x.astype(np.float32)), 1, 200_000, 0.001, 50_000, generator=1)
     p = stats.norm.cdf(lp["radii"][0] / lp["sigma"])
     k = cert.counts_estimation[lp["classes"][0]]
@@ -258,7 +258,7 @@ def test_large_n_radius_approaches_true_radius(p_a: float) -> None:
     w = rng.standard_normal(3)
     x = place(w, b, sigma * stats.norm.ppf(p_a), 1, rng)
     cls, true_r = true_class_and_distance(w, b, x)
-    smoother = Smooth(LinearTwoClass(w, b), num_classes=2, sigma=sigma)
+    smoother = Smooth(LinearTwoClass(w, b), num_classes=2, sigma=sigma, input_range=None)
     cert = smoother.certify(
         torch.from_numpy(x.astype(np.float32)), 100, 1_000_000, 0.001, 200_000, generator=7
     )
@@ -279,8 +279,8 @@ def test_ls_rs_scaled_identity_equals_is_rs_exactly(c: float) -> None:
     d, sigma, b = 3, 0.5, 0.1
     v = rng.standard_normal(d)
     f_c = LinearTwoClass(v, b)
-    ls = LatentSmooth(ScaledOrthogonal(c), f_c, num_classes=2, sigma=sigma, lipschitz=c, trust_lipschitz=True)
-    is_ = Smooth(nn.Sequential(ScaledOrthogonal(c), f_c), num_classes=2, sigma=sigma / c)
+    ls = LatentSmooth(ScaledOrthogonal(c), f_c, num_classes=2, sigma=sigma, lipschitz=c, trust_lipschitz=True, input_range=None)
+    is_ = Smooth(nn.Sequential(ScaledOrthogonal(c), f_c), num_classes=2, sigma=sigma / c, input_range=None)
     for i in range(25):
         x = torch.from_numpy(place(v * c, b, sigma / c * stats.norm.ppf(rng.uniform(0.6, 0.99)), 1, rng))
         x = x.float()
@@ -333,8 +333,8 @@ def test_ls_rs_orthogonal_encoder_sound_and_equal_in_distribution(scaled_orthogo
     IS-RS on the composed classifier with noise sigma/c (both match Binomial(n, pA) and each other)."""
     sp = scaled_orthogonal_problem
     c, sigma, xs = sp["c"], sp["sigma"], sp["xs"]
-    ls = LatentSmooth(sp["encoder"], sp["f_c"], num_classes=2, sigma=sigma, lipschitz=c, trust_lipschitz=True)
-    is_ = Smooth(nn.Sequential(sp["encoder"], sp["f_c"]), num_classes=2, sigma=sigma / c)
+    ls = LatentSmooth(sp["encoder"], sp["f_c"], num_classes=2, sigma=sigma, lipschitz=c, trust_lipschitz=True, input_range=None)
+    is_ = Smooth(nn.Sequential(sp["encoder"], sp["f_c"]), num_classes=2, sigma=sigma / c, input_range=None)
     ls_certs = certify_points(ls, xs, N0, N_SMALL, ALPHA, seed0=50_000)
     is_certs = certify_points(is_, xs, N0, N_SMALL, ALPHA, seed0=90_000)
 
@@ -367,7 +367,7 @@ def test_understated_lipschitz_is_caught(scaled_orthogonal_problem) -> None:
     sp = scaled_orthogonal_problem
     m = 400
     wrong_l = LatentSmooth(sp["encoder"], sp["f_c"], num_classes=2, sigma=sp["sigma"], lipschitz=1.0,
-                           trust_lipschitz=True)  # the caller vouches for a wrong bound: nothing can catch it
+                           trust_lipschitz=True, input_range=None)  # the caller vouches for a wrong bound: nothing can catch it
     certs = certify_points(wrong_l, sp["xs"][:m], N0, N_SMALL, ALPHA, seed0=130_000)
     wrong = sum(
         is_wrong(ct, k, r) for ct, k, r in zip(certs, sp["classes"][:m], sp["radii"][:m], strict=True)
@@ -383,7 +383,7 @@ def _run_recorded(
     model: nn.Module, x: torch.Tensor, batch_size: int, channels_last: bool = False, k: int = 2
 ):
     rec = Recorder(model)
-    smoother = Smooth(rec, num_classes=k, sigma=0.7, channels_last=channels_last)
+    smoother = Smooth(rec, num_classes=k, sigma=0.7, channels_last=channels_last, input_range=None)
     cert = smoother.certify(x, 37, 300, 0.01, batch_size, generator=2024)
     return cert, rec
 
@@ -432,7 +432,7 @@ def test_image_noise_independent_of_batch_size_and_memory_format(channels_last: 
 def test_exact_tie_abstains_with_zero_radius() -> None:
     """A classifier that splits exactly 50/50 gives pA_lower < 1/2: abstain, radius 0."""
     for n in (2, 100, 1000):
-        smoother = Smooth(Alternating(), num_classes=2, sigma=0.5)
+        smoother = Smooth(Alternating(), num_classes=2, sigma=0.5, input_range=None)
         cert = smoother.certify(torch.zeros(2), 10, n, 0.001, 64, generator=3)
         assert cert.counts_estimation == (n // 2, n // 2)
         assert cert.abstained and cert.prediction == ABSTAIN
@@ -446,7 +446,7 @@ def test_boundary_point_abstains_at_least_one_minus_alpha() -> None:
     probability P_k~Bin(n,1/2)[pA_lower(k) >= 1/2] <= alpha; 400 independent runs agree with that."""
     n, alpha, trials = 60, 0.05, 400
     w = np.array([0.8, -0.6])
-    smoother = Smooth(LinearTwoClass(w, 0.0), num_classes=2, sigma=1.0)
+    smoother = Smooth(LinearTwoClass(w, 0.0), num_classes=2, sigma=1.0, input_range=None)
     certs = [smoother.certify(torch.zeros(2), 5, n, alpha, 1000, generator=i) for i in range(trials)]
     assert all(c.radius == 0.0 for c in certs if c.abstained)
     answered = sum(not c.abstained for c in certs)
@@ -460,7 +460,7 @@ def test_boundary_point_abstains_at_least_one_minus_alpha() -> None:
 def test_predict_confident_classifier_returns_class() -> None:
     rng = np.random.default_rng(5)
     w, b = np.array([2.0, 1.0, -1.0]), 0.5
-    smoother = Smooth(LinearTwoClass(w, b), num_classes=2, sigma=0.1)
+    smoother = Smooth(LinearTwoClass(w, b), num_classes=2, sigma=0.1, input_range=None)
     for i in range(20):
         sign = 1 if i % 2 else -1
         x = place(w, b, 1.0, sign, rng)  # 10 sigma from the boundary
@@ -471,7 +471,7 @@ def test_predict_exact_tie_abstains() -> None:
     """PREDICT on a fair 50/50 base classifier abstains at least (1 - alpha) of the time: over 2,000 runs the
     answer rate is <= alpha and matches the exact rejection probability of scipy's binomial test."""
     n, alpha, trials = 50, 0.05, 2000
-    smoother = Smooth(LinearTwoClass(np.array([1.0, 1.0]), 0.0), num_classes=2, sigma=1.0)
+    smoother = Smooth(LinearTwoClass(np.array([1.0, 1.0]), 0.0), num_classes=2, sigma=1.0, input_range=None)
     answers = [smoother.predict(torch.zeros(2), n, alpha, 1000, generator=i) for i in range(trials)]
     assert set(answers) <= {ABSTAIN, 0, 1}
     answered = sum(a != ABSTAIN for a in answers)
@@ -481,7 +481,7 @@ def test_predict_exact_tie_abstains() -> None:
     assert_at_most_alpha(answered, trials, alpha)
     assert stats.binomtest(answered, trials, p_answer).pvalue > 1e-3
     # a deterministic exact tie always abstains
-    tie = Smooth(Alternating(), num_classes=2, sigma=1.0)
+    tie = Smooth(Alternating(), num_classes=2, sigma=1.0, input_range=None)
     assert all(tie.predict(torch.zeros(2), 100, alpha, 33, generator=i) == ABSTAIN for i in range(10))
 
 
@@ -492,7 +492,7 @@ def test_selection_estimation_and_predict_noise_are_independent() -> None:
     sigma, n0, n = 0.5, 64, 256
     x = torch.tensor([0.2, -0.1, 0.4, 0.0])
     rec = Recorder(LinearTwoClass(np.array([1.0, 0.0, 0.0, 0.0]), 0.0))
-    smoother = Smooth(rec, num_classes=2, sigma=sigma)
+    smoother = Smooth(rec, num_classes=2, sigma=sigma, input_range=None)
     cert = smoother.certify(x, n0, n, 0.01, 10_000, generator=42)
     sel, est = (bt - x for bt in rec.batches)
     assert sel.shape == (n0, 4) and est.shape == (n, 4)
@@ -519,14 +519,14 @@ def test_every_noise_sample_of_a_certificate_is_distinct() -> None:
     to draw estimation blocks 494 and 589 from generators seeded equal in the low 32 bits (64 repeats)."""
     x = torch.tensor([0.2, -0.1, 0.4, 0.0])
     rec = Recorder(LinearTwoClass(np.array([1.0, 0.0, 0.0, 0.0]), 0.0))
-    cert = Smooth(rec, num_classes=2, sigma=0.5).certify(x, 100, 100_000, 0.01, 10_000, generator=1158)
+    cert = Smooth(rec, num_classes=2, sigma=0.5, input_range=None).certify(x, 100, 100_000, 0.01, 10_000, generator=1158)
     rows = rec.rows().numpy()
     assert cert.samples_used == rows.shape[0] == 100_100
     assert len(np.unique(rows, axis=0)) == 100_100
 
 
 def test_torch_generator_is_reproducible() -> None:
-    smoother = Smooth(LinearTwoClass(np.array([1.0, -1.0]), 0.1), num_classes=2, sigma=0.5)
+    smoother = Smooth(LinearTwoClass(np.array([1.0, -1.0]), 0.1), num_classes=2, sigma=0.5, input_range=None)
     a = smoother.certify(torch.zeros(2), 20, 500, 0.01, 64, generator=torch.Generator().manual_seed(8))
     b = smoother.certify(torch.zeros(2), 20, 500, 0.01, 64, generator=torch.Generator().manual_seed(8))
     assert (a.counts_selection, a.counts_estimation) == (b.counts_selection, b.counts_estimation)
@@ -554,10 +554,10 @@ def test_reduced_precision_certify_counts_every_sample_and_agrees_with_fp32(prec
     x = torch.rand(3, 8, 8)
     dtypes = []
     model.fc.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
-    low = Smooth(model, 3, 0.25, precision=precision).certify(x, 50, 2000, 0.001, 128, generator=11)
+    low = Smooth(model, 3, 0.25, precision=precision, input_range=None).certify(x, 50, 2000, 0.001, 128, generator=11)
     assert dtypes and set(dtypes) == {PRECISIONS[precision]}
     dtypes.clear()
-    ref = Smooth(model, 3, 0.25).certify(x, 50, 2000, 0.001, 128, generator=11)
+    ref = Smooth(model, 3, 0.25, input_range=None).certify(x, 50, 2000, 0.001, 128, generator=11)
     assert set(dtypes) == {torch.float32}
     assert sum(low.counts_selection) == 50 and sum(low.counts_estimation) == 2000
     assert low.prediction == ref.prediction
@@ -583,9 +583,9 @@ def _smooth(**kw) -> Smooth:
         pytest.param(lambda: _smooth(num_classes=0), id="num_classes=0"),
         pytest.param(lambda: _smooth(precision="fp64"), id="precision"),
         pytest.param(lambda: _smooth(noise_block=0), id="noise_block=0"),
-        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=0.0), id="lipschitz=0"),
-        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=-1.0), id="lipschitz<0"),
-        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=float("nan")), id="lip=nan"),
+        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=0.0, input_range=None), id="lipschitz=0"),
+        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=-1.0, input_range=None), id="lipschitz<0"),
+        pytest.param(lambda: LatentSmooth(nn.Identity(), _LIN, 2, 0.5, lipschitz=float("nan"), input_range=None), id="lip=nan"),
     ],
 )
 def test_bad_constructor_arguments_raise(build) -> None:

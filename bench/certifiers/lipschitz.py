@@ -75,7 +75,7 @@ class MarginRun:
             # radius_latent is in logit space, so radius = radius_latent / L as for the smoothers
             yield one_pass_row(context, i, int(label_), prediction, radius, radius * cert.lipschitz, cert.lipschitz,
                                samples_used=1, sample_s=sw.seconds, total_s=sw.seconds, precision="fp64",
-                               lipschitz_source="proven"), []
+                               lipschitz_source=certifier.source), []
 
 
 LIPSCHITZ_MARGIN = register_certifier(Certifier(
