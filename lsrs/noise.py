@@ -90,6 +90,69 @@ def _cpu_seed(key: NoiseKey) -> tuple[np.ndarray, int]:
     return np.frombuffer(digest, dtype="<u4"), seed64
 
 
+# ---------------------------------------------------------------- counter-based blocks (Philox4x64-10)
+#: The word of a Philox counter that separates what a block is drawn for (see :func:`block_bit_generator`).
+DOMAINS: dict[str, int] = {"normal": 0, "uniform": 1}
+
+
+def philox_key(key: NoiseKey) -> np.ndarray:
+    """The 128-bit Philox key of ``key``'s stream: two little-endian uint64 words of SHAKE-256 (FIPS 202) of
+    ``repr(("lsrs.noise.philox", key))``."""
+    digest = hashlib.shake_256(repr(("lsrs.noise.philox", key)).encode()).digest(16)
+    return np.frombuffer(digest, dtype="<u8").astype(np.uint64)
+
+
+def block_counter(block: int, domain: str) -> np.ndarray:
+    """The Philox counter before block ``block`` of ``domain``: words ``(0, block, 0, DOMAINS[domain])``."""
+    if isinstance(block, bool) or not 0 <= int(block) < 2**64:
+        raise ValueError(f"block must be an integer in [0, 2**64), got {block!r}")
+    return np.array([0, int(block), 0, DOMAINS[domain]], dtype=np.uint64)
+
+
+def block_bit_generator(key: NoiseKey | np.ndarray, block: int, domain: str = "normal") -> np.random.Philox:
+    """numpy's Philox4x64-10 positioned at the first output of block ``block`` of ``key``'s stream.
+
+    Output ``4 (i - 1) + j`` (``i >= 1``, ``j < 4``) of the block is word ``j`` of
+    ``Philox_k((i, block, 0, DOMAINS[domain]))`` with ``k = philox_key(key)`` (numpy increments the counter
+    before each group of four outputs). A block never reaches ``i = 2**64``, so blocks of distinct
+    ``(block, domain)`` read disjoint counters; ``key`` may also be a precomputed :func:`philox_key`.
+    """
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    return np.random.Philox(key=k, counter=block_counter(block, domain))
+
+
+def block_uniform_bits(key: NoiseKey | np.ndarray, block: int, shape: int | Sequence[int]) -> np.ndarray:
+    """Uniform 64-bit integers (``uint64`` of ``shape``, C order) of block ``block`` of ``key``'s stream.
+
+    Independent of the stream's normals (domain ``"uniform"`` of :func:`block_bit_generator`: other counters
+    of the same key) and of every other block; the same ``(key, block, shape)`` always gives the same array,
+    and a larger ``shape`` extends a smaller one (the words are the block's first ``prod(shape)`` outputs).
+    """
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    return block_bit_generator(key, block, "uniform").random_raw(count).reshape(shape)
+
+
+def stream_uniform_bits(
+    key: NoiseKey | np.ndarray, start: int, count: int, sample_shape: Sequence[int], block: int = DEFAULT_BLOCK
+) -> np.ndarray:
+    """Samples ``start .. start + count - 1`` of ``key``'s stream of uniform uint64 samples of ``sample_shape``.
+
+    Sample ``j`` is sample ``j % block`` of :func:`block_uniform_bits` block ``j // block`` (``block`` samples
+    per block), so it does not depend on how the stream is cut into calls (batch-size independence).
+    """
+    sample_shape = tuple(sample_shape)
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    out = np.empty((count, *sample_shape), dtype=np.uint64)
+    done = 0
+    while done < count:
+        b, offset = divmod(start + done, block)
+        take = min(block - offset, count - done)
+        out[done : done + take] = block_uniform_bits(k, b, (offset + take, *sample_shape))[offset:]
+        done += take
+    return out
+
+
 def mt19937_words(key: NoiseKey) -> np.ndarray:
     """The 624-word mt19937 state of ``key``'s CPU stream (uint32; top bit of word 0 set)."""
     return _cpu_seed(key)[0].copy()
