@@ -45,8 +45,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import numbers
+import operator
+import os
 import struct
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -54,12 +58,22 @@ import torch
 DEFAULT_BLOCK = 64
 MT_WORDS = 624  # mt19937 state words
 NoiseKey = int | tuple[int | str, ...]
+#: Versions of the CPU noise stream (see the module docstring); :data:`NOISE_STREAM` is drawn unless a stored
+#: run recorded another one.
+NOISE_STREAMS = ("v1", "v2")
+NOISE_STREAM = "v2"
 
 # torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp): uint64 the_initial_seed, int left,
 # int seeded, uint64 next, uint64 state[624], then the cached normal samples (left as a fresh generator's).
 _HEADER = struct.Struct("<QiiQ")
 _STATE_BYTES = 5056
 _LAYOUT_PROBE_SEED = 20240601
+
+
+def check_noise_stream(version: str) -> str:
+    if version not in NOISE_STREAMS:
+        raise ValueError(f"noise stream must be one of {NOISE_STREAMS}, got {version!r}")
+    return version
 
 
 def derive_seed(*parts: object) -> int:
@@ -69,12 +83,44 @@ def derive_seed(*parts: object) -> int:
 
 
 def seed_from(generator: torch.Generator | int | None) -> int:
-    """A base seed from an int, from one draw of a ``torch.Generator``, or from torch's global RNG."""
-    if isinstance(generator, int):
-        return generator
+    """A base seed from an int (numpy integers included), from one draw of a ``torch.Generator``, or from
+    torch's global RNG."""
+    if isinstance(generator, numbers.Integral):
+        return operator.index(generator)
     if generator is None:
         return int(torch.randint(0, 2**62, (1,)).item())
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be an int, a torch.Generator or None, got {type(generator).__name__}")
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def image_digest(x: torch.Tensor) -> str:
+    """BLAKE2b-128 (RFC 7693) of an input's dtype, shape and bytes (C order, on the CPU), as hex."""
+    data = x.detach().to("cpu").contiguous()
+    h = hashlib.blake2b(repr((str(data.dtype), tuple(data.shape))).encode(), digest_size=16)
+    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()
+
+
+#: What a smoother draws a stream for; v2 keys each with its own name, so no two share samples.
+PURPOSES = ("certify", "decide", "predict")
+
+
+def certificate_key(generator: torch.Generator | int | None, purpose: str, x: torch.Tensor,
+                    version: str = NOISE_STREAM) -> NoiseKey:
+    """The key of the stream that ``purpose`` (:data:`PURPOSES`) draws for input ``x``.
+
+    v2: ``(seed, purpose, image_digest(x))``: an int ``generator`` gives every input its own stream (two
+    inputs share one only if their 128-bit digests collide), reproducible from the seed and the input, and
+    CERTIFY, the anytime-valid decision and PREDICT never read the same stream. v1 (only to resume a run
+    recorded with it): ``(seed, "predict")`` for PREDICT, ``(seed, "certify")`` otherwise.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    seed = seed_from(generator)
+    if check_noise_stream(version) == "v1":
+        return (seed, "predict" if purpose == "predict" else "certify")
+    return (seed, purpose, image_digest(x))
 
 
 def _key_bytes(key: NoiseKey, nbytes: int) -> bytes:
@@ -91,8 +137,12 @@ def _cpu_seed(key: NoiseKey) -> tuple[np.ndarray, int]:
 
 
 # ---------------------------------------------------------------- counter-based blocks (Philox4x64-10)
-#: The word of a Philox counter that separates what a block is drawn for (see :func:`block_bit_generator`).
-DOMAINS: dict[str, int] = {"normal": 0, "uniform": 1}
+#: The last word of a Philox counter separates what the words are drawn for: the mt19937 states of the
+#: Gaussian blocks of stream version v2 (:func:`mt19937_block_states`) and uniform integers
+#: (:func:`block_uniform_bits`).
+DOMAINS: dict[str, int] = {"mt19937": 0, "uniform": 1}
+#: Philox counter steps (four 64-bit words each) per block's mt19937 state: 624 32-bit words.
+STATE_STEPS = MT_WORDS // 8
 
 
 def philox_key(key: NoiseKey) -> np.ndarray:
@@ -109,7 +159,7 @@ def block_counter(block: int, domain: str) -> np.ndarray:
     return np.array([0, int(block), 0, DOMAINS[domain]], dtype=np.uint64)
 
 
-def block_bit_generator(key: NoiseKey | np.ndarray, block: int, domain: str = "normal") -> np.random.Philox:
+def block_bit_generator(key: NoiseKey | np.ndarray, block: int, domain: str = "uniform") -> np.random.Philox:
     """numpy's Philox4x64-10 positioned at the first output of block ``block`` of ``key``'s stream.
 
     Output ``4 (i - 1) + j`` (``i >= 1``, ``j < 4``) of the block is word ``j`` of
@@ -151,6 +201,65 @@ def stream_uniform_bits(
         out[done : done + take] = block_uniform_bits(k, b, (offset + take, *sample_shape))[offset:]
         done += take
     return out
+
+
+def mt19937_block_states(key: NoiseKey | np.ndarray, first: int, count: int) -> np.ndarray:
+    """The mt19937 states (``(count, 624)`` uint32, top bit of word 0 set) of blocks ``first .. first + count - 1``
+    of ``key``'s v2 Gaussian stream.
+
+    Block ``b``'s 624 words are the 312 outputs of ``Philox_k((78 b + i, 0, 0, DOMAINS["mt19937"]))``,
+    ``i = 1 .. 78``, in order, each 64-bit output split into its low then its high 32 bits; consecutive blocks
+    read consecutive counters, so one Philox call yields the states of a whole range of blocks.
+    """
+    if isinstance(first, bool) or int(first) < 0 or int(first) + count > 2**64 // STATE_STEPS:
+        raise ValueError(f"block must be an integer in [0, 2**64 / {STATE_STEPS}), got {first!r}")
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    counter = np.array([STATE_STEPS * int(first), 0, 0, DOMAINS["mt19937"]], dtype=np.uint64)
+    raw = np.random.Philox(key=k, counter=counter).random_raw(STATE_STEPS * 4 * count)
+    words = raw.astype("<u8").view("<u4").reshape(count, MT_WORDS).astype(np.uint32)
+    words[:, 0] |= np.uint32(0x80000000)  # never the all-zero state (as init_by_array does)
+    return words
+
+
+def block_generator(key: NoiseKey | np.ndarray, block: int) -> torch.Generator:
+    """The torch CPU generator of block ``block`` of ``key``'s v2 Gaussian stream (its state loaded from
+    :func:`mt19937_block_states`): the block is ``normal_(0, std)`` of one (block size, *shape) tensor from it."""
+    return _loaded(_cpu_state_template(), mt19937_block_states(key, block, 1)[0], 0)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _noise_pool() -> ThreadPoolExecutor:
+    """Threads that draw blocks side by side (ATen releases the GIL in ``normal_``); rebuilt after a fork."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="lsrs-noise"))
+    return _POOL[1]
+
+
+def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Tensor], std: float = 1.0) -> None:
+    """Fill CPU tensors ``outs[j]`` (each a whole block, all the same shape) with block ``first + j`` of ``key``'s
+    v2 stream: ``normal_(0, std)`` from a torch CPU generator loaded with :func:`mt19937_block_states`.
+
+    The blocks are spread over up to ``torch.get_num_threads()`` threads; each block's values depend only on
+    its state and its shape, so not on the number of threads or on which thread drew it.
+    """
+    if not outs:
+        return
+    states = mt19937_block_states(key, first, len(outs))
+    template = _cpu_state_template()
+
+    def draw(j: int) -> None:
+        outs[j].normal_(0.0, std, generator=_loaded(template, states[j], 0))
+
+    workers = min(torch.get_num_threads(), len(outs))
+    if workers <= 1:
+        for j in range(len(outs)):
+            draw(j)
+        return
+    for future in [_noise_pool().submit(draw, j) for j in range(len(outs))]:
+        future.result()
 
 
 def mt19937_words(key: NoiseKey) -> np.ndarray:
@@ -244,6 +353,8 @@ class NoiseStream:
 
     ``seed`` is the stream's key: an int, or a tuple of ints and strings. ``std`` is applied inside the draw
     (``normal_(0, std)``), so the engine adds the stream to the latent in one pass instead of scaling it first.
+    ``version`` (:data:`NOISE_STREAMS`): ``"v2"`` draws every CPU block from its own counter-addressed state,
+    on all torch threads; ``"v1"`` (one generator per stream) only resumes runs recorded with it.
     """
 
     def __init__(
@@ -254,20 +365,28 @@ class NoiseStream:
         dtype: torch.dtype = torch.float32,
         block: int = DEFAULT_BLOCK,
         std: float = 1.0,
+        version: str = NOISE_STREAM,
     ) -> None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std}")
+        check_noise_stream(version)
         self.storage_shape = _storage_shape(sample_shape)
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.block = block
         self.std = float(std)
+        self.version = version
         self.blocks_drawn = 0
         self._pending: torch.Tensor | None = None
-        self._gen = stream_generator(seed, self.device)
+        self._addressed = version == "v2" and self.device.type == "cpu"
+        if self._addressed:
+            self._key = philox_key(seed)
+            _cpu_state_template()  # check torch's state layout before the first draw
+        else:
+            self._gen = stream_generator(seed, self.device)
 
     def new_buffer(self, batch: int) -> torch.Tensor:
         """An uninitialised drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
@@ -277,9 +396,14 @@ class NoiseStream:
         """Drop the unused rest of the current block: the next sample is the first of a new block."""
         self._pending = None
 
-    def _draw_block(self, out: torch.Tensor) -> None:
-        out.normal_(0.0, self.std, generator=self._gen)
-        self.blocks_drawn += 1
+    def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
+        """Draw the next ``len(outs)`` blocks into ``outs``, in order."""
+        if self._addressed:
+            draw_blocks(self._key, self.blocks_drawn, outs, self.std)
+        else:
+            for out in outs:
+                out.normal_(0.0, self.std, generator=self._gen)
+        self.blocks_drawn += len(outs)
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b samples; return its NCHW view."""
@@ -290,12 +414,12 @@ class NoiseStream:
             out[:take].copy_(self._pending[:take])
             self._pending = self._pending[take:] if take < self._pending.shape[0] else None
             done = take
-        while b - done >= self.block:
-            self._draw_block(out[done : done + self.block])
-            done += self.block
-        if done < b:
-            spare = self.new_buffer(self.block)
-            self._draw_block(spare)
+        whole = (b - done) // self.block
+        outs = [out[done + j * self.block : done + (j + 1) * self.block] for j in range(whole)]
+        done += whole * self.block
+        spare = self.new_buffer(self.block) if done < b else None
+        self._draw_blocks(outs + ([spare] if spare is not None else []))
+        if spare is not None:
             need = b - done
             out[done:].copy_(spare[:need])
             self._pending = spare[need:]

@@ -29,7 +29,7 @@ from torch import nn
 from lsrs.bounds import check_alpha, clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
-from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
+from lsrs.noise import DEFAULT_BLOCK, NOISE_STREAM, NoiseKey, NoiseStream, certificate_key, check_noise_stream
 from lsrs.proofs import executable_copy, executed_bound, first_unproven, state_key
 from lsrs.sequential import (
     CERTIFICATES,
@@ -132,6 +132,7 @@ class LatentSmooth:
         channels_last: bool = True,
         noise_block: int = DEFAULT_BLOCK,
         trust_lipschitz: bool = False,
+        noise_version: str = NOISE_STREAM,
     ) -> None:
         _check_positive_int("num_classes", num_classes)
         _check_positive_float("sigma", sigma)
@@ -154,6 +155,7 @@ class LatentSmooth:
         self.precision = precision
         self.channels_last = channels_last
         self.noise_block = noise_block
+        self.noise_version = check_noise_stream(noise_version)
         if device is None:
             param = next(iter(classifier.parameters()), None)
             device = param.device if param is not None else "cpu"
@@ -185,6 +187,11 @@ class LatentSmooth:
         In both cases ``radius = radius_latent / lipschitz`` (paper Theorem 1).
         ``sampler="curtail"`` stops drawing once abstention is certain and returns exactly the prediction and
         radius of ``sampler="fixed"`` for the same seed; ``samples_used`` tells how many samples it drew.
+
+        ``generator``: an int seed (numpy integers too), a ``torch.Generator`` (one draw gives the seed) or None
+        (torch's global RNG). The noise stream is keyed by (seed, ``"certify"``, a 128-bit digest of ``x``)
+        (:func:`lsrs.noise.certificate_key`): with one int for many images each image still gets its own
+        stream, and :meth:`decide` and :meth:`predict` with the same seed draw other streams.
         """
         _check_positive_int("n0", n0)
         _check_positive_int("n", n)
@@ -194,8 +201,8 @@ class LatentSmooth:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if certificate not in CERTIFICATES:
             raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
-        key = (seed_from(generator), "certify")
         with Stopwatch(self.device) as total:
+            key = certificate_key(generator, "certify", x, self.noise_version)
             with Stopwatch(self.device) as enc:
                 z, bound, (err_a, err_b) = self._encode_bounded(x)
             with Stopwatch(self.device) as smp:
@@ -293,7 +300,7 @@ class LatentSmooth:
         check_alpha(alpha)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
-        key = (seed_from(generator), "certify")
+        key = certificate_key(generator, "decide", x, self.noise_version)
         answer: bool | None = None
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
@@ -334,7 +341,7 @@ class LatentSmooth:
         _check_positive_int("batch_size", batch_size)
         check_alpha(alpha)
         z = self.encode(x)
-        counts = self.sample_counts(z, n, batch_size, (seed_from(generator), "predict"))
+        counts = self.sample_counts(z, n, batch_size, certificate_key(generator, "predict", x, self.noise_version))
         top2 = counts.topk(min(2, self.num_classes))
         n_a = int(top2.values[0].item())
         n_b = int(top2.values[1].item()) if self.num_classes > 1 else 0
@@ -386,7 +393,7 @@ class LatentSmooth:
     def noise_stream(self, z: torch.Tensor, key: NoiseKey) -> NoiseStream:
         """The N(0, sigma^2 I) stream of latent ``z``'s shape under ``key`` (one generator, seeded once)."""
         return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
-                           std=self.sigma)
+                           std=self.sigma, version=self.noise_version)
 
     def sample_counts(
         self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | NoiseKey

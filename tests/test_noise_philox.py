@@ -14,22 +14,13 @@ from lsrs.noise import (
     DOMAINS,
     block_bit_generator,
     block_uniform_bits,
+    mt19937_block_states,
     philox_key,
     stream_uniform_bits,
 )
+from tests.philox_reference import philox4x64_10
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None, derandomize=True)
-MASK = 2**64 - 1
-
-
-def philox4x64_10(counter: list[int], key: list[int]) -> list[int]:
-    """Philox4x64-10 from Salmon et al. (SC 2011), Table 2 constants, written from the paper."""
-    c, (k0, k1) = list(counter), key
-    for _ in range(10):
-        p0, p1 = 0xD2E7470EE14C6C93 * c[0], 0xCA5A826395121157 * c[2]
-        c = [(p1 >> 64) ^ c[1] ^ k0, p1 & MASK, (p0 >> 64) ^ c[3] ^ k1, p0 & MASK]
-        k0, k1 = (k0 + 0x9E3779B97F4A7C15) & MASK, (k1 + 0xBB67AE8584CAA73B) & MASK
-    return c
 
 
 def test_reference_philox_known_answer() -> None:
@@ -45,7 +36,7 @@ def test_key_is_shake256_of_the_stream_key() -> None:
 
 
 @pytest.mark.parametrize("block", [0, 1, 12345, 2**64 - 1])
-@pytest.mark.parametrize("domain", sorted(DOMAINS))
+@pytest.mark.parametrize("domain", ["uniform"])
 def test_block_reads_counters_i_block_0_domain(block: int, domain: str) -> None:
     """Output 4(i-1)+j of a block is word j of Philox_k((i, block, 0, domain)): any block is reachable directly."""
     key = philox_key(("addr", block))
@@ -85,7 +76,7 @@ def test_stream_uniform_bits_is_batch_size_independent(cuts: list[int], start: i
 
 def test_uniform_bits_are_uniform_and_distinct_across_keys_blocks_domains() -> None:
     """KS of the top 53 bits as a fraction against U(0, 1) on 10^6 words, every bit balanced (on 2^16 words), and no shared
-    word between keys, blocks and the normal domain of the same key and block."""
+    word between keys, blocks and the Gaussian blocks' states of the same key."""
     words = stream_uniform_bits(("u", 0), 0, 4096, (256,)).ravel()
     u = (words >> np.uint64(11)).astype(np.float64) / 2.0**53
     assert stats.kstest(u, stats.uniform.cdf).pvalue > 1e-3
@@ -93,7 +84,7 @@ def test_uniform_bits_are_uniform_and_distinct_across_keys_blocks_domains() -> N
     bits = ((head[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).mean(axis=0)
     assert np.all(np.abs(bits - 0.5) < 6 * 0.5 / np.sqrt(head.size))
     others = [block_uniform_bits(("u", 1), 0, 4096), block_uniform_bits(("u", 0), 1, 4096),
-              block_bit_generator(("u", 0), 0, "normal").random_raw(4096)]
+              mt19937_block_states(("u", 0), 0, 7).view(np.uint64).ravel()]
     first = set(block_uniform_bits(("u", 0), 0, 4096).tolist())
     for other in others:
         assert first.isdisjoint(other.tolist())
