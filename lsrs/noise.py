@@ -1,44 +1,61 @@
-"""Batch-size-independent Gaussian noise for Monte Carlo certification: one generator per stream.
+"""Batch-size-independent Gaussian noise for Monte Carlo certification: fixed, addressable blocks per stream.
 
-A :class:`NoiseStream` owns ONE ``torch.Generator``, seeded once from the stream's key, and draws its samples
-in fixed blocks of ``block`` samples, block after block from that generator. Sample ``j`` is therefore the
-same whatever the batch sizes used to consume the stream: a batch that ends inside a block keeps the rest of
-that block for the next batch, and every block is one ``normal_`` call of the same size (CUDA's Philox
-``normal_`` output depends on the size of each call, hence the fixed blocks). :meth:`NoiseStream.finish_block`
-drops the rest of a partly used block, so CERTIFY draws its ``n0`` selection samples from the first blocks of
-a certificate's stream and its ``n`` estimation samples from the following ones: no block is shared.
+A :class:`NoiseStream` draws its samples in fixed blocks of ``block`` (64) samples, each block one ``normal_``
+call of the same size: sample ``j`` is element ``j % block`` of block ``j // block``, whatever the batch sizes
+used to consume the stream (a batch that ends inside a block keeps the rest of that block for the next batch;
+torch's ``normal_`` output depends on the size of each call, hence the fixed blocks).
+:meth:`NoiseStream.finish_block` drops the rest of a partly used block, so CERTIFY draws its ``n0`` selection
+samples from the first blocks of a certificate's stream and its ``n`` estimation samples from the following
+ones: no block is shared.
 
 Image-shaped noise (C, H, W) is drawn in (H, W, C) order and returned as an NCHW view, which is exactly
 PyTorch's ``channels_last`` memory format: the optimized channels-last path and the plain contiguous path
 see identical values.
 
-Seeding. The key (an int, or a tuple of ints and strings) is hashed with SHAKE-256 (FIPS 202):
-``X = SHAKE256(repr(("lsrs.noise", key)))``.
+Stream v2 (the default, :data:`NOISE_STREAM`). The key (an int, or a tuple of ints and strings) is hashed
+once with SHAKE-256 (FIPS 202): ``k = SHAKE256(repr(("lsrs.noise.philox", key)))[:16]``, the 128-bit key of
+Philox4x64-10 (:func:`philox_key`). On the CPU, block ``b`` is ``normal_(0, std)`` from a torch CPU generator
+loaded with the mt19937 state made of the outputs of ``Philox_k`` at counters ``(78 b + i, 0, 0, 0)``,
+``i = 1 .. 78`` (624 32-bit words; the top bit of word 0 set, as Matsumoto and Nishimura's ``init_by_array``
+does, so the state is never zero; :func:`mt19937_block_states`). Any block is thus reachable without drawing
+the ones before it, and the blocks of one fill are drawn side by side on up to ``torch.get_num_threads()``
+threads (:func:`draw_blocks`). Uniform 64-bit integers of the same key read counters ``(i, b, 0, 1)``
+(:func:`block_uniform_bits`). On CUDA (and other devices) v2 is v1: one generator per stream,
+``manual_seed`` with the first 64 bits of ``SHAKE256(repr(("lsrs.noise", key)))`` (the full Philox4x32-10
+key of torch's CUDA generator), blocks drawn in order.
 
-* CPU: the first 2,496 bytes of ``X`` are the 624 32-bit words of the mt19937 state (of word 0 only the top
-  bit is state; it is set to 1, as Matsumoto and Nishimura's ``init_by_array`` does, so the state is never
-  zero), loaded
-  into torch's CPU generator with ``set_state``. ``manual_seed`` is not used: it keeps only the low 32 bits
-  of a seed, so seeds equal in those bits would give identical streams.
-* CUDA (and other devices): ``manual_seed`` with the first 64 bits of ``X``, the full Philox4x32-10 key.
+Stream v1 (only to resume a run recorded with it): on the CPU, one generator per stream whose mt19937 state is
+the first 2,496 bytes of ``SHAKE256(repr(("lsrs.noise", key)))`` (top bit of word 0 set), loaded with
+``set_state`` (``manual_seed`` keeps only the low 32 bits of a seed), all blocks drawn from it in order.
+
+The samples are torch's ``normal_`` in both versions (for float32 blocks of 16 or more values: Box-Muller on
+uniforms of a 2^-24 grid, so every Box-Muller radius is at most ``sqrt(48 ln 2) = 5.77`` standard deviations).
 
 Guarantees (M. Matsumoto and T. Nishimura, ACM TOMACS 8(1), 1998; J. Salmon et al., SC 2011, "Parallel
-random numbers: as easy as 1, 2, 3").
+random numbers: as easy as 1, 2, 3"). ``W`` bounds the 32-bit outputs one block (v2) or one stream (v1)
+consumes, ``B`` the blocks of a stream, ``K`` the number of streams; mt19937's period is ``P = 2^19937 - 1``.
 
-* Within one stream every block is drawn from a distinct generator state. CPU: mt19937 has period
-  ``P = 2^19937 - 1`` from any nonzero state and a stream of ``W`` 32-bit outputs has ``W << P``, so the
-  states it passes through are pairwise distinct. CUDA: each ``normal_`` call advances the generator's Philox
-  offset past the counters it consumed, so each block reads fresh counters of the same bijection.
-* Streams with distinct keys, ``K`` of them, each of at most ``W`` outputs (modelling SHAKE-256 as a random
-  function). CPU: the state is uniform over the ``2^19936`` states on mt19937's single cycle whose top bit of
-  word 0 is set, so two streams overlap only if one starts within ``W`` steps of the other:
-  ``P(any overlap) <= K^2 * W / 2^19936`` (this includes identical states). CUDA: two streams share noise
-  only if their 64-bit keys are equal: ``P <= K^2 / 2^65`` (streams with different keys are treated as
-  independent, the usual assumption on Philox as a pseudorandom function).
-* ``bench run`` keys a certificate by (a 63-bit :func:`derive_seed` of run seed, image, method, FoR, sigma;
-  ``"certify"``); two configurations get the same key with probability ``<= K^2 / 2^64``. For 500 images x
-  15 configurations (``K = 7,500``): below ``3.1e-12`` on CPU and ``4.6e-12`` on CUDA. A shared stream
-  across certificates never affects one certificate's ``1 - alpha`` guarantee, which holds for each alone.
+* Blocks of one v2 stream are independent. Distinct blocks read disjoint Philox counters (``78 b + i`` with
+  ``1 <= i <= 78`` determines ``b``; the last word separates the uniform integers). Modelling ``Philox_k`` as a
+  pseudorandom function (the standard assumption on counter-based generators; Salmon et al.), the block states
+  are independent and uniform over the ``2^19936`` states on mt19937's single cycle whose top bit of word 0 is
+  set, so two blocks' outputs overlap only if one state lies within ``W`` steps of the other on the cycle:
+  ``P(any overlap in a stream) <= B^2 W / 2^19936``. v1: the states one generator passes through are pairwise
+  distinct (``B W << P``). CUDA: each ``normal_`` call advances the Philox offset past the counters it used.
+* Distinct streams. v2: ``K`` keys give two equal 128-bit Philox keys with probability at most
+  ``K^2 / 2^129`` (birthday bound, SHAKE-256 as a random function); with distinct Philox keys every block of
+  every stream is an independent uniform state as above: ``P(any overlap) <= (K B)^2 W / 2^19936``. v1:
+  ``P <= K^2 W / 2^19936``. CUDA: two streams share noise only if their 64-bit keys are equal:
+  ``P <= K^2 / 2^65``.
+* Batch-size and thread independence: a sample's value depends only on its block's state (or, v1 and CUDA, on
+  the blocks drawn before it) and on the fixed block shape, never on the batch cuts or on which thread drew it.
+* Keys of certificates (:func:`certificate_key`): v2 keys a stream by ``(seed, purpose, image digest)``
+  (BLAKE2b-128 of the input's dtype, shape and bytes), so one int seed gives every image its own stream and
+  CERTIFY, the anytime-valid decision and PREDICT never read the same stream. ``bench run`` seeds a
+  certificate with a 63-bit :func:`derive_seed` of (run seed, image, method, FoR, sigma): two configurations
+  of one image share a stream only if those seeds collide, ``P <= K^2 / 2^64`` (for 500 images x 15
+  configurations, ``K = 7,500``: below ``3.1e-12``). A stream shared across certificates never affects one
+  certificate's ``1 - alpha`` guarantee, which holds for each alone.
 """
 
 from __future__ import annotations
@@ -152,35 +169,32 @@ def philox_key(key: NoiseKey) -> np.ndarray:
     return np.frombuffer(digest, dtype="<u8").astype(np.uint64)
 
 
-def block_counter(block: int, domain: str) -> np.ndarray:
-    """The Philox counter before block ``block`` of ``domain``: words ``(0, block, 0, DOMAINS[domain])``."""
-    if isinstance(block, bool) or not 0 <= int(block) < 2**64:
-        raise ValueError(f"block must be an integer in [0, 2**64), got {block!r}")
-    return np.array([0, int(block), 0, DOMAINS[domain]], dtype=np.uint64)
-
-
-def block_bit_generator(key: NoiseKey | np.ndarray, block: int, domain: str = "uniform") -> np.random.Philox:
-    """numpy's Philox4x64-10 positioned at the first output of block ``block`` of ``key``'s stream.
+def block_bit_generator(key: NoiseKey | np.ndarray, block: int) -> np.random.Philox:
+    """numpy's Philox4x64-10 positioned at the first uniform output of block ``block`` of ``key``'s stream.
 
     Output ``4 (i - 1) + j`` (``i >= 1``, ``j < 4``) of the block is word ``j`` of
-    ``Philox_k((i, block, 0, DOMAINS[domain]))`` with ``k = philox_key(key)`` (numpy increments the counter
-    before each group of four outputs). A block never reaches ``i = 2**64``, so blocks of distinct
-    ``(block, domain)`` read disjoint counters; ``key`` may also be a precomputed :func:`philox_key`.
+    ``Philox_k((i, block, 0, DOMAINS["uniform"]))`` with ``k = philox_key(key)`` (numpy increments the counter
+    before each group of four outputs). A block never reaches ``i = 2**64``, so distinct blocks read disjoint
+    counters, and none of the Gaussian blocks' (last word ``DOMAINS["mt19937"]``); ``key`` may also be a
+    precomputed :func:`philox_key`.
     """
+    if isinstance(block, bool) or not 0 <= int(block) < 2**64:
+        raise ValueError(f"block must be an integer in [0, 2**64), got {block!r}")
     k = key if isinstance(key, np.ndarray) else philox_key(key)
-    return np.random.Philox(key=k, counter=block_counter(block, domain))
+    counter = np.array([0, int(block), 0, DOMAINS["uniform"]], dtype=np.uint64)
+    return np.random.Philox(key=k, counter=counter)
 
 
 def block_uniform_bits(key: NoiseKey | np.ndarray, block: int, shape: int | Sequence[int]) -> np.ndarray:
     """Uniform 64-bit integers (``uint64`` of ``shape``, C order) of block ``block`` of ``key``'s stream.
 
-    Independent of the stream's normals (domain ``"uniform"`` of :func:`block_bit_generator`: other counters
-    of the same key) and of every other block; the same ``(key, block, shape)`` always gives the same array,
+    Independent of the stream's normals (:func:`block_bit_generator`: other counters of the same key) and of
+    every other block; the same ``(key, block, shape)`` always gives the same array,
     and a larger ``shape`` extends a smaller one (the words are the block's first ``prod(shape)`` outputs).
     """
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     count = int(np.prod(shape, dtype=np.int64))
-    return block_bit_generator(key, block, "uniform").random_raw(count).reshape(shape)
+    return block_bit_generator(key, block).random_raw(count).reshape(shape)
 
 
 def stream_uniform_bits(
