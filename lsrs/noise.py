@@ -263,9 +263,11 @@ def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Ten
         return
     states = mt19937_block_states(key, first, len(outs))
     template = _cpu_state_template()
+    inference = torch.is_inference_mode_enabled()  # thread-local: the worker threads take the caller's mode
 
     def draw(j: int) -> None:
-        outs[j].normal_(0.0, std, generator=_loaded(template, states[j], 0))
+        with torch.inference_mode(inference):
+            outs[j].normal_(0.0, std, generator=_loaded(template, states[j], 0))
 
     workers = min(torch.get_num_threads(), len(outs))
     if workers <= 1:

@@ -159,3 +159,27 @@ def test_block_range_is_checked() -> None:
 def test_unknown_version_is_refused() -> None:
     with pytest.raises(ValueError, match="noise stream"):
         NoiseStream((3,), seed=0, version="v3")
+
+
+def test_certificates_do_not_depend_on_batch_size_or_threads() -> None:
+    """CERTIFY of a small LS-RS twin: the same counts and radius for batch sizes 7, 64 and 300 and for one or
+    two torch threads (the v2 blocks of a batch are drawn on the threads side by side)."""
+    from lsrs.models import resnet18
+    from lsrs.smoothing import LatentSmooth
+
+    torch.manual_seed(3)
+    model = resnet18(10, 9, width=8, in_size=16, in_channels=3).eval()
+    smoother = LatentSmooth(model.encoder, model.classifier, 10, 0.5, model.encoder_lipschitz)
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(4))
+    old = torch.get_num_threads()
+    seen = set()
+    try:
+        for threads, batch in [(1, 7), (2, 64), (2, 300), (1, 300)]:
+            torch.set_num_threads(threads)
+            c = smoother.certify(x, 100, 600, 0.001, batch, generator=12)
+            seen.add((c.counts_selection, c.counts_estimation, c.prediction, c.radius))
+    finally:
+        torch.set_num_threads(old)
+    assert len(seen) == 1
+    counts = next(iter(seen))[1]
+    assert sum(v > 0 for v in counts) >= 2, "a constant classifier would make the comparison vacuous"
