@@ -127,8 +127,8 @@ def test_normals_pass_ks_and_anderson_darling_on_a_million_samples() -> None:
     flat = values.ravel()
     assert flat.size == 4096 * 256
     assert stats.kstest(flat, stats.norm(scale=sigma).cdf).pvalue > 1e-3
-    ad = stats.anderson(flat[:100_000], dist="norm")
-    assert ad.statistic < ad.critical_values[list(ad.significance_level).index(1.0)]
+    ad = stats.anderson(flat[:100_000], dist="norm", method="interpolate")  # p-values tabulated in [0.01, 0.15]
+    assert ad.pvalue > 0.01
     se = sigma / np.sqrt(flat.size)
     assert abs(flat.mean()) < 5 * se and abs(flat.var() / sigma**2 - 1) < 5 * np.sqrt(2 / flat.size)
     blocks = values.reshape(-1, DEFAULT_BLOCK * 256)
