@@ -274,7 +274,14 @@ def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Ten
         for j in range(len(outs)):
             draw(j)
         return
-    for future in [_noise_pool().submit(draw, j) for j in range(len(outs))]:
+
+    def draw_every(start: int) -> None:  # blocks start, start + workers, ...: the same size, so balanced
+        for j in range(start, len(outs), workers):
+            draw(j)
+
+    futures = [_noise_pool().submit(draw_every, w) for w in range(1, workers)]
+    draw_every(0)
+    for future in futures:
         future.result()
 
 
