@@ -1,52 +1,73 @@
-"""Batch-size-independent Gaussian noise for Monte Carlo certification: one generator per stream.
+"""Batch-size-independent Gaussian noise for Monte Carlo certification: fixed, addressable blocks per stream.
 
-A :class:`NoiseStream` owns ONE ``torch.Generator``, seeded once from the stream's key, and draws its samples
-in fixed blocks of ``block`` samples, block after block from that generator. Sample ``j`` is therefore the
-same whatever the batch sizes used to consume the stream: a batch that ends inside a block keeps the rest of
-that block for the next batch, and every block is one ``normal_`` call of the same size (CUDA's Philox
-``normal_`` output depends on the size of each call, hence the fixed blocks). :meth:`NoiseStream.finish_block`
-drops the rest of a partly used block, so CERTIFY draws its ``n0`` selection samples from the first blocks of
-a certificate's stream and its ``n`` estimation samples from the following ones: no block is shared.
+A :class:`NoiseStream` draws its samples in fixed blocks of ``block`` (64) samples, each block one ``normal_``
+call of the same size: sample ``j`` is element ``j % block`` of block ``j // block``, whatever the batch sizes
+used to consume the stream (a batch that ends inside a block keeps the rest of that block for the next batch;
+torch's ``normal_`` output depends on the size of each call, hence the fixed blocks).
+:meth:`NoiseStream.finish_block` drops the rest of a partly used block, so CERTIFY draws its ``n0`` selection
+samples from the first blocks of a certificate's stream and its ``n`` estimation samples from the following
+ones: no block is shared.
 
 Image-shaped noise (C, H, W) is drawn in (H, W, C) order and returned as an NCHW view, which is exactly
 PyTorch's ``channels_last`` memory format: the optimized channels-last path and the plain contiguous path
 see identical values.
 
-Seeding. The key (an int, or a tuple of ints and strings) is hashed with SHAKE-256 (FIPS 202):
-``X = SHAKE256(repr(("lsrs.noise", key)))``.
+Stream v2 (the default, :data:`NOISE_STREAM`). The key (an int, or a tuple of ints and strings) is hashed
+once with SHAKE-256 (FIPS 202): ``k = SHAKE256(repr(("lsrs.noise.philox", key)))[:16]``, the 128-bit key of
+Philox4x64-10 (:func:`philox_key`). On the CPU, block ``b`` is ``normal_(0, std)`` from a torch CPU generator
+loaded with the mt19937 state made of the outputs of ``Philox_k`` at counters ``(78 b + i, 0, 0, 0)``,
+``i = 1 .. 78`` (624 32-bit words; the top bit of word 0 set, as Matsumoto and Nishimura's ``init_by_array``
+does, so the state is never zero; :func:`mt19937_block_states`). Any block is thus reachable without drawing
+the ones before it, and the blocks of one fill are drawn side by side on up to ``torch.get_num_threads()``
+threads (:func:`draw_blocks`). Uniform 64-bit integers of the same key read counters ``(i, b, 0, 1)``
+(:func:`block_uniform_bits`). On CUDA (and other devices) v2 is v1: one generator per stream,
+``manual_seed`` with the first 64 bits of ``SHAKE256(repr(("lsrs.noise", key)))`` (the full Philox4x32-10
+key of torch's CUDA generator), blocks drawn in order.
 
-* CPU: the first 2,496 bytes of ``X`` are the 624 32-bit words of the mt19937 state (of word 0 only the top
-  bit is state; it is set to 1, as Matsumoto and Nishimura's ``init_by_array`` does, so the state is never
-  zero), loaded
-  into torch's CPU generator with ``set_state``. ``manual_seed`` is not used: it keeps only the low 32 bits
-  of a seed, so seeds equal in those bits would give identical streams.
-* CUDA (and other devices): ``manual_seed`` with the first 64 bits of ``X``, the full Philox4x32-10 key.
+Stream v1 (only to resume a run recorded with it): on the CPU, one generator per stream whose mt19937 state is
+the first 2,496 bytes of ``SHAKE256(repr(("lsrs.noise", key)))`` (top bit of word 0 set), loaded with
+``set_state`` (``manual_seed`` keeps only the low 32 bits of a seed), all blocks drawn from it in order.
+
+The samples are torch's ``normal_`` in both versions (for float32 blocks of 16 or more values: Box-Muller on
+uniforms of a 2^-24 grid, so every Box-Muller radius is at most ``sqrt(48 ln 2) = 5.77`` standard deviations).
 
 Guarantees (M. Matsumoto and T. Nishimura, ACM TOMACS 8(1), 1998; J. Salmon et al., SC 2011, "Parallel
-random numbers: as easy as 1, 2, 3").
+random numbers: as easy as 1, 2, 3"). ``W`` bounds the 32-bit outputs one block (v2) or one stream (v1)
+consumes, ``B`` the blocks of a stream, ``K`` the number of streams; mt19937's period is ``P = 2^19937 - 1``.
 
-* Within one stream every block is drawn from a distinct generator state. CPU: mt19937 has period
-  ``P = 2^19937 - 1`` from any nonzero state and a stream of ``W`` 32-bit outputs has ``W << P``, so the
-  states it passes through are pairwise distinct. CUDA: each ``normal_`` call advances the generator's Philox
-  offset past the counters it consumed, so each block reads fresh counters of the same bijection.
-* Streams with distinct keys, ``K`` of them, each of at most ``W`` outputs (modelling SHAKE-256 as a random
-  function). CPU: the state is uniform over the ``2^19936`` states on mt19937's single cycle whose top bit of
-  word 0 is set, so two streams overlap only if one starts within ``W`` steps of the other:
-  ``P(any overlap) <= K^2 * W / 2^19936`` (this includes identical states). CUDA: two streams share noise
-  only if their 64-bit keys are equal: ``P <= K^2 / 2^65`` (streams with different keys are treated as
-  independent, the usual assumption on Philox as a pseudorandom function).
-* ``bench run`` keys a certificate by (a 63-bit :func:`derive_seed` of run seed, image, method, FoR, sigma;
-  ``"certify"``); two configurations get the same key with probability ``<= K^2 / 2^64``. For 500 images x
-  15 configurations (``K = 7,500``): below ``3.1e-12`` on CPU and ``4.6e-12`` on CUDA. A shared stream
-  across certificates never affects one certificate's ``1 - alpha`` guarantee, which holds for each alone.
+* Blocks of one v2 stream are independent. Distinct blocks read disjoint Philox counters (``78 b + i`` with
+  ``1 <= i <= 78`` determines ``b``; the last word separates the uniform integers). Modelling ``Philox_k`` as a
+  pseudorandom function (the standard assumption on counter-based generators; Salmon et al.), the block states
+  are independent and uniform over the ``2^19936`` states on mt19937's single cycle whose top bit of word 0 is
+  set, so two blocks' outputs overlap only if one state lies within ``W`` steps of the other on the cycle:
+  ``P(any overlap in a stream) <= B^2 W / 2^19936``. v1: the states one generator passes through are pairwise
+  distinct (``B W << P``). CUDA: each ``normal_`` call advances the Philox offset past the counters it used.
+* Distinct streams. v2: ``K`` keys give two equal 128-bit Philox keys with probability at most
+  ``K^2 / 2^129`` (birthday bound, SHAKE-256 as a random function); with distinct Philox keys every block of
+  every stream is an independent uniform state as above: ``P(any overlap) <= (K B)^2 W / 2^19936``. v1:
+  ``P <= K^2 W / 2^19936``. CUDA: two streams share noise only if their 64-bit keys are equal:
+  ``P <= K^2 / 2^65``.
+* Batch-size and thread independence: a sample's value depends only on its block's state (or, v1 and CUDA, on
+  the blocks drawn before it) and on the fixed block shape, never on the batch cuts or on which thread drew it.
+* Keys of certificates (:func:`certificate_key`): v2 keys a stream by ``(seed, purpose, image digest)``
+  (BLAKE2b-128 of the input's dtype, shape and bytes), so one int seed gives every image its own stream and
+  CERTIFY, the anytime-valid decision and PREDICT never read the same stream. ``bench run`` seeds a
+  certificate with a 63-bit :func:`derive_seed` of (run seed, image, method, FoR, sigma): two configurations
+  of one image share a stream only if those seeds collide, ``P <= K^2 / 2^64`` (for 500 images x 15
+  configurations, ``K = 7,500``: below ``3.1e-12``). A stream shared across certificates never affects one
+  certificate's ``1 - alpha`` guarantee, which holds for each alone.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import numbers
+import operator
+import os
 import struct
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -54,12 +75,22 @@ import torch
 DEFAULT_BLOCK = 64
 MT_WORDS = 624  # mt19937 state words
 NoiseKey = int | tuple[int | str, ...]
+#: Versions of the CPU noise stream (see the module docstring); :data:`NOISE_STREAM` is drawn unless a stored
+#: run recorded another one.
+NOISE_STREAMS = ("v1", "v2")
+NOISE_STREAM = "v2"
 
 # torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp): uint64 the_initial_seed, int left,
 # int seeded, uint64 next, uint64 state[624], then the cached normal samples (left as a fresh generator's).
 _HEADER = struct.Struct("<QiiQ")
 _STATE_BYTES = 5056
 _LAYOUT_PROBE_SEED = 20240601
+
+
+def check_noise_stream(version: str) -> str:
+    if version not in NOISE_STREAMS:
+        raise ValueError(f"noise stream must be one of {NOISE_STREAMS}, got {version!r}")
+    return version
 
 
 def derive_seed(*parts: object) -> int:
@@ -69,12 +100,44 @@ def derive_seed(*parts: object) -> int:
 
 
 def seed_from(generator: torch.Generator | int | None) -> int:
-    """A base seed from an int, from one draw of a ``torch.Generator``, or from torch's global RNG."""
-    if isinstance(generator, int):
-        return generator
+    """A base seed from an int (numpy integers included), from one draw of a ``torch.Generator``, or from
+    torch's global RNG."""
+    if isinstance(generator, numbers.Integral):
+        return operator.index(generator)
     if generator is None:
         return int(torch.randint(0, 2**62, (1,)).item())
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be an int, a torch.Generator or None, got {type(generator).__name__}")
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def image_digest(x: torch.Tensor) -> str:
+    """BLAKE2b-128 (RFC 7693) of an input's dtype, shape and bytes (C order, on the CPU), as hex."""
+    data = x.detach().to("cpu").contiguous()
+    h = hashlib.blake2b(repr((str(data.dtype), tuple(data.shape))).encode(), digest_size=16)
+    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()
+
+
+#: What a smoother draws a stream for; v2 keys each with its own name, so no two share samples.
+PURPOSES = ("certify", "decide", "predict")
+
+
+def certificate_key(generator: torch.Generator | int | None, purpose: str, x: torch.Tensor,
+                    version: str = NOISE_STREAM) -> NoiseKey:
+    """The key of the stream that ``purpose`` (:data:`PURPOSES`) draws for input ``x``.
+
+    v2: ``(seed, purpose, image_digest(x))``: an int ``generator`` gives every input its own stream (two
+    inputs share one only if their 128-bit digests collide), reproducible from the seed and the input, and
+    CERTIFY, the anytime-valid decision and PREDICT never read the same stream. v1 (only to resume a run
+    recorded with it): ``(seed, "predict")`` for PREDICT, ``(seed, "certify")`` otherwise.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    seed = seed_from(generator)
+    if check_noise_stream(version) == "v1":
+        return (seed, "predict" if purpose == "predict" else "certify")
+    return (seed, purpose, image_digest(x))
 
 
 def _key_bytes(key: NoiseKey, nbytes: int) -> bytes:
@@ -88,6 +151,138 @@ def _cpu_seed(key: NoiseKey) -> tuple[np.ndarray, int]:
     seed64 = int.from_bytes(digest[:8], "little")
     digest[3] |= 0x80  # top bit of little-endian word 0
     return np.frombuffer(digest, dtype="<u4"), seed64
+
+
+# ---------------------------------------------------------------- counter-based blocks (Philox4x64-10)
+#: The last word of a Philox counter separates what the words are drawn for: the mt19937 states of the
+#: Gaussian blocks of stream version v2 (:func:`mt19937_block_states`) and uniform integers
+#: (:func:`block_uniform_bits`).
+DOMAINS: dict[str, int] = {"mt19937": 0, "uniform": 1}
+#: Philox counter steps (four 64-bit words each) per block's mt19937 state: 624 32-bit words.
+STATE_STEPS = MT_WORDS // 8
+
+
+def philox_key(key: NoiseKey) -> np.ndarray:
+    """The 128-bit Philox key of ``key``'s stream: two little-endian uint64 words of SHAKE-256 (FIPS 202) of
+    ``repr(("lsrs.noise.philox", key))``."""
+    digest = hashlib.shake_256(repr(("lsrs.noise.philox", key)).encode()).digest(16)
+    return np.frombuffer(digest, dtype="<u8").astype(np.uint64)
+
+
+def block_bit_generator(key: NoiseKey | np.ndarray, block: int) -> np.random.Philox:
+    """numpy's Philox4x64-10 positioned at the first uniform output of block ``block`` of ``key``'s stream.
+
+    Output ``4 (i - 1) + j`` (``i >= 1``, ``j < 4``) of the block is word ``j`` of
+    ``Philox_k((i, block, 0, DOMAINS["uniform"]))`` with ``k = philox_key(key)`` (numpy increments the counter
+    before each group of four outputs). A block never reaches ``i = 2**64``, so distinct blocks read disjoint
+    counters, and none of the Gaussian blocks' (last word ``DOMAINS["mt19937"]``); ``key`` may also be a
+    precomputed :func:`philox_key`.
+    """
+    if isinstance(block, bool) or not 0 <= int(block) < 2**64:
+        raise ValueError(f"block must be an integer in [0, 2**64), got {block!r}")
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    counter = np.array([0, int(block), 0, DOMAINS["uniform"]], dtype=np.uint64)
+    return np.random.Philox(key=k, counter=counter)
+
+
+def block_uniform_bits(key: NoiseKey | np.ndarray, block: int, shape: int | Sequence[int]) -> np.ndarray:
+    """Uniform 64-bit integers (``uint64`` of ``shape``, C order) of block ``block`` of ``key``'s stream.
+
+    Independent of the stream's normals (:func:`block_bit_generator`: other counters of the same key) and of
+    every other block; the same ``(key, block, shape)`` always gives the same array,
+    and a larger ``shape`` extends a smaller one (the words are the block's first ``prod(shape)`` outputs).
+    """
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    return block_bit_generator(key, block).random_raw(count).reshape(shape)
+
+
+def stream_uniform_bits(
+    key: NoiseKey | np.ndarray, start: int, count: int, sample_shape: Sequence[int], block: int = DEFAULT_BLOCK
+) -> np.ndarray:
+    """Samples ``start .. start + count - 1`` of ``key``'s stream of uniform uint64 samples of ``sample_shape``.
+
+    Sample ``j`` is sample ``j % block`` of :func:`block_uniform_bits` block ``j // block`` (``block`` samples
+    per block), so it does not depend on how the stream is cut into calls (batch-size independence).
+    """
+    sample_shape = tuple(sample_shape)
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    out = np.empty((count, *sample_shape), dtype=np.uint64)
+    done = 0
+    while done < count:
+        b, offset = divmod(start + done, block)
+        take = min(block - offset, count - done)
+        out[done : done + take] = block_uniform_bits(k, b, (offset + take, *sample_shape))[offset:]
+        done += take
+    return out
+
+
+def mt19937_block_states(key: NoiseKey | np.ndarray, first: int, count: int) -> np.ndarray:
+    """The mt19937 states (``(count, 624)`` uint32, top bit of word 0 set) of blocks ``first .. first + count - 1``
+    of ``key``'s v2 Gaussian stream.
+
+    Block ``b``'s 624 words are the 312 outputs of ``Philox_k((78 b + i, 0, 0, DOMAINS["mt19937"]))``,
+    ``i = 1 .. 78``, in order, each 64-bit output split into its low then its high 32 bits; consecutive blocks
+    read consecutive counters, so one Philox call yields the states of a whole range of blocks.
+    """
+    if isinstance(first, bool) or int(first) < 0 or int(first) + count > 2**64 // STATE_STEPS:
+        raise ValueError(f"block must be an integer in [0, 2**64 / {STATE_STEPS}), got {first!r}")
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    counter = np.array([STATE_STEPS * int(first), 0, 0, DOMAINS["mt19937"]], dtype=np.uint64)
+    raw = np.random.Philox(key=k, counter=counter).random_raw(STATE_STEPS * 4 * count)
+    words = raw.astype("<u8").view("<u4").reshape(count, MT_WORDS).astype(np.uint32)
+    words[:, 0] |= np.uint32(0x80000000)  # never the all-zero state (as init_by_array does)
+    return words
+
+
+def block_generator(key: NoiseKey | np.ndarray, block: int) -> torch.Generator:
+    """The torch CPU generator of block ``block`` of ``key``'s v2 Gaussian stream (its state loaded from
+    :func:`mt19937_block_states`): the block is ``normal_(0, std)`` of one (block size, *shape) tensor from it."""
+    return _loaded(_cpu_state_template(), mt19937_block_states(key, block, 1)[0], 0)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _noise_pool() -> ThreadPoolExecutor:
+    """Threads that draw blocks side by side (ATen releases the GIL in ``normal_``); rebuilt after a fork."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="lsrs-noise"))
+    return _POOL[1]
+
+
+def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Tensor], std: float = 1.0) -> None:
+    """Fill CPU tensors ``outs[j]`` (each a whole block, all the same shape) with block ``first + j`` of ``key``'s
+    v2 stream: ``normal_(0, std)`` from a torch CPU generator loaded with :func:`mt19937_block_states`.
+
+    The blocks are spread over up to ``torch.get_num_threads()`` threads; each block's values depend only on
+    its state and its shape, so not on the number of threads or on which thread drew it.
+    """
+    if not outs:
+        return
+    states = mt19937_block_states(key, first, len(outs))
+    template = _cpu_state_template()
+    inference = torch.is_inference_mode_enabled()  # thread-local: the worker threads take the caller's mode
+
+    def draw(j: int) -> None:
+        with torch.inference_mode(inference):
+            outs[j].normal_(0.0, std, generator=_loaded(template, states[j], 0))
+
+    workers = min(torch.get_num_threads(), len(outs))
+    if workers <= 1:
+        for j in range(len(outs)):
+            draw(j)
+        return
+
+    def draw_every(start: int) -> None:  # blocks start, start + workers, ...: the same size, so balanced
+        for j in range(start, len(outs), workers):
+            draw(j)
+
+    futures = [_noise_pool().submit(draw_every, w) for w in range(1, workers)]
+    draw_every(0)
+    for future in futures:
+        future.result()
 
 
 def mt19937_words(key: NoiseKey) -> np.ndarray:
@@ -181,6 +376,8 @@ class NoiseStream:
 
     ``seed`` is the stream's key: an int, or a tuple of ints and strings. ``std`` is applied inside the draw
     (``normal_(0, std)``), so the engine adds the stream to the latent in one pass instead of scaling it first.
+    ``version`` (:data:`NOISE_STREAMS`): ``"v2"`` draws every CPU block from its own counter-addressed state,
+    on all torch threads; ``"v1"`` (one generator per stream) only resumes runs recorded with it.
     """
 
     def __init__(
@@ -191,20 +388,28 @@ class NoiseStream:
         dtype: torch.dtype = torch.float32,
         block: int = DEFAULT_BLOCK,
         std: float = 1.0,
+        version: str = NOISE_STREAM,
     ) -> None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std}")
+        check_noise_stream(version)
         self.storage_shape = _storage_shape(sample_shape)
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.block = block
         self.std = float(std)
+        self.version = version
         self.blocks_drawn = 0
         self._pending: torch.Tensor | None = None
-        self._gen = stream_generator(seed, self.device)
+        self._addressed = version == "v2" and self.device.type == "cpu"
+        if self._addressed:
+            self._key = philox_key(seed)
+            _cpu_state_template()  # check torch's state layout before the first draw
+        else:
+            self._gen = stream_generator(seed, self.device)
 
     def new_buffer(self, batch: int) -> torch.Tensor:
         """An uninitialised drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
@@ -214,9 +419,14 @@ class NoiseStream:
         """Drop the unused rest of the current block: the next sample is the first of a new block."""
         self._pending = None
 
-    def _draw_block(self, out: torch.Tensor) -> None:
-        out.normal_(0.0, self.std, generator=self._gen)
-        self.blocks_drawn += 1
+    def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
+        """Draw the next ``len(outs)`` blocks into ``outs``, in order."""
+        if self._addressed:
+            draw_blocks(self._key, self.blocks_drawn, outs, self.std)
+        else:
+            for out in outs:
+                out.normal_(0.0, self.std, generator=self._gen)
+        self.blocks_drawn += len(outs)
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b samples; return its NCHW view."""
@@ -227,12 +437,12 @@ class NoiseStream:
             out[:take].copy_(self._pending[:take])
             self._pending = self._pending[take:] if take < self._pending.shape[0] else None
             done = take
-        while b - done >= self.block:
-            self._draw_block(out[done : done + self.block])
-            done += self.block
-        if done < b:
-            spare = self.new_buffer(self.block)
-            self._draw_block(spare)
+        whole = (b - done) // self.block
+        outs = [out[done + j * self.block : done + (j + 1) * self.block] for j in range(whole)]
+        done += whole * self.block
+        spare = self.new_buffer(self.block) if done < b else None
+        self._draw_blocks(outs + ([spare] if spare is not None else []))
+        if spare is not None:
             need = b - done
             out[done:].copy_(spare[:need])
             self._pending = spare[need:]

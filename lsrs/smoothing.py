@@ -39,7 +39,7 @@ from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomi
 from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
 from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
-from lsrs.noise import DEFAULT_BLOCK, NoiseKey, NoiseStream, seed_from
+from lsrs.noise import DEFAULT_BLOCK, NOISE_STREAM, NoiseKey, NoiseStream, certificate_key, check_noise_stream
 from lsrs.proofs import (
     UnprovenModule,
     executable_copy,
@@ -159,6 +159,7 @@ class LatentSmooth:
         noise: str = "gaussian",
         lattice_denominator: int | None = None,
         input_range: tuple[float, float] | None = (0.0, 1.0),
+        noise_version: str = NOISE_STREAM,
     ) -> None:
         num_classes, noise_block = positive_int("num_classes", num_classes), positive_int("noise_block", noise_block)
         sigma, lipschitz = positive_float("sigma", sigma), positive_float("lipschitz", lipschitz)
@@ -194,6 +195,7 @@ class LatentSmooth:
         self.noise = noise
         self.lattice_denominator = lattice_denominator
         self.input_lattice = isinstance(encoder, nn.Identity)  # IS-RS: inputs are 8-bit images, never quantized
+        self.noise_version = check_noise_stream(noise_version)
         if device is None:
             param = next(iter(classifier.parameters()), None)
             device = param.device if param is not None else "cpu"
@@ -226,6 +228,11 @@ class LatentSmooth:
         In both cases ``radius = radius_latent / lipschitz`` (paper Theorem 1).
         ``sampler="curtail"`` stops drawing once abstention is certain and returns exactly the prediction and
         radius of ``sampler="fixed"`` for the same seed; ``samples_used`` tells how many samples it drew.
+
+        ``generator``: an int seed (numpy integers too), a ``torch.Generator`` (one draw gives the seed) or None
+        (torch's global RNG). The noise stream is keyed by (seed, ``"certify"``, a 128-bit digest of ``x``)
+        (:func:`lsrs.noise.certificate_key`): with one int for many images each image still gets its own
+        stream, and :meth:`decide` and :meth:`predict` with the same seed draw other streams.
         """
         n0, n, batch_size = positive_int("n0", n0), positive_int("n", n), positive_int("batch_size", batch_size)
         alpha, generator = probability("alpha", alpha), plain_generator(generator)
@@ -233,8 +240,8 @@ class LatentSmooth:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if certificate not in CERTIFICATES:
             raise ValueError(f"certificate must be one of {CERTIFICATES}, got {certificate!r}")
-        key = (seed_from(generator), "certify")
         with Stopwatch(self.device) as total:
+            key = certificate_key(generator, "certify", x, self.noise_version)
             with Stopwatch(self.device) as enc:
                 z, bound, (err_a, err_b) = self._encode_bounded(x)
                 z, spec = self.noise_centre(z)
@@ -335,7 +342,7 @@ class LatentSmooth:
         alpha, generator, radius = probability("alpha", alpha), plain_generator(generator), nonnegative_float(radius)
         looks = checkpoint_schedule(max_n, first_look)
         alpha_look = alpha / len(looks)
-        key = (seed_from(generator), "certify")
+        key = certificate_key(generator, "decide", x, self.noise_version)
         answer: bool | None = None
         lower, upper, drawn = 0.0, 1.0, 0
         with Stopwatch(self.device) as total:
@@ -379,7 +386,7 @@ class LatentSmooth:
         n, batch_size = positive_int("n", n), positive_int("batch_size", batch_size)
         alpha, generator = probability("alpha", alpha), plain_generator(generator)
         z, spec = self.noise_centre(self.encode(x))
-        stream = self.noise_stream(z, (seed_from(generator), "predict"), spec)
+        stream = self.noise_stream(z, certificate_key(generator, "predict", x, self.noise_version), spec)
         counts = self.sample_counts(z, n, batch_size, stream)
         if _inexact_draws(stream):  # no claim (lsrs.lattice, "Accounting")
             return ABSTAIN
@@ -480,7 +487,7 @@ class LatentSmooth:
             return LatticeNoiseStream(z.shape[1:], key, device=self.device, block=self.noise_block,
                                       sigma=self.sigma, denominator=spec.denominator)
         return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
-                           std=self.sigma)
+                           std=self.sigma, version=self.noise_version)
 
     def sample_counts(
         self, z: torch.Tensor, num: int, batch_size: int, noise: NoiseStream | LatticeNoiseStream | NoiseKey

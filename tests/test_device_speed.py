@@ -18,4 +18,5 @@ def test_device_speed_reports_each_fors_and_precision(tmp_path, capsys) -> None:
     for r in data["results"]:
         assert len(r["times"]) == 2 and all(t > 0 for t in r["times"])
         assert r["s_per_image"] == sum(r["times"]) / 2
+        assert r["noise_s"] > 0 and r["noise_share"] == r["noise_s"] / r["s_per_image"]
     assert "speedup vs IS" in capsys.readouterr().out

@@ -81,10 +81,10 @@ def test_blocks_are_distinct_and_uncorrelated() -> None:
 
 
 def test_sample_j_comes_from_block_j_div_block_of_one_generator() -> None:
-    """Documented contract: sample j is element j % block of the (j // block)-th ``normal_`` block drawn, in
-    order, from the one generator ``stream_generator(seed)``."""
+    """Documented contract of stream v1: sample j is element j % block of the (j // block)-th ``normal_`` block
+    drawn, in order, from the one generator ``stream_generator(seed)``."""
     seed, block, shape = 99, 8, (2, 3, 4)  # (C, H, W) -> drawn as (H, W, C)
-    stream = NoiseStream(shape, seed=seed, block=block)
+    stream = NoiseStream(shape, seed=seed, block=block, version="v1")
     got = _draw(stream, [5, 13, 1, 20])  # 39 samples, chunks straddle block edges
     g = stream_generator(seed)
     ref = torch.cat([torch.empty((block, 3, 4, 2)).normal_(generator=g) for _ in range(5)])
@@ -93,9 +93,10 @@ def test_sample_j_comes_from_block_j_div_block_of_one_generator() -> None:
 
 
 def test_finish_block_starts_the_next_block() -> None:
-    """After ``finish_block`` the next sample is the first of the next block; the rest of the block is dropped."""
+    """After ``finish_block`` the next sample is the first of the next block; the rest of the block is dropped
+    (stream v1; v2: tests/test_noise_blocks.py)."""
     block = 8
-    stream = NoiseStream((3,), seed=5, block=block)
+    stream = NoiseStream((3,), seed=5, block=block, version="v1")
     first = _draw(stream, [11])  # blocks 0 and 1 (3 samples of block 1 used)
     stream.finish_block()
     after = _draw(stream, [10])  # blocks 2 and 3

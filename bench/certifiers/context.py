@@ -36,6 +36,7 @@ class RunSettings(Protocol):
     trust_lipschitz: bool
     checkpoints: str
     noise: str
+    noise_stream: str
 
     @property
     def n_values(self) -> tuple[int, ...]: ...

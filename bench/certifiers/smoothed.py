@@ -108,6 +108,7 @@ class SmoothedRun:
                     context.model, context.num_classes, job.sigma, device=device, precision=config.precision,
                     fold_bn=config.fold_bn, channels_last=channels_last, trust_lipschitz=config.trust_lipschitz,
                     noise=config.noise,
+                    noise_version=config.noise_stream,
                 )
             except UnprovenModule as exc:  # one line, in the CLI's words
                 why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")

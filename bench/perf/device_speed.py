@@ -4,7 +4,9 @@
 setting) through the same engine ``bench run`` uses (BatchNorm folded, channels_last, batch size from the
 memory probe) for the baseline and each FoR twin, in each precision, and prints s/image with the device
 name. Weights are random: certification time does not depend on them, and no trained CIFAR weights ship
-with the package. On CUDA the times come from CUDA events (``lsrs.timing.Stopwatch``).
+with the package. On CUDA the times come from CUDA events (``lsrs.timing.Stopwatch``). ``noise`` is the share
+of drawing one certificate's noise alone (:func:`bench.perf.noise_share.noise_draw`, timed once per timed
+image after the certificates) in its certification time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import statistics
 
 import torch
 
+from bench.perf.noise_share import noise_draw
 from bench.run.runner import (
     COMPILE_MODES,
     auto_batch_size,
@@ -26,6 +29,7 @@ from lsrs.devices import resolve_device
 from lsrs.inference import fold_batchnorm
 from lsrs.models import resnet18
 from lsrs.smoothing import smooth_model
+from lsrs.timing import Stopwatch
 
 
 def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: int, n: int, images: int,
@@ -43,10 +47,17 @@ def measure(fors: int, precision: str, device: torch.device, *, width: int, n0: 
         smoother.classifier = compile_classifier(smoother.classifier, compile_mode)
     warm_up(smoother, xs[0], n0, n, batch)
     times = [smoother.certify(x, n0, n, 0.001, batch, generator=i).total_s for i, x in enumerate(xs[1:])]
+    draw = noise_draw(smoother, latent, n0, n, batch)
+    noise_times = []
+    for _ in times:
+        with Stopwatch(device) as sw:
+            draw()
+        noise_times.append(sw.seconds)
     return {"fors": fors, "method": "is" if fors == 0 else "ls", "precision": precision, "compile": compile_mode,
             "batch_size": batch,
             "latent_dims": int(torch.tensor(latent).prod()), "s_per_image": statistics.mean(times),
-            "times": times}
+            "times": times, "noise_s": statistics.mean(noise_times),
+            "noise_share": statistics.mean(noise_times) / statistics.mean(times)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = True
     rows = []
     print(f"device: {device_name(device)}  torch {torch.__version__}  width {args.width}  n0 {args.n0}  n {args.n}")
-    print(f"{'method':6} {'FoR':>4} {'prec':5} {'compile':15} {'batch':>6} {'latent':>7} {'s/image':>9}  speedup vs IS")
+    print(f"{'method':6} {'FoR':>4} {'prec':5} {'compile':15} {'batch':>6} {'latent':>7} {'s/image':>9} {'noise':>6}"
+          "  speedup vs IS")
     for mode in modes:
         for precision in precisions:
             is_time = None
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                 is_time = r["s_per_image"] if k == 0 else is_time
                 speed = f"{is_time / r['s_per_image']:.2f}x" if is_time and k else ""
                 print(f"{r['method']:6} {k:>4} {precision:5} {mode:15} {r['batch_size']:>6} {r['latent_dims']:>7} "
-                      f"{r['s_per_image']:>9.4f}  {speed}", flush=True)
+                      f"{r['s_per_image']:>9.4f} {100 * r['noise_share']:>5.1f}%  {speed}", flush=True)
                 rows.append(r)
     if args.json:
         with open(args.json, "w") as fh:

@@ -11,7 +11,9 @@ precision and memory format. This module times, on one fixed small ResNet18 with
 * ``reference/is/fp32`` -- one CERTIFY of :class:`ReferenceSmooth`, a faithful re-implementation of the loop
   of Cohen et al.'s ``core.py`` (repeat the input, ``randn_like``, argmax, copy to the host per batch,
   count in Python) on a separate, plain (contiguous, fp32) copy of the baseline -- the baseline to beat;
-* ``matmul/<p>`` -- a square matmul, the machine's measured peak for the achieved-GFLOP/s column.
+* ``matmul/<p>`` -- a square matmul, the machine's measured peak for the achieved-GFLOP/s column;
+* ``noise/<m>/fp32`` -- the noise draws of one CERTIFY alone (:func:`bench.perf.noise_share.noise_draw`: the
+  smoother's own stream, same batches), for the share of noise generation in certification.
 
 Cases are timed *interleaved* (ABBA order over rounds) and every ratio is computed per round and then
 summarised by its median, so a shared, noisy machine slows numerator and denominator alike. The ratios
@@ -22,7 +24,8 @@ summarised by its median, so a shared, noisy machine slows numerator and denomin
   per sample; ``ideal_fraction[lsK]`` = speedup / time_ideal; ``flop_ideal[lsK]`` = FLOPs(baseline) /
   FLOPs(fc) (:func:`lsrs.flops.count_flops`, ``torch.utils.flop_counter``);
 * ``vs_reference[p]`` = reference loop (fp32) / engine certify at precision ``p``, same model and n;
-* ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision.
+* ``gflops[m/p]`` achieved and ``peak_fraction[m/p]`` against the matmul peak of the same precision;
+* ``noise_share[m]`` = time of drawing one CERTIFY's noise / certify time (a share: lower is better).
 
 Configurations (``SPEED_CONFIGS``, ``--preset``): ``bench`` (the default) is the engine as ``bench run`` configures
 it at width 24 with one thread; ``paper`` is the paper's CIFAR ResNet18 (width 64, batch 200) with torch's
@@ -60,6 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.perf.noise_share import noise_draw
 from lsrs.bounds import clopper_pearson_lower, gaussian_radius
 from lsrs.flops import count_flops
 from lsrs.inference import fold_batchnorm
@@ -405,6 +409,12 @@ class SpeedSuite:
         seed = derive_seed(cfg.seed, "speed-certify", method)
         return lambda: sm.certify(x, cfg.n0, cfg.n, cfg.alpha, cfg.batch_size, generator=seed)
 
+    def noise_fn(self, method: str) -> Callable[[], object]:
+        """The noise draws of one CERTIFY of ``method`` (fp32 smoother's stream), nothing else."""
+        cfg = self.cfg
+        return noise_draw(self.smoothers[(method, "fp32")], self.latent_shape[method], cfg.n0, cfg.n, cfg.batch_size,
+                          (derive_seed(cfg.seed, "speed-noise", method), "certify"))
+
     def reference_fn(self) -> Callable[[], object]:
         cfg, ref, x = self.cfg, self.reference, self.image
 
@@ -431,6 +441,7 @@ class SpeedSuite:
             if not self.cfg.floor_variants:
                 out[f"forward/{m}/fp32"] = self.forward_fn(m, "fp32")
             out[f"certify/{m}/fp32"] = self.certify_fn(m, "fp32")
+            out[f"noise/{m}/fp32"] = self.noise_fn(m)
         for p in self.cfg.precisions:
             if p != "fp32":
                 out[f"forward/is/{p}"] = self.forward_fn("is", p)
@@ -528,6 +539,8 @@ def round_ratios(t: dict[str, float], suite: SpeedSuite) -> dict[str, float]:
         r[f"overhead[{m}]"] = t[f"certify/{m}/fp32"] / t[f"forward/{m}/fp32"]
         r[f"efficiency[{m}]"] = 1.0 / r[f"overhead[{m}]"]
         r[f"gflops[{m}/fp32]"] = suite.flops[m] * samples / t[f"certify/{m}/fp32"] / 1e9
+        if f"noise/{m}/fp32" in t:
+            r[f"noise_share[{m}]"] = t[f"noise/{m}/fp32"] / t[f"certify/{m}/fp32"]
     for m in methods[1:]:
         r[f"speedup[{m}]"] = t["certify/is/fp32"] / t[f"certify/{m}/fp32"]
         r[f"time_ideal[{m}]"] = per_sample["is"] / per_sample[m]
@@ -743,7 +756,7 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
         "matmul peak: " + ", ".join(f"{p} {r[f'peak_gflops[{p}]']:.1f} GFLOP/s" for p in cfg.precisions),
         "",
         f"{'config':<18}{'MFLOP/smp':>10}{'fwd us/smp':>11}{'certify s':>10}{'overhead':>9}{'LS/IS':>7}"
-        f"{'t-ideal':>8}{'%t-ideal':>9}{'F-ideal':>8}{'%F-ideal':>9}{'GFLOP/s':>8}{'%peak':>6}{'vs ref':>8}",
+        f"{'t-ideal':>8}{'%t-ideal':>9}{'F-ideal':>8}{'%F-ideal':>9}{'GFLOP/s':>8}{'%peak':>6}{'noise':>7}{'vs ref':>8}",
     ]
 
     def row(label: str, m: str, p: str) -> str:
@@ -755,8 +768,10 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
         else:
             ls = f"{'':>7}{'':>8}{'':>9}{'':>8}{'':>9}"
         vs = f"{r[f'vs_reference[{p}]']:>7.2f}x" if m == BASELINE else ""
+        share = r.get(f"noise_share[{m}]") if p == "fp32" else None
+        noise = f"{100 * share:>6.1f}%" if share is not None else f"{'':>7}"
         return (f"{label:<18}{result.flops[m] / 1e6:>10.1f}{fwd:>11.1f}{t[f'certify/{m}/{p}']:>10.3f}"
-                f"{ovh:>9.3f}{ls}{r[f'gflops[{m}/{p}]']:>8.1f}{100 * r[f'peak_fraction[{m}/{p}]']:>5.0f}%{vs}")
+                f"{ovh:>9.3f}{ls}{r[f'gflops[{m}/{p}]']:>8.1f}{100 * r[f'peak_fraction[{m}/{p}]']:>5.0f}%{noise}{vs}")
 
     for m in measured_methods(t):
         lines.append(row("IS-RS fp32" if m == BASELINE else f"LS-RS FoR {_fors_of(m)} fp32", m, "fp32"))
@@ -771,6 +786,7 @@ def format_table(result: SpeedResult, guard: list[GuardLine] | None = None) -> s
         f"{cfg.batch_size}, on fixed inputs); over n samples alone it would be {samples / cfg.n:.3f}x larger",
         "t-ideal = forward(baseline) / forward(fc) per sample; F-ideal = FLOPs(baseline) / FLOPs(fc); "
         "vs ref = reference loop fp32 / engine",
+        "noise = time of drawing one certificate's noise alone (the engine's stream, same batches) / certify time",
         *([f"pure forward = the fastest by median time of: {', '.join(cfg.floor_variants)}; median us/sample: "
            + "; ".join(f"{m} " + " ".join(f"{v} {t[f'forward/{m}/fp32/{v}'] / samples * 1e6:.0f}"
                                           for v in cfg.floor_variants) for m in measured_methods(t)),

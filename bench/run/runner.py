@@ -22,7 +22,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from bench.run.console import grid_progress
 from bench.run.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
 from lsrs.architectures import Architecture, ArchitectureError, get_architecture
 from lsrs.data import dataset_labels
+from lsrs.noise import NOISE_STREAM
 from lsrs.smoothing import PRECISIONS
 from lsrs.timing import Stopwatch
 
@@ -78,6 +79,7 @@ class RunConfig:
     compile: str = "off"
     trust_lipschitz: bool = False  # an encoder without a proof: divide by its declared bound (lsrs.proofs)
     noise: str = "gaussian"  # "lattice": exact lattice noise (lsrs.lattice)
+    noise_stream: str = NOISE_STREAM  # lsrs.noise's stream version; a resumed run keeps the one it recorded
 
     def __post_init__(self) -> None:
         values = n_axis(self.n)
@@ -91,8 +93,8 @@ class RunConfig:
     def config_hash(self) -> str:
         """Short hash of the fields that change results (paths to data and checkpoints excluded).
 
-        ``compile``, ``trust_lipschitz`` and ``noise`` enter the hash only when not at their defaults, so runs
-        made before the options existed keep their hash.
+        ``compile``, ``trust_lipschitz`` and ``noise`` enter the hash only when not at their defaults, and
+        ``noise_stream`` only when not ``"v1"``, so runs made before the options existed keep their hash.
         """
         return hash_config(asdict(self))
 
@@ -114,9 +116,17 @@ def hash_config(config: dict) -> str:
         keyed.pop("trust_lipschitz", None)
     if keyed.get("noise", "gaussian") == "gaussian":  # likewise
         keyed.pop("noise", None)
+    if keyed.get("noise_stream", "v1") == "v1":  # runs recorded before stream v2 keep their hash
+        keyed.pop("noise_stream", None)
     values = n_axis(keyed["n"])
     keyed["n"] = values[0] if len(values) == 1 else list(values)
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_noise_stream(manifest: dict) -> str:
+    """The noise stream version a stored run was certified with (``"v1"``: recorded before versions existed)."""
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    return str(config.get("noise_stream", "v1"))
 
 
 @dataclass
@@ -343,6 +353,8 @@ class GridRunner:
         if existing is not None and self.options.fresh:
             store.clear_run(self.out)
             existing = None
+        if existing is not None:  # a resume draws the noise stream the stored rows were certified with
+            self.config = replace(self.config, noise_stream=recorded_noise_stream(existing))
         if existing is not None and existing.get("config_hash") != self.config.config_hash():
             self._extend_run(existing, labels)
         if existing is None and store.part_files(self.out):
