@@ -37,7 +37,7 @@ def _keys_used(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_an_int_generator_gives_each_image_its_own_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's loop passes ``generator=0`` for every image: five images equal in the coordinate the
     classifier reads must still get five different streams (different counts), and the same image the same."""
-    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA)
+    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA, input_range=None)
     keys = _keys_used(monkeypatch)
     images = [torch.tensor([0.0, float(k)]) for k in range(5)]
     certs = [smoother.certify(x, 200, 2000, 0.001, 256, generator=0) for x in images]
@@ -49,7 +49,7 @@ def test_an_int_generator_gives_each_image_its_own_noise(monkeypatch: pytest.Mon
 
 
 def test_certify_decide_and_predict_never_share_a_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA)
+    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA, input_range=None)
     keys = _keys_used(monkeypatch)
     x = torch.tensor([0.3, 0.0])
     smoother.certify(x, 100, 500, 0.001, 128, generator=7)
@@ -60,7 +60,7 @@ def test_certify_decide_and_predict_never_share_a_stream(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("seed", [np.int64(5), np.int32(5), np.uint8(5)])
 def test_numpy_integer_seeds_are_ints(seed: object) -> None:
-    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA)
+    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA, input_range=None)
     x = torch.tensor([0.2, 0.0])
     want = smoother.certify(x, 50, 300, 0.001, 64, generator=5)
     got = smoother.certify(x, 50, 300, 0.001, 64, generator=seed)
@@ -70,6 +70,6 @@ def test_numpy_integer_seeds_are_ints(seed: object) -> None:
 
 @pytest.mark.parametrize("bad", [1.5, "0", np.float32(1.0)])
 def test_other_generators_are_refused_in_one_line(bad: object) -> None:
-    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA)
+    smoother = Smooth(_first_coordinate_classifier(), 2, SIGMA, input_range=None)
     with pytest.raises(TypeError, match="generator must be an int, a torch.Generator or None"):
         smoother.certify(torch.zeros(2), 10, 10, 0.001, 10, generator=bad)
