@@ -15,6 +15,7 @@ import click
 from click.utils import make_default_short_help
 
 from bench import __version__
+from bench.cli.params import BenchUsageError
 
 
 class LazyGroup(click.Group):
@@ -32,6 +33,16 @@ class LazyGroup(click.Group):
         if name not in self.commands and f"cmd_{name}" in _available():
             self.add_command(importlib.import_module(f"bench.cli.cmd_{name}").command, name)
         return self.commands.get(name)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        """Run the command; a storage fault or a run folder held by another run becomes one line, exit 2."""
+        from bench.grid.run_lock import RunLockedError
+        from bench.grid.store_faults import StorageFault
+
+        try:
+            return super().invoke(ctx)
+        except (StorageFault, RunLockedError) as exc:
+            raise BenchUsageError(str(exc)) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
