@@ -36,7 +36,7 @@ class Sigma(click.ParamType):
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group("import")
+@click.group("import", short_help="Import peers' checkpoints and certify logs (Cohen et al.).")
 def command() -> None:
     """Import published peers (Cohen et al. 2019 format) to certify or report beside your own runs.
 

@@ -42,7 +42,7 @@ def _print_result(result: ReportResult) -> None:
     )
 
 
-@click.command("report")
+@click.command("report", short_help="Tables, figures and index.md of one or more runs.")
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
 @click.option("--name", "names", multiple=True,

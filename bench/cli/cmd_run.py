@@ -43,7 +43,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
     return Path("results") / f"{dataset}-{config_hash[:8]}"
 
 
-@click.command("run")
+@click.command("run", short_help="Certify the test images with IS-RS and LS-RS (the grid).")
 @click.option("--dataset", type=DATASET, default="digits", show_default=True,
               help=dataset_help("Test set to certify."))
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,

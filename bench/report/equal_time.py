@@ -211,7 +211,7 @@ def front_figure(summary: pd.DataFrame):
                     (dot,) = ax.plot([rec["time_s"]], [rec[metric]], marker="D", markersize=4, ls="none",
                                      color=certifiers.color(rec["method"]) or "grey")
                     handles.setdefault(config_label(rec["method"], int(rec["fors"]), rec["fors_total"]), dot)
-                ax.set_xscale("log")
+                plots.log_seconds_axis(ax)
                 if row == 0:
                     ax.set_title(f"σ = {format_sigma(sigma)}")
                 if row == len(metrics) - 1:
