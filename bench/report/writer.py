@@ -32,6 +32,7 @@ import pandas as pd
 from bench import certifiers
 from bench.cli.params import BenchUsageError
 from bench.grid.store import MANIFEST
+from bench.report.caveats import protocol_text, protocol_warning, run_protocol, trusted_caveat
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
 from bench.report.equal_time import equal_time_table, front_figures
 from bench.report.formats import FORMATS
@@ -285,6 +286,7 @@ class ReportResult:
     main_fors: int | None = None
     summary: pd.DataFrame | None = None
     tables: list[Table] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # what the numbers rest on (bench.report.caveats)
 
 
 _METRIC_FORMATS: dict[str, str | Callable[[float], str]] = {
@@ -625,6 +627,25 @@ _DEFINITIONS = """\
 """
 
 
+def state_caveats(tables: list[Table], df: pd.DataFrame, manifest: dict, dataset: str,
+                  compare_paper: bool) -> list[str]:
+    """Put the run's caveats into the captions of ``tables`` and return them as lines for the index: trusted
+    (unproven) Lipschitz bounds in every caption; with ``compare_paper``, the run's protocol (n, n0, α, width,
+    images) in the caption of every table with paper columns, and a warning where it differs from the paper's."""
+    trusted = trusted_caveat(df)
+    lines = [trusted] if trusted else []
+    protocol = run_protocol(df, manifest, dataset) if compare_paper else None
+    if protocol is not None:
+        lines += [w for w in [protocol_warning(protocol, "this run")] if w]
+    for table in tables:
+        if protocol is not None and any(str(c).endswith(PAPER_SUFFIX) for c in table.data.columns):
+            table.caption += f" This run: {protocol_text(protocol)}."
+        if trusted:
+            table.caption += f" {trusted}"
+        table.latex_caption = _latex_text(table.caption)
+    return lines
+
+
 def write_report(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -656,13 +677,15 @@ def write_report(
     missing += notes
     for name, caption, data, formats in sequential_tables(run_dir, df) + [t for t in [equal_time_table(summary)] if t]:
         tables.append(Table(name, caption, data, formats, latex_caption=_latex_text(caption)))
+    caveat_lines = state_caveats(tables, df, manifest, dataset, compare_paper)
 
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchUsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
-    result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables)
+    result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables,
+                          caveats=caveat_lines)
     table_links: list[str] = []
     for table in tables:
         path = out / f"{table.name}{FORMATS[fmt]}"
@@ -688,6 +711,9 @@ def write_report(
         front, front_notes = front_figures(summary, out, figure_formats)  # the accuracy-time front, with an n axis
         written, fig_notes = written + front, fig_notes + front_notes
         result.missing += fig_notes
+        trusted = trusted_caveat(df)
+        for fig in written if trusted else []:
+            fig.caption = f"{fig.caption} {trusted}"
         for fig in written:
             result.paths += fig.paths
             png = next((p for p in fig.paths if p.suffix == ".png"), fig.paths[0])
@@ -704,6 +730,7 @@ def write_report(
         "",
         _run_line(df, manifest, dataset),
         "",
+        *(["## Caveats", "", *[f"- **{c}**" for c in caveat_lines], ""] if caveat_lines else []),
         "## Tables",
         "",
         *table_links,
