@@ -256,3 +256,116 @@ def test_ctrl_c_exits_130_and_the_run_resumes(checkpoints, reference, tmp_path, 
     monkeypatch.undo()
     assert CliRunner().invoke(cli, _args(checkpoints, out)).exit_code == 0
     _assert_complete(out, reference)
+
+
+# ----------------------------------------------------------------------------------- reports and checkpoints
+
+
+def _report(run: Path, out: Path, *extra: str):
+    return CliRunner().invoke(cli, ["report", str(run), "--out", str(out), "-q", "--no-figures", *extra])
+
+
+def test_full_disk_during_a_report_leaves_no_half_written_report(checkpoints, tmp_path, monkeypatch) -> None:
+    run, out = tmp_path / "run", tmp_path / "report"
+    assert CliRunner().invoke(cli, _args(checkpoints, run)).exit_code == 0
+    assert _report(run, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = Path.write_text
+    count = {"n": 0}
+
+    def write_text(self, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    result = _report(run, out)
+    assert result.exit_code == 2, result.output
+    line = _one_line(result.output)
+    assert "No space left on device" in line and str(out) in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous report, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(Path, "write_text", write_text)
+    count["n"] = 0
+    assert _report(run, fresh).exit_code == 2 and not fresh.exists()  # nothing, rather than a folder without index.md
+
+
+def test_report_of_a_trusted_run_names_its_unproven_bounds(checkpoints, tmp_path) -> None:
+    run, out = tmp_path / "run", tmp_path / "report"
+    assert CliRunner().invoke(cli, _args(checkpoints, run)).exit_code == 0
+    frame = pd.read_parquet(run)
+    for part in store.part_files(run):  # as --trust-lipschitz records it
+        rows = pd.read_parquet(part)
+        rows.loc[rows["method"] == "ls", "lipschitz_source"] = "trusted"
+        rows.to_parquet(part)
+    assert (frame["method"] == "ls").any()
+    result = CliRunner().invoke(cli, ["report", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Trusted, unproven Lipschitz bound" in result.output
+    index = (out / "index.md").read_text()
+    assert "## Caveats" in index and "LS-RS 9/18 at σ = 0.25" in index
+    figure_lines = [line for line in index.splitlines() if line.startswith("- [") and ".png" in line]
+    table_lines = [line for line in index.splitlines() if line.startswith("- [table")]
+    assert figure_lines and table_lines
+    assert all("Trusted, unproven" in line for line in figure_lines + table_lines)
+
+
+def test_report_beside_the_paper_states_the_protocol_and_warns(checkpoints, tmp_path) -> None:
+    run, out = tmp_path / "run", tmp_path / "report"
+    assert CliRunner().invoke(cli, _args(checkpoints, run)).exit_code == 0
+    result = CliRunner().invoke(cli, ["report", str(run), "--out", str(out), "--compare-paper", "--no-figures"])
+    assert result.exit_code == 0, result.output
+    assert "was not certified with the paper's protocol" in result.output
+    table = next(out.glob("table1.md")).read_text()
+    assert f"n = 64, n0 = 16, α = 0.001, width 4, {IMAGES} of 360 test images" in table
+
+
+def test_comparison_states_image_counts_and_uses_the_shared_images(checkpoints, tmp_path) -> None:
+    few, many = tmp_path / "few", tmp_path / "many"
+    assert CliRunner().invoke(cli, _args(checkpoints, few, "--max-images", "2")).exit_code == 0
+    assert CliRunner().invoke(cli, _args(checkpoints, many)).exit_code == 0
+    out = tmp_path / "compare"
+    result = CliRunner().invoke(cli, ["report", str(few), str(many), "--out", str(out), "--no-figures"])
+    assert result.exit_code == 0, result.output
+    assert f"few: 2, many: {IMAGES}" in result.output and "use the 2 images" in result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["images"]) == {2}
+
+
+def test_full_disk_in_bench_train_is_one_line_and_resumable(tmp_path, monkeypatch) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from lsrs import checkpoint as ckpt
+
+    out = tmp_path / "ckpt"
+    args = ["train", "--dataset", "digits", "--fors", "0", "--sigmas", "0.25", "--epochs", "1", "--width", "4",
+            "--out", str(out), "-q"]
+    real = safetensors.torch.save_file
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 16)  # what a full disk leaves of the temporary file
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "cannot write" in _one_line(result.output) and "run the same command again" in result.output
+    assert not [p for p in (out / "digits").iterdir() if p.name.startswith(".")], "a temporary file was left"
+    assert not list((out / "digits").glob("*.safetensors"))  # nothing half-written
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    (entry,) = ckpt.read_index(out, "digits")
+    ckpt.load_checkpoint(out / "digits" / entry["path"], expected_sha256=entry["sha256"])
+
+
+def test_read_only_out_for_bench_train_is_refused_before_training(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--fors", "0", "--sigmas", "0.25", "--epochs",
+                                      "1", "--out", str(blocker / "ckpt"), "-q"])
+    assert result.exit_code == 2 and "cannot write to --out" in _one_line(result.output)

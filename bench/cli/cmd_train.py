@@ -48,6 +48,17 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
     return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
 
+def _check_writable(folder: Path) -> None:
+    """Refuse (exit 2) an --out that cannot be written before any model is trained."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchUsageError(f"cannot write to --out {folder}: {exc.strerror or exc}; give a writable folder") from None
+
+
 @click.command("train", short_help="Train the paired grid: IS-RS baselines and LS-RS twins.")
 @click.option("--dataset", type=DATASET, default="digits", show_default=True,
               help=dataset_help("Dataset to train on (checkpoints go to OUT/<dataset>/)."))
@@ -132,6 +143,7 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
     from lsrs.data import DatasetMissingError
 
     console = Console(stderr=True, quiet=quiet)
+    _check_writable(out / dataset)
     try:
         entries = train_grid(
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,
