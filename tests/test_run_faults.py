@@ -161,10 +161,10 @@ def test_killed_pool_worker_costs_only_its_shard(checkpoints, reference, tmp_pat
 
 @pytest.mark.slow  # three pools of spawned workers; the retry path itself is covered by the test above
 def test_shard_whose_worker_always_dies_is_named_after_bounded_retries(checkpoints, tmp_path) -> None:
-    from bench.cli.params import BenchUsageError
+    from bench.grid.pool import ShardsLostError
 
     out = tmp_path / "run"
-    with pytest.raises(BenchUsageError, match=r"lost their worker process 3 times .*FoR 9"):
+    with pytest.raises(ShardsLostError, match=r"lost their worker process 3 times .*FoR 9"):
         PoolGridRunner(_config(checkpoints), RunOptions(out=out, quiet=True)).run_pool(
             [0] * len(_test_set()), _test_set, processes=2, shard_size=2, fault_hook=always_kill)
     stored = pd.read_parquet(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import sys
 from pathlib import Path
 
 import click
@@ -35,7 +36,8 @@ class LazyGroup(click.Group):
         return self.commands.get(name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
-        """Run the command; a storage fault or a run folder held by another run becomes one line, exit 2."""
+        """Run the command; a storage fault, a run folder held by another run or shards lost with their workers
+        become one line, exit 2."""
         from bench.grid.run_lock import RunLockedError
         from bench.grid.store_faults import StorageFault
 
@@ -43,6 +45,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (StorageFault, RunLockedError) as exc:
             raise BenchUsageError(str(exc)) from None
+        except Exception as exc:
+            pool = sys.modules.get("bench.grid.pool")  # imports torch: looked up, not imported, here
+            if pool is not None and isinstance(exc, pool.ShardsLostError):
+                raise BenchUsageError(str(exc)) from None
+            raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))

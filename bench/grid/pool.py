@@ -22,7 +22,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from bench.cli.params import BenchUsageError
 from bench.grid import store
 from bench.grid.console import grid_progress
 from bench.grid.distributed import FaultHook, certify_shard, shard_specs
@@ -31,6 +30,10 @@ from bench.grid.shards import Tally, clear_staging, collect_shard, finish_run
 
 SHARD_SIZE = 20  # images per task: bars move often, and a worker loads each job's model at most a few times
 MAX_ATTEMPTS = 3  # tries of a shard whose worker process dies before the run gives it up
+
+
+class ShardsLostError(Exception):
+    """Shards whose worker process died :data:`MAX_ATTEMPTS` times; the message names the first and its cause."""
 
 
 def _init_worker(threads: int) -> None:
@@ -83,8 +86,16 @@ class PoolGridRunner(GridRunner):
                 broken = False
                 while queue or pending:
                     while queue and not broken and len(pending) < processes:
-                        spec = queue.popleft()
-                        pending[pool.submit(certify_shard, spec, load_test, fault_hook)] = spec
+                        try:
+                            pending[pool.submit(certify_shard, queue[0], load_test, fault_hook)] = queue[0]
+                        except BrokenProcessPool as exc:  # broke since the last shard finished: the next pool
+                            broken = True                     # takes it (charged when no shard was in flight,
+                            if not pending:                   # as when workers cannot start at all)
+                                attempts[queue[0].name] += 1
+                                if attempts[queue[0].name] >= MAX_ATTEMPTS:
+                                    lost.append((queue.popleft(), exc))
+                            break
+                        queue.popleft()
                     if not pending:
                         break
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -107,7 +118,7 @@ class PoolGridRunner(GridRunner):
             pool.shutdown(wait=True)
         if lost:
             spec, exc = lost[0]
-            raise BenchUsageError(
+            raise ShardsLostError(
                 f"{len(lost)} shard(s) lost their worker process {MAX_ATTEMPTS} times (first: {spec.job.label}, "
                 f"images {spec.indices[0]}..{spec.indices[-1]}: {str(exc).splitlines()[0]}; an out-of-memory kill "
                 "is the usual cause); the other shards are stored: run the same command again to retry them"
@@ -121,4 +132,4 @@ def run_grid_pool(config: RunConfig, options: RunOptions, load_test: Callable[[]
     return PoolGridRunner(config, options).run_pool(labels, load_test, processes, threads)
 
 
-__all__ = ["PoolGridRunner", "run_grid_pool"]
+__all__ = ["MAX_ATTEMPTS", "PoolGridRunner", "ShardsLostError", "run_grid_pool"]
