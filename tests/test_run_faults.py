@@ -369,3 +369,14 @@ def test_read_only_out_for_bench_train_is_refused_before_training(tmp_path) -> N
     result = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--fors", "0", "--sigmas", "0.25", "--epochs",
                                       "1", "--out", str(blocker / "ckpt"), "-q"])
     assert result.exit_code == 2 and "cannot write to --out" in _one_line(result.output)
+
+
+def test_a_storage_fault_of_a_worker_reaches_the_driver_whole() -> None:
+    import pickle
+
+    from bench.grid.store_faults import StorageFault
+
+    fault = StorageFault("/runs/a/part-x.parquet", OSError(errno.ENOSPC, "No space left on device"))
+    again = pickle.loads(pickle.dumps(fault))
+    assert str(again) == str(fault) and again.errno == errno.ENOSPC and again.filename == "/runs/a/part-x.parquet"
+    assert "the disk is full" in str(again)

@@ -36,6 +36,16 @@ class StorageFault(OSError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # a worker process's fault reaches the driver whole
+        return (_restore, (self.message, self.errno, self.filename))
+
+
+def _restore(message: str, code: int | None, filename: str | None) -> StorageFault:
+    fault = StorageFault.__new__(StorageFault)
+    OSError.__init__(fault, code, message, filename)
+    fault.message = message
+    return fault
+
 
 def storage_fault(path: Path | str, cause: BaseException, what: str = "") -> StorageFault:
     """``cause`` as a :class:`StorageFault` on ``path`` (unchanged when it already is one); ``what`` is put
