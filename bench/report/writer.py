@@ -96,7 +96,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             frame = pd.read_parquet(part)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BenchUsageError(f"{part}: not a readable parquet file ({first})") from None
+            raise BenchUsageError(f"{part}: not a readable parquet file ({first}); the same bench run on this folder "
+                                  "moves it aside and certifies its rows again") from None
         if len(frame):
             frames.append(frame)
     if not frames:
@@ -114,7 +115,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BenchUsageError(f"{manifest_path}: not valid JSON ({exc})") from None
+            raise BenchUsageError(f"{manifest_path}: not valid JSON ({exc}); bench run on this folder moves it aside "
+                                  "(and resumes the rows of its configuration)") from None
         if not isinstance(manifest, dict):
             raise BenchUsageError(f"{manifest_path}: expected a JSON object at the top level")
 
