@@ -16,6 +16,7 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+    option: str | None = None
 
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(message)
@@ -23,7 +24,7 @@ class UsageError(Exception):
 
     def format_message(self) -> str:
         """The one line a user reads."""
-        return str(self.args[0]) if self.args else ""
+        return str(self)
 
 
 class IncompleteRun(Exception):

@@ -78,31 +78,53 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint, its sidecar or the index failed (a full disk, a read-only folder); the file it
+    would have replaced is left as it was, and no temporary file is left behind."""
+
+
+def _write_failed(path: Path, exc: BaseException) -> CheckpointWriteError:
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return CheckpointWriteError(f"cannot write {path}: {reason}; free space or give a writable --out, then run the "
+                                "same command again to resume")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; a failed write raises
+    :class:`CheckpointWriteError` and leaves ``path`` as it was."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_failed(path, exc) from None
         raise
 
 
 def save_tensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and ``os.replace`` (never half-written)."""
+    """``safetensors.torch.save_file`` through a temporary file and ``os.replace`` (never half-written); a
+    failed write (``OSError`` or ``SafetensorError``, as on a full disk) raises :class:`CheckpointWriteError`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
         save_file(dict(tensors), tmp, metadata=dict(metadata))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, SafetensorError)):
+            raise _write_failed(path, exc) from None
         raise
 
 
@@ -190,7 +212,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping) ->
     save_tensors_atomic(state_tensors(model), path, {"format": FORMAT, META_KEY: header})
     digest = sha256_file(path)
     side = {**full, "weights": path.name, "sha256": digest}
-    atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, sort_keys=True) + "\n")
+    try:
+        atomic_write_text(sidecar_path(path), json.dumps(side, indent=2, sort_keys=True) + "\n")
+    except CheckpointWriteError:  # weights without their sidecar's sha256 would not load: remove them
+        path.unlink(missing_ok=True)
+        raise
     return digest
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from typing import Any
 
 EntryPoint = importlib.metadata.EntryPoint
@@ -17,9 +19,21 @@ def entry_points_by_name(group: str) -> dict[str, EntryPoint]:
 
 
 def resolve_attribute(spec: str) -> Any:
-    """Import ``package.module:attribute[.attribute...]`` and return the attribute (errors as raised)."""
+    """Import ``package.module:attribute[.attribute...]`` and return the attribute (errors as raised).
+
+    A module found nowhere on the import path is looked for in the working folder too (appended to
+    ``sys.path``, so it never shadows an installed package), as ``python -m`` would: ``bench train --arch
+    mynet:build`` works from the folder that holds ``mynet.py`` without ``PYTHONPATH=.``."""
     module_name, _, attr = spec.partition(":")
-    obj: Any = importlib.import_module(module_name)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        importlib.invalidate_caches()
+        obj = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj

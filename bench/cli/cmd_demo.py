@@ -13,7 +13,7 @@ from bench.cli.params import BenchUsageError
 DEMO_DATASETS = ("digits", "mnist")  # the keys of bench.demo.pipeline.PRESETS (checked by the tests)
 
 
-@click.command("demo")
+@click.command("demo", short_help="Train, certify and report on an embedded dataset in minutes.")
 @click.option("--dataset", type=click.Choice(DEMO_DATASETS), default="digits", show_default=True,
               help="digits: scikit-learn's 8x8 scans (the quick preset); mnist: 5,000 real MNIST scans at "
                    "32x32 from the .[mnist] extra (6 models on larger images: several times as long). Times: "

@@ -13,9 +13,12 @@ from lsrs.cohen_published import COHEN_DATASETS
 
 
 class Sigma(click.ParamType):
-    """A finite noise level >= 0 (``nan``, ``inf`` and words are refused)."""
+    """A finite noise level >= 0, or > 0 with ``positive`` (``nan``, ``inf`` and words are refused)."""
 
     name = "SIGMA"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
 
     def convert(self, value, param, ctx):  # type: ignore[override]
         try:
@@ -24,13 +27,16 @@ class Sigma(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(sigma) or sigma < 0:
             self.fail(f"{value!r}: sigma must be a finite number >= 0", param, ctx)
+        if self.positive and sigma == 0:
+            self.fail("sigma must be > 0: a certify log certifies a smoothed classifier, which needs noise",
+                      param, ctx)
         return sigma
 
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group("import")
+@click.group("import", short_help="Import peers' checkpoints and certify logs (Cohen et al.).")
 def command() -> None:
     """Import published peers (Cohen et al. 2019 format) to certify or report beside your own runs.
 
@@ -78,7 +84,7 @@ def cohen_model(checkpoint: Path, dataset: str, sigma: float, out: Path, name: s
 @click.argument("log", type=_FILE)
 @click.option("--dataset", type=DATASET, required=True,
               help="Dataset the log certifies: any registered dataset (e.g. mnist for a published MNIST log).")
-@click.option("--sigma", type=Sigma(), required=True, help="Noise level of the smoothed classifier.")
+@click.option("--sigma", type=Sigma(positive=True), required=True, help="Noise level of the smoothed classifier.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Estimation samples the log used (not in the file; stored as unknown if not given).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -94,7 +100,9 @@ def certify_log(log: Path, dataset: str, sigma: float, n: int | None, alpha: flo
 
     \b
     LOG: tab-separated 'idx label predict radius correct time' (predict -1 = abstain; time in seconds or
-    H:MM:SS.ffffff). A truncated last line is dropped with a warning. What the log does not hold (n0, the
+    H:MM:SS.ffffff). A truncated last line is dropped with a warning. A line is refused (naming its number)
+    when a field is not a plain decimal number, its image is beyond the dataset's test set, a class is not
+    the dataset's, its time is negative, or its radius exceeds σ·Φ⁻¹(α^(1/n)) for the given --n and --alpha. What the log does not hold (n0, the
     counts, pA's bound, the device, ...) is stored as null and listed in the manifest's 'imported' entry.
     """
     from bench.peers.importers import LogDeclaration, import_certify_log

@@ -139,7 +139,7 @@ def render(info: dict, console: Console) -> None:
     console.print(line)
 
 
-@click.command("info")
+@click.command("info", short_help="Latent shape, parameters, Lipschitz audit, FLOP split.")
 @click.option("--model", "arch", metavar="NAME|MODULE:FUNCTION", default="resnet18", show_default=True,
               help="A registered architecture (resnet18, wide_resnet34, an installed plugin) or a builder "
                    "package.module:function.")

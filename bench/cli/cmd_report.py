@@ -34,6 +34,8 @@ def _print_result(result: ReportResult) -> None:
             rich_table.add_row(*(row[i] for i in keep))
         console.print(rich_table)
     err = Console(stderr=True)
+    for caveat in result.caveats:
+        err.print(f"[yellow]warning:[/] {caveat}", highlight=False)
     for note in result.missing:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(
@@ -41,7 +43,7 @@ def _print_result(result: ReportResult) -> None:
     )
 
 
-@click.command("report")
+@click.command("report", short_help="Tables, figures and index.md of one or more runs.")
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
 @click.option("--name", "names", multiple=True,
@@ -91,22 +93,27 @@ def command(
 
         if compare_paper:
             raise BenchUsageError("--compare-paper applies to the report of one run, not to a comparison")
+        from bench.report.publish import publish_report
+
         out = out_dir or Path("reports") / "+".join(p.resolve().name for p in run_dirs)
-        result = write_comparison(list(run_dirs), names, out, fmt=fmt, figures=figures, confidence=confidence)
+        result = publish_report(out, lambda folder: write_comparison(list(run_dirs), names, folder, fmt=fmt,
+                                                                     figures=figures, confidence=confidence))
         if as_json:
             click.echo(json.dumps({"out_dir": str(result.out_dir), "index": str(result.index),
-                                   "paths": [str(p) for p in result.paths], "missing": result.missing}, indent=2))
+                                   "paths": [str(p) for p in result.paths], "missing": result.missing,
+                                   "caveats": result.caveats}, indent=2))
         elif not quiet:
             _print_result(result)
         return
+    from bench.report.publish import publish_report
     from bench.report.writer import write_report
 
     run_dir = run_dirs[0]
     out = out_dir if out_dir is not None else Path("reports") / run_dir.resolve().name
-    result = write_report(
-        run_dir, out, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures,
+    result = publish_report(out, lambda folder: write_report(
+        run_dir, folder, fmt=fmt, main_fors=main_fors, compare_paper=compare_paper, figures=figures,
         confidence=confidence,
-    )
+    ))
     if as_json:
         payload = {
             "out_dir": str(result.out_dir),
@@ -114,6 +121,7 @@ def command(
             "main_fors": result.main_fors,
             "paths": [str(p) for p in result.paths],
             "missing": result.missing,
+            "caveats": result.caveats,
             "summary": [
                 {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
                 for rec in result.summary.to_dict(orient="records")

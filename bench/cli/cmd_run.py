@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def default_out(dataset: str, config_hash: str) -> Path:
     return Path("results") / f"{dataset}-{config_hash[:8]}"
 
 
-@click.command("run", cls=RunCommand)
+@click.command("run", cls=RunCommand, short_help="Certify the test images with IS-RS and LS-RS (the grid).")
 @click.option("--dataset", type=DATASET, default="digits", show_default=True,
               help=dataset_help("Test set to certify."))
 @click.option("--fors", type=FORS, default="1,5,9,13", show_default=True,
@@ -191,7 +192,12 @@ def command(dataset, fors, sigmas, methods, n0, n, alpha, batch_size, skip, max_
                          console=console, precision=choice.record())
     worker_data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers may start elsewhere
     load_test = partial(_load_test, dataset, worker_data_dir)  # picklable, for local workers and Ray tasks
-    manifest = choose_executor(processes, ray_options).run(config, options, load_test)
+    try:
+        choose_executor(processes, ray_options).run(config, options, load_test)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the rows certified so far are stored in {out}; run the same command again to "
+                   "resume", err=True)
+        sys.exit(130)
     if not quiet:
         from bench.report.writer import load_run
 

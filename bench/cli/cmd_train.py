@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli.params import DATASET, FORS, SIGMAS, BenchUsageError, dataset_help
-from bench.train.defaults import MARGIN_EPS, MARGIN_TEMPERATURE
+from bench.train.defaults import (
+    MARGIN_EPS,
+    MARGIN_TEMPERATURE,
+    PLAIN_DISTILL,
+    PLAIN_DISTILL_TEMPERATURE,
+    measured_default,
+)
 from lsrs.training_choices import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
@@ -42,7 +48,18 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
     return replace(default_twin_recipe(dataset, arch), **{k: v for k, v in given.items() if v is not None})
 
 
-@click.command("train")
+def _check_writable(folder: Path) -> None:
+    """Refuse (exit 2) an --out that cannot be written before any model is trained."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchUsageError(f"cannot write to --out {folder}: {exc.strerror or exc}; give a writable folder") from None
+
+
+@click.command("train", short_help="Train the paired grid: IS-RS baselines and LS-RS twins.")
 @click.option("--dataset", type=DATASET, default="digits", show_default=True,
               help=dataset_help("Dataset to train on (checkpoints go to OUT/<dataset>/)."))
 @click.option("--arch", metavar="NAME|MODULE:FUNCTION", default=None,
@@ -75,13 +92,15 @@ def twin_recipe(dataset: str, arch: str | None = None, **given) -> TwinRecipe:
               show_default=True, help="FoR 18 only: temperature of the margin loss.")
 @click.option("--warm-start/--no-warm-start", default=None,
               help="LS-RS twins: start the classifier part (the baseline's own layers after the split) from the "
-                   "trained baseline at the same σ (trained first, in the same grid) [default: on for digits "
-                   "and mnist, where it was measured to help (docs/ablation.md); off elsewhere].")
+                   "trained baseline at the same σ (trained first, in the same grid) [default: "
+                   f"{measured_default('warm_start', False, lambda v: 'on' if v else 'off')}, as measured to help "
+                   "(docs/ablation.md)].")
 @click.option("--distill", type=click.FloatRange(0, 1), default=None,
               help="LS-RS twins: weight λ of distillation from the baseline at the same σ on noisy inputs; "
-                   "loss (1-λ)·CE + λ·T²·KL(teacher ‖ twin) [default: 0.5 for digits and mnist, else 0].")
+                   f"loss (1-λ)·CE + λ·T²·KL(teacher ‖ twin) [default: {measured_default('distill', PLAIN_DISTILL)}].")
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="LS-RS twins: temperature T of the distillation [default: 2 for digits and mnist, else 1].")
+              help="LS-RS twins: temperature T of the distillation "
+                   f"[default: {measured_default('distill_temperature', PLAIN_DISTILL_TEMPERATURE)}].")
 @click.option("--twin-optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="LS-RS twins: their own optimiser [default: the grid's, SGD with momentum].")
 @click.option("--twin-lr", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -124,6 +143,7 @@ def command(dataset, arch, fors, sigmas, out, epochs, lr, lr_step, batch_size, w
     from lsrs.data import DatasetMissingError
 
     console = Console(stderr=True, quiet=quiet)
+    _check_writable(out / dataset)
     try:
         entries = train_grid(
             dataset, fors, sigmas, out, epochs=epochs, lr=lr, lr_step=lr_step, batch_size=batch_size,

@@ -22,7 +22,7 @@ class LazyGroup(click.Group):
     """The command group: ``bench CMD`` imports only ``bench.cli.cmd_<CMD>``; ``bench --help`` imports none of them.
 
     A command's name is its module's name without ``cmd_``; the one-line summaries of ``bench --help`` are
-    read from each module's source (the docstring of its ``command`` function, parsed, not run), so listing the
+    read from each module's source (the ``short_help`` of its ``command``, parsed, not run), so listing the
     commands does not import torch.
     """
 
@@ -66,10 +66,15 @@ def _available() -> list[str]:
 
 
 def _summary(name: str) -> str:
-    """The docstring of ``command`` in ``bench/cli/cmd_<name>.py``, read with :mod:`ast` (nothing imported)."""
+    """The ``short_help`` of the decorator of ``command`` in ``bench/cli/cmd_<name>.py`` (else its docstring),
+    read with :mod:`ast` (nothing imported)."""
     tree = ast.parse((_HERE / f"cmd_{name}.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == "command":
+            for decorator in node.decorator_list:
+                for keyword in getattr(decorator, "keywords", []):
+                    if keyword.arg == "short_help" and isinstance(keyword.value, ast.Constant):
+                        return str(keyword.value.value)
             return ast.get_docstring(node) or ""
     return ""
 

@@ -38,9 +38,12 @@ class CommaList(click.ParamType):
     def convert(self, value, param, ctx):  # type: ignore[override]
         if isinstance(value, (list, tuple)):
             return list(value)
-        parts = [p.strip() for p in str(value).split(",") if p.strip()]
-        if not parts:
+        parts = [p.strip() for p in str(value).split(",")]
+        if not any(parts):
             self.fail(f"expected a comma-separated list of {self.what}s, got {value!r}", param, ctx)
+        if not all(parts):
+            self.fail(f"{value!r} has an empty item (two commas, or one at an end); list each {self.what} once",
+                      param, ctx)
         out = []
         for part in parts:
             try:

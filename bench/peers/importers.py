@@ -34,6 +34,7 @@ import torch
 
 from bench import store
 from bench.errors import UsageError
+from bench.peers.log_checks import LogLimits, decimal_int
 from lsrs import checkpoint as ckpt
 from lsrs.cohen_models import COHEN_ARCHS, build_cohen_model, cohen_to_local, local_to_cohen
 from lsrs.smoothing import ABSTAIN
@@ -197,10 +198,18 @@ def parse_log_time(text: str) -> float:
     return value
 
 
+def _line_time(text: str) -> float:
+    """:func:`parse_log_time` of a log line, which must be a duration >= 0."""
+    seconds = parse_log_time(text)
+    if seconds < 0:
+        raise ValueError(f"time {text!r} is negative")
+    return seconds
+
+
 def _parse_line(fields: list[str]) -> dict:
     if len(fields) != len(LOG_HEADER):
         raise ValueError(f"{len(fields)} fields, expected {len(LOG_HEADER)}")
-    idx, label, predict, correct = (int(fields[i]) for i in (0, 1, 2, 4))
+    idx, label, predict, correct = (decimal_int(fields[i], LOG_HEADER[i]) for i in (0, 1, 2, 4))
     radius = float(fields[3])
     if idx < 0 or label < 0 or predict < ABSTAIN:
         raise ValueError("idx and label must be >= 0 and predict >= -1")
@@ -209,7 +218,7 @@ def _parse_line(fields: list[str]) -> dict:
     if correct not in (0, 1) or correct != int(predict == label):
         raise ValueError(f"correct={correct} contradicts predict={predict}, label={label}")
     return {"idx": idx, "label": label, "prediction": predict, "radius": radius if predict != ABSTAIN else 0.0,
-            "correct": bool(correct), "total_s": parse_log_time(fields[5])}
+            "correct": bool(correct), "total_s": _line_time(fields[5])}
 
 
 @dataclass
@@ -222,8 +231,9 @@ class CertifyLog:
     warnings: list[str]
 
 
-def read_certify_log(path: Path) -> CertifyLog:
-    """Parse a Cohen et al. certify log; a wrong header, a malformed complete line or a repeated idx is refused."""
+def read_certify_log(path: Path, limits: LogLimits | None = None) -> CertifyLog:
+    """Parse a Cohen et al. certify log; a wrong header, a malformed complete line, a line that ``limits``
+    exclude (:meth:`bench.peers.log_checks.LogLimits.check`) or a repeated idx is refused, naming the line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -246,6 +256,8 @@ def read_certify_log(path: Path) -> CertifyLog:
             continue
         try:
             rows.append(_parse_line(line.rstrip("\r").split("\t")))
+            if limits is not None:
+                limits.check(rows[-1])
         except ValueError as exc:
             raise ImportRefused(f"{path}: line {number} {line[:60]!r} is malformed ({_one_line(exc)})") from None
     if not rows:
@@ -288,8 +300,16 @@ def _run_hash(log: CertifyLog, declared: LogDeclaration) -> str:
 
 
 def import_certify_log(path: Path, declared: LogDeclaration, out: Path) -> tuple[Path, CertifyLog, dict]:
-    """Write ``path`` as the run folder ``out`` (one parquet part and ``_manifest.json``); returns the manifest."""
-    log = read_certify_log(path)
+    """Write ``path`` as the run folder ``out`` (one parquet part and ``_manifest.json``); returns the manifest.
+
+    Every line is checked against the declared dataset and statistics (:class:`bench.peers.log_checks.LogLimits`)."""
+    from lsrs.datasets import get_dataset
+
+    if not (math.isfinite(declared.sigma) and declared.sigma > 0):
+        raise ImportRefused(f"--sigma must be > 0 for a certify log (got {declared.sigma:g}): certificates need noise")
+    info = get_dataset(declared.dataset)
+    log = read_certify_log(path, LogLimits(info.num_classes, info.test_size, declared.sigma, declared.n,
+                                           declared.alpha))
     out = Path(out)
     if out.exists() and (store.part_files(out) or (out / store.MANIFEST).exists()):
         raise ImportRefused(f"{out} already holds a run; choose another --out or remove it first")

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 
 from bench import certifiers
 from bench.errors import UsageError
+from bench.report.caveats import protocol_text, protocol_warning, run_protocol, trusted_caveat
 from bench.report.cells import INTERVAL_NOTE, confidence_text
 from bench.report.comparisons import paired_between_runs, paired_sentences
 from bench.report.intervals import BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, check_confidence
@@ -194,29 +195,73 @@ def _notes(runs: list[NamedRun]) -> list[str]:
     return notes
 
 
+def _dataset(run: NamedRun) -> str:
+    if "dataset" in run.frame and run.frame["dataset"].notna().any():
+        return str(run.frame["dataset"].dropna().iloc[0])
+    return str((run.manifest.get("config") or {}).get("dataset", ""))
+
+
+def restrict_to_shared(runs: list[NamedRun]) -> tuple[list[NamedRun], str | None]:
+    """The runs restricted to the test images all of them certified, and one line saying so; unchanged, with
+    the reason, when they cannot be (different datasets, no image in common); unchanged and None when every
+    run holds the same images."""
+    counts = ", ".join(f"{r.name}: {r.frame['idx'].nunique() if 'idx' in r.frame else '?'}" for r in runs)
+    if any("idx" not in r.frame for r in runs):
+        return runs, f"images per run ({counts}): a run without image indices cannot be restricted to shared images"
+    images = [set(r.frame["idx"].astype(int)) for r in runs]
+    if all(i == images[0] for i in images):
+        return runs, None
+    if len({_dataset(r) for r in runs}) > 1:
+        return runs, (f"the runs hold different images ({counts}) of different datasets: they cannot be restricted "
+                      "to shared images; each run's numbers rest on its own images")
+    shared = set.intersection(*images)
+    if not shared:
+        return runs, (f"the runs hold different images ({counts}) and share none: each run's numbers rest on its own "
+                      "images, which do not compare like for like")
+    out = []
+    for r in runs:
+        frame = r.frame[r.frame["idx"].astype(int).isin(shared)].reset_index(drop=True)
+        out.append(NamedRun(r.name, r.path, frame, r.manifest, summarize(frame, r.manifest)))
+    return out, (f"the runs hold different images ({counts}): the table and figure use the {len(shared)} images "
+                 "that every run certified")
+
+
 def write_comparison(
     paths: list[Path], names: list[str] | tuple[str, ...], out_dir: Path, fmt: str = "markdown", figures: bool = True,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> ReportResult:
     """Write the comparison table (``fmt``, with intervals at ``confidence``), ``paired.csv`` (every pair of runs
-    on their shared images), its figure (PNG + PDF) and an ``index.md`` naming every run's source."""
+    on their shared images), its figure (PNG + PDF) and an ``index.md`` naming every run's source.
+
+    The table's caption states each run's protocol (n, n0, α, width, images; :mod:`bench.report.caveats`) and
+    its trusted bounds; the runs are compared on the images they share (:func:`restrict_to_shared`)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     try:
         confidence = check_confidence(confidence)
     except ValueError as exc:
         raise UsageError(f"{exc}; e.g. --confidence 0.95") from None
-    runs = load_runs(paths, names)
+    loaded = load_runs(paths, names)
+    protocols = {r.name: run_protocol(r.frame, r.manifest, _dataset(r)) for r in loaded}
+    caveat_lines = [f"{r.name}: {c}" for r in loaded for c in [trusted_caveat(r.frame)] if c]
+    caveat_lines += [w for r in loaded for w in [protocol_warning(protocols[r.name], r.name)] if w]
+    runs, shared_note = restrict_to_shared(loaded)
+    caveat_lines += [shared_note] if shared_note else []
     for run in runs:
         run.summary = add_intervals(run.summary, run.frame, RADII, confidence, BOOTSTRAP_SEED)
     table = comparison_table(runs)
+    table.caption += " Protocols: " + "; ".join(f"{n}: {protocol_text(p)}" for n, p in protocols.items()) + "."
+    table.caption += "".join(f" {line}" for line in caveat_lines if "Trusted" in line)
+    if shared_note:
+        table.caption += f" {shared_note[0].upper()}{shared_note[1:]}."
+    table.latex_caption = _latex_text(table.caption)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
     summary = pd.concat([r.summary.assign(run=r.name) for r in runs], ignore_index=True)
-    result = ReportResult(out_dir=out, missing=_notes(runs), summary=summary, tables=[table])
+    result = ReportResult(out_dir=out, missing=_notes(runs), summary=summary, tables=[table], caveats=caveat_lines)
     table_path = out / f"{table.name}{FORMATS[fmt]}"
     table_path.write_text(render(table, fmt), encoding="utf-8")
     summary_path = out / "summary.csv"
@@ -227,7 +272,10 @@ def write_comparison(
     result.paired.to_csv(paired_path, index=False)
     result.paths += [table_path, summary_path, paired_path]
     lines = ["# Report: " + " vs ".join(r.name for r in runs), "", "## Runs", ""]
-    lines += [f"- **{r.name}**: `{r.path}`, {r.source}, {len(r.frame)} rows" for r in runs]
+    lines += [f"- **{r.name}**: `{r.path}`, {r.source}, {len(r.frame)} rows; {protocol_text(protocols[r.name])}"
+              for r in loaded]
+    if caveat_lines:
+        lines += ["", "## Caveats", "", *[f"- **{c}**" for c in caveat_lines]]
     lines += ["", "## Tables", "", f"- [{table_path.name}]({table_path.name}): {table.caption}",
               f"- [{summary_path.name}]({summary_path.name}): every aggregate of every run, with a `run` column and "
               f"{confidence_text(confidence)} intervals (`M_lo`, `M_hi`).",
@@ -238,8 +286,10 @@ def write_comparison(
 
         paths_fig = save_figure(comparison_figure(runs), out / FIGURE_NAME)
         result.paths += paths_fig
+        fig_caveats = "".join(f" {line}" for line in caveat_lines if "Trusted" in line or line == shared_note)
         lines += ["", "## Figures", "", f"- [{paths_fig[0].name}]({paths_fig[0].name}) ([PDF]({paths_fig[1].name})): "
-                  "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run and configuration; style: σ)."]
+                  "certified accuracy vs l2 radius, one curve per run, configuration and σ (colour: run and configuration; "
+                  f"style: σ).{fig_caveats}"]
     if result.sentences:
         lines += ["", "## Paired comparisons", "", *[f"- {s}" for s in result.sentences]]
     elif len(runs) > 1:

@@ -214,7 +214,7 @@ def front_figure(summary: pd.DataFrame):
                                      color=certifiers.color(rec["method"]) or "grey")
                     handles.setdefault(config_label(rec["method"], int(rec["fors"]), rec["fors_total"]), dot)
                     _interval_bars(ax, pd.DataFrame([rec]), metric, dot.get_color())
-                ax.set_xscale("log")
+                plots.log_seconds_axis(ax)
                 if row == 0:
                     ax.set_title(f"σ = {format_sigma(sigma)}")
                 if row == len(metrics) - 1:

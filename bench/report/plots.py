@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib as mpl
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -164,8 +165,9 @@ def certified_accuracy_figure(df: pd.DataFrame, confidence: float | None = DEFAU
     return fig
 
 
-def _is_reference(ax, summary: pd.DataFrame, column: str, sigmas: list[float], palette: dict) -> bool:
-    """Dashed horizontal IS-RS lines (one per sigma); True if any was drawn."""
+def _is_reference(ax, summary: pd.DataFrame, column: str, sigmas: list[float], palette: dict,
+                  drawn_sigmas: set[float] | None = None) -> bool:
+    """Dashed horizontal IS-RS lines (one per sigma); True if any was drawn (their sigmas go to ``drawn_sigmas``)."""
     drawn = False
     is_rows = summary[reference_mask(summary)]
     for sigma in sigmas:
@@ -173,15 +175,51 @@ def _is_reference(ax, summary: pd.DataFrame, column: str, sigmas: list[float], p
         if len(values):
             ax.axhline(float(values.iloc[0]), color=palette[sigma], ls="--", lw=0.9)
             drawn = True
+            if drawn_sigmas is not None:
+                drawn_sigmas.add(sigma)
     return drawn
 
 
-def _per_sigma_lines(ax, ls: pd.DataFrame, column: str, sigmas: list[float], palette: dict) -> None:
+def _per_sigma_lines(ax, ls: pd.DataFrame, column: str, sigmas: list[float], palette: dict) -> set[float]:
+    """One line per sigma of ``ls`` over FoR; the sigmas drawn (those with data)."""
+    drawn = set()
     for sigma in sigmas:
         sel = ls[ls["sigma"].round(6) == sigma].dropna(subset=[column]).sort_values("fors")
         if len(sel):
             sns.lineplot(data=sel, x="fors", y=column, ax=ax, color=palette[sigma], marker="o",
                          markersize=4, lw=1.1, legend=False, errorbar=None)  # fmt: skip
+            drawn.add(sigma)
+    return drawn
+
+
+class FewLogTicks(mticker.Locator):
+    """At most :attr:`most` labelled ticks on a log axis: the densest of 1-2-5, 1-3 or 1 per decade (every
+    k-th decade over a wide range) that fits, so that narrow panels never get colliding labels."""
+
+    most = 4
+
+    def __call__(self) -> list[float]:
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        lo, hi = sorted((max(vmin, 1e-300), max(vmax, 1e-300)))
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        for subs in ((1, 2, 5), (1, 3), (1,)):
+            ticks = [m * 10.0**d for d in decades for m in subs if lo <= m * 10.0**d <= hi]
+            if len(ticks) <= self.most:
+                return ticks
+        stride = math.ceil(len(ticks) / self.most)
+        return ticks[::stride]
+
+
+def log_seconds_axis(ax, axis: str = "x") -> None:
+    """A log-scale seconds axis whose labels do not collide: a few major ticks (:class:`FewLogTicks`)
+    labelled as plain numbers (``0.5``, ``2``), and unlabelled minor ticks."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_locator(FewLogTicks())
+    target.set_major_formatter(mticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(mticker.NullFormatter())
 
 
 def _sigma_legend(fig: Figure, sigmas: list[float], palette: dict, extra: list[tuple[Line2D, str]]) -> None:
@@ -208,16 +246,16 @@ def ablation_accuracy_figure(summary: pd.DataFrame) -> Figure:
     with theme():
         fig = Figure(figsize=(COLUMN_WIDTH_IN, 2.3), layout="constrained")
         ax_acr, ax_acc = fig.subplots(1, 2)
-        _per_sigma_lines(ax_acr, ls, "acr", certified, palette)
-        is_drawn = _is_reference(ax_acr, summary, "acr", certified, palette)
-        _per_sigma_lines(ax_acc, ls, "accuracy", sigmas, palette)
-        is_drawn |= _is_reference(ax_acc, summary, "accuracy", sigmas, palette)
+        drawn = _per_sigma_lines(ax_acr, ls, "acr", certified, palette)
+        is_drawn = _is_reference(ax_acr, summary, "acr", certified, palette, drawn)
+        drawn |= _per_sigma_lines(ax_acc, ls, "accuracy", sigmas, palette)
+        is_drawn |= _is_reference(ax_acc, summary, "accuracy", sigmas, palette, drawn)
         for ax, label in ((ax_acr, ACR_LABEL), (ax_acc, ACCURACY_LABEL)):
             ax.set_xlabel(_fors_axis_label(summary))
             ax.set_ylabel(label)
             _ls_fors_ticks(ax, ls)
         extra = [(Line2D([], [], color="grey", ls="--"), "IS-RS")] if is_drawn else []
-        _sigma_legend(fig, sigmas, palette, extra)
+        _sigma_legend(fig, [s for s in sigmas if s in drawn], palette, extra)  # only the σ with data
     return fig
 
 

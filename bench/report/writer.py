@@ -31,6 +31,7 @@ import pandas as pd
 
 from bench import certifiers
 from bench.errors import UsageError
+from bench.report.caveats import protocol_text, protocol_warning, run_protocol, trusted_caveat
 from bench.report.cells import INTERVAL_NOTE, confidence_text, table_intervals, with_interval
 from bench.report.comparisons import alpha_note, paired_frame, paired_sentences, power_line
 from bench.report.equal_time import TABLE_NAME as EQUAL_TIME
@@ -100,7 +101,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
             frame = pd.read_parquet(part)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageError(f"{part}: not a readable parquet file ({first})") from None
+            raise UsageError(f"{part}: not a readable parquet file ({first}); the same bench run on this folder "
+                                  "moves it aside and certifies its rows again") from None
         if len(frame):
             frames.append(frame)
     if not frames:
@@ -118,7 +120,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{manifest_path}: not valid JSON ({exc})") from None
+            raise UsageError(f"{manifest_path}: not valid JSON ({exc}); bench run on this folder moves it aside "
+                                  "(and resumes the rows of its configuration)") from None
         if not isinstance(manifest, dict):
             raise UsageError(f"{manifest_path}: expected a JSON object at the top level")
 
@@ -293,6 +296,7 @@ class ReportResult:
     tables: list[Table] = field(default_factory=list)
     paired: pd.DataFrame | None = None  #: ``paired.csv``
     sentences: list[str] = field(default_factory=list)  #: the paired comparisons in words
+    caveats: list[str] = field(default_factory=list)  # what the numbers rest on (bench.report.caveats)
 
 
 _METRIC_FORMATS: dict[str, str | Callable[[float], str]] = {
@@ -679,6 +683,23 @@ def _intervals_note(confidence: float) -> str:
         "test; ACR with a paired bootstrap of the difference and the ratio LS/IS; its `time_s` rows put IS-RS "
         "first, so their ratio is the speedup. docs/concepts/statistics.md explains each."
     )
+def state_caveats(tables: list[Table], df: pd.DataFrame, manifest: dict, dataset: str,
+                  compare_paper: bool) -> list[str]:
+    """Put the run's caveats into the captions of ``tables`` and return them as lines for the index: trusted
+    (unproven) Lipschitz bounds in every caption; with ``compare_paper``, the run's protocol (n, n0, α, width,
+    images) in the caption of every table with paper columns, and a warning where it differs from the paper's."""
+    trusted = trusted_caveat(df)
+    lines = [trusted] if trusted else []
+    protocol = run_protocol(df, manifest, dataset) if compare_paper else None
+    if protocol is not None:
+        lines += [w for w in [protocol_warning(protocol, "this run")] if w]
+    for table in tables:
+        if protocol is not None and any(str(c).endswith(PAPER_SUFFIX) for c in table.data.columns):
+            table.caption += f" This run: {protocol_text(protocol)}."
+        if trusted:
+            table.caption += f" {trusted}"
+        table.latex_caption = _latex_text(table.caption)
+    return lines
 
 
 def write_report(
@@ -724,13 +745,15 @@ def write_report(
                                "readings: a paired bootstrap of the reading at the IS-RS time; paired.csv has each "
                                "gain over IS-RS).")
         tables[-1].latex_caption = _latex_text(tables[-1].caption)
+    caveat_lines = state_caveats(tables, df, manifest, dataset, compare_paper)
 
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: cannot create the report folder ({exc.strerror})") from None
-    result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables)
+    result = ReportResult(out_dir=out, missing=missing, main_fors=chosen, summary=summary, tables=tables,
+                          caveats=caveat_lines)
     table_links: list[str] = []
     for table in tables:
         path = out / f"{table.name}{FORMATS[fmt]}"
@@ -768,6 +791,9 @@ def write_report(
         front, front_notes = front_figures(summary, out, figure_formats)  # the accuracy-time front, with an n axis
         written, fig_notes = written + front, fig_notes + front_notes
         result.missing += fig_notes
+        trusted = trusted_caveat(df)
+        for fig in written if trusted else []:
+            fig.caption = f"{fig.caption} {trusted}"
         for fig in written:
             result.paths += fig.paths
             png = next((p for p in fig.paths if p.suffix == ".png"), fig.paths[0])
@@ -784,6 +810,7 @@ def write_report(
         "",
         _run_line(df, manifest, dataset),
         "",
+        *(["## Caveats", "", *[f"- **{c}**" for c in caveat_lines], ""] if caveat_lines else []),
         "## Tables",
         "",
         *table_links,

@@ -9,7 +9,8 @@ All three plan the run with :meth:`bench.run.runner.GridRunner.plan`, certify ea
 they certified into the manifest and the progress tallies with :func:`bench.run.shards.collect_shard` (one
 collection path: in this process each image as it is certified, in workers and tasks each shard as it finishes).
 ``bench run`` and ``bench demo`` pick the executor with :func:`choose_executor`. ``load_test`` must be picklable
-for the pool (a ``functools.partial`` of a module-level function).
+for the pool (a ``functools.partial`` of a module-level function). Each executor runs under
+:func:`bench.store.guard.open_run_folder`: one writer per run folder, checked and repaired first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bench.run.runner import RunConfig, RunOptions
+from bench.store.guard import open_run_folder
 
 
 class Executor(Protocol):
@@ -32,7 +34,8 @@ class InProcess:
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
         from bench.run.runner import run_grid
 
-        return run_grid(config, options, load_test)
+        with open_run_folder(options.out):
+            return run_grid(config, options, load_test)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class LocalPool:
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
         from bench.run.pool import run_grid_pool
 
-        return run_grid_pool(config, options, load_test, self.processes, threads=self.threads)
+        with open_run_folder(options.out):
+            return run_grid_pool(config, options, load_test, self.processes, threads=self.threads)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class RayTasks:
     def run(self, config: RunConfig, options: RunOptions, load_test: Callable[[], Any]) -> dict:
         from bench.run.distributed import run_grid_ray
 
-        return run_grid_ray(config, options, self.options, load_test)
+        with open_run_folder(options.out):
+            return run_grid_ray(config, options, self.options, load_test)
 
 
 def choose_executor(processes: int = 1, ray_options: Any | None = None, threads: int = 1) -> Executor:

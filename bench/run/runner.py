@@ -39,6 +39,7 @@ from bench.devices import device_name, usage_device
 from bench.errors import UsageError
 from bench.run.console import grid_progress
 from bench.run.shards import Tally, collect_shard, finish_run, shard_summary, store_shard
+from bench.store.repair import rows_belong_to
 from lsrs.architectures import Architecture, ArchitectureError, get_architecture
 from lsrs.data import dataset_labels
 from lsrs.noise import NOISE_STREAM
@@ -357,10 +358,13 @@ class GridRunner:
             self.config = replace(self.config, noise_stream=recorded_noise_stream(existing))
         if existing is not None and existing.get("config_hash") != self.config.config_hash():
             self._extend_run(existing, labels)
-        if existing is None and store.part_files(self.out):
-            raise UsageError(f"{self.out} holds result parts but no manifest; use --fresh or another --out")
-        if existing is not None and checkpoints is not None and entries:
-            self._refuse_changed_checkpoints(existing, checkpoints, entries)
+        if existing is None and store.part_files(self.out):  # e.g. a corrupt manifest moved aside (run_repair)
+            if not rows_belong_to(self.out, self.config.config_hash()):
+                raise UsageError(f"{self.out} holds result parts of another configuration but no manifest; "
+                                      "use --fresh or another --out")
+            self.options.console.print(f"{self.out}: no manifest; resuming the stored rows of this configuration")
+        if checkpoints is not None and entries and (existing is not None or store.part_files(self.out)):
+            self._refuse_changed_checkpoints(existing or {}, checkpoints, entries)
         manifest = existing or _manifest(self.config, self.device)
         manifest["finished"] = None
         if self.options.precision is not None:

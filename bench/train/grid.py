@@ -36,7 +36,13 @@ from rich.progress import (
 )
 
 from bench.devices import device_name
-from bench.train.defaults import MARGIN_EPS, MARGIN_TEMPERATURE
+from bench.train.defaults import (
+    MARGIN_EPS,
+    MARGIN_TEMPERATURE,
+    MEASURED_TWIN_OPTIONS,
+    PLAIN_DISTILL,
+    PLAIN_DISTILL_TEMPERATURE,
+)
 from lsrs import checkpoint as ckpt
 from lsrs.architectures import get_architecture
 from lsrs.data import load_dataset
@@ -68,8 +74,8 @@ class TwinRecipe:
     """
 
     warm_start: bool = False
-    distill: float = 0.0
-    distill_temperature: float = 1.0
+    distill: float = PLAIN_DISTILL
+    distill_temperature: float = PLAIN_DISTILL_TEMPERATURE
     optimizer: str | None = None
     lr: float | None = None
     schedule: str | None = None
@@ -195,13 +201,10 @@ class Baseline:
 
 
 MEASURED_TWIN_RECIPES: dict[tuple[str, str], TwinRecipe] = {
-    ("resnet18", "digits"): TwinRecipe(warm_start=True, distill=0.5, distill_temperature=4.0),
-    ("resnet18", "mnist"): TwinRecipe(warm_start=True, distill=0.5, distill_temperature=2.0),
+    key: TwinRecipe(**options) for key, options in MEASURED_TWIN_OPTIONS.items()  # type: ignore[arg-type]
 }
-"""``bench train``'s default twin recipe per (architecture, dataset): where it was measured to help
-(docs/ablation.md; on digits T = 4 beat T = 2 at σ 0.5 on the preset's images and on the 270 others); the
-paper's plain recipe elsewhere (a plugin's twin need not share its baseline's
-classifier layers, which a warm start copies)."""
+"""``bench train``'s default twin recipe per (architecture, dataset) (:data:`bench.train.defaults.
+MEASURED_TWIN_OPTIONS`, where they were measured to help); the paper's plain recipe elsewhere."""
 
 
 def default_twin_recipe(dataset: str, arch: str | None = None) -> TwinRecipe:

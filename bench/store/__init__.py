@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.store.faults import storage_fault
+
 ROW_SCHEMA = pa.schema(
     [
         ("run", pa.string()), ("dataset", pa.string()), ("arch", pa.string()), ("idx", pa.int64()),
@@ -58,17 +60,22 @@ PART_GLOB = "part-*.parquet"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``; a failed
+    write leaves ``path`` as it was and raises :class:`bench.store.faults.StorageFault`."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_fault(path, exc) from None
         raise
 
 
@@ -84,20 +91,25 @@ def read_manifest(run_dir: Path) -> dict | None:
 
 
 def write_part(run_dir: Path, rows: list[dict], tag: str, schema: pa.Schema = ROW_SCHEMA) -> Path:
-    """Write ``rows`` as one new parquet part with ``schema`` (atomic); return its path."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``rows`` as one new parquet part with ``schema`` (atomic); return its path. A failed write leaves
+    no file behind and raises :class:`bench.store.faults.StorageFault`."""
     path = run_dir / f"part-{tag}-{uuid.uuid4().hex[:12]}.parquet"
     missing = set(schema.names) - set(rows[0]) - OPTIONAL_COLUMNS
     if missing:
         raise ValueError(f"rows lack columns {sorted(missing)}")
     table = pa.Table.from_pylist(rows, schema=schema)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".part-", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".part-", suffix=".tmp")
+        os.close(fd)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_fault(path, exc) from None
         raise
     return path
 
