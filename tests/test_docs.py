@@ -15,7 +15,7 @@ QUICK_START = ('pip install -e ".[dev]" && bench demo', "python -m pytest -q")
 # A measured time or a machine's name: "12.5 s", "48.5-49.9 s", "4 ms", "2 min", "6-12x the CPU", "0.95 GB",
 # a CPU or GPU model, "2-core", "on this machine", "fits its" (a time budget).
 MACHINE_TIMING = re.compile(
-    r"[0-9][0-9.]*([–-][0-9.]+)? ?(s|ms|min|minutes)\b|[0-9.]+ ?x (faster|slower|the CPU)|EPYC|Xeon|H100|H200"
+    r"(?<![\w.])[0-9][0-9.]*([–-][0-9.]+)? ?(s|ms|min|minutes)\b|[0-9.]+ ?x (faster|slower|the CPU)|EPYC|Xeon|H100|H200"
     r"|on this machine|fits its|2-core|measured here|[0-9.]+ ?GB\b"
 )
 
