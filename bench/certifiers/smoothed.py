@@ -110,9 +110,11 @@ class SmoothedRun:
                     noise=config.noise,
                     noise_version=config.noise_stream,
                 )
-            except UnprovenModule as exc:  # one line, in the CLI's words
-                why = str(exc).replace("pass trust_lipschitz=True", "pass --trust-lipschitz")
-                raise UsageError(f"{job.label}: {why}") from None
+            except UnprovenModule as exc:  # one line: what has no proof, and the run's way out
+                where = f"{exc.path or 'model'} ({type(exc.module).__name__})"
+                raise UsageError(f"{job.label}: no proven Lipschitz bound for {where}: {exc.why}; certify only "
+                                 "proven layers (lsrs.proofs), or vouch for the declared bound with "
+                                 "--trust-lipschitz (recorded as lipschitz_source=trusted)") from None
         context.setup_s["fold_bn"] = watch.seconds
         x = lattice_input(config, x)
         with Stopwatch(device) as watch:
