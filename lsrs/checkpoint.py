@@ -23,13 +23,14 @@ import math
 import os
 import platform
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from lsrs.atomic import replacing
 
 FORMAT = "lsrs-checkpoint/1"
 INDEX_FORMAT = "lsrs-index/1"
@@ -90,42 +91,20 @@ def _write_failed(path: Path, exc: BaseException) -> CheckpointWriteError:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; a failed write raises
+    """Write ``text`` to ``path`` whole (:func:`lsrs.atomic.replacing`); a failed write raises
     :class:`CheckpointWriteError` and leaves ``path`` as it was."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_failed(path, exc) from None
-        raise
+    with replacing(path, (OSError,), _write_failed) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save_tensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and ``os.replace`` (never half-written); a
+    """``safetensors.torch.save_file`` written whole (:func:`lsrs.atomic.replacing`, never half-written); a
     failed write (``OSError`` or ``SafetensorError``, as on a full disk) raises :class:`CheckpointWriteError`."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, SafetensorError)):
-            raise _write_failed(path, exc) from None
-        raise
+    with replacing(path, (OSError, SafetensorError), _write_failed) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
 
 
 def state_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

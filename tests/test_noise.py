@@ -25,25 +25,18 @@ from lsrs.noise import (
     seed_from,
     stream_generator,
 )
+from tests.noise_draws import draw_in_chunks
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, derandomize=True)
 
 
-def _draw(stream: NoiseStream, chunks: list[int]) -> torch.Tensor:
-    """Consume ``stream`` in the given chunk sizes; return all samples in drawing layout, concatenated."""
-    parts = []
-    for b in chunks:
-        buf = stream.new_buffer(b)
-        stream.fill(buf)
-        parts.append(buf.clone())
-    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------- distribution
 def test_stream_is_standard_normal_ks() -> None:
     """Values are N(0, 1): KS test against scipy.stats.norm on 150k values (fixed seed), plus moments."""
     stream = NoiseStream((3, 5, 5), seed=20240601)
-    values = _draw(stream, [2000]).numpy().ravel().astype(np.float64)
+    values = draw_in_chunks(stream, [2000]).numpy().ravel().astype(np.float64)
     assert values.size == 150_000
     ks = stats.kstest(values, stats.norm.cdf)
     assert ks.pvalue > 1e-3
@@ -57,8 +50,8 @@ def test_stream_is_standard_normal_ks() -> None:
 def test_stream_with_std_is_normal_with_that_scale_ks(std: float) -> None:
     """``std`` gives N(0, std^2) (KS test against scipy.stats.norm(scale=std)), and it is the unit stream
     of the same seed scaled by ``std`` (the engine relies on this instead of multiplying by sigma itself)."""
-    scaled = _draw(NoiseStream((3, 5, 5), seed=77, std=std), [37, 1000, 3])
-    unit = _draw(NoiseStream((3, 5, 5), seed=77), [1040])
+    scaled = draw_in_chunks(NoiseStream((3, 5, 5), seed=77, std=std), [37, 1000, 3])
+    unit = draw_in_chunks(NoiseStream((3, 5, 5), seed=77), [1040])
     values = scaled.numpy().ravel().astype(np.float64)
     assert stats.kstest(values, stats.norm(scale=std).cdf).pvalue > 1e-3
     torch.testing.assert_close(scaled, unit * std, rtol=1e-6, atol=1e-7)
@@ -74,7 +67,7 @@ def test_blocks_are_distinct_and_uncorrelated() -> None:
     """Consecutive blocks come from successive states of one generator: no two blocks are equal and
     neighbours are uncorrelated."""
     stream = NoiseStream((16,), seed=3)
-    x = _draw(stream, [DEFAULT_BLOCK * 40]).reshape(40, -1).numpy().astype(np.float64)
+    x = draw_in_chunks(stream, [DEFAULT_BLOCK * 40]).reshape(40, -1).numpy().astype(np.float64)
     assert len({row.tobytes() for row in x}) == 40
     r = np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1]
     assert abs(r) < 5 / np.sqrt(x[:-1].size)
@@ -85,7 +78,7 @@ def test_sample_j_comes_from_block_j_div_block_of_one_generator() -> None:
     drawn, in order, from the one generator ``stream_generator(seed)``."""
     seed, block, shape = 99, 8, (2, 3, 4)  # (C, H, W) -> drawn as (H, W, C)
     stream = NoiseStream(shape, seed=seed, block=block, version="v1")
-    got = _draw(stream, [5, 13, 1, 20])  # 39 samples, chunks straddle block edges
+    got = draw_in_chunks(stream, [5, 13, 1, 20])  # 39 samples, chunks straddle block edges
     g = stream_generator(seed)
     ref = torch.cat([torch.empty((block, 3, 4, 2)).normal_(generator=g) for _ in range(5)])
     assert torch.equal(got, ref[:39])
@@ -97,14 +90,14 @@ def test_finish_block_starts_the_next_block() -> None:
     (stream v1; v2: tests/test_noise_blocks.py)."""
     block = 8
     stream = NoiseStream((3,), seed=5, block=block, version="v1")
-    first = _draw(stream, [11])  # blocks 0 and 1 (3 samples of block 1 used)
+    first = draw_in_chunks(stream, [11])  # blocks 0 and 1 (3 samples of block 1 used)
     stream.finish_block()
-    after = _draw(stream, [10])  # blocks 2 and 3
+    after = draw_in_chunks(stream, [10])  # blocks 2 and 3
     g = stream_generator(5)
     ref = torch.cat([torch.empty((block, 3)).normal_(generator=g) for _ in range(4)])
     assert torch.equal(first, ref[:11]) and torch.equal(after, ref[16:26])
     stream.finish_block()  # drops the 6 unused samples of block 3: block 4 comes next
-    assert torch.equal(_draw(stream, [1]), torch.empty((block, 3)).normal_(generator=g)[:1])
+    assert torch.equal(draw_in_chunks(stream, [1]), torch.empty((block, 3)).normal_(generator=g)[:1])
 
 
 # ---------------------------------------------------------------- independence within and across streams
@@ -115,11 +108,11 @@ def test_seeds_equal_in_the_low_32_bits_give_different_noise() -> None:
     a, b = 56_800, 192_027
     assert derive_seed(a, 0) != derive_seed(b, 0)
     assert derive_seed(a, 0) % 2**32 == derive_seed(b, 0) % 2**32
-    assert not torch.isclose(_draw(NoiseStream((10,), a), [64]), _draw(NoiseStream((10,), b), [64])).any()
+    assert not torch.isclose(draw_in_chunks(NoiseStream((10,), a), [64]), draw_in_chunks(NoiseStream((10,), b), [64])).any()
     for s in (7, 2**40 + 3):
-        x = _draw(NoiseStream((10,), s), [64])
+        x = draw_in_chunks(NoiseStream((10,), s), [64])
         for other in (s + 2**32, s + 2**63, s + 2**64):
-            assert not torch.isclose(x, _draw(NoiseStream((10,), other), [64])).any()
+            assert not torch.isclose(x, draw_in_chunks(NoiseStream((10,), other), [64])).any()
             assert device_seed(s) != device_seed(other)  # the 64-bit keys of non-CPU devices differ too
 
 
@@ -129,9 +122,9 @@ def test_every_block_of_a_certificate_stream_is_distinct() -> None:
     blocks too (also checked by hashing each block's bytes). Seed 900 used to reseed its blocks 409 and 450
     with derive_seed values equal in the low 32 bits: 64 repeated samples."""
     stream = NoiseStream((4,), seed=900)
-    selection = _draw(stream, [100])
+    selection = draw_in_chunks(stream, [100])
     stream.finish_block()
-    estimation = _draw(stream, [4096] * 24 + [1696])
+    estimation = draw_in_chunks(stream, [4096] * 24 + [1696])
     assert stream.blocks_drawn == 2 + 1563
     rows = torch.cat([selection, estimation]).numpy()
     assert rows.shape == (100_100, 4)
@@ -199,14 +192,14 @@ def test_an_unexpected_state_layout_fails_loudly(fresh_layout_check, monkeypatch
 def test_cuda_stream_blocks_distinct_and_batch_size_independent() -> None:
     """CUDA: one Philox generator keyed with the full 64-bit device_seed; fixed blocks make the values
     independent of the chunking, and every block of a certificate-sized stream is distinct."""
-    one = _draw(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1000])
-    many = _draw(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1, 63, 64, 65, 7, 800])
+    one = draw_in_chunks(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1000])
+    many = draw_in_chunks(NoiseStream((2, 3, 3), seed=4, device="cuda"), [1, 63, 64, 65, 7, 800])
     assert torch.equal(one, many)
     stream = NoiseStream((4,), seed=900, device="cuda")
     assert stream._gen.initial_seed() == device_seed(900)
-    selection = _draw(stream, [100])
+    selection = draw_in_chunks(stream, [100])
     stream.finish_block()
-    rows = torch.cat([selection, _draw(stream, [100_000])]).cpu()
+    rows = torch.cat([selection, draw_in_chunks(stream, [100_000])]).cpu()
     assert len(np.unique(rows.numpy(), axis=0)) == 100_100
 
 
@@ -223,14 +216,14 @@ def test_values_do_not_depend_on_chunking(chunks: list[int], block: int, seed: i
     """The concatenation of the chunks equals one draw of the same total size (bitwise)."""
     shape = (2, 3, 3)
     total = sum(chunks)
-    one = _draw(NoiseStream(shape, seed=seed, block=block), [total])
-    many = _draw(NoiseStream(shape, seed=seed, block=block), chunks)
+    one = draw_in_chunks(NoiseStream(shape, seed=seed, block=block), [total])
+    many = draw_in_chunks(NoiseStream(shape, seed=seed, block=block), chunks)
     assert torch.equal(one, many)
 
 
 def test_different_seeds_give_different_streams() -> None:
-    a = _draw(NoiseStream((10,), seed=1), [100])
-    b = _draw(NoiseStream((10,), seed=2), [100])
+    a = draw_in_chunks(NoiseStream((10,), seed=1), [100])
+    b = draw_in_chunks(NoiseStream((10,), seed=2), [100])
     assert not torch.isclose(a, b).any()
 
 

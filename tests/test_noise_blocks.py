@@ -21,18 +21,12 @@ from lsrs.noise import (
     mt19937_block_states,
     philox_key,
 )
+from tests.noise_draws import draw_in_chunks
 from tests.philox_reference import philox4x64_10
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 
 
-def _draw(stream: NoiseStream, chunks: list[int]) -> torch.Tensor:
-    parts = []
-    for b in chunks:
-        buf = stream.new_buffer(b)
-        stream.fill(buf)
-        parts.append(buf.clone())
-    return torch.cat(parts)
 
 
 def _reference_block(key: object, b: int, shape: tuple[int, ...], std: float = 1.0) -> torch.Tensor:
@@ -72,16 +66,16 @@ def test_states_are_the_documented_philox_words() -> None:
 def test_sample_j_is_element_j_mod_64_of_block_j_div_64() -> None:
     """The contract: sample j is element j % 64 of block j // 64, and block b is :func:`_reference_block`."""
     key, shape = (99, "certify", "abc"), (2, 3, 4)  # (C, H, W) -> drawn as (H, W, C)
-    got = _draw(NoiseStream(shape, seed=key, std=0.5), [5, 130, 1, 64])
+    got = draw_in_chunks(NoiseStream(shape, seed=key, std=0.5), [5, 130, 1, 64])
     ref = torch.cat([_reference_block(key, b, (3, 4, 2), 0.5) for b in range(4)])
     assert torch.equal(got, ref[:200])
 
 
 def test_finish_block_skips_to_the_next_block() -> None:
     stream = NoiseStream((3,), seed=5)
-    first = _draw(stream, [70])  # blocks 0 and 1 (6 samples of block 1)
+    first = draw_in_chunks(stream, [70])  # blocks 0 and 1 (6 samples of block 1)
     stream.finish_block()
-    after = _draw(stream, [10])  # block 2
+    after = draw_in_chunks(stream, [10])  # block 2
     assert stream.blocks_drawn == 3
     assert torch.equal(first, torch.cat([_reference_block(5, 0, (3,)), _reference_block(5, 1, (3,))])[:70])
     assert torch.equal(after, _reference_block(5, 2, (3,))[:10])
@@ -96,9 +90,9 @@ def test_values_do_not_depend_on_batches_or_threads(chunks: list[int], threads: 
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = _draw(NoiseStream((2, 3, 3), seed=seed), [sum(chunks)])
+        one = draw_in_chunks(NoiseStream((2, 3, 3), seed=seed), [sum(chunks)])
         torch.set_num_threads(threads)
-        many = _draw(NoiseStream((2, 3, 3), seed=seed), chunks)
+        many = draw_in_chunks(NoiseStream((2, 3, 3), seed=seed), chunks)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, many)
@@ -123,7 +117,7 @@ def test_normals_pass_ks_and_anderson_darling_on_a_million_samples() -> None:
     Anderson-Darling (normality, estimated parameters) on 100,000, and mean / variance within 5 standard
     errors; no correlation between neighbouring blocks."""
     sigma = 0.25
-    values = _draw(NoiseStream((4, 8, 8), seed=("dist", 1), std=sigma), [200, 3896]).numpy().astype(np.float64)
+    values = draw_in_chunks(NoiseStream((4, 8, 8), seed=("dist", 1), std=sigma), [200, 3896]).numpy().astype(np.float64)
     flat = values.ravel()
     assert flat.size == 4096 * 256
     assert stats.kstest(flat, stats.norm(scale=sigma).cdf).pvalue > 1e-3
@@ -145,7 +139,7 @@ def test_every_block_distinct_and_keys_128_bits() -> None:
     assert len({philox_key(k).tobytes() for k in keys}) == len(keys)
     states = mt19937_block_states(("one",), 0, 2000)
     assert len({row.tobytes() for row in states}) == 2000
-    x = _draw(NoiseStream((4,), seed=("one",)), [2000 * DEFAULT_BLOCK]).reshape(2000, -1)
+    x = draw_in_chunks(NoiseStream((4,), seed=("one",)), [2000 * DEFAULT_BLOCK]).reshape(2000, -1)
     assert len({hashlib.sha256(row.numpy().tobytes()).digest() for row in x}) == 2000
 
 

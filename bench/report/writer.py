@@ -58,15 +58,13 @@ from bench.report.labels import (
 from bench.report.notes import run_notes
 from bench.report.paper_data import ABLATION_TABLE, MAIN_TABLE, paper_values, reference_dataset
 from bench.report.sequential import sequential_tables
-from bench.report.uncertainty import add_intervals
+from bench.report.uncertainty import SIGMA_DECIMALS, add_intervals, image_outcomes
 from bench.store import MANIFEST
 from lsrs.architectures import get_architecture
 from lsrs.datasets import dataset_title
-from lsrs.smoothing import ABSTAIN
 
 RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "fors", "sigma", "correct", "radius")
-_SIGMA_DECIMALS = 6
 MANIFEST_NAMES: tuple[str, ...] = (MANIFEST, "manifest.json")
 
 
@@ -191,18 +189,7 @@ def summarize(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     keys = ["method", "fors", "sigma", *variants]
     if df.empty:
         return pd.DataFrame(columns=summary_columns(variants))
-    work = pd.DataFrame({k: df[k] for k in keys})
-    work["sigma"] = work["sigma"].round(_SIGMA_DECIMALS)
-    correct = df["correct"].astype(bool)
-    if "prediction" in df.columns:
-        correct = correct & (pd.to_numeric(df["prediction"], errors="coerce") != ABSTAIN)
-    radius = df["radius"].astype(float).fillna(0.0)
-    work["_credit"] = np.where(correct, radius, 0.0)
-    work["_correct"] = correct.astype(float)
-    for r in RADII:
-        work[f"_c{r}"] = (correct & (radius >= r)).astype(float)
-    for col in ("total_s", "encode_s", "sample_s"):
-        work[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    work = image_outcomes(df, RADII)  # the per-row outcomes the intervals are computed from
     work["fors_total"] = (
         pd.to_numeric(df["fors_total"], errors="coerce") if "fors_total" in df.columns else np.nan
     )
@@ -331,9 +318,9 @@ def _main_display(rows: pd.DataFrame, variants: list[str], paper: pd.DataFrame |
         "FLOP-ideal": ("flop_ideal", None),
     }
     if paper is not None:
-        ref = paper.assign(sigma=paper["sigma"].round(_SIGMA_DECIMALS)).set_index(["method", "fors", "sigma"])
+        ref = paper.assign(sigma=paper["sigma"].round(SIGMA_DECIMALS)).set_index(["method", "fors", "sigma"])
         keys = pd.MultiIndex.from_arrays(
-            [rows["method"], rows["fors"].astype(int), rows["sigma"].round(_SIGMA_DECIMALS)]
+            [rows["method"], rows["fors"].astype(int), rows["sigma"].round(SIGMA_DECIMALS)]
         )
     for title, (ours, theirs) in metrics.items():
         out[title] = rows[ours].astype(float).tolist()
@@ -584,10 +571,10 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
                 return None
         return None
 
-    sigmas = set(summary["sigma"].round(_SIGMA_DECIMALS))
+    sigmas = set(summary["sigma"].round(SIGMA_DECIMALS))
     cfg_sigmas = _numbers("sigmas", float)
     if cfg_sigmas:
-        sigmas |= {round(s, _SIGMA_DECIMALS) for s in cfg_sigmas}
+        sigmas |= {round(s, SIGMA_DECIMALS) for s in cfg_sigmas}
     ls_fors = set(summary.loc[fors_axis_mask(summary), "fors"].astype(int))
     cfg_fors = _numbers("fors", int)
     if cfg_fors:
@@ -604,7 +591,7 @@ def missing_configs(summary: pd.DataFrame, manifest: dict, df: pd.DataFrame | No
         zip(
             summary["method"],
             summary["fors"].astype(int),
-            summary["sigma"].round(_SIGMA_DECIMALS),
+            summary["sigma"].round(SIGMA_DECIMALS),
             strict=True,
         )
     )

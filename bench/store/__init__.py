@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.store.faults import storage_fault
+from lsrs.atomic import replacing
 
 ROW_SCHEMA = pa.schema(
     [
@@ -60,23 +60,12 @@ PART_GLOB = "part-*.parquet"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``; a failed
-    write leaves ``path`` as it was and raises :class:`bench.store.faults.StorageFault`."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise storage_fault(path, exc) from None
-        raise
+    """Write ``data`` to ``path`` whole and synced (:func:`lsrs.atomic.replacing`); a failed write leaves
+    ``path`` as it was and raises :class:`bench.store.faults.StorageFault`."""
+    with replacing(path, (OSError,), storage_fault) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -98,19 +87,8 @@ def write_part(run_dir: Path, rows: list[dict], tag: str, schema: pa.Schema = RO
     if missing:
         raise ValueError(f"rows lack columns {sorted(missing)}")
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".part-", suffix=".tmp")
-        os.close(fd)
+    with replacing(path, (OSError,), storage_fault) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise storage_fault(path, exc) from None
-        raise
     return path
 
 
