@@ -62,7 +62,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsrs.noise import DEFAULT_BLOCK, NoiseKey, _storage_shape, as_nchw, stream_generator
+from lsrs.noise import (
+    DEFAULT_BLOCK,
+    NOISE_STREAM,
+    NoiseKey,
+    _storage_shape,
+    as_nchw,
+    check_noise_stream,
+    draw_uniform_blocks,
+    philox_key,
+    stream_generator,
+)
 
 __all__ = [
     "INPUT_LEVELS", "LATENT_PENALTY", "NOISES", "LatticeNoiseStream", "LatticeSpec", "LatticeTable",
@@ -255,15 +265,21 @@ def lattice_spec(
 class LatticeNoiseStream:
     """A stream of rounded-Gaussian draws ``k`` (integers, as float32) on ``(1/denominator) Z`` at ``sigma``.
 
-    The interface and block discipline of :class:`lsrs.noise.NoiseStream`, with a word source of its own:
-    one generator per stream (:func:`lsrs.noise.stream_generator` of ``(key, "lattice")``, so never the
-    Gaussian stream of the same key), seeded once; each block is one :func:`uniform_words` call of
-    ``block * prod(shape)`` words, mapped through the table on the device (``torch.searchsorted``; on CPU
+    The interface and block discipline of :class:`lsrs.noise.NoiseStream`, with a word source of its own, keyed
+    by ``(*key, "lattice")`` (so never the Gaussian stream of the same key); each block is ``block *
+    prod(shape)`` uniform 64-bit words, mapped through the table on the device (``torch.searchsorted``; on CPU
     first through :class:`BucketIndex`, the same draws). Sample ``j`` is the same whatever the batch sizes (a
-    batch ending inside a block keeps the rest for the next), :meth:`finish_block` starts a fresh block, and
-    within a stream every block comes from a distinct generator state (the guarantees of :mod:`lsrs.noise`
-    for one generator). ``inexact`` counts, on the device, the draws the table cannot decide exactly (module
-    docstring); a certificate with any of them abstains.
+    batch ending inside a block keeps the rest for the next), and :meth:`finish_block` starts a fresh block.
+
+    The words (``version``, :data:`lsrs.noise.NOISE_STREAMS`): with ``"v3"`` on the CPU, block ``b``'s words are
+    :func:`lsrs.noise.block_uniform_bits` of block ``b`` (Philox4x64-10 at counters of that block only, the bit
+    pattern of each uint64 read as a signed word), drawn side by side on the torch threads; the guarantees of
+    :mod:`lsrs.noise` for counter-addressed blocks apply (distinct blocks and streams read disjoint counters or
+    distinct keys). With ``"v1"`` or ``"v2"`` (only to resume a run recorded with them), and on other devices,
+    one generator per stream (:func:`lsrs.noise.stream_generator`), seeded once, each block one
+    :func:`uniform_words` call: within a stream every block comes from a distinct generator state. ``inexact``
+    counts, on the device, the draws the table cannot decide exactly (module docstring); a certificate with any
+    of them abstains.
     """
 
     def __init__(
@@ -274,9 +290,11 @@ class LatticeNoiseStream:
         block: int = DEFAULT_BLOCK,
         sigma: float = 1.0,
         denominator: int = INPUT_LEVELS,
+        version: str = NOISE_STREAM,
     ) -> None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
+        check_noise_stream(version)
         self.storage_shape = _storage_shape(sample_shape)
         self.seed = seed
         self.device = torch.device(device)
@@ -284,11 +302,17 @@ class LatticeNoiseStream:
         self.denominator = denominator
         self.blocks_drawn = 0
         self._pending: torch.Tensor | None = None
-        self._gen = stream_generator((seed, "lattice") if isinstance(seed, int) else (*seed, "lattice"), self.device)
+        self._spare: torch.Tensor | None = None  # the block a fill ends inside, reused by every fill
+        self.version = version
+        key = (seed, "lattice") if isinstance(seed, int) else (*seed, "lattice")
+        self._key = philox_key(key) if version == "v3" and self.device.type == "cpu" else None
+        self._gen = None if self._key is not None else stream_generator(key, self.device)
         self._index = device_index(float(sigma) * denominator, self.device)
         self.half_width = self._index.half_width
         self.inexact = torch.zeros((), dtype=torch.long, device=self.device)
-        self._words = torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device)
+        self._ahead: dict[int, np.ndarray] = {}  # v3: words of the next blocks, drawn side by side
+        self._words = (None if self._gen is None else
+                       torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device))
 
     def new_buffer(self, batch: int) -> torch.Tensor:
         """An uninitialised float32 drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
@@ -298,11 +322,32 @@ class LatticeNoiseStream:
         """Drop the unused rest of the current block: the next sample is the first of a new block."""
         self._pending = None
 
+    def _block_words(self) -> torch.Tensor:
+        """The words of the next block (v3 on CPU: drawn ahead by :meth:`_draw_blocks` where it could)."""
+        if self._key is None:
+            return uniform_words(self._gen, self._words)
+        words = self._ahead.pop(self.blocks_drawn, None)
+        if words is None:
+            words = draw_uniform_blocks(self._key, self.blocks_drawn, 1, (self.block, *self.storage_shape))[0]
+        return torch.from_numpy(words).view(torch.int64)
+
     def _draw_block(self, out: torch.Tensor) -> None:
-        k, inexact = self._index.draws(uniform_words(self._gen, self._words).view(-1))
+        k, inexact = self._index.draws(self._block_words().view(-1))
         self.inexact += inexact
         out.view(-1).copy_(k)
         self.blocks_drawn += 1
+
+    def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
+        """Draw the next ``len(outs)`` blocks into ``outs``, in order; v3 on CPU draws the words of as many blocks
+        as there are torch threads side by side first."""
+        step = max(1, torch.get_num_threads()) if self._key is not None else len(outs)
+        for start in range(0, len(outs), step):
+            group = outs[start : start + step]
+            if self._key is not None and len(group) > 1:
+                words = draw_uniform_blocks(self._key, self.blocks_drawn, len(group), (self.block, *self.storage_shape))
+                self._ahead = dict(enumerate(words, self.blocks_drawn))
+            for out in group:
+                self._draw_block(out)
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b draws; return its NCHW view."""
@@ -312,12 +357,14 @@ class LatticeNoiseStream:
             out[:take].copy_(self._pending[:take])
             self._pending = self._pending[take:] if take < self._pending.shape[0] else None
             done = take
-        while b - done >= self.block:
-            self._draw_block(out[done : done + self.block])
-            done += self.block
-        if done < b:
-            spare = self.new_buffer(self.block)
-            self._draw_block(spare)
+        whole = (b - done) // self.block
+        outs = [out[done + j * self.block : done + (j + 1) * self.block] for j in range(whole)]
+        done += whole * self.block
+        spare = None
+        if done < b:  # the pending rest (if any) was copied out above: its block can be drawn over
+            spare = self._spare = self.new_buffer(self.block) if self._spare is None else self._spare
+        self._draw_blocks(outs + ([spare] if spare is not None else []))
+        if spare is not None:
             out[done:].copy_(spare[: b - done])
             self._pending = spare[b - done :]
         return as_nchw(out)

@@ -12,7 +12,12 @@ Image-shaped noise (C, H, W) is drawn in (H, W, C) order and returned as an NCHW
 PyTorch's ``channels_last`` memory format: the optimized channels-last path and the plain contiguous path
 see identical values.
 
-Stream v2 (the default, :data:`NOISE_STREAM`). The key (an int, or a tuple of ints and strings) is hashed
+Stream v3 (the default, :data:`NOISE_STREAM`) draws exactly the Gaussian samples of v2; it differs only in the
+words of lattice noise (:class:`lsrs.lattice.LatticeNoiseStream`): on the CPU, block ``b``'s words are
+:func:`block_uniform_bits` of block ``b`` under the key ``(*key, "lattice")``, drawn side by side on the torch
+threads, instead of v2's one mt19937 generator per stream.
+
+Stream v2 (Gaussian samples as v3; lattice words as v1, only to resume a run recorded with it). The key (an int, or a tuple of ints and strings) is hashed
 once with SHAKE-256 (FIPS 202): ``k = SHAKE256(repr(("lsrs.noise.philox", key)))[:16]``, the 128-bit key of
 Philox4x64-10 (:func:`philox_key`). On the CPU, block ``b`` is ``normal_(0, std)`` from a torch CPU generator
 loaded with the mt19937 state made of the outputs of ``Philox_k`` at counters ``(78 b + i, 0, 0, 0)``,
@@ -66,7 +71,8 @@ import numbers
 import operator
 import os
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -74,11 +80,15 @@ import torch
 
 DEFAULT_BLOCK = 64
 MT_WORDS = 624  # mt19937 state words
+#: Noise drawn ahead in one fill on the CPU, in bytes (:func:`fill_sizes`).
+FILL_AHEAD_BYTES = 64 * 2**20
 NoiseKey = int | tuple[int | str, ...]
 #: Versions of the CPU noise stream (see the module docstring); :data:`NOISE_STREAM` is drawn unless a stored
 #: run recorded another one.
-NOISE_STREAMS = ("v1", "v2")
-NOISE_STREAM = "v2"
+NOISE_STREAMS = ("v1", "v2", "v3")
+NOISE_STREAM = "v3"
+#: The versions whose CPU Gaussian blocks are counter-addressed (:func:`draw_blocks`); v3 adds the lattice words.
+ADDRESSED_STREAMS = ("v2", "v3")
 
 # torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp): uint64 the_initial_seed, int left,
 # int seeded, uint64 next, uint64 state[624], then the cached normal samples (left as a fresh generator's).
@@ -197,6 +207,17 @@ def block_uniform_bits(key: NoiseKey | np.ndarray, block: int, shape: int | Sequ
     return block_bit_generator(key, block).random_raw(count).reshape(shape)
 
 
+def draw_uniform_blocks(key: NoiseKey | np.ndarray, first: int, count: int, shape: Sequence[int]) -> list[np.ndarray]:
+    """:func:`block_uniform_bits` of blocks ``first .. first + count - 1`` (each of ``shape``), drawn side by side
+    on up to ``torch.get_num_threads()`` threads (numpy's bit generators release the GIL). Each block's words
+    depend only on ``(key, block, shape)``, not on the threads."""
+    k = key if isinstance(key, np.ndarray) else philox_key(key)
+    blocks = range(first, first + count)
+    if min(torch.get_num_threads(), count) <= 1:
+        return [block_uniform_bits(k, b, shape) for b in blocks]
+    return list(_noise_pool().map(lambda b: block_uniform_bits(k, b, shape), blocks))
+
+
 def stream_uniform_bits(
     key: NoiseKey | np.ndarray, start: int, count: int, sample_shape: Sequence[int], block: int = DEFAULT_BLOCK
 ) -> np.ndarray:
@@ -283,6 +304,49 @@ def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Ten
     draw_every(0)
     for future in futures:
         future.result()
+
+
+def fill_sizes(num: int, batch_size: int, sample_bytes: int, stops: Sequence[int] = (),
+               ahead_bytes: int = FILL_AHEAD_BYTES) -> list[int]:
+    """How many samples each fill of a sampling loop draws: ``num`` samples cut at ``stops`` and then into runs
+    of whole batches of at most ``ahead_bytes`` (at least one batch each).
+
+    The loop classifies each run in batches of ``batch_size`` from its start, so the batch cuts are the ones a
+    loop drawing batch by batch makes, and no fill crosses a stop (at a stop the stream has been drawn exactly as
+    far as the samples used). Drawing several batches in one fill pays a fill's fixed costs once per run instead of
+    once per batch: the thread start-up of :func:`draw_blocks` and, after a forward pass, its threads competing with
+    the forward's worker threads while those spin before sleeping. The stream's values do not depend on the cuts.
+    """
+    per = batch_size * max(1, ahead_bytes // max(1, batch_size * sample_bytes))
+    bounds = [0, *sorted(s for s in set(stops) if 0 < s < num), num]
+    return [min(per, hi - start) for lo, hi in zip(bounds, bounds[1:]) for start in range(lo, hi, per)]
+
+
+class Scratch:
+    """One reusable drawing buffer per thread, for a sampling loop that runs many times (one per certificate).
+
+    A fresh buffer of tens of MiB per certificate is mapped and zeroed by the kernel page by page each time;
+    a reused one is not. :meth:`get` returns the first ``batch`` samples of this thread's buffer, made anew
+    only when it is too small or of another shape, dtype or device. Copies and pickles start empty.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, batch: int, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``batch`` samples of this thread's buffer; ``make(k)`` builds a buffer of ``k`` samples."""
+        want = make(0)
+        have: torch.Tensor | None = getattr(self._local, "buffer", None)
+        if (have is None or have.shape[0] < batch or have.shape[1:] != want.shape[1:] or have.dtype != want.dtype
+                or have.device != want.device):
+            have = self._local.buffer = make(batch)
+        return have[:batch]
+
+    def __reduce__(self) -> tuple:
+        return (Scratch, ())
+
+    def __deepcopy__(self, memo: dict) -> Scratch:
+        return Scratch()
 
 
 def mt19937_words(key: NoiseKey) -> np.ndarray:
@@ -376,8 +440,9 @@ class NoiseStream:
 
     ``seed`` is the stream's key: an int, or a tuple of ints and strings. ``std`` is applied inside the draw
     (``normal_(0, std)``), so the engine adds the stream to the latent in one pass instead of scaling it first.
-    ``version`` (:data:`NOISE_STREAMS`): ``"v2"`` draws every CPU block from its own counter-addressed state,
-    on all torch threads; ``"v1"`` (one generator per stream) only resumes runs recorded with it.
+    ``version`` (:data:`NOISE_STREAMS`): ``"v3"`` and ``"v2"`` (the same Gaussian samples) draw every CPU block
+    from its own counter-addressed state, on all torch threads; ``"v1"`` (one generator per stream) only resumes
+    runs recorded with it.
     """
 
     def __init__(
@@ -404,7 +469,8 @@ class NoiseStream:
         self.version = version
         self.blocks_drawn = 0
         self._pending: torch.Tensor | None = None
-        self._addressed = version == "v2" and self.device.type == "cpu"
+        self._spare: torch.Tensor | None = None  # the block a fill ends inside, reused by every fill
+        self._addressed = version in ADDRESSED_STREAMS and self.device.type == "cpu"
         if self._addressed:
             self._key = philox_key(seed)
             _cpu_state_template()  # check torch's state layout before the first draw
@@ -440,7 +506,9 @@ class NoiseStream:
         whole = (b - done) // self.block
         outs = [out[done + j * self.block : done + (j + 1) * self.block] for j in range(whole)]
         done += whole * self.block
-        spare = self.new_buffer(self.block) if done < b else None
+        spare = None
+        if done < b:  # the pending rest (if any) was copied out above: its block can be drawn over
+            spare = self._spare = self.new_buffer(self.block) if self._spare is None else self._spare
         self._draw_blocks(outs + ([spare] if spare is not None else []))
         if spare is not None:
             need = b - done

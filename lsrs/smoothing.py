@@ -39,7 +39,17 @@ from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomi
 from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
 from lsrs.inference import inference_copy, is_training
 from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
-from lsrs.noise import DEFAULT_BLOCK, NOISE_STREAM, NoiseKey, NoiseStream, certificate_key, check_noise_stream
+from lsrs.noise import (
+    DEFAULT_BLOCK,
+    FILL_AHEAD_BYTES,
+    NOISE_STREAM,
+    NoiseKey,
+    NoiseStream,
+    Scratch,
+    certificate_key,
+    check_noise_stream,
+    fill_sizes,
+)
 from lsrs.proofs import (
     UnprovenModule,
     executable_copy,
@@ -192,6 +202,7 @@ class LatentSmooth:
         self.precision = precision
         self.channels_last = channels_last
         self.noise_block = noise_block
+        self._scratch = Scratch()  # the sampling loop's drawing buffer, reused across certificates
         self.noise = noise
         self.lattice_denominator = lattice_denominator
         self.input_lattice = isinstance(encoder, nn.Identity)  # IS-RS: inputs are 8-bit images, never quantized
@@ -485,7 +496,7 @@ class LatentSmooth:
             if spec is None or not spec.denominator:
                 raise ValueError("noise='lattice': pass the lattice of the centre (noise_centre returns both)")
             return LatticeNoiseStream(z.shape[1:], key, device=self.device, block=self.noise_block,
-                                      sigma=self.sigma, denominator=spec.denominator)
+                                      sigma=self.sigma, denominator=spec.denominator, version=self.noise_version)
         return NoiseStream(z.shape[1:], key, device=self.device, dtype=z.dtype, block=self.noise_block,
                            std=self.sigma, version=self.noise_version)
 
@@ -511,35 +522,38 @@ class LatentSmooth:
             z, spec = self.noise_centre(z)
             noise = self.noise_stream(z, noise, spec)
         stream = noise
-        buffer = stream.new_buffer(min(batch_size, num))
+        ahead = FILL_AHEAD_BYTES if self.device.type == "cpu" else 0  # a GPU draws asynchronously, batch by batch
+        sizes = fill_sizes(num, batch_size, z[0].numel() * z.element_size(), stops, ahead)
+        buffer = self._scratch.get(max(sizes, default=0), stream.new_buffer)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         if z.dim() == 4:  # the buffer is channels_last: adding a z of the same layout is one contiguous pass
             z = z.contiguous(memory_format=torch.channels_last)
-        pending_stops = sorted(s for s in set(stops) if 0 < s < num)
         drawn = 0
-        while drawn < num:
-            b = min(batch_size, num - drawn)
-            while pending_stops and pending_stops[0] <= drawn:
-                pending_stops.pop(0)
-            if pending_stops:
-                b = min(b, pending_stops[0] - drawn)
-            noisy = stream.fill(buffer[:b]).add_(z)
-            if isinstance(stream, LatticeNoiseStream):
-                noisy.div_(stream.denominator)  # fl32((m + k) / D): a fixed function of the lattice point
-            if not self.channels_last:
-                noisy = noisy.contiguous()
-            if self._classifier_dtype not in (None, noisy.dtype):  # a half / bf16 classifier: in its precision
-                noisy = noisy.to(self._classifier_dtype)
-            with self._autocast():
-                logits = self.classifier(noisy)
-            if logits.dim() != 2 or logits.shape != (b, self.num_classes):
-                raise ValueError(
-                    f"classifier returned logits of shape {tuple(logits.shape)} for a batch of {b}, "
-                    f"expected ({b}, {self.num_classes}) (num_classes={self.num_classes})"
-                )
-            counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
-            drawn += b
-            yield drawn, counts
+        for size in sizes:
+            run = stream.fill(buffer[:size])
+            for start in range(0, size, batch_size):
+                b = min(batch_size, size - start)
+                self._count(run[start : start + b].add_(z), stream, counts)
+                drawn += b
+                yield drawn, counts
+
+    def _count(self, noisy: torch.Tensor, stream: NoiseStream | LatticeNoiseStream, counts: torch.Tensor) -> None:
+        """Add the classifier's top classes on one batch of noisy latents ``noisy`` (overwritten) to ``counts``."""
+        if isinstance(stream, LatticeNoiseStream):
+            noisy.div_(stream.denominator)  # fl32((m + k) / D): a fixed function of the lattice point
+        if not self.channels_last:
+            noisy = noisy.contiguous()
+        if self._classifier_dtype not in (None, noisy.dtype):  # a half / bf16 classifier: in its precision
+            noisy = noisy.to(self._classifier_dtype)
+        with self._autocast():
+            logits = self.classifier(noisy)
+        b = noisy.shape[0]
+        if logits.dim() != 2 or logits.shape != (b, self.num_classes):
+            raise ValueError(
+                f"classifier returned logits of shape {tuple(logits.shape)} for a batch of {b}, "
+                f"expected ({b}, {self.num_classes}) (num_classes={self.num_classes})"
+            )
+        counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
 
 
 def _inexact_draws(stream: NoiseStream | LatticeNoiseStream) -> int:

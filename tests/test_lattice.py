@@ -23,6 +23,7 @@ from lsrs.lattice import (
     quantization_penalty,
     to_input_lattice,
 )
+from lsrs.noise import block_uniform_bits, philox_key, stream_generator
 from lsrs.smoothing import ABSTAIN, LatentSmooth, Smooth
 
 
@@ -314,3 +315,44 @@ def test_division_by_255_is_ieee_at_every_offset() -> None:
         assert np.array_equal(got, want[offset:])
     buffer = torch.from_numpy(m.reshape(64, 1024)).contiguous(memory_format=torch.contiguous_format)
     assert np.array_equal(buffer.div_(255).numpy().ravel(), want)
+
+
+# ------------------------------------------------------------------ the word source of each stream version
+def _mapped(words: torch.Tensor, stream: LatticeNoiseStream) -> torch.Tensor:
+    """The draws of ``words`` through the table itself (no bucket index): the oracle of a block."""
+    t = stream._index.table
+    return draws_from_words(words.reshape(-1), t, padded_table(t), stream.half_width)[0].float()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_v3_blocks_are_the_philox_words_of_their_block(threads: int) -> None:
+    """v3 on CPU: block b is Philox4x64-10 of (key, "lattice") at block b's counters (block_uniform_bits, the
+    uint64 read as a signed word) through the table, whatever the threads or the batch cuts."""
+    shape, key, block = (2, 3, 3), ("v3", 7), 8
+    stream = LatticeNoiseStream(shape, key, sigma=0.25, block=block, version="v3")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = torch.cat([stream.fill(stream.new_buffer(b)).clone() for b in (5, 20, 1, 14)])
+    finally:
+        torch.set_num_threads(before)
+    storage = (3, 3, 2)  # (H, W, C): drawn channels-last
+    pk = philox_key((*key, "lattice"))
+    for b in range(40 // block):
+        words = torch.from_numpy(block_uniform_bits(pk, b, (block, *storage)).view(np.int64))
+        want = _mapped(words, stream).reshape(block, *storage).permute(0, 3, 1, 2)
+        assert torch.equal(got[b * block : (b + 1) * block], want)
+
+
+def test_v2_lattice_stream_is_the_recorded_one_generator_stream() -> None:
+    """A run recorded with v2 resumes with the lattice words it drew: one mt19937 generator of (key, "lattice"),
+    one full-range random_ call per block."""
+    shape, key, block = (4,), ("v2", 3), 16
+    stream = LatticeNoiseStream(shape, key, sigma=0.25, block=block, version="v2")
+    got = stream.fill(stream.new_buffer(40))
+    gen = stream_generator((*key, "lattice"))
+    words = [torch.empty((block, 4), dtype=torch.int64).random_(-(2**63), None, generator=gen) for _ in range(3)]
+    want = torch.cat([_mapped(w, stream).reshape(block, 4) for w in words])[:40]
+    assert torch.equal(got, want)
+    v3 = LatticeNoiseStream(shape, key, sigma=0.25, block=block)
+    assert v3.version == "v3" and not torch.equal(v3.fill(v3.new_buffer(40)), got)

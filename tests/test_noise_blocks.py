@@ -152,7 +152,7 @@ def test_block_range_is_checked() -> None:
 
 def test_unknown_version_is_refused() -> None:
     with pytest.raises(ValueError, match="noise stream"):
-        NoiseStream((3,), seed=0, version="v3")
+        NoiseStream((3,), seed=0, version="v4")
 
 
 def test_certificates_do_not_depend_on_batch_size_or_threads() -> None:

@@ -54,14 +54,14 @@ def test_a_run_recorded_before_stream_v2_resumes_with_v1(checkpoints: Path, tmp_
     assert hash_config(manifest["config"]) == manifest["config_hash"] == v1.config_hash()
     store.write_json(old / store.MANIFEST, manifest)
     resumed_config = _config(checkpoints)
-    assert resumed_config.noise_stream == NOISE_STREAM == "v2" and resumed_config.config_hash() != v1.config_hash()
+    assert resumed_config.noise_stream == NOISE_STREAM == "v3" and resumed_config.config_hash() != v1.config_hash()
     run_grid(resumed_config, RunOptions(out=old, quiet=True), _test_set)
     pd.testing.assert_frame_equal(_rows(old), _rows(whole))
     assert json.loads((old / store.MANIFEST).read_text())["config_hash"] == v1.config_hash()
     fresh = tmp_path / "fresh"
     run_grid(resumed_config, RunOptions(out=fresh, quiet=True), _test_set)
     manifest = json.loads((fresh / store.MANIFEST).read_text())
-    assert manifest["config"]["noise_stream"] == "v2" and manifest["config_hash"] == resumed_config.config_hash()
+    assert manifest["config"]["noise_stream"] == "v3" and manifest["config_hash"] == resumed_config.config_hash()
     assert _rows(fresh)[COUNTS].values.tolist() != _rows(whole)[COUNTS].values.tolist()
 
 

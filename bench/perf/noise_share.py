@@ -2,7 +2,7 @@
 
 :func:`noise_draw` replays exactly the draws :meth:`lsrs.smoothing.LatentSmooth.certify` makes (the smoother's
 own stream: version, block, sigma, device, dtype; ``n0`` selection samples, a fresh block, then ``n`` estimation
-samples, in batches of ``batch_size`` into one reused buffer) and nothing else, so the time of that callable
+samples, in the fills of :func:`lsrs.noise.fill_sizes` into one reused buffer) and nothing else, so the time of that callable
 divided by the certificate's time is the share of noise generation in certification.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lsrs.noise import FILL_AHEAD_BYTES, fill_sizes
 from lsrs.smoothing import LatentSmooth
 
 
@@ -19,13 +20,15 @@ def noise_draw(smoother: LatentSmooth, latent_shape: Sequence[int], n0: int, n: 
                key: object = ("noise-share",)) -> Callable[[], torch.Tensor]:
     """A callable drawing one certificate's noise (``n0``, then ``n`` from a fresh block) with ``smoother``'s stream."""
     z = torch.zeros((1, *latent_shape), device=smoother.device)
+    ahead = FILL_AHEAD_BYTES if smoother.device.type == "cpu" else 0
+    plan = [fill_sizes(num, batch_size, z[0].numel() * z.element_size(), (), ahead) for num in (n0, n)]
 
     def run() -> torch.Tensor:
         stream = smoother.noise_stream(z, key)
-        buffer = stream.new_buffer(min(batch_size, max(n0, n)))
-        for num in (n0, n):
-            for done in range(0, num, batch_size):
-                stream.fill(buffer[: min(batch_size, num - done)])
+        buffer = stream.new_buffer(max(max(sizes, default=0) for sizes in plan))
+        for sizes in plan:
+            for size in sizes:
+                stream.fill(buffer[:size])
             stream.finish_block()
         return buffer
 
