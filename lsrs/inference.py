@@ -10,6 +10,8 @@ z are affected: the orthogonal encoder contains no BatchNorm.
 ``inference_copy`` is the one place that decides how the certification engine runs a base classifier:
 folded and in ``channels_last`` memory by default (the fastest sound configuration on CPU, as
 ``bench/perf/speed.py`` measures), each rewrite optional, on a private copy so that the caller's module is never altered.
+:func:`prefers_channels_last` is the one place that picks the memory format of a batch when the caller leaves it
+to the engine.
 """
 
 from __future__ import annotations
@@ -60,6 +62,23 @@ def _batchnorm_pairs(model: nn.Module) -> list[tuple[type, str, str]]:
         except ValueError:
             continue
     return pairs
+
+
+#: On the CPU, batches of feature maps with fewer pixels than this run in NCHW memory (:func:`prefers_channels_last`).
+CHANNELS_LAST_MIN_AREA = 256
+
+
+def prefers_channels_last(shape: tuple[int, ...] | torch.Size, device: torch.device) -> bool:
+    """Whether a batch of ``shape`` (N, C, H, W) runs fastest in ``channels_last`` memory on ``device``.
+
+    Yes on GPUs, and on the CPU for feature maps of at least :data:`CHANNELS_LAST_MIN_AREA` pixels (an input
+    image, an early latent); no for the small maps of a deep split (8 x 8 and below), where the NCHW
+    convolutions of the same classifier were faster on every CPU measured (the benchmarks page). The choice
+    depends on the shape only, so every batch size, worker and resumed run evaluates the same copy.
+    """
+    if len(shape) != 4:
+        return False
+    return device.type != "cpu" or shape[2] * shape[3] >= CHANNELS_LAST_MIN_AREA
 
 
 def is_training(model: nn.Module) -> bool:

@@ -8,9 +8,10 @@ case of the identity encoder with ``L = 1``.
 
 The sampling engine draws noise straight into a preallocated buffer from a batch-size-independent stream
 (:mod:`lsrs.noise`), adds it in place, and keeps the class counts on the device until the image is done. By
-default it evaluates a private BatchNorm-folded, ``channels_last`` copy of the classifier
-(:func:`lsrs.inference.inference_copy`, the same function up to rounding); ``fold_bn=False`` and
-``channels_last=False`` turn each rewrite off.
+default it evaluates a private BatchNorm-folded copy of the classifier (:func:`lsrs.inference.inference_copy`, the
+same function up to rounding) in ``channels_last`` memory, or in NCHW for the small feature maps of a deep split
+on the CPU (``channels_last=None``, :func:`lsrs.inference.prefers_channels_last`); ``fold_bn=False`` turns the
+folding off, ``channels_last=True`` or ``False`` fixes the memory format.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from lsrs.arguments import (
 )
 from lsrs.bounds import clopper_pearson_lower, gaussian_radius, two_sided_binomial_pvalue
 from lsrs.executed import SOURCE_PROVEN, ExecutedBound, encode_executed
-from lsrs.inference import inference_copy, is_training
+from lsrs.inference import inference_copy, is_training, prefers_channels_last
 from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
 from lsrs.noise import (
     DEFAULT_BLOCK,
@@ -163,7 +164,7 @@ class LatentSmooth:
         device: torch.device | str | None = None,
         precision: str = "fp32",
         fold_bn: bool = True,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         noise_block: int = DEFAULT_BLOCK,
         trust_lipschitz: bool = False,
         noise: str = "gaussian",
@@ -193,7 +194,8 @@ class LatentSmooth:
                              "forward does not upcast: call .float() on it, or pass trust_lipschitz=True")
         self._encoder_dtype = module_dtype(self.encoder, "encoder") if self.trusted else None
         self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
-        self.classifier = _private_classifier(classifier, fold_bn, channels_last)
+        self.classifier = _private_classifier(classifier, fold_bn, channels_last is not False)
+        self._nchw_classifier: nn.Module | None = None  # channels_last=None: an NCHW copy for small maps on CPU
         self._classifier_dtype = module_dtype(self.classifier, "classifier")
         self.fold_bn = fold_bn
         self.num_classes = num_classes
@@ -203,6 +205,7 @@ class LatentSmooth:
         self.channels_last = channels_last
         self.noise_block = noise_block
         self._scratch = Scratch()  # the sampling loop's drawing buffer, reused across certificates
+        self._scratch_nchw = Scratch()  # the noisy batch in NCHW memory, when the classifier runs in NCHW
         self.noise = noise
         self.lattice_denominator = lattice_denominator
         self.input_lattice = isinstance(encoder, nn.Identity)  # IS-RS: inputs are 8-bit images, never quantized
@@ -533,20 +536,27 @@ class LatentSmooth:
             run = stream.fill(buffer[:size])
             for start in range(0, size, batch_size):
                 b = min(batch_size, size - start)
-                self._count(run[start : start + b].add_(z), stream, counts)
+                self._count(run[start : start + b], z, stream, counts)
                 drawn += b
                 yield drawn, counts
 
-    def _count(self, noisy: torch.Tensor, stream: NoiseStream | LatticeNoiseStream, counts: torch.Tensor) -> None:
-        """Add the classifier's top classes on one batch of noisy latents ``noisy`` (overwritten) to ``counts``."""
+    def _count(self, noise: torch.Tensor, z: torch.Tensor, stream: NoiseStream | LatticeNoiseStream,
+               counts: torch.Tensor) -> None:
+        """Add the classifier's top classes on ``z + noise`` (one batch; ``noise`` may be overwritten) to ``counts``."""
+        classifier, noisy = self.classifier, noise
+        if noise.dim() == 4 and not self._runs_channels_last(noise.shape):  # one pass into NCHW memory
+            classifier = self._nchw()
+            noisy = self._scratch_nchw.get(noise.shape[0], lambda k: torch.empty(
+                (k, *noise.shape[1:]), dtype=noise.dtype, device=noise.device))
+            torch.add(noise, z, out=noisy)
+        else:
+            noisy.add_(z)
         if isinstance(stream, LatticeNoiseStream):
             noisy.div_(stream.denominator)  # fl32((m + k) / D): a fixed function of the lattice point
-        if not self.channels_last:
-            noisy = noisy.contiguous()
         if self._classifier_dtype not in (None, noisy.dtype):  # a half / bf16 classifier: in its precision
             noisy = noisy.to(self._classifier_dtype)
         with self._autocast():
-            logits = self.classifier(noisy)
+            logits = classifier(noisy)
         b = noisy.shape[0]
         if logits.dim() != 2 or logits.shape != (b, self.num_classes):
             raise ValueError(
@@ -554,6 +564,19 @@ class LatentSmooth:
                 f"expected ({b}, {self.num_classes}) (num_classes={self.num_classes})"
             )
         counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
+
+
+    def _runs_channels_last(self, shape: torch.Size) -> bool:
+        """The memory format of a noisy batch: ``channels_last`` as given, or by shape when it is None."""
+        return self.channels_last if self.channels_last is not None else prefers_channels_last(shape, self.device)
+
+    def _nchw(self) -> nn.Module:
+        """The classifier copy in NCHW memory (built from :attr:`classifier` on first use when it is channels_last)."""
+        if self.channels_last is False:
+            return self.classifier
+        if self._nchw_classifier is None:
+            self._nchw_classifier = copy.deepcopy(self.classifier).to(memory_format=torch.contiguous_format)
+        return self._nchw_classifier
 
 
 def _inexact_draws(stream: NoiseStream | LatticeNoiseStream) -> int:

@@ -76,3 +76,38 @@ def test_certificates_do_not_depend_on_how_much_noise_a_fill_draws(noise: str, m
         decided.add((d.certified, d.prediction, d.samples_used, d.p_a_lower, d.p_a_upper))
     assert len(seen) == 1 and len(decided) == 1
     assert sum(v > 0 for v in next(iter(seen))[1]) >= 2, "a constant classifier would make the comparison vacuous"
+
+
+def test_the_memory_format_follows_the_feature_map_size_on_cpu() -> None:
+    from lsrs.inference import CHANNELS_LAST_MIN_AREA, prefers_channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert prefers_channels_last((200, 3, 32, 32), cpu) and prefers_channels_last((200, 128, 16, 16), cpu)
+    assert not prefers_channels_last((200, 256, 8, 8), cpu) and not prefers_channels_last((200, 512, 4, 4), cpu)
+    assert CHANNELS_LAST_MIN_AREA == 16 * 16
+    assert prefers_channels_last((200, 256, 8, 8), gpu) and not prefers_channels_last((200, 10), cpu)
+
+
+@pytest.mark.parametrize(("fors", "nchw"), [(0, False), (13, True)])
+def test_by_default_small_maps_run_in_nchw_with_the_counts_of_either_format(fors: int, nchw: bool) -> None:
+    """channels_last=None: a deep split's 4 x 4 maps (width 8, input 16) reach the classifier in NCHW memory, an
+    input image in channels_last; the counts equal those of the format fixed either way (the same function)."""
+    from lsrs.models import resnet18
+    from lsrs.smoothing import LatentSmooth
+
+    torch.manual_seed(2)
+    model = resnet18(10, fors, width=8, in_size=16, in_channels=3).eval()
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(8))
+    results, layouts = {}, []
+    for channels_last in (None, True, False):
+        sm = LatentSmooth(model.encoder, model.classifier, 10, 0.5, model.encoder_lipschitz,
+                          channels_last=channels_last)
+        c = sm.certify(x, 50, 300, 0.001, 64, generator=3)
+        if channels_last is None:
+            seen = sm._nchw() if nchw else sm.classifier
+            seen.register_forward_pre_hook(lambda _m, args: layouts.append(args[0].is_contiguous()))
+            c = sm.certify(x, 50, 300, 0.001, 64, generator=3)
+        results[channels_last] = (c.counts_selection, c.counts_estimation)
+    assert layouts and all(layout == nchw for layout in layouts)
+    assert results[None] == results[True] == results[False]
+    assert sum(v > 0 for v in results[None][1]) >= 2, "a constant classifier would make the comparison vacuous"

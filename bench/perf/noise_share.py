@@ -23,9 +23,10 @@ def noise_draw(smoother: LatentSmooth, latent_shape: Sequence[int], n0: int, n: 
     ahead = FILL_AHEAD_BYTES if smoother.device.type == "cpu" else 0
     plan = [fill_sizes(num, batch_size, z[0].numel() * z.element_size(), (), ahead) for num in (n0, n)]
 
-    def run() -> torch.Tensor:
+    buffer = smoother.noise_stream(z, key).new_buffer(max(max(sizes, default=0) for sizes in plan))
+
+    def run() -> torch.Tensor:  # one buffer for all calls, as the engine's (lsrs.noise.Scratch)
         stream = smoother.noise_stream(z, key)
-        buffer = stream.new_buffer(max(max(sizes, default=0) for sizes in plan))
         for sizes in plan:
             for size in sizes:
                 stream.fill(buffer[:size])
