@@ -306,6 +306,14 @@ def draw_blocks(key: NoiseKey | np.ndarray, first: int, outs: Sequence[torch.Ten
         future.result()
 
 
+def fill_ahead_bytes(device: torch.device) -> int:
+    """How much noise one fill may draw ahead (:func:`fill_sizes`): :data:`FILL_AHEAD_BYTES` on a CPU with more
+    than one torch thread, where a fill's fixed costs are the threads' start-up and contention; otherwise 0 (one
+    batch per fill): one thread draws without either and keeps each batch's noise in cache, and a GPU draws
+    asynchronously."""
+    return FILL_AHEAD_BYTES if device.type == "cpu" and torch.get_num_threads() > 1 else 0
+
+
 def fill_sizes(num: int, batch_size: int, sample_bytes: int, stops: Sequence[int] = (),
                ahead_bytes: int = FILL_AHEAD_BYTES) -> list[int]:
     """How many samples each fill of a sampling loop draws: ``num`` samples cut at ``stops`` and then into runs

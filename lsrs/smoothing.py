@@ -42,13 +42,13 @@ from lsrs.inference import inference_copy, is_training, prefers_channels_last
 from lsrs.lattice import NOISES, LatticeNoiseStream, LatticeSpec, lattice_spec
 from lsrs.noise import (
     DEFAULT_BLOCK,
-    FILL_AHEAD_BYTES,
     NOISE_STREAM,
     NoiseKey,
     NoiseStream,
     Scratch,
     certificate_key,
     check_noise_stream,
+    fill_ahead_bytes,
     fill_sizes,
 )
 from lsrs.proofs import (
@@ -525,8 +525,7 @@ class LatentSmooth:
             z, spec = self.noise_centre(z)
             noise = self.noise_stream(z, noise, spec)
         stream = noise
-        ahead = FILL_AHEAD_BYTES if self.device.type == "cpu" else 0  # a GPU draws asynchronously, batch by batch
-        sizes = fill_sizes(num, batch_size, z[0].numel() * z.element_size(), stops, ahead)
+        sizes = fill_sizes(num, batch_size, z[0].numel() * z.element_size(), stops, fill_ahead_bytes(self.device))
         buffer = self._scratch.get(max(sizes, default=0), stream.new_buffer)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         if z.dim() == 4:  # the buffer is channels_last: adding a z of the same layout is one contiguous pass

@@ -69,7 +69,7 @@ def test_certificates_do_not_depend_on_how_much_noise_a_fill_draws(noise: str, m
     x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(6))
     seen, decided = set(), set()
     for ahead in (0, 3 * 50 * 8 * 8 * 8 * 4, 2**30, 0):  # one batch; three; all of n; one again (reused buffer)
-        monkeypatch.setattr(lsrs.smoothing, "FILL_AHEAD_BYTES", ahead)
+        monkeypatch.setattr(lsrs.smoothing, "fill_ahead_bytes", lambda _device, ahead=ahead: ahead)
         c = smoother.certify(x, 60, 470, 0.001, 50, generator=9)
         seen.add((c.counts_selection, c.counts_estimation, c.prediction, c.radius))
         d = smoother.decide(x, 0.05, 0.001, 800, 50, generator=9)
@@ -111,3 +111,17 @@ def test_by_default_small_maps_run_in_nchw_with_the_counts_of_either_format(fors
     assert layouts and all(layout == nchw for layout in layouts)
     assert results[None] == results[True] == results[False]
     assert sum(v > 0 for v in results[None][1]) >= 2, "a constant classifier would make the comparison vacuous"
+
+
+def test_runs_of_batches_only_where_several_threads_draw() -> None:
+    from lsrs.noise import FILL_AHEAD_BYTES, fill_ahead_bytes
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fill_ahead_bytes(torch.device("cpu")) == FILL_AHEAD_BYTES > 0
+        assert fill_ahead_bytes(torch.device("cuda")) == 0
+        torch.set_num_threads(1)
+        assert fill_ahead_bytes(torch.device("cpu")) == 0
+    finally:
+        torch.set_num_threads(before)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lsrs.noise import FILL_AHEAD_BYTES, fill_sizes
+from lsrs.noise import fill_ahead_bytes, fill_sizes
 from lsrs.smoothing import LatentSmooth
 
 
@@ -20,7 +20,7 @@ def noise_draw(smoother: LatentSmooth, latent_shape: Sequence[int], n0: int, n: 
                key: object = ("noise-share",)) -> Callable[[], torch.Tensor]:
     """A callable drawing one certificate's noise (``n0``, then ``n`` from a fresh block) with ``smoother``'s stream."""
     z = torch.zeros((1, *latent_shape), device=smoother.device)
-    ahead = FILL_AHEAD_BYTES if smoother.device.type == "cpu" else 0
+    ahead = fill_ahead_bytes(smoother.device)
     plan = [fill_sizes(num, batch_size, z[0].numel() * z.element_size(), (), ahead) for num in (n0, n)]
 
     buffer = smoother.noise_stream(z, key).new_buffer(max(max(sizes, default=0) for sizes in plan))
