@@ -48,7 +48,7 @@ class MarginRun:
     caches); a model without a bound is a usage error. Rows: prediction and radius = margin / (sqrt(2) L),
     ``samples_used`` = 1, NaN probabilities, no counts; ``precision`` is the float64 of the pass."""
 
-    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool | None) -> None:
         from lsrs.margin import LipschitzCertifier
 
         self.context = context

@@ -55,7 +55,7 @@ def lattice_input(config: RunSettings, x: Any) -> Any:
     return to_input_lattice(x) if get_dataset(config.dataset).input_lattice == "rounded" else x
 
 
-def start(context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> SmoothedRun | CleanRun:
+def start(context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool | None) -> SmoothedRun | CleanRun:
     """σ > 0: the smoother; σ = 0: plain forwards of the base network."""
     return CleanRun(context, channels_last) if context.job.sigma == 0 else SmoothedRun(context, x, batch_size,
                                                                                         channels_last)
@@ -65,13 +65,14 @@ class CleanRun:
     """σ = 0: clean accuracy of the base network (the paper's σ = 0 rows), with the engine's rewrites; no
     certificate (radius 0)."""
 
-    def __init__(self, context: CertifyContext, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, channels_last: bool | None) -> None:
         from lsrs.inference import inference_copy
         from lsrs.timing import Stopwatch
 
         self.context = context
         with Stopwatch(context.device) as watch:
-            context.model = inference_copy(context.model, fold_bn=context.config.fold_bn, channels_last=channels_last)
+            context.model = inference_copy(context.model, fold_bn=context.config.fold_bn,
+                                           channels_last=channels_last is not False)
         context.setup_s["fold_bn"] = watch.seconds
 
     def rows(self, dataset: Any, indices: list[int], decided: set[tuple] | frozenset) -> Iterator[tuple[dict, list[dict]]]:
@@ -94,7 +95,7 @@ class SmoothedRun:
     """σ > 0: the smoother, its first encode (builds the LS encoder's operator cache), batch size, compile and
     warm-up (all untimed, in ``setup_s``); then one CERTIFY per image, and its ``--decide-radii`` decisions."""
 
-    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool) -> None:
+    def __init__(self, context: CertifyContext, x: Any, batch_size: int | None, channels_last: bool | None) -> None:
         from bench.certifiers.engine import auto_batch_size, compile_classifier, warm_up
         from lsrs.proofs import UnprovenModule
         from lsrs.smoothing import smooth_model
@@ -102,7 +103,7 @@ class SmoothedRun:
 
         self.context = context
         config, device, job = context.config, context.device, context.job
-        with Stopwatch(device) as watch:  # the smoother makes its folded, channels_last copy of the classifier
+        with Stopwatch(device) as watch:  # the smoother makes its folded copy of the classifier
             try:
                 self.smoother = smooth_model(
                     context.model, context.num_classes, job.sigma, device=device, precision=config.precision,

@@ -89,8 +89,9 @@ def default_out(dataset: str, config_hash: str) -> Path:
               help="Autocast precision of the base classifier (a reduced-precision classifier is still a valid "
                    "base classifier). auto: bf16 where the device computes it natively (CUDA compute capability "
                    ">= 8.0, CPUs with AVX-512 BF16 or AMX), else fp32.")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="channels_last memory format for the noisy batches.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Memory format of the noisy batches: channels_last, or NCHW. [default: channels_last, NCHW for "
+                   "feature maps under 16x16 pixels on the CPU, where it is faster]")
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True,
               help="Fold BatchNorm into the preceding conv of the base classifier (same function up to rounding).")
 @click.option("--compile", "compile_mode", type=click.Choice(list(COMPILE_MODES)), default="off", show_default=True,

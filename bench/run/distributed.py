@@ -137,7 +137,7 @@ class ShardSpec:
     checkpoints: str  # absolute checkpoint root (the one holding <dataset>/index.json)
     entry: dict  # the job's checkpoint index entry
     batch_size: int | None
-    channels_last: bool
+    channels_last: bool | None
     threads: int
     certifier: certifiers.Certifier | None = None  # the job's record, for a worker that lacks its registration
 

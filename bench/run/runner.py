@@ -136,7 +136,7 @@ class RunOptions:
 
     out: Path
     batch_size: int | None = None  # None = auto
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: by the batches' shape (lsrs.inference.prefers_channels_last)
     fresh: bool = False
     quiet: bool = False
     stop_after: int | None = None  # testing aid: stop after this many certified images (simulated crash)
@@ -529,7 +529,7 @@ class JobCertifier:
 
     def __init__(
         self, config: RunConfig, job: Job, model: torch.nn.Module, dataset: torch.utils.data.Dataset, first_idx: int,
-        device: torch.device, *, batch_size: int | None = None, channels_last: bool = True,
+        device: torch.device, *, batch_size: int | None = None, channels_last: bool | None = None,
         device_label: str | None = None, checkpoint_sha256: str | None = None, load_s: float = 0.0,
     ) -> None:
         self.config, self.job, self.device = config, job, device
