@@ -340,7 +340,7 @@ class LatticeNoiseStream:
     def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
         """Draw the next ``len(outs)`` blocks into ``outs``, in order; v3 on CPU draws the words of as many blocks
         as there are torch threads side by side first."""
-        step = max(1, torch.get_num_threads()) if self._key is not None else len(outs)
+        step = max(1, torch.get_num_threads() if self._key is not None else len(outs))  # outs may be empty
         for start in range(0, len(outs), step):
             group = outs[start : start + step]
             if self._key is not None and len(group) > 1:

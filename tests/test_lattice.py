@@ -94,14 +94,16 @@ def test_sampler_matches_the_rounded_gaussian_chi_square() -> None:
     assert chisquare(observed, np.append(shifted[keep], shifted[~keep].sum()) * k.size).pvalue < 1e-6
 
 
-def test_streams_are_batch_size_independent_and_keyed() -> None:
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_streams_are_batch_size_independent_and_keyed(version: str) -> None:
+    """The same draws however the stream is cut, including a batch served wholly from the rest of a block (1)."""
     shape, key = (3, 4, 4), ("stream", 5)
-    one = LatticeNoiseStream(shape, key, sigma=0.25, block=16)
+    one = LatticeNoiseStream(shape, key, sigma=0.25, block=16, version=version)
     whole = one.fill(one.new_buffer(100)).clone()
-    other = LatticeNoiseStream(shape, key, sigma=0.25, block=16)
+    other = LatticeNoiseStream(shape, key, sigma=0.25, block=16, version=version)
     parts = [other.fill(other.new_buffer(b)).clone() for b in (7, 30, 1, 62)]
     assert torch.equal(torch.cat(parts), whole)
-    third = LatticeNoiseStream(shape, ("stream", 6), sigma=0.25, block=16)
+    third = LatticeNoiseStream(shape, ("stream", 6), sigma=0.25, block=16, version=version)
     assert not torch.equal(third.fill(third.new_buffer(100)), whole)
 
 
