@@ -65,9 +65,8 @@ import torch
 from lsrs.noise import (
     DEFAULT_BLOCK,
     NOISE_STREAM,
+    BlockStream,
     NoiseKey,
-    _storage_shape,
-    as_nchw,
     check_noise_stream,
     draw_uniform_blocks,
     philox_key,
@@ -262,13 +261,13 @@ def lattice_spec(
     return m, spec
 
 
-class LatticeNoiseStream:
+class LatticeNoiseStream(BlockStream):
     """A stream of rounded-Gaussian draws ``k`` (integers, as float32) on ``(1/denominator) Z`` at ``sigma``.
 
-    The interface and block discipline of :class:`lsrs.noise.NoiseStream`, with a word source of its own, keyed
-    by ``(*key, "lattice")`` (so never the Gaussian stream of the same key); each block is ``block *
-    prod(shape)`` uniform 64-bit words, mapped through the table on the device (``torch.searchsorted``; on CPU
-    first through :class:`BucketIndex`, the same draws). Sample ``j`` is the same whatever the batch sizes (a
+    The block discipline of :class:`lsrs.noise.BlockStream` (as :class:`lsrs.noise.NoiseStream`), with a word
+    source of its own, keyed by ``(*key, "lattice")`` (so never the Gaussian stream of the same key); each block is
+    ``block * prod(shape)`` uniform 64-bit words, mapped through the table on the device (``torch.searchsorted``;
+    on CPU first through :class:`BucketIndex`, the same draws). Sample ``j`` is the same whatever the batch sizes (a
     batch ending inside a block keeps the rest for the next), and :meth:`finish_block` starts a fresh block.
 
     The words (``version``, :data:`lsrs.noise.NOISE_STREAMS`): with ``"v3"`` on the CPU, block ``b``'s words are
@@ -292,17 +291,10 @@ class LatticeNoiseStream:
         denominator: int = INPUT_LEVELS,
         version: str = NOISE_STREAM,
     ) -> None:
-        if block < 1:
-            raise ValueError(f"block must be >= 1, got {block}")
+        super().__init__(sample_shape, device, torch.float32, block)
         check_noise_stream(version)
-        self.storage_shape = _storage_shape(sample_shape)
         self.seed = seed
-        self.device = torch.device(device)
-        self.block = block
         self.denominator = denominator
-        self.blocks_drawn = 0
-        self._pending: torch.Tensor | None = None
-        self._spare: torch.Tensor | None = None  # the block a fill ends inside, reused by every fill
         self.version = version
         key = (seed, "lattice") if isinstance(seed, int) else (*seed, "lattice")
         self._key = philox_key(key) if version == "v3" and self.device.type == "cpu" else None
@@ -313,14 +305,6 @@ class LatticeNoiseStream:
         self._ahead: dict[int, np.ndarray] = {}  # v3: words of the next blocks, drawn side by side
         self._words = (None if self._gen is None else
                        torch.empty((block, *self.storage_shape), dtype=torch.int64, device=self.device))
-
-    def new_buffer(self, batch: int) -> torch.Tensor:
-        """An uninitialised float32 drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
-        return torch.empty((batch, *self.storage_shape), device=self.device, dtype=torch.float32)
-
-    def finish_block(self) -> None:
-        """Drop the unused rest of the current block: the next sample is the first of a new block."""
-        self._pending = None
 
     def _block_words(self) -> torch.Tensor:
         """The words of the next block (v3 on CPU: drawn ahead by :meth:`_draw_blocks` where it could)."""
@@ -348,26 +332,6 @@ class LatticeNoiseStream:
                 self._ahead = dict(enumerate(words, self.blocks_drawn))
             for out in group:
                 self._draw_block(out)
-
-    def fill(self, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b draws; return its NCHW view."""
-        b, done = out.shape[0], 0
-        if self._pending is not None:
-            take = min(b, self._pending.shape[0])
-            out[:take].copy_(self._pending[:take])
-            self._pending = self._pending[take:] if take < self._pending.shape[0] else None
-            done = take
-        whole = (b - done) // self.block
-        outs = [out[done + j * self.block : done + (j + 1) * self.block] for j in range(whole)]
-        done += whole * self.block
-        spare = None
-        if done < b:  # the pending rest (if any) was copied out above: its block can be drawn over
-            spare = self._spare = self.new_buffer(self.block) if self._spare is None else self._spare
-        self._draw_blocks(outs + ([spare] if spare is not None else []))
-        if spare is not None:
-            out[done:].copy_(spare[: b - done])
-            self._pending = spare[b - done :]
-        return as_nchw(out)
 
 
 BUCKET_BITS = (14, 18)  # CPU bucket index: 2^b buckets of the top b bits, b in this range (an index in cache)

@@ -443,47 +443,25 @@ def as_nchw(buffer: torch.Tensor) -> torch.Tensor:
     return buffer.permute(0, 3, 1, 2) if buffer.dim() == 4 else buffer
 
 
-class NoiseStream:
-    """An endless stream of i.i.d. N(0, std^2) samples of shape ``sample_shape`` (see the module docstring).
+class BlockStream:
+    """The block discipline of the noise streams (:class:`NoiseStream`, :class:`lsrs.lattice.LatticeNoiseStream`):
+    samples of ``storage_shape`` drawn in whole blocks of ``block`` samples by the subclass's ``_draw_blocks``.
 
-    ``seed`` is the stream's key: an int, or a tuple of ints and strings. ``std`` is applied inside the draw
-    (``normal_(0, std)``), so the engine adds the stream to the latent in one pass instead of scaling it first.
-    ``version`` (:data:`NOISE_STREAMS`): ``"v3"`` and ``"v2"`` (the same Gaussian samples) draw every CPU block
-    from its own counter-addressed state, on all torch threads; ``"v1"`` (one generator per stream) only resumes
-    runs recorded with it.
+    A batch that ends inside a block keeps the rest of that block for the next (sample ``j`` is element
+    ``j % block`` of block ``j // block``, whatever the cuts); :meth:`finish_block` drops the rest.
     """
 
-    def __init__(
-        self,
-        sample_shape: Sequence[int],
-        seed: NoiseKey,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        block: int = DEFAULT_BLOCK,
-        std: float = 1.0,
-        version: str = NOISE_STREAM,
-    ) -> None:
+    def __init__(self, sample_shape: Sequence[int], device: torch.device | str, dtype: torch.dtype,
+                 block: int) -> None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
-        if not std > 0:
-            raise ValueError(f"std must be > 0, got {std}")
-        check_noise_stream(version)
         self.storage_shape = _storage_shape(sample_shape)
-        self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.block = block
-        self.std = float(std)
-        self.version = version
         self.blocks_drawn = 0
         self._pending: torch.Tensor | None = None
         self._spare: torch.Tensor | None = None  # the block a fill ends inside, reused by every fill
-        self._addressed = version in ADDRESSED_STREAMS and self.device.type == "cpu"
-        if self._addressed:
-            self._key = philox_key(seed)
-            _cpu_state_template()  # check torch's state layout before the first draw
-        else:
-            self._gen = stream_generator(seed, self.device)
 
     def new_buffer(self, batch: int) -> torch.Tensor:
         """An uninitialised drawing buffer for ``batch`` samples (fill it with :meth:`fill`)."""
@@ -494,13 +472,8 @@ class NoiseStream:
         self._pending = None
 
     def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
-        """Draw the next ``len(outs)`` blocks into ``outs``, in order."""
-        if self._addressed:
-            draw_blocks(self._key, self.blocks_drawn, outs, self.std)
-        else:
-            for out in outs:
-                out.normal_(0.0, self.std, generator=self._gen)
-        self.blocks_drawn += len(outs)
+        """Draw the next ``len(outs)`` blocks into ``outs`` (each a whole block), in order."""
+        raise NotImplementedError
 
     def fill(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (a contiguous (b, *storage_shape) tensor) with the next b samples; return its NCHW view."""
@@ -523,3 +496,47 @@ class NoiseStream:
             out[done:].copy_(spare[:need])
             self._pending = spare[need:]
         return as_nchw(out)
+
+
+class NoiseStream(BlockStream):
+    """An endless stream of i.i.d. N(0, std^2) samples of shape ``sample_shape`` (see the module docstring).
+
+    ``seed`` is the stream's key: an int, or a tuple of ints and strings. ``std`` is applied inside the draw
+    (``normal_(0, std)``), so the engine adds the stream to the latent in one pass instead of scaling it first.
+    ``version`` (:data:`NOISE_STREAMS`): ``"v3"`` and ``"v2"`` (the same Gaussian samples) draw every CPU block
+    from its own counter-addressed state, on all torch threads; ``"v1"`` (one generator per stream) only resumes
+    runs recorded with it.
+    """
+
+    def __init__(
+        self,
+        sample_shape: Sequence[int],
+        seed: NoiseKey,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        block: int = DEFAULT_BLOCK,
+        std: float = 1.0,
+        version: str = NOISE_STREAM,
+    ) -> None:
+        super().__init__(sample_shape, device, dtype, block)
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        check_noise_stream(version)
+        self.seed = seed
+        self.std = float(std)
+        self.version = version
+        self._addressed = version in ADDRESSED_STREAMS and self.device.type == "cpu"
+        if self._addressed:
+            self._key = philox_key(seed)
+            _cpu_state_template()  # check torch's state layout before the first draw
+        else:
+            self._gen = stream_generator(seed, self.device)
+
+    def _draw_blocks(self, outs: list[torch.Tensor]) -> None:
+        """Draw the next ``len(outs)`` blocks into ``outs``, in order."""
+        if self._addressed:
+            draw_blocks(self._key, self.blocks_drawn, outs, self.std)
+        else:
+            for out in outs:
+                out.normal_(0.0, self.std, generator=self._gen)
+        self.blocks_drawn += len(outs)

@@ -564,7 +564,6 @@ class LatentSmooth:
             )
         counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
 
-
     def _runs_channels_last(self, shape: torch.Size) -> bool:
         """The memory format of a noisy batch: ``channels_last`` as given, or by shape when it is None."""
         return self.channels_last if self.channels_last is not None else prefers_channels_last(shape, self.device)
